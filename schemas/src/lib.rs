@@ -1,0 +1,12 @@
+//! The shared vocabulary of ipp-pipeline: Kustom webhook events as Rust types, the
+//! minimal routing view the ingest service needs, and the Kafka record format that the
+//! ingest service writes and every consumer reads.
+
+pub mod event;
+pub mod record;
+pub mod route;
+pub mod topics;
+
+pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
+pub use record::{RecordHeaders, RecordHeadersError};
+pub use route::{Route, RouteError};

@@ -1,0 +1,154 @@
+//! The Kafka record format, defined once for every producer and consumer.
+//!
+//! - **value**: the webhook body exactly as received, byte for byte;
+//! - **key**: `data.session_id` for `ipp.*` events (a session's events share a
+//!   partition), the event id for every other Kustom event;
+//! - **headers**: [`RecordHeaders`], what ingest knew when it accepted the request.
+//!
+//! Dead-letter records keep the original value, key and headers and add the
+//! [`dlq`] headers naming where the record came from and why it was parked.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// Header names written by ingest.
+pub mod header {
+    pub const EVENT_ID: &str = "kustom-event-id";
+    pub const EVENT_TYPE: &str = "kustom-event-type";
+    pub const MERCHANT_ID: &str = "kustom-merchant-id";
+    pub const WEBHOOK_ID: &str = "webhook-id";
+    pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+    /// RFC 3339 UTC, nanoseconds: when ingest accepted the request.
+    pub const RECEIVED_AT: &str = "ipp-received-at";
+}
+
+/// Header names added to dead-letter records.
+pub mod dlq {
+    pub const SOURCE_TOPIC: &str = "dlq-source-topic";
+    pub const SOURCE_PARTITION: &str = "dlq-source-partition";
+    pub const SOURCE_OFFSET: &str = "dlq-source-offset";
+    pub const ERROR: &str = "dlq-error";
+    pub const FAILED_AT: &str = "dlq-failed-at";
+    /// Which service parked the record (`ipp-projector`, `ipp-actions`).
+    pub const SERVICE: &str = "dlq-service";
+    /// How many times the record was already redriven (the loop guard).
+    pub const REDRIVE_COUNT: &str = "dlq-redrive-count";
+}
+
+/// What ingest records beside the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeaders {
+    pub event_id: String,
+    pub event_type: String,
+    pub merchant_id: Option<String>,
+    pub webhook_id: String,
+    pub webhook_timestamp: String,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordHeadersError {
+    #[error("record has no `{0}` header")]
+    Missing(&'static str),
+    #[error("record header `{0}` is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("record header `{name}` is not an RFC 3339 timestamp: {value}")]
+    BadTimestamp { name: &'static str, value: String },
+}
+
+/// Formats a timestamp the way every header and log line of this project does.
+pub fn format_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+impl RecordHeaders {
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        let received_at = format_timestamp(self.received_at);
+        let mut headers = OwnedHeaders::new_with_capacity(6)
+            .insert(kafka_header(header::EVENT_ID, &self.event_id))
+            .insert(kafka_header(header::EVENT_TYPE, &self.event_type))
+            .insert(kafka_header(header::WEBHOOK_ID, &self.webhook_id))
+            .insert(kafka_header(
+                header::WEBHOOK_TIMESTAMP,
+                &self.webhook_timestamp,
+            ))
+            .insert(kafka_header(header::RECEIVED_AT, &received_at));
+        if let Some(merchant_id) = &self.merchant_id {
+            headers = headers.insert(kafka_header(header::MERCHANT_ID, merchant_id));
+        }
+        headers
+    }
+
+    pub fn from_kafka(headers: &impl Headers) -> Result<Self, RecordHeadersError> {
+        let required = |name: &'static str| {
+            header_str(headers, name)?.ok_or(RecordHeadersError::Missing(name))
+        };
+        let received_at = required(header::RECEIVED_AT)?;
+        let received_at = DateTime::parse_from_rfc3339(&received_at)
+            .map_err(|_| RecordHeadersError::BadTimestamp {
+                name: header::RECEIVED_AT,
+                value: received_at.clone(),
+            })?
+            .with_timezone(&Utc);
+        Ok(Self {
+            event_id: required(header::EVENT_ID)?,
+            event_type: required(header::EVENT_TYPE)?,
+            merchant_id: header_str(headers, header::MERCHANT_ID)?,
+            webhook_id: required(header::WEBHOOK_ID)?,
+            webhook_timestamp: required(header::WEBHOOK_TIMESTAMP)?,
+            received_at,
+        })
+    }
+}
+
+pub fn kafka_header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+/// The last header of that name as a string, if present.
+pub fn header_str(
+    headers: &impl Headers,
+    name: &'static str,
+) -> Result<Option<String>, RecordHeadersError> {
+    let found = headers
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value);
+    match found {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(bytes)
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| RecordHeadersError::NotUtf8(name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_with_nanoseconds() {
+        let headers = RecordHeaders {
+            event_id: "kevt_1".into(),
+            event_type: "ipp.session.created".into(),
+            merchant_id: Some("M1".into()),
+            webhook_id: "msg_1".into(),
+            webhook_timestamp: "1780000000".into(),
+            received_at: DateTime::parse_from_rfc3339("2026-06-05T18:37:41.232733416Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let parsed = RecordHeaders::from_kafka(&headers.to_kafka()).unwrap();
+        assert_eq!(parsed, headers);
+    }
+
+    #[test]
+    fn missing_header_is_named() {
+        let err = RecordHeaders::from_kafka(&OwnedHeaders::new()).unwrap_err();
+        assert_eq!(err, RecordHeadersError::Missing(header::RECEIVED_AT));
+    }
+}
