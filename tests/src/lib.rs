@@ -1,1 +1,22 @@
-//! Helpers for the black-box tests.
+//! Helpers for the black-box tests: a broker to talk to, unique topics, the real
+//! service binaries as child processes, and an independent webhook signer.
+
+pub mod db;
+pub mod kafka;
+pub mod process;
+pub mod signer;
+
+use std::net::TcpListener;
+
+/// A name no other test (or earlier run) uses: topics, groups, databases.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A port that was free a moment ago, for a child process to bind.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
