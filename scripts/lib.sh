@@ -75,8 +75,11 @@ wait_for_port() { # host port seconds what
 # start_tansu DATA_DIR PORT LOG_FILE: starts a broker in the background, prints its pid.
 start_tansu() {
   mkdir -p "$1"
+  local dir
+  dir=$(cd "$1" && pwd)
+  # An absolute path in tansu's sqlite URL needs four slashes: sqlite:////abs/path.
   tansu broker \
-    --storage-engine "sqlite://$1/tansu.db" \
+    --storage-engine "sqlite:///$dir/tansu.db" \
     --listener-url "tcp://127.0.0.1:$2" \
     --advertised-listener-url "tcp://127.0.0.1:$2" >"$3" 2>&1 &
   echo $!

@@ -180,7 +180,8 @@ impl OwnBroker {
         let child = Command::new("tansu")
             .arg("broker")
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}/tansu.db", self.data_dir.display()))
+            // An absolute path needs four slashes: sqlite:////abs/path.
+            .arg(format!("sqlite:///{}/tansu.db", self.data_dir.display()))
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
