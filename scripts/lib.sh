@@ -92,7 +92,7 @@ create_topics() {
   local existing
   existing=$(tansu topic list --broker "tcp://$broker" 2>/dev/null || true)
   for topic in "$@"; do
-    if grep -qw -- "$topic" <<<"$existing"; then continue; fi
+    if grep -qF -- "\"name\":\"$topic\"" <<<"$existing"; then continue; fi
     tansu topic create --broker "tcp://$broker" --partitions "$partitions" "$topic" >/dev/null \
       || die "could not create topic $topic"
     log "created topic $topic ($partitions partitions)"

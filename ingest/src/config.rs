@@ -1,0 +1,136 @@
+//! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use ipp_schemas::topics;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ipp-ingest",
+    version,
+    about = "Receives signed Kustom webhooks and appends them, byte for byte, to Kafka.",
+    long_about = "Receives signed Kustom webhooks on POST /webhooks/kustom and appends them, byte for \
+byte, to Kafka. Answers 200 only once Kafka has acknowledged the record (acks=all, idempotent \
+producer); any broker trouble answers 503 with Retry-After so that Kustom delivers again.\n\n\
+HTTP: POST /webhooks/kustom, GET /healthz (alive), GET /readyz (broker reachable), GET /metrics."
+)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka producer property as KEY=VALUE (TLS, SASL for a managed Kafka, ...).
+    /// Repeat the flag, or separate pairs with commas in the environment variable.
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_property,
+        hide_env_values = true
+    )]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Topic for ipp.* events, keyed by data.session_id.
+    #[arg(long, env = "IPP_TOPIC", default_value = topics::IPP_EVENTS)]
+    pub ipp_topic: String,
+
+    /// Topic for every other Kustom event, keyed by event id.
+    #[arg(long, env = "KUSTOM_OTHER_TOPIC", default_value = topics::KUSTOM_EVENTS)]
+    pub other_topic: String,
+
+    /// Webhook signing secrets (whsec_...), comma-separated. A signature made with any of
+    /// them is accepted, which is how secret rotation works.
+    #[arg(
+        long = "webhook-secret",
+        env = "KUSTOM_WEBHOOK_SECRETS",
+        value_name = "WHSEC",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<Secret>,
+
+    /// Accept unsigned webhooks. Only for local experiments: anyone could post events.
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+
+    /// How far webhook-timestamp may be from now, in seconds, either way.
+    #[arg(long, env = "INGEST_SIGNATURE_TOLERANCE_SECS", default_value_t = 300)]
+    pub signature_tolerance_secs: u64,
+
+    /// Largest accepted body in bytes; larger requests get 413.
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a record may take to be acknowledged by Kafka before the request gets 503.
+    #[arg(long, env = "INGEST_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub produce_timeout_ms: u64,
+
+    /// Retry-After (seconds) sent with 503 answers.
+    #[arg(long, env = "INGEST_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u64,
+
+    /// On SIGTERM, how long in-flight requests and the producer flush may take.
+    #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A secret whose `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty secret".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}

@@ -1,0 +1,97 @@
+//! `ipp-ingest`: signed Kustom webhooks in, raw records in Kafka out.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod verify;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no webhook secrets configured: set KUSTOM_WEBHOOK_SECRETS, or pass --insecure-skip-verify for local experiments")]
+    NoSecrets,
+    #[error(transparent)]
+    InvalidSecret(#[from] verify::InvalidSecret),
+    #[error(transparent)]
+    Producer(#[from] log::ProducerConfigError),
+    #[error("http server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish
+/// and flushes the producer.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let verifier = if config.insecure_skip_verify {
+        tracing::warn!(
+            "signature verification is OFF (--insecure-skip-verify): anyone can post events"
+        );
+        None
+    } else if config.webhook_secrets.is_empty() {
+        return Err(StartError::NoSecrets);
+    } else {
+        let secrets = config.webhook_secrets.iter().map(|s| s.expose());
+        Some(verify::Verifier::new(
+            secrets,
+            config.signature_tolerance_secs,
+        )?)
+    };
+    let log = log::EventLog::new(
+        &config.kafka_brokers,
+        &config.kafka_properties,
+        config.ipp_topic.clone(),
+        config.other_topic.clone(),
+        config.produce_timeout(),
+    )?;
+    let state = Arc::new(http::AppState {
+        log,
+        verifier,
+        metrics: metrics::Metrics::new(),
+        max_body_bytes: config.max_body_bytes,
+        retry_after_secs: config.retry_after_secs,
+    });
+    tracing::info!(
+        listen = %listener.local_addr().map_err(StartError::Serve)?,
+        brokers = %config.kafka_brokers,
+        ipp_topic = %config.ipp_topic,
+        other_topic = %config.other_topic,
+        "ipp-ingest listening"
+    );
+    let server = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.shutdown_timeout()).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(StartError::Serve)?,
+        () = drain_deadline => tracing::warn!("in-flight requests did not finish in time"),
+    }
+    if let Err(error) = state.log.flush(config.shutdown_timeout()).await {
+        tracing::warn!(%error, "producer flush incomplete at shutdown");
+    }
+    tracing::info!("ipp-ingest stopped");
+    Ok(())
+}
+
+/// Sets up `tracing` for a service: pretty for people, JSON for log pipelines.
+pub fn init_tracing(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        config::LogFormat::Pretty => builder.init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

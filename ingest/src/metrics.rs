@@ -1,0 +1,98 @@
+//! Prometheus metrics of the ingest service.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by outcome (`accepted`, `unauthorized`, ...) and event type.
+    pub requests: IntCounterVec,
+    /// Time from handing a record to the producer to its acknowledgement.
+    pub produce_seconds: HistogramVec,
+    pub in_flight: IntGauge,
+}
+
+/// Event types used as label values; anything else is folded into `other` so that a
+/// caller cannot grow the label set without bound.
+const KNOWN_TYPES: &[&str] = &[
+    "ipp.session.created",
+    "ipp.session.activated",
+    "ipp.session.finalized",
+    "ipp.payment.finalized",
+    "ipp.session.cancelled",
+    "ipp.payment.failed",
+    "order.created",
+    "capture.created",
+    "refund.created",
+    "dispute.created",
+    "dispute.updated",
+];
+
+pub fn event_type_label(event_type: Option<&str>) -> &str {
+    match event_type {
+        None => "unknown",
+        Some(t) if KNOWN_TYPES.contains(&t) => t,
+        Some(t) if t.starts_with("ipp.") => "ipp.other",
+        Some(_) => "other",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ingest_requests_total",
+                "Webhook requests by outcome and event type",
+            ),
+            &["outcome", "event_type"],
+        )
+        .expect("valid metric");
+        let produce_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ingest_produce_duration_seconds",
+                "Time until Kafka acknowledged (or refused) a record",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["topic", "result"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "ingest_in_flight_requests",
+            "Webhook requests being handled right now",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(produce_seconds.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("register");
+        Self {
+            registry,
+            requests,
+            produce_seconds,
+            in_flight,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
