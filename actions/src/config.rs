@@ -1,0 +1,343 @@
+//! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ipp_schemas::topics;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ipp-actions",
+    version,
+    about = "Captures finalized Kustom IPP sessions through the Order Management API, exactly once.",
+    long_about = "Consumes ipp.events with its own consumer group. Every ipp.session.finalized \
+(or ipp.payment.finalized) event becomes one row of the ipp_actions ledger in PostgreSQL; a \
+worker pool then reads the order and captures what remains authorized, with a deterministic \
+Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and connection \
+errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
+the dead-letter topic.\n\n\
+Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits.\n\
+HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Apply the ledger migrations to DATABASE_URL and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub kafka_brokers: String,
+
+    /// Extra librdkafka property for the consumer and the DLQ producer, as KEY=VALUE (TLS,
+    /// SASL, ...). Repeat the flag, or separate pairs with commas in the environment variable.
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_property,
+        hide_env_values = true,
+        global = true
+    )]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Topic of ipp.* events (written by ipp-ingest).
+    #[arg(long, env = "IPP_TOPIC", default_value = topics::IPP_EVENTS, global = true)]
+    pub ipp_topic: String,
+
+    /// Dead-letter topic: actions that failed for good, and records that could not be parsed.
+    #[arg(long, env = "ACTIONS_DLQ_TOPIC", default_value = topics::IPP_ACTIONS_DLQ, global = true)]
+    pub dlq_topic: String,
+
+    /// Consumer group of this service.
+    #[arg(
+        long,
+        env = "ACTIONS_GROUP",
+        default_value = "ipp-actions",
+        global = true
+    )]
+    pub group: String,
+
+    /// PostgreSQL URL of the ledger (the same database as the projector is fine).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ipp",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Largest number of PostgreSQL connections.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// What to do when a session is finalized: `capture` the remaining authorized amount,
+    /// or `none` (record the action as skipped; the merchant captures from its own systems).
+    #[arg(long, env = "ACTIONS_ON_FINALIZED", value_enum, default_value_t = OnFinalized::Capture, global = true)]
+    pub on_finalized: OnFinalized,
+
+    /// Base URL of the Kustom API (production: https://api.kustom.co).
+    #[arg(
+        long,
+        env = "KUSTOM_API_URL",
+        default_value = "https://api.playground.kustom.co",
+        global = true
+    )]
+    pub kustom_api_url: String,
+
+    /// Kustom API key, sent as `Authorization: Basic <key>`. Never logged.
+    #[arg(
+        long,
+        env = "KUSTOM_API_KEY",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
+    pub kustom_api_key: Secret,
+
+    /// Timeout of one Order Management request, in milliseconds.
+    #[arg(
+        long,
+        env = "ACTIONS_HTTP_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub http_timeout_ms: u64,
+
+    /// Connect timeout towards Order Management, in milliseconds.
+    #[arg(
+        long,
+        env = "ACTIONS_CONNECT_TIMEOUT_MS",
+        default_value_t = 3_000,
+        global = true
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// Address of the operations server (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "ACTIONS_HTTP",
+        default_value = "0.0.0.0:9102",
+        global = true
+    )]
+    pub http: SocketAddr,
+
+    /// Most actions in flight at once, across all partitions.
+    #[arg(long, env = "ACTIONS_CONCURRENCY", default_value_t = 32, global = true)]
+    pub concurrency: usize,
+
+    /// Most Order Management calls per second (0: no limit), to stay under the merchant's
+    /// Kustom rate limit.
+    #[arg(
+        long,
+        env = "ACTIONS_MAX_CALLS_PER_SEC",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub max_calls_per_sec: f64,
+
+    /// In-place retries of one call (5xx, 429, timeouts, connection errors) before the
+    /// action is put back in the ledger for later.
+    #[arg(
+        long,
+        env = "ACTIONS_INPLACE_RETRIES",
+        default_value_t = 3,
+        global = true
+    )]
+    pub inplace_retries: usize,
+
+    /// First in-place retry delay, in milliseconds (doubles each time, with jitter).
+    #[arg(
+        long,
+        env = "ACTIONS_INPLACE_MIN_DELAY_MS",
+        default_value_t = 200,
+        global = true
+    )]
+    pub inplace_min_delay_ms: u64,
+
+    /// Longest in-place retry delay, in milliseconds. A Retry-After longer than this ends
+    /// the in-place retries: the action waits in the ledger instead.
+    #[arg(
+        long,
+        env = "ACTIONS_INPLACE_MAX_DELAY_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub inplace_max_delay_ms: u64,
+
+    /// First delay before an action that exhausted its in-place retries is tried again,
+    /// in milliseconds (doubles with every attempt, with jitter).
+    #[arg(
+        long,
+        env = "ACTIONS_RETRY_MIN_DELAY_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub retry_min_delay_ms: u64,
+
+    /// Longest delay between two attempts of one action, in milliseconds.
+    #[arg(
+        long,
+        env = "ACTIONS_RETRY_MAX_DELAY_MS",
+        default_value_t = 600_000,
+        global = true
+    )]
+    pub retry_max_delay_ms: u64,
+
+    /// Attempts of one action (each with its in-place retries) before it becomes `failed`.
+    #[arg(
+        long,
+        env = "ACTIONS_MAX_ATTEMPTS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub max_attempts: i32,
+
+    /// Time since the action was recorded after which it stops being retried and becomes
+    /// `failed`, in seconds. Keep it well under 24 h: Kustom honours an idempotency key for
+    /// about a day.
+    #[arg(long, env = "ACTIONS_MAX_RETRY_SECS", default_value_t = 6 * 3600, global = true)]
+    pub max_retry_secs: u64,
+
+    /// How long a worker owns a claimed action before another worker (or replica) may take
+    /// it, in milliseconds. Must exceed one attempt with its in-place retries.
+    #[arg(
+        long,
+        env = "ACTIONS_LEASE_MS",
+        default_value_t = 120_000,
+        global = true
+    )]
+    pub lease_ms: u64,
+
+    /// How often the worker looks for due actions when nothing woke it up, in milliseconds.
+    #[arg(
+        long,
+        env = "ACTIONS_POLL_INTERVAL_MS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub poll_interval_ms: u64,
+
+    /// On SIGTERM, how long in-flight actions may take to finish, in seconds.
+    #[arg(
+        long,
+        env = "ACTIONS_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
+
+    /// Apply the ledger migrations at start-up.
+    #[arg(long, env = "ACTIONS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate: bool,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFinalized {
+    Capture,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// A secret that `Debug` and `Display` never print.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_not_printed() {
+        let cli = Cli::parse_from(["ipp-actions", "--kustom-api-key", "kco_test_abc"]);
+        assert_eq!(cli.config.kustom_api_key.expose(), "kco_test_abc");
+        assert!(!format!("{cli:?}").contains("kco_test_abc"));
+    }
+
+    #[test]
+    fn migrate_subcommand_takes_global_flags() {
+        let cli = Cli::parse_from(["ipp-actions", "migrate", "--database-url", "postgres://x/y"]);
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.config.database_url, "postgres://x/y");
+    }
+}

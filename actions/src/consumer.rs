@@ -1,0 +1,213 @@
+//! The Kafka side: turns finalized sessions into ledger rows.
+//!
+//! Offset strategy: at-least-once. `enable.auto.offset.store=false`; an offset is stored
+//! only once the record's effect is durable (its ledger row committed, or the record
+//! written to the DLQ), and librdkafka's auto commit commits stored offsets; shutdown
+//! commits them once more synchronously. A record seen again after a crash or a
+//! rebalance finds its row already there (`ON CONFLICT DO NOTHING`), so redelivery, replay
+//! and a fresh consumer group never create a second action. This loop never calls Order
+//! Management: the worker pool does, so a slow or failing order cannot hold a partition.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use backon::{ExponentialBuilder, Retryable};
+use ipp_schemas::{
+    record::{header, header_str},
+    IppEvent, IppEventKind,
+};
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{BorrowedMessage, Message},
+    ClientConfig,
+};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{Config, OnFinalized},
+    dlq::Dlq,
+    ledger::{self, NewAction},
+    metrics::Metrics,
+    Error,
+};
+
+/// The librdkafka settings shared by the consumer and the DLQ producer.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka_brokers);
+    for (key, value) in &config.kafka_properties {
+        client.set(key, value);
+    }
+    client
+}
+
+pub struct ActionConsumer {
+    consumer: StreamConsumer,
+    topic: String,
+    on_finalized: OnFinalized,
+    pool: PgPool,
+    dlq: Arc<Dlq>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl ActionConsumer {
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        dlq: Arc<Dlq>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Result<Self, Error> {
+        let mut client = client_config(config);
+        client
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        // Operator properties win over the defaults above.
+        for (key, value) in &config.kafka_properties {
+            if key != "enable.auto.offset.store" {
+                client.set(key, value);
+            }
+        }
+        let consumer: StreamConsumer = client.create()?;
+        consumer.subscribe(&[&config.ipp_topic])?;
+        Ok(Self {
+            consumer,
+            topic: config.ipp_topic.clone(),
+            on_finalized: config.on_finalized,
+            pool,
+            dlq,
+            metrics,
+            wake,
+        })
+    }
+
+    pub async fn run(self, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+        info!(topic = %self.topic, "consuming");
+        ready.store(true, Ordering::Relaxed);
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    warn!(error = %e, "kafka consume error");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            if !self.handle(&message, &shutdown).await {
+                // Interrupted before the record was durable: its offset is not stored, so
+                // it is consumed again after the restart.
+                break;
+            }
+            if let Err(e) = self.consumer.store_offset_from_message(&message) {
+                // The partition was revoked meanwhile; its new owner reads the record again.
+                debug!(error = %e, partition = message.partition(), offset = message.offset(), "offset not stored");
+            }
+        }
+        ready.store(false, Ordering::Relaxed);
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last auto commit, or no assignment: not a problem.
+            debug!(error = %e, "final offset commit");
+        }
+        info!("consumer stopped");
+    }
+
+    /// Makes the record's effect durable. Returns false only when shutdown interrupted it.
+    async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+        let payload = message.payload().unwrap_or_default();
+        let event = match IppEvent::parse(payload) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %e,
+                    "unparseable record: to the dlq"
+                );
+                let reason = e.to_string();
+                let parked = (|| self.dlq.unparseable(message, &reason))
+                    .retry(forever())
+                    .notify(|e, _| error!(error = %e, "dlq write failed; retrying"));
+                return tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    _ = parked => {
+                        self.metrics.records.with_label_values(&["dlq"]).inc();
+                        true
+                    }
+                };
+            }
+        };
+        if event.kind != IppEventKind::SessionFinalized {
+            self.metrics.records.with_label_values(&["ignored"]).inc();
+            return true;
+        }
+        let order_id = event
+            .order_id()
+            .expect("parse guarantees finalized events name their order");
+        let merchant_id = event.envelope.merchant_id.clone().or_else(|| {
+            message
+                .headers()
+                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
+        });
+        let new = NewAction {
+            order_id,
+            action: ledger::CAPTURE,
+            session_id: event.session_id(),
+            merchant_id,
+            event_id: event.id().to_owned(),
+            source_topic: message.topic().to_owned(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            skip_reason: (self.on_finalized == OnFinalized::None)
+                .then(|| "policy: ACTIONS_ON_FINALIZED=none".to_owned()),
+        };
+        let recorded = (|| ledger::record(&self.pool, &new))
+            .retry(forever())
+            .notify(|e, d| error!(error = %e, retry_in = ?d, "ledger write failed; retrying"));
+        let inserted = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            inserted = recorded => inserted.expect("retried forever"),
+        };
+        if inserted {
+            info!(
+                order_id = %order_id,
+                session_id = %new.session_id,
+                event_id = %new.event_id,
+                skipped = new.skip_reason.is_some(),
+                "action recorded"
+            );
+            self.metrics.records.with_label_values(&["recorded"]).inc();
+            self.wake.notify_one();
+        } else {
+            debug!(order_id = %order_id, event_id = %new.event_id, "action already recorded");
+            self.metrics.records.with_label_values(&["duplicate"]).inc();
+        }
+        true
+    }
+}
+
+/// Retries that only shutdown ends: nothing may be skipped.
+fn forever() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}

@@ -1,0 +1,144 @@
+//! The dead-letter topic (`ipp.actions.dlq`): actions that failed for good, and consumed
+//! records that could not be parsed. Every record carries the `dlq-*` headers.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ipp_schemas::record::{dlq, format_timestamp, kafka_header};
+use rdkafka::{
+    error::KafkaError,
+    message::{BorrowedMessage, Headers, Message, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    consumer::client_config,
+    ledger::{Action, Outcome},
+};
+
+pub const SERVICE: &str = "ipp-actions";
+
+pub struct Dlq {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Dlq {
+    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+        let producer = client_config(config)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: config.dlq_topic.clone(),
+        })
+    }
+
+    /// Parks an action that ended `failed`. Value: a JSON description of the action and
+    /// why it failed; key: the order id.
+    pub async fn failed_action(
+        &self,
+        action: &Action,
+        reason: &str,
+        outcome: &Outcome,
+    ) -> Result<(), KafkaError> {
+        let value = json!({
+            "order_id": action.order_id,
+            "action": action.action,
+            "session_id": action.session_id,
+            "merchant_id": action.merchant_id,
+            "event_id": action.event_id,
+            "status": "failed",
+            "reason": reason,
+            "attempts": action.attempts,
+            "idempotency_key": action.idempotency_key,
+            "requested_amount": action.requested_amount,
+            "last_status_code": outcome.last_status_code,
+            "last_error": outcome.last_error,
+            "created_at": action.created_at,
+            "failed_at": Utc::now(),
+        })
+        .to_string();
+        let key = action.order_id.to_string();
+        let failed_at = format_timestamp(Utc::now());
+        let partition = action.source_partition.map(|p| p.to_string());
+        let offset = action.source_offset.map(|o| o.to_string());
+        let mut headers = OwnedHeaders::new()
+            .insert(kafka_header(dlq::SERVICE, SERVICE))
+            .insert(kafka_header(dlq::ERROR, reason))
+            .insert(kafka_header(dlq::FAILED_AT, &failed_at))
+            .insert(kafka_header(
+                ipp_schemas::record::header::EVENT_ID,
+                &action.event_id,
+            ));
+        if let Some(topic) = &action.source_topic {
+            headers = headers.insert(kafka_header(dlq::SOURCE_TOPIC, topic));
+        }
+        if let Some(partition) = &partition {
+            headers = headers.insert(kafka_header(dlq::SOURCE_PARTITION, partition));
+        }
+        if let Some(offset) = &offset {
+            headers = headers.insert(kafka_header(dlq::SOURCE_OFFSET, offset));
+        }
+        self.send(
+            FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers),
+        )
+        .await
+    }
+
+    /// Parks a consumed record this service cannot read: original key, value and headers,
+    /// plus where it came from and why.
+    pub async fn unparseable(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &str,
+    ) -> Result<(), KafkaError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let failed_at = format_timestamp(Utc::now());
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let headers = headers
+            .insert(kafka_header(dlq::SOURCE_TOPIC, message.topic()))
+            .insert(kafka_header(dlq::SOURCE_PARTITION, &partition))
+            .insert(kafka_header(dlq::SOURCE_OFFSET, &offset))
+            .insert(kafka_header(dlq::ERROR, error))
+            .insert(kafka_header(dlq::FAILED_AT, &failed_at))
+            .insert(kafka_header(dlq::SERVICE, SERVICE));
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        self.send(record).await
+    }
+
+    async fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}

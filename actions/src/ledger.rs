@@ -1,0 +1,275 @@
+//! The `ipp_actions` ledger: every action this service takes, and how it ended.
+//!
+//! The row is written before anything else happens, and every later step (the idempotency
+//! key, that a capture was requested and for how much, its outcome) is written before or
+//! right after the call it describes, so a crash at any point leaves enough to resume
+//! without moving money twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use uuid::Uuid;
+
+use crate::Error;
+
+/// Namespace of the idempotency keys: `key = UUIDv5(IDEMPOTENCY_NAMESPACE,
+/// "{action}:{order_id}")` (UUIDv5 of the URL
+/// `https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions`).
+pub const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x3d14a510_fabd_52f4_8d78_27913cea6615);
+
+pub const CAPTURE: &str = "capture";
+
+/// The deterministic `Klarna-Idempotency-Key` of an action on an order.
+pub fn idempotency_key(action: &str, order_id: Uuid) -> Uuid {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("{action}:{order_id}").as_bytes(),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Succeeded,
+    Skipped,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the consumer knows when it records an action.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub order_id: Uuid,
+    pub action: &'static str,
+    pub session_id: Uuid,
+    pub merchant_id: Option<String>,
+    pub event_id: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    /// `Skipped` with a reason when the policy says to take no action.
+    pub skip_reason: Option<String>,
+}
+
+/// One ledger row, as the worker sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Action {
+    pub order_id: Uuid,
+    pub action: String,
+    pub session_id: Uuid,
+    pub merchant_id: Option<String>,
+    pub event_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub idempotency_key: Uuid,
+    pub capture_requested_at: Option<DateTime<Utc>>,
+    pub requested_amount: Option<i64>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an attempt ended, as written to the row.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub reason: Option<String>,
+    pub capture_id: Option<String>,
+    pub captured_amount: Option<i64>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?)
+}
+
+/// Applies the ledger migrations (numbered 2001+). The projector owns 1001+ in the same
+/// database with its own migrator, so each ignores the other's versions; sqlx's advisory
+/// lock serializes them.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let mut migrator = sqlx::migrate!();
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Records an action once; a second call for the same (order, action) changes nothing.
+/// Returns whether a row was created.
+pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error> {
+    let status = if new.skip_reason.is_some() {
+        Status::Skipped
+    } else {
+        Status::Pending
+    };
+    let result = sqlx::query(
+        "INSERT INTO ipp_actions (order_id, action, session_id, merchant_id, event_id, status, \
+             reason, idempotency_key, source_topic, source_partition, source_offset) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (order_id, action) DO NOTHING",
+    )
+    .bind(new.order_id)
+    .bind(new.action)
+    .bind(new.session_id)
+    .bind(&new.merchant_id)
+    .bind(&new.event_id)
+    .bind(status.as_str())
+    .bind(&new.skip_reason)
+    .bind(idempotency_key(new.action, new.order_id))
+    .bind(&new.source_topic)
+    .bind(new.source_partition)
+    .bind(new.source_offset)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Takes up to `limit` due actions for this worker: each gets `attempts + 1` and a lease
+/// (its `next_attempt_at` moves `lease` ahead), so no other worker or replica takes it
+/// meanwhile. If this process dies, the action is due again when the lease runs out.
+pub async fn claim_due(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Action>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE ipp_actions a SET attempts = a.attempts + 1, \
+             next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
+         FROM (SELECT order_id, action FROM ipp_actions \
+               WHERE status = 'pending' AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+         WHERE a.order_id = due.order_id AND a.action = due.action \
+         RETURNING a.order_id, a.action, a.session_id, a.merchant_id, a.event_id, a.status, \
+             a.attempts, a.idempotency_key, a.capture_requested_at, a.requested_amount, \
+             a.last_status_code, a.last_error, a.source_topic, a.source_partition, \
+             a.source_offset, a.created_at",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Makes the coming capture durable before it is sent: from now on every retry sends the
+/// same request (same key, same amount), never a fresh decision. Returns the amount to
+/// send: the first one recorded, should another worker have been first.
+pub async fn capture_requested(
+    pool: &PgPool,
+    order_id: Uuid,
+    action: &str,
+    amount: i64,
+) -> Result<i64, sqlx::Error> {
+    let (amount,): (i64,) = sqlx::query_as(
+        "UPDATE ipp_actions SET capture_requested_at = coalesce(capture_requested_at, now()), \
+             requested_amount = coalesce(requested_amount, $3), updated_at = now() \
+         WHERE order_id = $1 AND action = $2 RETURNING requested_amount",
+    )
+    .bind(order_id)
+    .bind(action)
+    .bind(amount)
+    .fetch_one(pool)
+    .await?;
+    Ok(amount)
+}
+
+/// Ends an action (`succeeded`, `skipped` or `failed`).
+pub async fn finish(
+    pool: &PgPool,
+    order_id: Uuid,
+    action: &str,
+    status: Status,
+    outcome: &Outcome,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ipp_actions SET status = $3, reason = $4, \
+             capture_id = coalesce($5, capture_id), captured_amount = coalesce($6, captured_amount), \
+             last_status_code = coalesce($7, last_status_code), last_error = $8, updated_at = now() \
+         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+    )
+    .bind(order_id)
+    .bind(action)
+    .bind(status.as_str())
+    .bind(&outcome.reason)
+    .bind(&outcome.capture_id)
+    .bind(outcome.captured_amount)
+    .bind(outcome.last_status_code)
+    .bind(&outcome.last_error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Leaves an action `pending`, due again after `delay`.
+pub async fn reschedule(
+    pool: &PgPool,
+    order_id: Uuid,
+    action: &str,
+    delay: Duration,
+    last_status_code: Option<i32>,
+    last_error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ipp_actions SET next_attempt_at = now() + make_interval(secs => $3), \
+             last_status_code = coalesce($4, last_status_code), last_error = $5, updated_at = now() \
+         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+    )
+    .bind(order_id)
+    .bind(action)
+    .bind(delay.as_secs_f64())
+    .bind(last_status_code)
+    .bind(last_error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Pending actions and the age of the oldest, in seconds.
+pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    let (count, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
+         FROM ipp_actions WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((count, oldest.unwrap_or(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_is_the_documented_url_uuid() {
+        let expected = Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            b"https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions",
+        );
+        assert_eq!(IDEMPOTENCY_NAMESPACE, expected);
+    }
+
+    #[test]
+    fn keys_are_deterministic_and_distinct() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        assert_eq!(idempotency_key(CAPTURE, a), idempotency_key(CAPTURE, a));
+        assert_ne!(idempotency_key(CAPTURE, a), idempotency_key(CAPTURE, b));
+        assert_ne!(idempotency_key(CAPTURE, a), idempotency_key("refund", a));
+    }
+}

@@ -1,0 +1,139 @@
+//! Prometheus metrics of the actions service.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Order Management calls by endpoint (`get_order`, `capture`) and status (`201`,
+    /// `429`, `timeout`, `connect_error`, ...).
+    pub calls: IntCounterVec,
+    pub call_seconds: HistogramVec,
+    /// In-place retries by endpoint and the status that caused them.
+    pub retries: IntCounterVec,
+    /// Actions put back into the ledger for a later attempt.
+    pub rescheduled: IntCounterVec,
+    /// Actions that ended, by status (`succeeded`, `skipped`, `failed`).
+    pub finished: IntCounterVec,
+    /// Actions that ended `failed`, by reason.
+    pub failures: IntCounterVec,
+    /// Consumed records by outcome (`recorded`, `duplicate`, `ignored`, `dlq`).
+    pub records: IntCounterVec,
+    pub pending: IntGauge,
+    pub oldest_pending_seconds: Gauge,
+    pub in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "actions_om_calls_total",
+                "Order Management calls by endpoint and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        let call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "actions_om_call_duration_seconds",
+                "Duration of Order Management calls",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "actions_om_retries_total",
+                "In-place retries of Order Management calls by endpoint and cause",
+            ),
+            &["endpoint", "cause"],
+        )
+        .expect("valid metric");
+        let rescheduled = IntCounterVec::new(
+            Opts::new(
+                "actions_rescheduled_total",
+                "Actions left pending for a later attempt, by cause",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        let finished = IntCounterVec::new(
+            Opts::new("actions_finished_total", "Actions that ended, by status"),
+            &["status"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "actions_failures_total",
+                "Actions that ended failed, by kind (permanent, exhausted)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let records = IntCounterVec::new(
+            Opts::new(
+                "actions_records_total",
+                "Consumed ipp.events records by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let pending = IntGauge::new("actions_pending", "Actions waiting in the ledger")
+            .expect("valid metric");
+        let oldest_pending_seconds = Gauge::new(
+            "actions_oldest_pending_age_seconds",
+            "Age of the oldest pending action",
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("actions_in_flight", "Actions being executed right now")
+            .expect("valid metric");
+        for metric in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(call_seconds.clone()),
+            Box::new(retries.clone()),
+            Box::new(rescheduled.clone()),
+            Box::new(finished.clone()),
+            Box::new(failures.clone()),
+            Box::new(records.clone()),
+            Box::new(pending.clone()),
+            Box::new(oldest_pending_seconds.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(metric).expect("register");
+        }
+        Self {
+            registry,
+            calls,
+            call_seconds,
+            retries,
+            rescheduled,
+            finished,
+            failures,
+            records,
+            pending,
+            oldest_pending_seconds,
+            in_flight,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,237 @@
+//! The Kustom Order Management client: read an order, capture an amount.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::{header, StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{config::Secret, error::OmError};
+
+pub const GET_ORDER: &str = "get_order";
+pub const CAPTURE: &str = "capture";
+pub const IDEMPOTENCY_HEADER: &str = "Klarna-Idempotency-Key";
+
+/// The fields of an order this service reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Order {
+    pub order_id: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub order_amount: i64,
+    #[serde(default)]
+    pub captured_amount: i64,
+    #[serde(default)]
+    pub remaining_authorized_amount: i64,
+    #[serde(default)]
+    pub purchase_currency: Option<String>,
+}
+
+impl Order {
+    /// Nothing can be captured any more, whatever remains.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.status.as_str(), "CANCELLED" | "EXPIRED" | "CLOSED")
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CaptureRequest<'a> {
+    captured_amount: i64,
+    reference: &'a str,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Capture {
+    pub capture_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error_code: Option<String>,
+    #[serde(default)]
+    error_messages: Vec<String>,
+    correlation_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct OmClient {
+    http: reqwest::Client,
+    base_url: String,
+    authorization: String,
+}
+
+impl OmClient {
+    pub fn new(
+        base_url: &str,
+        api_key: &Secret,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("ipp-actions/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            authorization: format!("Basic {}", api_key.expose()),
+        })
+    }
+
+    fn order_url(&self, order_id: Uuid) -> String {
+        format!("{}/ordermanagement/v1/orders/{order_id}", self.base_url)
+    }
+
+    pub async fn get_order(&self, order_id: Uuid) -> Result<Order, OmError> {
+        let response = self
+            .http
+            .get(self.order_url(order_id))
+            .header(header::AUTHORIZATION, &self.authorization)
+            .send()
+            .await
+            .map_err(|e| transport_error(GET_ORDER, e))?;
+        let response = check_status(GET_ORDER, response).await?;
+        response.json().await.map_err(|e| OmError::Body {
+            endpoint: GET_ORDER,
+            message: e.to_string(),
+        })
+    }
+
+    /// Captures `amount`; the same `idempotency_key` always yields the first answer.
+    pub async fn capture(
+        &self,
+        order_id: Uuid,
+        amount: i64,
+        reference: &str,
+        idempotency_key: Uuid,
+    ) -> Result<Capture, OmError> {
+        let response = self
+            .http
+            .post(format!("{}/captures", self.order_url(order_id)))
+            .header(header::AUTHORIZATION, &self.authorization)
+            .header(IDEMPOTENCY_HEADER, idempotency_key.to_string())
+            .json(&CaptureRequest {
+                captured_amount: amount,
+                reference,
+            })
+            .send()
+            .await
+            .map_err(|e| transport_error(CAPTURE, e))?;
+        let response = check_status(CAPTURE, response).await?;
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(CAPTURE, e))?;
+        match serde_json::from_slice::<Capture>(&body) {
+            Ok(capture) => Ok(capture),
+            // The capture id is also the last segment of Location.
+            Err(e) => location
+                .and_then(|l| l.rsplit('/').next().map(str::to_owned))
+                .filter(|id| !id.is_empty())
+                .map(|capture_id| Capture { capture_id })
+                .ok_or(OmError::Body {
+                    endpoint: CAPTURE,
+                    message: e.to_string(),
+                }),
+        }
+    }
+}
+
+fn transport_error(endpoint: &'static str, source: reqwest::Error) -> OmError {
+    if source.is_timeout() {
+        OmError::Timeout { endpoint, source }
+    } else if source.is_connect() {
+        OmError::Connect { endpoint, source }
+    } else {
+        OmError::Transport { endpoint, source }
+    }
+}
+
+async fn check_status(
+    endpoint: &'static str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, OmError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Utc::now()));
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| transport_error(endpoint, e))?;
+    let (error_code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (
+            b.error_code,
+            format!(
+                "{}{}",
+                b.error_messages.join("; "),
+                b.correlation_id
+                    .map(|c| format!(" (correlation_id {c})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Err(_) => (
+            None,
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    Err(OmError::Status {
+        endpoint,
+        status: status.as_u16(),
+        error_code,
+        message: if message.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR.as_str())
+                .to_owned()
+        } else {
+            message
+        },
+        retry_after,
+    })
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}
