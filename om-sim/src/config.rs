@@ -1,0 +1,164 @@
+//! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
+
+use std::{fmt, net::SocketAddr};
+
+use clap::{Args, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ipp-om-sim",
+    version,
+    about = "A local simulator of the Kustom Order Management API, for tests, demos and benchmarks.",
+    long_about = "A local simulator of the Kustom Order Management API (get order, capture, refund, \
+cancel, release remaining authorization) under /ordermanagement/v1/orders/{order_id}. Any order id \
+not seen before is an AUTHORIZED order whose amount derives from the id. It checks the \
+Authorization header, honours Klarna-Idempotency-Key (same key: same response, one effect) and \
+injects faults on demand: 500/503, 429 with Retry-After, latency, hangs and dropped connections.\n\n\
+Control endpoints (no auth): PUT/GET /_sim/orders/{order_id}, GET/DELETE /_sim/calls, \
+GET/DELETE /_sim/stats, PUT/GET /_sim/faults, GET /healthz."
+)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "OM_SIM_LISTEN", default_value = "127.0.0.1:9200")]
+    pub listen: SocketAddr,
+
+    /// The API key clients must send, as `Authorization: Basic <key>` or
+    /// `Basic base64(<any user>:<key>)`.
+    #[arg(
+        long,
+        env = "OM_SIM_API_KEY",
+        default_value = "kco_test_simulator",
+        hide_env_values = true
+    )]
+    pub api_key: ApiKey,
+
+    /// ISO 4217 currency of every order.
+    #[arg(long, env = "OM_SIM_CURRENCY", default_value = "EUR")]
+    pub currency: String,
+
+    /// How long an idempotency key is honoured, in seconds (Klarna: 24 hours).
+    #[arg(long, env = "OM_SIM_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Seed of the random generator behind every fault decision.
+    #[arg(long, env = "OM_SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub faults: Faults,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// Fault injection, applied to the Order Management endpoints only (never to `/_sim`).
+/// The rates are fractions of requests; they are drawn from one roll per request in the
+/// order drop, hang, 5xx, 429, so their sum is at most 1.
+/// `PUT /_sim/faults` replaces them at run time; a field left out takes its default.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Fraction of requests answered 500 or 503 (half each), with no effect.
+    #[arg(long, env = "OM_SIM_FAIL_RATE", default_value_t = 0.0)]
+    pub fail_rate: f64,
+
+    /// Fraction of requests answered 429 TOO_MANY_REQUESTS with Retry-After, with no effect.
+    #[arg(long, env = "OM_SIM_RATE_LIMIT_RATE", default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+
+    /// Retry-After, in seconds, sent with 429.
+    #[arg(long, env = "OM_SIM_RETRY_AFTER_SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+
+    /// Milliseconds added to every request.
+    #[arg(long, env = "OM_SIM_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Fraction of requests that sleep OM_SIM_HANG_MS (past any client timeout) before
+    /// answering (504 when the hang came before the effect).
+    #[arg(long, env = "OM_SIM_HANG_RATE", default_value_t = 0.0)]
+    pub hang_rate: f64,
+
+    /// How long a hanging request sleeps, in milliseconds.
+    #[arg(long, env = "OM_SIM_HANG_MS", default_value_t = 30_000)]
+    pub hang_ms: u64,
+
+    /// Fraction of requests whose connection is closed without a response.
+    #[arg(long, env = "OM_SIM_DROP_RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
+
+    /// Of the hang and drop faults on POSTs, the fraction that happen after the operation
+    /// was applied (and its response stored under the idempotency key).
+    #[arg(long, env = "OM_SIM_FAULT_AFTER_EFFECT_RATE", default_value_t = 0.0)]
+    pub fault_after_effect_rate: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            fail_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_secs: 1,
+            latency_ms: 0,
+            hang_rate: 0.0,
+            hang_ms: 30_000,
+            drop_rate: 0.0,
+            fault_after_effect_rate: 0.0,
+        }
+    }
+}
+
+impl Faults {
+    /// Every rate must be a fraction.
+    pub fn validate(&self) -> Result<(), String> {
+        let rates = [
+            ("fail_rate", self.fail_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+            ("hang_rate", self.hang_rate),
+            ("drop_rate", self.drop_rate),
+            ("fault_after_effect_rate", self.fault_after_effect_rate),
+        ];
+        for (name, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} must be between 0 and 1, got {rate}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The API key; `Debug` never shows it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty API key".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
