@@ -1,0 +1,195 @@
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Projects Kustom In-Person Payments events from Kafka into PostgreSQL read models
+/// (`ipp_events`, `ipp_sessions`), exactly once whatever the order, duplicates or crashes.
+#[derive(Debug, Parser)]
+#[command(name = "ipp-projector", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Consume and project (the default): migrates first, then runs until SIGTERM/SIGINT.
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub kafka_brokers: String,
+
+    /// Topic of IPP events to project.
+    #[arg(long, env = "IPP_TOPIC", default_value = ipp_schemas::topics::IPP_EVENTS, global = true)]
+    pub ipp_topic: String,
+
+    /// Dead-letter topic for records that cannot be projected.
+    #[arg(long, env = "IPP_DLQ_TOPIC", default_value = ipp_schemas::topics::IPP_EVENTS_DLQ, global = true)]
+    pub dlq_topic: String,
+
+    /// PostgreSQL URL of the read models.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        global = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// Consumer group; also the key of the offsets stored in PostgreSQL.
+    #[arg(
+        long,
+        env = "PROJECTOR_GROUP",
+        default_value = "ipp-projector",
+        global = true
+    )]
+    pub group: String,
+
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "PROJECTOR_HTTP",
+        default_value = "0.0.0.0:9101",
+        global = true
+    )]
+    pub http: SocketAddr,
+
+    /// Most records applied in one database transaction.
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500, global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// Longest wait, in milliseconds, for a batch to fill once its first record arrived.
+    #[arg(
+        long,
+        env = "PROJECTOR_BATCH_WAIT_MS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub batch_wait_ms: u64,
+
+    /// Largest number of PostgreSQL connections.
+    #[arg(
+        long,
+        env = "PROJECTOR_DB_CONNECTIONS",
+        default_value_t = 4,
+        global = true
+    )]
+    pub db_connections: u32,
+
+    /// Extra librdkafka property `key=value` for the consumer and the dead-letter
+    /// producer (repeatable; the environment variable takes a comma-separated list).
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub kafka_properties: Vec<KafkaProperty>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A database URL whose `Debug` output hides the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host/db -> scheme://user:***@host/db
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &self.0[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let masked = if userinfo.contains(':') { ":***" } else { "" };
+                write!(
+                    f,
+                    "{}{user}{masked}{}",
+                    &self.0[..scheme + 3],
+                    &self.0[at..]
+                )
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+impl FromStr for KafkaProperty {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            _ => Err(format!("expected key=value, got `{s}`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/ipp".parse().unwrap();
+        assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/ipp");
+    }
+
+    #[test]
+    fn parses_flags_and_subcommand() {
+        let cli = Cli::try_parse_from([
+            "ipp-projector",
+            "migrate",
+            "--kafka-property",
+            "security.protocol=ssl",
+            "--batch-size",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(cli.command, Some(Command::Migrate));
+        assert_eq!(cli.config.batch_size, 10);
+        assert_eq!(cli.config.kafka_properties[0].key, "security.protocol");
+    }
+}

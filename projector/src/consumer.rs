@@ -1,0 +1,457 @@
+//! The Kafka side of the projector.
+//!
+//! Offset strategy: PostgreSQL is the source of truth for consumed offsets. Each batch
+//! runs in one transaction that (1) locks the rows of `ipp_projector_offsets` for the
+//! batch's partitions, (2) skips every record below the stored `next_offset` of its
+//! partition, (3) parks poison records in the dead-letter topic and waits for the
+//! broker's acknowledgement, (4) stores the events and refolds their sessions, and
+//! (5) moves `next_offset` past the batch; then it commits. A crash anywhere before the
+//! commit leaves read models and offsets as they were, so the batch is replayed whole;
+//! a crash between (3) and the commit may park the same poison record twice, never zero
+//! times.
+//!
+//! Where consumption starts: the rebalance callback is synchronous and must not block,
+//! so it never queries PostgreSQL. It assigns each partition at the offset in an
+//! in-memory copy of `ipp_projector_offsets` (loaded at startup, refreshed after every
+//! commit and while idle), or from the beginning when none is stored. That copy can
+//! only lag behind the table, never lead it, so the worst case is re-reading records
+//! that step (2) then skips: nothing is applied twice and nothing is skipped. The lock
+//! in step (1) also serializes two consumers that briefly hold the same partition
+//! during a rebalance. Kafka group commits are sent after each batch for monitoring
+//! tools (lag dashboards) but are never read.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ipp_schemas::{EventParseError, KustomEvent, RecordHeaders};
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    error::KafkaError,
+    message::{Message, OwnedHeaders, OwnedMessage},
+    statistics::Statistics,
+    types::RDKafkaRespErr,
+    ClientConfig, ClientContext, Offset, TopicPartitionList,
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::Config,
+    dlq::DeadLetters,
+    http::Health,
+    session::SessionEvent,
+    store::{self, NewEvent},
+    Error,
+};
+
+/// Next offset to apply per partition, as last read from or written to PostgreSQL.
+type OffsetCache = Arc<Mutex<HashMap<i32, i64>>>;
+
+/// The consumer context: assigns partitions at the stored offsets, reports lag.
+pub struct ProjectorContext {
+    topic: String,
+    offsets: OffsetCache,
+    health: Arc<Health>,
+}
+
+impl ProjectorContext {
+    fn cached(&self) -> HashMap<i32, i64> {
+        self.offsets.lock().expect("offset cache poisoned").clone()
+    }
+}
+
+impl ClientContext for ProjectorContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let cached = self.cached();
+        for (partition, stats) in &topic.partitions {
+            if *partition < 0 || !stats.desired || stats.hi_offset < 0 {
+                continue;
+            }
+            let applied = cached
+                .get(partition)
+                .copied()
+                .unwrap_or(0)
+                .max(stats.lo_offset);
+            self.health
+                .metrics
+                .partition_lag
+                .with_label_values(&[&self.topic, &partition.to_string()])
+                .set((stats.hi_offset - applied).max(0));
+        }
+    }
+}
+
+impl ConsumerContext for ProjectorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let cached = self.cached();
+                let assigned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                for (topic, partition) in &assigned {
+                    let start = match cached.get(partition) {
+                        Some(next) if *topic == self.topic => Offset::Offset(*next),
+                        _ => Offset::Beginning,
+                    };
+                    info!(%topic, partition, offset = ?start, "partition assigned");
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
+                        error!(%topic, partition, error = &e as &dyn std::error::Error, "cannot set start offset");
+                    }
+                }
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for e in tpl.elements() {
+                    info!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        "partition revoked"
+                    );
+                    let _ = self
+                        .health
+                        .metrics
+                        .partition_lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                error!(error = ?other, "rebalance error, dropping the assignment");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            error!(
+                error = &e as &dyn std::error::Error,
+                "applying the rebalance failed"
+            );
+        }
+    }
+}
+
+/// Why a record cannot be projected; it goes to the dead-letter topic.
+fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
+    let empty = OwnedHeaders::new();
+    let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
+        .map_err(|e| e.to_string())?;
+    let body = message.payload().ok_or("record has no value")?;
+    let payload = std::str::from_utf8(body)
+        .map_err(|_| "record value is not UTF-8".to_owned())?
+        .to_owned();
+    // Valid JSON, but PostgreSQL text and jsonb cannot hold a NUL character.
+    if payload.contains("\\u0000") {
+        return Err("event contains \\u0000, which PostgreSQL cannot store".into());
+    }
+    let event = match KustomEvent::parse(body).map_err(|e: EventParseError| e.to_string())? {
+        KustomEvent::Ipp(event) => event,
+        KustomEvent::Other(envelope) => {
+            return Err(format!("not an ipp.* event: type {}", envelope.event_type))
+        }
+    };
+    if headers.event_id != event.id() {
+        return Err(format!(
+            "header kustom-event-id {} does not match the body's id {}",
+            headers.event_id,
+            event.id()
+        ));
+    }
+    let session_id = event.session_id();
+    let envelope = event.envelope;
+    Ok(NewEvent {
+        session_id,
+        event: SessionEvent {
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            merchant_id: envelope.merchant_id,
+            order_id: envelope.data.order_id,
+            failure_reason: envelope.data.failure_reason,
+            occurred_at: envelope.timestamp,
+        },
+        received_at: headers.received_at,
+        kafka_partition: message.partition(),
+        kafka_offset: message.offset(),
+        payload,
+    })
+}
+
+pub struct Projector {
+    config: Config,
+    pool: PgPool,
+    health: Arc<Health>,
+    consumer: StreamConsumer<ProjectorContext>,
+    dead_letters: DeadLetters,
+    offsets: OffsetCache,
+}
+
+impl Projector {
+    pub async fn new(config: Config, pool: PgPool, health: Arc<Health>) -> Result<Self, Error> {
+        let stored = store::load_offsets(&pool, &config.group, &config.ipp_topic).await?;
+        let offsets: OffsetCache = Arc::new(Mutex::new(stored));
+        let context = ProjectorContext {
+            topic: config.ipp_topic.clone(),
+            offsets: offsets.clone(),
+            health: health.clone(),
+        };
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000");
+        for property in &config.kafka_properties {
+            client.set(&property.key, &property.value);
+        }
+        let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;
+        let dead_letters = DeadLetters::new(&config)?;
+        Ok(Self {
+            config,
+            pool,
+            health,
+            consumer,
+            dead_letters,
+            offsets,
+        })
+    }
+
+    /// Consumes until `shutdown`; the batch in progress is finished and committed first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.consumer.subscribe(&[&self.config.ipp_topic])?;
+        info!(topic = %self.config.ipp_topic, group = %self.config.group, "projector subscribed");
+        self.health.set_ready(true);
+        let result = self.consume(&shutdown).await;
+        self.health.set_ready(false);
+        // Leaves the group now rather than after the session timeout.
+        self.consumer.unsubscribe();
+        self.dead_letters.flush();
+        info!("projector stopped");
+        result
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), Error> {
+        while !shutdown.is_cancelled() {
+            let batch = self.next_batch(shutdown).await;
+            if batch.is_empty() {
+                continue;
+            }
+            self.apply_with_retries(&batch, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a first record, then gathers more until the batch is full or the
+    /// batch wait is over. Empty when shutting down or idle for a second.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return batch,
+            received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
+        };
+        match first {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(e)) => {
+                self.receive_error(&e).await;
+                return batch;
+            }
+            Err(_idle) => {
+                self.refresh_offsets().await;
+                return batch;
+            }
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.batch_wait_ms);
+        while batch.len() < self.config.batch_size as usize {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Err(e)) => {
+                    self.receive_error(&e).await;
+                    break;
+                }
+                Err(_deadline) => break,
+            }
+        }
+        batch
+    }
+
+    async fn receive_error(&self, e: &KafkaError) {
+        warn!(error = e as &dyn std::error::Error, "kafka receive error");
+        // Errors such as a missing topic repeat at once: do not spin on them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// Picks up offsets other replicas committed, so a later assignment starts closer.
+    async fn refresh_offsets(&self) {
+        match store::load_offsets(&self.pool, &self.config.group, &self.config.ipp_topic).await {
+            Ok(stored) => self.remember_offsets(stored.into_iter()),
+            Err(e) => debug!(
+                error = &e as &dyn std::error::Error,
+                "offset refresh failed"
+            ),
+        }
+    }
+
+    fn remember_offsets(&self, offsets: impl Iterator<Item = (i32, i64)>) {
+        let mut cache = self.offsets.lock().expect("offset cache poisoned");
+        for (partition, next) in offsets {
+            let entry = cache.entry(partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+    }
+
+    async fn apply_with_retries(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            let started = Instant::now();
+            match self.apply(batch).await {
+                Ok(()) => {
+                    self.health
+                        .metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.health.set_ready(true);
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() => {
+                    self.health.metrics.batch_failures.inc();
+                    self.health.set_ready(false);
+                    error!(
+                        error = &e as &dyn std::error::Error,
+                        attempt,
+                        records = batch.len(),
+                        "batch failed and was rolled back, retrying"
+                    );
+                    tokio::select! {
+                        // Nothing of this batch was committed: whoever owns the
+                        // partitions next replays it from the stored offsets.
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Applies one batch in one transaction (see the comment at the top of this file).
+    async fn apply(&self, batch: &[OwnedMessage]) -> Result<(), Error> {
+        let group = &self.config.group;
+        let topic = &self.config.ipp_topic;
+        let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut next: BTreeMap<i32, i64> =
+            store::lock_offsets(&mut tx, group, topic, &partitions).await?;
+
+        let mut events = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        let mut stale = 0u64;
+        for message in batch {
+            let next_offset = next.entry(message.partition()).or_insert(0);
+            if message.offset() < *next_offset {
+                stale += 1;
+                continue;
+            }
+            *next_offset = message.offset() + 1;
+            match decode(message) {
+                Ok(event) => events.push(event),
+                Err(reason) => poison.push((message, reason)),
+            }
+        }
+        for (message, reason) in &poison {
+            warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                error = %reason,
+                "record cannot be projected, parking it in the dead-letter topic"
+            );
+        }
+        if !poison.is_empty() {
+            self.dead_letters.send_all(&poison).await?;
+        }
+
+        let inserted = store::insert_events(&mut tx, &events).await?;
+        let sessions: BTreeSet<_> = inserted.iter().map(|e| e.session_id).collect();
+        store::refold_sessions(&mut tx, &sessions).await?;
+        store::save_offsets(&mut tx, group, topic, &next).await?;
+        tx.commit().await?;
+
+        let metrics = &self.health.metrics;
+        metrics.dead_letters.inc_by(poison.len() as u64);
+        metrics.stale_records.inc_by(stale);
+        metrics
+            .duplicate_events
+            .inc_by((events.len() - inserted.len()) as u64);
+        for event in &inserted {
+            metrics
+                .events_applied
+                .with_label_values(&[&event.event.event_type])
+                .inc();
+            metrics.applied_received_at(event.received_at);
+        }
+        debug!(
+            records = batch.len(),
+            applied = inserted.len(),
+            sessions = sessions.len(),
+            dead_letters = poison.len(),
+            stale,
+            "batch committed"
+        );
+        self.remember_offsets(next.iter().map(|(p, n)| (*p, *n)));
+        self.commit_to_kafka(&next);
+        Ok(())
+    }
+
+    /// Informational only: lets Kafka tooling show the group's progress.
+    fn commit_to_kafka(&self, next: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            if tpl
+                .add_partition_offset(&self.config.ipp_topic, *partition, Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            debug!(
+                error = &e as &dyn std::error::Error,
+                "informational kafka commit failed"
+            );
+        }
+    }
+}

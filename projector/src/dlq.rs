@@ -1,0 +1,115 @@
+//! The dead-letter topic: records that can never be projected, parked with their
+//! provenance so an operator can inspect, fix and redrive them.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ipp_schemas::record::{dlq, format_timestamp};
+use rdkafka::{
+    message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
+    producer::{FutureProducer, FutureRecord},
+    ClientConfig,
+};
+
+use crate::{config::Config, Error};
+
+pub const SERVICE: &str = "ipp-projector";
+
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000");
+        for property in &config.kafka_properties {
+            client.set(&property.key, &property.value);
+        }
+        Ok(Self {
+            producer: client.create()?,
+            topic: config.dlq_topic.clone(),
+        })
+    }
+
+    /// Produces every record and waits until the broker has acknowledged all of them.
+    /// The caller advances its stored offset only after this returns `Ok`.
+    pub async fn send_all(&self, records: &[(&OwnedMessage, String)]) -> Result<(), Error> {
+        let failed_at = format_timestamp(Utc::now());
+        let mut pending = Vec::with_capacity(records.len());
+        for (message, error) in records {
+            let partition = message.partition().to_string();
+            let offset = message.offset().to_string();
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = message.headers() {
+                for header in original.iter() {
+                    headers = headers.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    });
+                }
+            }
+            for (key, value) in [
+                (dlq::SOURCE_TOPIC, message.topic()),
+                (dlq::SOURCE_PARTITION, partition.as_str()),
+                (dlq::SOURCE_OFFSET, offset.as_str()),
+                (dlq::ERROR, error.as_str()),
+                (dlq::FAILED_AT, failed_at.as_str()),
+                (dlq::SERVICE, SERVICE),
+            ] {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(headers);
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            let delivery =
+                self.producer
+                    .send_result(record)
+                    .map_err(|(source, _)| Error::DeadLetter {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        source,
+                    })?;
+            pending.push((message.partition(), message.offset(), delivery));
+        }
+        for (partition, offset, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => {
+                    return Err(Error::DeadLetter {
+                        partition,
+                        offset,
+                        source,
+                    })
+                }
+                // The producer was dropped before delivering: treat as not delivered.
+                Err(_canceled) => {
+                    return Err(Error::DeadLetter {
+                        partition,
+                        offset,
+                        source: rdkafka::error::KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for anything still in flight, at shutdown.
+    pub fn flush(&self) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,69 @@
+//! ipp-projector: consumes `ipp.events` and keeps exact PostgreSQL read models
+//! (`ipp_events`, `ipp_sessions`) whatever the order, duplicates or crashes.
+//! See `consumer.rs` for the offset strategy and `session.rs` for the status rule.
+
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod session;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::{consumer::Projector, http::Health, metrics::Metrics};
+
+/// Connects to PostgreSQL with bounded waits.
+pub async fn connect(config: &Config) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.db_connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(config.database_url.expose())
+        .await?)
+}
+
+/// `ipp-projector migrate`.
+pub async fn migrate(config: &Config) -> Result<(), Error> {
+    let pool = connect(config).await?;
+    store::migrate(&pool).await?;
+    info!("migrations applied");
+    pool.close().await;
+    Ok(())
+}
+
+/// Migrates, serves HTTP on `listener`, and projects until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let pool = connect(&config).await?;
+    store::migrate(&pool).await?;
+    let health = Arc::new(Health::new(Metrics::new()));
+
+    let http_shutdown = CancellationToken::new();
+    let server = axum::serve(listener, http::router(health.clone()))
+        .with_graceful_shutdown(http_shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+
+    let projector = Projector::new(config, pool.clone(), health).await?;
+    let result = projector.run(shutdown).await;
+
+    http_shutdown.cancel();
+    let served = server
+        .await
+        .map_err(|e| Error::Http(std::io::Error::other(e)))?;
+    pool.close().await;
+    result?;
+    served.map_err(Error::Http)
+}

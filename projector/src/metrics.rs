@@ -1,0 +1,134 @@
+//! Prometheus metrics, in a registry of the service's own (no global state).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Distinct events newly stored, by event type.
+    pub events_applied: IntCounterVec,
+    /// Records whose event id was already stored (redeliveries, webhook retries).
+    pub duplicate_events: IntCounter,
+    /// Records skipped because the stored offset was already past them.
+    pub stale_records: IntCounter,
+    pub dead_letters: IntCounter,
+    pub batch_seconds: Histogram,
+    pub batch_failures: IntCounter,
+    /// High watermark minus the stored next offset, per assigned partition.
+    pub partition_lag: IntGaugeVec,
+    /// `received_at` of the last applied event, in microseconds since the epoch.
+    last_applied_received_at_us: AtomicI64,
+    last_applied_age: prometheus::Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let events_applied = IntCounterVec::new(
+            Opts::new(
+                "ipp_projector_events_applied_total",
+                "Distinct events stored in ipp_events, by event type",
+            ),
+            &["event_type"],
+        )
+        .expect("valid metric");
+        let duplicate_events = IntCounter::new(
+            "ipp_projector_duplicate_events_total",
+            "Records whose event id was already stored",
+        )
+        .expect("valid metric");
+        let stale_records = IntCounter::new(
+            "ipp_projector_stale_records_total",
+            "Records skipped because the offset stored in PostgreSQL was already past them",
+        )
+        .expect("valid metric");
+        let dead_letters = IntCounter::new(
+            "ipp_projector_dead_letters_total",
+            "Records sent to the dead-letter topic",
+        )
+        .expect("valid metric");
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ipp_projector_batch_duration_seconds",
+                "Time to apply one batch, dead letters and commit included",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let batch_failures = IntCounter::new(
+            "ipp_projector_batch_failures_total",
+            "Batches rolled back and retried",
+        )
+        .expect("valid metric");
+        let partition_lag = IntGaugeVec::new(
+            Opts::new(
+                "ipp_projector_partition_lag",
+                "Records in the partition not yet applied (high watermark minus stored offset)",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let last_applied_age = prometheus::Gauge::new(
+            "ipp_projector_last_applied_event_age_seconds",
+            "Seconds since ingest received the last event this projector applied",
+        )
+        .expect("valid metric");
+
+        let registry = Registry::new();
+        for collector in [
+            Box::new(events_applied.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duplicate_events.clone()),
+            Box::new(stale_records.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(batch_seconds.clone()),
+            Box::new(batch_failures.clone()),
+            Box::new(partition_lag.clone()),
+            Box::new(last_applied_age.clone()),
+        ] {
+            registry.register(collector).expect("unique metric");
+        }
+        Self {
+            registry,
+            events_applied,
+            duplicate_events,
+            stale_records,
+            dead_letters,
+            batch_seconds,
+            batch_failures,
+            partition_lag,
+            last_applied_received_at_us: AtomicI64::new(0),
+            last_applied_age,
+        }
+    }
+
+    pub fn applied_received_at(&self, received_at: chrono::DateTime<chrono::Utc>) {
+        self.last_applied_received_at_us
+            .fetch_max(received_at.timestamp_micros(), Ordering::Relaxed);
+    }
+
+    /// The text exposition format, with the event age computed at scrape time.
+    pub fn render(&self) -> String {
+        let last = self.last_applied_received_at_us.load(Ordering::Relaxed);
+        if last > 0 {
+            let now = chrono::Utc::now().timestamp_micros();
+            self.last_applied_age
+                .set((now - last).max(0) as f64 / 1_000_000.0);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("text exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
