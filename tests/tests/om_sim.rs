@@ -1,0 +1,663 @@
+//! The Order Management simulator, over HTTP, as `ipp-actions` sees it: the real binary
+//! on a free port. Faithfulness (auth, amounts, the documented 403s), idempotency keys
+//! (one effect per key, also under concurrency and after faults that follow the effect)
+//! and fault injection switched at run time.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use ipp_tests::{
+    free_port,
+    process::{wait_for_tcp, Service},
+};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const KEY: &str = "kco_test_om_sim_tests";
+
+struct Sim {
+    _service: Service,
+    base: String,
+    client: Client,
+}
+
+impl Sim {
+    /// Starts the simulator with the test key and extra environment (fault settings).
+    fn start(env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let mut all = vec![
+            ("OM_SIM_LISTEN", format!("127.0.0.1:{port}")),
+            ("OM_SIM_API_KEY", KEY.to_owned()),
+        ];
+        all.extend(env.iter().cloned());
+        let service = Service::spawn("ipp-om-sim", &[], &all);
+        wait_for_tcp(port, Duration::from_secs(10));
+        Self {
+            _service: service,
+            base: format!("http://127.0.0.1:{port}"),
+            client: Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    fn order_url(&self, order_id: &str) -> String {
+        format!("{}/ordermanagement/v1/orders/{order_id}", self.base)
+    }
+
+    async fn get_order(&self, order_id: &str) -> Response {
+        self.client
+            .get(self.order_url(order_id))
+            .basic_auth("merchant", Some(KEY))
+            .send()
+            .await
+            .expect("get order")
+    }
+
+    fn capture_request(
+        &self,
+        client: &Client,
+        order_id: &str,
+        amount: i64,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = client
+            .post(format!("{}/captures", self.order_url(order_id)))
+            .header("Authorization", format!("Basic {KEY}"))
+            .json(&json!({ "captured_amount": amount, "reference": "session-1" }));
+        if let Some(key) = key {
+            request = request.header("Klarna-Idempotency-Key", key);
+        }
+        request
+    }
+
+    async fn capture(&self, order_id: &str, amount: i64, key: Option<&str>) -> Response {
+        self.capture_request(&self.client, order_id, amount, key)
+            .send()
+            .await
+            .expect("capture")
+    }
+
+    async fn post(&self, order_id: &str, action: &str, body: Value) -> Response {
+        self.client
+            .post(format!("{}/{action}", self.order_url(order_id)))
+            .header("Authorization", format!("Basic {KEY}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("post")
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Response {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("control request")
+    }
+
+    async fn sim_order(&self, order_id: &str) -> Value {
+        let response = self
+            .control(
+                reqwest::Method::GET,
+                &format!("/_sim/orders/{order_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("sim order")
+    }
+
+    async fn seed(&self, order_id: &str, seed: Value) {
+        let response = self
+            .control(
+                reqwest::Method::PUT,
+                &format!("/_sim/orders/{order_id}"),
+                Some(seed),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    async fn set_faults(&self, faults: Value) {
+        let response = self
+            .control(reqwest::Method::PUT, "/_sim/faults", Some(faults))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "PUT /_sim/faults");
+    }
+
+    async fn calls(&self) -> Vec<Value> {
+        let response = self
+            .control(reqwest::Method::GET, "/_sim/calls", None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("calls")
+    }
+
+    async fn stats(&self) -> Value {
+        let response = self
+            .control(reqwest::Method::GET, "/_sim/stats", None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("stats")
+    }
+}
+
+async fn error_code(response: Response) -> String {
+    let body: Value = response.json().await.expect("error body");
+    assert!(
+        body["error_messages"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "error_messages missing in {body}"
+    );
+    assert!(
+        body["correlation_id"].is_string(),
+        "correlation_id missing in {body}"
+    );
+    body["error_code"].as_str().expect("error_code").to_owned()
+}
+
+fn new_order() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn effects(order: &Value, kind: &str) -> u64 {
+    order["effects"][kind].as_u64().expect("effects count")
+}
+
+#[tokio::test]
+async fn authorization_is_required() {
+    let sim = Sim::start(&[]);
+    let order = new_order();
+    let url = sim.order_url(&order);
+
+    let none = sim.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(none).await, "UNAUTHORIZED");
+
+    let wrong = sim
+        .client
+        .get(&url)
+        .header("Authorization", "Basic kco_test_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let wrong_pair = sim
+        .client
+        .post(format!("{url}/captures"))
+        .basic_auth("merchant", Some("kco_test_wrong"))
+        .json(&json!({ "captured_amount": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_pair.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+
+    // Both documented forms: the bare key, and base64(<any user>:<key>).
+    let bare = sim
+        .client
+        .get(&url)
+        .header("Authorization", format!("Basic {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::OK);
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{KEY}"));
+    let encoded = sim
+        .client
+        .get(&url)
+        .header("Authorization", format!("Basic {pair}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(encoded.status(), StatusCode::OK);
+
+    let statuses: Vec<u64> = sim
+        .calls()
+        .await
+        .iter()
+        .map(|c| c["status"].as_u64().expect("status"))
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 200, 200]);
+}
+
+#[tokio::test]
+async fn full_capture_then_another_capture_is_not_allowed() {
+    let sim = Sim::start(&[]);
+    let order_id = Uuid::new_v4();
+    let order = order_id.to_string();
+    let amount = ipp_om_sim::authorized_amount_for(&order_id);
+
+    let response = sim.get_order(&order).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["order_id"], order.as_str());
+    assert_eq!(body["status"], "AUTHORIZED");
+    assert_eq!(body["order_amount"], amount);
+    assert_eq!(body["original_order_amount"], amount);
+    assert_eq!(body["remaining_authorized_amount"], amount);
+    assert_eq!(body["captured_amount"], 0);
+    assert_eq!(body["refunded_amount"], 0);
+    assert_eq!(body["purchase_currency"], "EUR");
+
+    let response = sim.capture(&order, amount, Some("key-1")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let capture: Value = response.json().await.unwrap();
+    let capture_id = capture["capture_id"].as_str().expect("capture_id");
+    assert!(
+        location.ends_with(&format!("/orders/{order}/captures/{capture_id}")),
+        "location {location}"
+    );
+
+    let body: Value = sim.get_order(&order).await.json().await.unwrap();
+    assert_eq!(body["status"], "CAPTURED");
+    assert_eq!(body["captured_amount"], amount);
+    assert_eq!(body["remaining_authorized_amount"], 0);
+    assert_eq!(body["captures"][0]["capture_id"], capture_id);
+    assert_eq!(body["captures"][0]["reference"], "session-1");
+
+    let again = sim.capture(&order, 1, Some("key-2")).await;
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(again).await, "CAPTURE_NOT_ALLOWED");
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+
+    // A part capture, then more than what remains.
+    let other_id = Uuid::new_v4();
+    let other = other_id.to_string();
+    let other_amount = ipp_om_sim::authorized_amount_for(&other_id);
+    assert_eq!(
+        sim.capture(&other, 100, None).await.status(),
+        StatusCode::CREATED
+    );
+    let body: Value = sim.get_order(&other).await.json().await.unwrap();
+    assert_eq!(body["status"], "PART_CAPTURED");
+    assert_eq!(body["remaining_authorized_amount"], other_amount - 100);
+    let too_much = sim.capture(&other, other_amount - 99, None).await;
+    assert_eq!(too_much.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(too_much).await, "CAPTURE_NOT_ALLOWED");
+
+    // Malformed input and unknown orders get the documented codes.
+    let zero = sim.capture(&other, 0, None).await;
+    assert_eq!(zero.status(), StatusCode::BAD_REQUEST);
+    let bad_id = sim.get_order("not-a-uuid").await;
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(bad_id).await, "INVALID_ORDER_ID");
+    let missing = new_order();
+    sim.seed(&missing, json!({ "missing": true })).await;
+    let response = sim.get_order(&missing).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "NO_SUCH_ORDER");
+    let response = sim.capture(&missing, 1, None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let stats = sim.stats().await;
+    assert_eq!(stats["captures_applied"], 2);
+    assert_eq!(stats["captures_by_order"][&order], 1);
+    assert_eq!(stats["captures_by_order"][&other], 1);
+}
+
+#[tokio::test]
+async fn same_key_returns_the_first_response_with_one_effect() {
+    let sim = Sim::start(&[]);
+    let order = new_order();
+
+    let first = sim.capture(&order, 100, Some("same-key")).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_location = first.headers()["location"].clone();
+    let first_body: Value = first.json().await.unwrap();
+
+    // Only the key counts, not the body.
+    let second = sim.capture(&order, 250, Some("same-key")).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.headers()["location"], first_location);
+    let second_body: Value = second.json().await.unwrap();
+    assert_eq!(second_body, first_body);
+
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 1);
+    assert_eq!(state["captured_amount"], 100);
+    let replayed: Vec<bool> = sim
+        .calls()
+        .await
+        .iter()
+        .map(|c| c["replayed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(replayed, [false, true]);
+
+    // A different key is a different capture.
+    assert_eq!(
+        sim.capture(&order, 50, Some("other-key")).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_key_make_one_effect() {
+    let sim = Sim::start(&[]);
+    let order = new_order();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        // A client each, so that the requests really travel on separate connections.
+        let request = sim.capture_request(&Client::new(), &order, 300, Some("concurrent-key"));
+        tasks.spawn(async move {
+            let response = request.send().await.expect("capture");
+            let status = response.status();
+            let body: Value = response.json().await.expect("body");
+            (status, body["capture_id"].as_str().map(str::to_owned))
+        });
+    }
+    let mut capture_ids = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let (status, capture_id) = result.expect("task");
+        assert_eq!(status, StatusCode::CREATED);
+        capture_ids.push(capture_id.expect("capture_id"));
+    }
+    assert_eq!(capture_ids.len(), 24);
+    assert!(capture_ids.iter().all(|id| *id == capture_ids[0]));
+
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 1);
+    assert_eq!(state["captured_amount"], 300);
+    let stats = sim.stats().await;
+    assert_eq!(stats["captures_by_order"][&order], 1);
+    assert_eq!(stats["replays"], 23);
+}
+
+#[tokio::test]
+async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
+    let sim = Sim::start(&[]);
+
+    let seeded = new_order();
+    sim.seed(&seeded, json!({ "status": "CANCELLED" })).await;
+    let response = sim.capture(&seeded, 1, Some("cancelled-1")).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(response).await, "CAPTURE_NOT_ALLOWED");
+
+    for status in ["EXPIRED", "CLOSED"] {
+        let order = new_order();
+        sim.seed(&order, json!({ "status": status })).await;
+        let response = sim.capture(&order, 1, None).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{status}");
+    }
+
+    // Cancel through the API, then capture.
+    let order = new_order();
+    let response = sim.post(&order, "cancel", json!({})).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let body: Value = sim.get_order(&order).await.json().await.unwrap();
+    assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(body["remaining_authorized_amount"], 0);
+    let response = sim.capture(&order, 1, None).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(response).await, "CAPTURE_NOT_ALLOWED");
+
+    // An order with captures cannot be cancelled; refunds are bounded by what was captured.
+    let order = new_order();
+    assert_eq!(
+        sim.capture(&order, 500, None).await.status(),
+        StatusCode::CREATED
+    );
+    let response = sim.post(&order, "cancel", json!({})).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(response).await, "CANCEL_NOT_ALLOWED");
+    let response = sim
+        .post(&order, "refunds", json!({ "refunded_amount": 501 }))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(response).await, "REFUND_NOT_ALLOWED");
+    let response = sim
+        .post(&order, "refunds", json!({ "refunded_amount": 200 }))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let refund: Value = response.json().await.unwrap();
+    assert!(refund["refund_id"].is_string());
+
+    // Releasing the rest of a part-captured order ends it as CAPTURED.
+    let response = sim
+        .post(&order, "release-remaining-authorization", json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let body: Value = sim.get_order(&order).await.json().await.unwrap();
+    assert_eq!(body["status"], "CAPTURED");
+    assert_eq!(body["remaining_authorized_amount"], 0);
+    assert_eq!(body["refunded_amount"], 200);
+
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 1);
+    assert_eq!(effects(&state, "refunds"), 1);
+    assert_eq!(effects(&state, "cancels"), 0);
+}
+
+#[tokio::test]
+async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
+    let sim = Sim::start(&[
+        ("OM_SIM_RATE_LIMIT_RATE", "1.0".into()),
+        ("OM_SIM_RETRY_AFTER_SECS", "7".into()),
+    ]);
+    let order = new_order();
+
+    let response = sim.get_order(&order).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(error_code(response).await, "TOO_MANY_REQUESTS");
+
+    let response = sim.capture(&order, 10, Some("limited")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+
+    // The 429 stored nothing under the key: the retry is a first attempt.
+    sim.set_faults(json!({})).await;
+    let response = sim.capture(&order, 10, Some("limited")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    let last = sim.calls().await.pop().expect("a call");
+    assert_eq!(last["replayed"], false);
+}
+
+#[tokio::test]
+async fn fail_rate_one_answers_only_5xx_without_effects() {
+    let sim = Sim::start(&[
+        ("OM_SIM_FAIL_RATE", "1.0".into()),
+        ("OM_SIM_SEED", "7".into()),
+    ]);
+    let order = new_order();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let response = sim.capture(&order, 10, Some(&format!("fail-{i}"))).await;
+        let status = response.status();
+        assert!(
+            status == StatusCode::INTERNAL_SERVER_ERROR
+                || status == StatusCode::SERVICE_UNAVAILABLE,
+            "got {status}"
+        );
+        let code = error_code(response).await;
+        assert!(
+            code == "INTERNAL_SERVER_ERROR" || code == "TEMPORARILY_UNAVAILABLE",
+            "{code}"
+        );
+        seen.insert(status.as_u16());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [500, 503]);
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 0);
+    assert_eq!(state["captured_amount"], 0);
+    assert_eq!(sim.stats().await["captures_applied"], 0);
+
+    // Nothing was stored under those keys either.
+    sim.set_faults(json!({ "fail_rate": 0.0 })).await;
+    let response = sim.capture(&order, 10, Some("fail-0")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+}
+
+#[tokio::test]
+async fn dropped_connections_before_and_after_the_effect() {
+    let sim = Sim::start(&[]);
+
+    // Before the effect: no answer, no capture; the retry captures.
+    let order = new_order();
+    sim.set_faults(json!({ "drop_rate": 1.0 })).await;
+    let error = sim
+        .capture_request(&sim.client, &order, 100, Some("drop-before"))
+        .send()
+        .await
+        .expect_err("the connection is dropped");
+    assert!(!error.is_status() && !error.is_timeout(), "{error}");
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+    sim.set_faults(json!({})).await;
+    let response = sim.capture(&order, 100, Some("drop-before")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+
+    // After the effect: the capture happened; the retry with the same key returns it.
+    let order = new_order();
+    sim.set_faults(json!({ "drop_rate": 1.0, "fault_after_effect_rate": 1.0 }))
+        .await;
+    sim.capture_request(&sim.client, &order, 100, Some("drop-after"))
+        .send()
+        .await
+        .expect_err("the connection is dropped");
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 1);
+    let applied = state["captures"][0]["capture_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    sim.set_faults(json!({})).await;
+    let response = sim.capture(&order, 100, Some("drop-after")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["capture_id"], applied.as_str());
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+
+    let calls = sim.calls().await;
+    let dropped: Vec<&Value> = calls.iter().filter(|c| c["fault"] == "drop").collect();
+    assert_eq!(dropped.len(), 2);
+    assert!(dropped.iter().all(|c| c["status"].is_null()));
+    let last = calls.last().unwrap();
+    assert_eq!(last["idempotency_key"], "drop-after");
+    assert_eq!(last["replayed"], true);
+    assert_eq!(last["status"], 201);
+    assert_eq!(sim.stats().await["dropped"], 2);
+}
+
+#[tokio::test]
+async fn hangs_before_and_after_the_effect() {
+    let sim = Sim::start(&[]);
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+
+    // Before the effect: the client times out and nothing happened.
+    let order = new_order();
+    sim.set_faults(json!({ "hang_rate": 1.0, "hang_ms": 30000 }))
+        .await;
+    let error = sim
+        .capture_request(&impatient, &order, 100, Some("hang-before"))
+        .send()
+        .await
+        .expect_err("the request hangs");
+    assert!(error.is_timeout(), "{error}");
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+
+    // After the effect: the client times out, the capture happened once, and the retry
+    // with the same key gets the original 201.
+    let order = new_order();
+    sim.set_faults(json!({ "hang_rate": 1.0, "hang_ms": 30000, "fault_after_effect_rate": 1.0 }))
+        .await;
+    let error = sim
+        .capture_request(&impatient, &order, 100, Some("hang-after"))
+        .send()
+        .await
+        .expect_err("the request hangs");
+    assert!(error.is_timeout(), "{error}");
+    let state = sim.sim_order(&order).await;
+    assert_eq!(effects(&state, "captures"), 1);
+    let applied = state["captures"][0]["capture_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    sim.set_faults(json!({})).await;
+    let response = sim
+        .capture_request(&impatient, &order, 100, Some("hang-after"))
+        .send()
+        .await
+        .expect("answered once the faults are off");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["capture_id"], applied.as_str());
+    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+
+    let calls = sim.calls().await;
+    let hung: Vec<&Value> = calls.iter().filter(|c| c["fault"] == "hang").collect();
+    assert_eq!(hung.len(), 2);
+    assert!(hung.iter().all(|c| c["status"].is_null()));
+    assert_eq!(hung[1]["after_effect"], true);
+}
+
+#[tokio::test]
+async fn faults_switch_at_run_time() {
+    let sim = Sim::start(&[]);
+    let order = new_order();
+    assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
+
+    // An outage...
+    sim.set_faults(json!({ "fail_rate": 1.0 })).await;
+    let faults: Value = sim
+        .control(reqwest::Method::GET, "/_sim/faults", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["fail_rate"], 1.0);
+    assert_eq!(faults["drop_rate"], 0.0);
+    for _ in 0..5 {
+        assert!(sim.get_order(&order).await.status().is_server_error());
+    }
+
+    // ...and the recovery.
+    sim.set_faults(json!({ "fail_rate": 0.0 })).await;
+    assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
+
+    // Latency applies to every request (a lower bound: a sleep is never shorter).
+    sim.set_faults(json!({ "latency_ms": 300 })).await;
+    let started = std::time::Instant::now();
+    assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Invalid settings are refused and change nothing.
+    for bad in [json!({ "fail_rate": 1.5 }), json!({ "fail_rates": 0.5 })] {
+        let response = sim
+            .control(reqwest::Method::PUT, "/_sim/faults", Some(bad))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let faults: Value = sim
+        .control(reqwest::Method::GET, "/_sim/faults", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["latency_ms"], 300);
+
+    // The call log can be cleared; the counters keep counting.
+    let response = sim
+        .control(reqwest::Method::DELETE, "/_sim/calls", None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(sim.calls().await.is_empty());
+    let stats = sim.stats().await;
+    assert_eq!(stats["requests"], 8);
+    assert_eq!(stats["by_status"]["200"], 3);
+}
