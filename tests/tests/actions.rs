@@ -1,0 +1,735 @@
+//! `ipp-actions` end to end: the real binary, a real broker, real PostgreSQL and the Order
+//! Management simulator (`ipp-om-sim`) over HTTP. Every test checks the ledger AND the
+//! effects the simulator counted.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use ipp_schemas::record::{dlq, header};
+use ipp_tests::{db, free_port, kafka, process::Service, produce::Producer, unique_name};
+use rdkafka::message::OwnedHeaders;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const API_KEY: &str = "kco_test_actions_suite";
+/// UUIDv5 of the URL https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions, the
+/// documented namespace of the idempotency keys.
+const KEY_NAMESPACE: &str = "3d14a510-fabd-52f4-8d78-27913cea6615";
+
+fn expected_key(order_id: Uuid) -> Uuid {
+    let namespace = Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        b"https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions",
+    );
+    assert_eq!(namespace.to_string(), KEY_NAMESPACE);
+    Uuid::new_v5(&namespace, format!("capture:{order_id}").as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixture: broker topics, a fresh database, the simulator, the service.
+
+struct Fixture {
+    brokers: String,
+    topic: String,
+    dlq_topic: String,
+    database_url: String,
+    pool: PgPool,
+    _sim: Service,
+    sim_url: String,
+    http: reqwest::Client,
+    producer: Producer,
+}
+
+impl Fixture {
+    async fn new(partitions: i32, sim_env: &[(&str, String)]) -> Self {
+        let brokers = kafka::brokers();
+        let topic = kafka::create_topic(&brokers, "ipp_events", partitions).await;
+        let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
+        let database_url = db::fresh_database().await;
+        let pool = PgPool::connect(&database_url).await.expect("connect");
+        let port = free_port();
+        let mut env = vec![
+            ("OM_SIM_LISTEN", format!("127.0.0.1:{port}")),
+            ("OM_SIM_API_KEY", API_KEY.to_owned()),
+        ];
+        env.extend(sim_env.iter().cloned());
+        let sim = Service::spawn("ipp-om-sim", &[], &env);
+        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(20));
+        let producer = Producer::new(&brokers, &topic);
+        Self {
+            brokers,
+            topic,
+            dlq_topic,
+            database_url,
+            pool,
+            _sim: sim,
+            sim_url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            producer,
+        }
+    }
+
+    /// Starts `ipp-actions` with short retry settings; `extra` overrides them.
+    fn start_actions(&self, group: &str, extra: &[(&str, String)]) -> Actions {
+        let port = free_port();
+        let mut env: BTreeMap<&str, String> = BTreeMap::from([
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("IPP_TOPIC", self.topic.clone()),
+            ("ACTIONS_DLQ_TOPIC", self.dlq_topic.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("ACTIONS_GROUP", group.to_owned()),
+            ("KUSTOM_API_URL", self.sim_url.clone()),
+            ("KUSTOM_API_KEY", API_KEY.to_owned()),
+            ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
+            ("ACTIONS_HTTP_TIMEOUT_MS", "1000".into()),
+            ("ACTIONS_CONNECT_TIMEOUT_MS", "500".into()),
+            ("ACTIONS_INPLACE_RETRIES", "3".into()),
+            ("ACTIONS_INPLACE_MIN_DELAY_MS", "50".into()),
+            ("ACTIONS_INPLACE_MAX_DELAY_MS", "2000".into()),
+            ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
+            ("ACTIONS_RETRY_MAX_DELAY_MS", "2000".into()),
+            ("ACTIONS_LEASE_MS", "5000".into()),
+            ("ACTIONS_POLL_INTERVAL_MS", "200".into()),
+            ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".into()),
+        ]);
+        for (key, value) in extra {
+            env.insert(key, value.clone());
+        }
+        let env: Vec<(&str, String)> = env.into_iter().collect();
+        let service = Service::spawn("ipp-actions", &[], &env);
+        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(30));
+        Actions {
+            service,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// Produces records exactly as ipp-ingest writes them: raw body, key = session id,
+    /// the ingest headers.
+    async fn produce(&self, events: &[Event]) {
+        let bodies: Vec<Vec<u8>> = events.iter().map(Event::body).collect();
+        self.producer.send_events(&bodies).await;
+    }
+
+    async fn produce_raw(&self, key: &str, body: &[u8]) {
+        self.producer
+            .send_raw(Some(key.as_bytes()), Some(body), OwnedHeaders::new())
+            .await;
+    }
+
+    async fn sim_get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.sim_url))
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("json")
+    }
+
+    async fn sim_put(&self, path: &str, body: Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.sim_url))
+            .json(&body)
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
+    }
+
+    /// Captures the simulator applied, per order.
+    async fn captures_by_order(&self) -> HashMap<Uuid, u64> {
+        let stats = self.sim_get("/_sim/stats").await;
+        stats["captures_by_order"]
+            .as_object()
+            .expect("captures_by_order")
+            .iter()
+            .map(|(k, v)| (k.parse().expect("uuid"), v.as_u64().expect("count")))
+            .collect()
+    }
+
+    async fn calls(&self) -> Vec<Value> {
+        self.sim_get("/_sim/calls")
+            .await
+            .as_array()
+            .expect("calls")
+            .clone()
+    }
+
+    async fn ledger(&self) -> Vec<Row> {
+        sqlx::query_as(
+            "SELECT order_id, session_id, merchant_id, status, attempts, idempotency_key, \
+                 capture_id, captured_amount, reason, last_status_code \
+             FROM ipp_actions ORDER BY order_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn count(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Each order captured exactly once in the simulator, for its authorized amount, and
+    /// its ledger row `succeeded` with that capture's id and the deterministic key.
+    async fn assert_captured_once(&self, finalized: &[Event]) {
+        let by_order = self.captures_by_order().await;
+        let ledger: HashMap<Uuid, Row> = self
+            .ledger()
+            .await
+            .into_iter()
+            .map(|r| (r.order_id, r))
+            .collect();
+        for event in finalized {
+            let order_id = event.order_id.expect("finalized events have an order");
+            assert_eq!(by_order.get(&order_id), Some(&1), "captures of {order_id}");
+            let order = self.sim_get(&format!("/_sim/orders/{order_id}")).await;
+            let amount = ipp_om_sim::authorized_amount_for(&order_id);
+            assert_eq!(order["captured_amount"], json!(amount), "{order}");
+            assert_eq!(order["effects"]["captures"], json!(1), "{order}");
+            let capture = &order["captures"][0];
+            assert_eq!(capture["reference"], json!(event.session_id.to_string()));
+            let row = ledger.get(&order_id).expect("ledger row");
+            assert_eq!(row.status, "succeeded", "{row:?}");
+            assert_eq!(row.session_id, event.session_id);
+            assert_eq!(row.idempotency_key, expected_key(order_id));
+            assert_eq!(row.captured_amount, Some(amount));
+            assert_eq!(row.capture_id.as_deref(), capture["capture_id"].as_str());
+            assert_eq!(row.merchant_id.as_deref(), Some(MERCHANT));
+        }
+    }
+}
+
+struct Actions {
+    service: Service,
+    metrics_url: String,
+}
+
+impl Actions {
+    /// One sample of a Prometheus counter (the sum when `labels` is empty).
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let Ok(response) = reqwest::get(&self.metrics_url).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn stop(&mut self) {
+        self.service.signal("TERM");
+        let status = self.service.wait(Duration::from_secs(30));
+        assert!(status.success(), "ipp-actions exited with {status}");
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+#[allow(dead_code, reason = "fields are printed in assertion messages")]
+struct Row {
+    order_id: Uuid,
+    session_id: Uuid,
+    merchant_id: Option<String>,
+    status: String,
+    attempts: i32,
+    idempotency_key: Uuid,
+    capture_id: Option<String>,
+    captured_amount: Option<i64>,
+    reason: Option<String>,
+    last_status_code: Option<i32>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Events.
+
+const MERCHANT: &str = "DM11917000";
+
+#[derive(Debug, Clone)]
+struct Event {
+    id: String,
+    event_type: &'static str,
+    session_id: Uuid,
+    order_id: Option<Uuid>,
+    timestamp: DateTime<Utc>,
+}
+
+impl Event {
+    fn new(event_type: &'static str, session_id: Uuid, order_id: Option<Uuid>) -> Self {
+        Self {
+            id: format!("kevt_{}", Uuid::new_v4().simple()),
+            event_type,
+            session_id,
+            order_id,
+            timestamp: Utc::now(),
+        }
+    }
+
+    fn finalized() -> Self {
+        Self::new(
+            "ipp.session.finalized",
+            Uuid::new_v4(),
+            Some(Uuid::new_v4()),
+        )
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let failure = (self.event_type == "ipp.payment.failed").then_some("DECLINED");
+        json!({
+            "id": self.id,
+            "merchant_id": MERCHANT,
+            "timestamp": ipp_schemas::record::format_timestamp(self.timestamp),
+            "type": self.event_type,
+            "data": {
+                "session_id": self.session_id,
+                "order_id": self.order_id,
+                "failure_reason": failure,
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+fn finalized(n: usize) -> Vec<Event> {
+    (0..n).map(|_| Event::finalized()).collect()
+}
+
+/// Polls `check` until it holds; fails the test with `what` after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types_are_not() {
+    let fx = Fixture::new(1, &[]).await;
+    // Non-finalized events first, on the one partition, each with an order id that must
+    // not be touched: by the time the finalized ones are done, these were consumed.
+    let mut untouched = Vec::new();
+    for event_type in [
+        "ipp.session.created",
+        "ipp.session.activated",
+        "ipp.session.cancelled",
+        "ipp.payment.failed",
+    ] {
+        let event = Event::new(event_type, Uuid::new_v4(), Some(Uuid::new_v4()));
+        untouched.push(event.order_id.unwrap());
+        fx.produce(std::slice::from_ref(&event)).await;
+    }
+    let mut finals = finalized(3);
+    finals.push(Event::new(
+        "ipp.payment.finalized",
+        Uuid::new_v4(),
+        Some(Uuid::new_v4()),
+    ));
+    fx.produce(&finals).await;
+    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+
+    eventually(Duration::from_secs(60), "4 succeeded actions", || async {
+        fx.count("succeeded").await == 4
+    })
+    .await;
+    fx.assert_captured_once(&finals).await;
+    assert_eq!(
+        fx.ledger().await.len(),
+        4,
+        "only finalized sessions get a row"
+    );
+    assert_eq!(
+        actions.metric("actions_records_total", "ignored").await,
+        4.0
+    );
+
+    let by_order = fx.captures_by_order().await;
+    assert_eq!(by_order.len(), 4, "{by_order:?}");
+    for order_id in &untouched {
+        assert!(!by_order.contains_key(order_id));
+    }
+    // Every call the simulator saw: a GET and a POST per order, the POST with the key.
+    let calls = fx.calls().await;
+    for event in &finals {
+        let order_id = event.order_id.unwrap();
+        let posts: Vec<&Value> = calls
+            .iter()
+            .filter(|c| {
+                c["method"] == "POST" && c["path"].as_str().unwrap().contains(&order_id.to_string())
+            })
+            .collect();
+        assert_eq!(posts.len(), 1, "{posts:?}");
+        assert_eq!(
+            posts[0]["idempotency_key"],
+            json!(expected_key(order_id).to_string())
+        );
+        assert_eq!(posts[0]["status"], json!(201));
+    }
+    for order_id in &untouched {
+        assert!(!calls
+            .iter()
+            .any(|c| c["path"].as_str().unwrap().contains(&order_id.to_string())));
+    }
+    actions.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
+    let fx = Fixture::new(3, &[]).await;
+    let finals = finalized(20);
+    for _ in 0..5 {
+        fx.produce(&finals).await;
+    }
+    let mut first = fx.start_actions(&unique_name("actions"), &[]);
+    eventually(
+        Duration::from_secs(90),
+        "20 succeeded, 80 duplicates seen",
+        || async {
+            fx.count("succeeded").await == 20
+                && first.metric("actions_records_total", "duplicate").await == 80.0
+        },
+    )
+    .await;
+    fx.assert_captured_once(&finals).await;
+    first.stop();
+
+    // The whole topic again, from the beginning, by a new consumer group.
+    let mut replay = fx.start_actions(&unique_name("actions_replay"), &[]);
+    eventually(
+        Duration::from_secs(90),
+        "all 100 records replayed as duplicates",
+        || async { replay.metric("actions_records_total", "duplicate").await == 100.0 },
+    )
+    .await;
+    replay.stop();
+
+    assert_eq!(fx.ledger().await.len(), 20);
+    fx.assert_captured_once(&finals).await;
+    let stats = fx.sim_get("/_sim/stats").await;
+    assert_eq!(stats["captures_applied"], json!(20));
+    let posts = fx
+        .calls()
+        .await
+        .iter()
+        .filter(|c| c["method"] == "POST")
+        .count();
+    assert_eq!(posts, 20, "no POST after the replay");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_respected() {
+    let retry_after = 1;
+    let fx = Fixture::new(
+        3,
+        &[
+            ("OM_SIM_FAIL_RATE", "0.3".into()),
+            ("OM_SIM_RATE_LIMIT_RATE", "0.1".into()),
+            ("OM_SIM_RETRY_AFTER_SECS", retry_after.to_string()),
+            ("OM_SIM_HANG_RATE", "0.05".into()),
+            ("OM_SIM_HANG_MS", "2500".into()),
+            ("OM_SIM_DROP_RATE", "0.03".into()),
+            // Half the hangs and drops of captures happen after the capture was applied:
+            // the answer is lost and only the idempotency key prevents a second capture.
+            ("OM_SIM_FAULT_AFTER_EFFECT_RATE", "0.5".into()),
+            ("OM_SIM_SEED", "4".into()),
+        ],
+    )
+    .await;
+    let finals = finalized(100);
+    fx.produce(&finals).await;
+    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    eventually(
+        Duration::from_secs(180),
+        "100 succeeded actions",
+        || async { fx.count("succeeded").await == 100 },
+    )
+    .await;
+    fx.assert_captured_once(&finals).await;
+    assert_eq!(fx.count("failed").await, 0);
+
+    let calls = fx.calls().await;
+    let count = |pred: &dyn Fn(&Value) -> bool| calls.iter().filter(|c| pred(c)).count();
+    assert!(
+        count(&|c| c["status"] == json!(429)) > 0,
+        "no 429 was injected"
+    );
+    assert!(count(&|c| c["status"].as_u64().is_some_and(|s| s >= 500)) > 0);
+    assert!(
+        count(&|c| c["fault"] == json!("hang")) > 0,
+        "no timeout was injected"
+    );
+    assert!(
+        count(&|c| c["replayed"] == json!(true)) > 0,
+        "no lost capture answer was replayed"
+    );
+    // Retry-After: after a 429, the next call for that order comes no sooner.
+    let mut by_order: HashMap<String, Vec<&Value>> = HashMap::new();
+    for call in &calls {
+        let path = call["path"].as_str().unwrap();
+        let order = path.split('/').nth(4).unwrap_or_default().to_owned();
+        by_order.entry(order).or_default().push(call);
+    }
+    let mut checked = 0;
+    for order_calls in by_order.values() {
+        for pair in order_calls.windows(2) {
+            if pair[0]["status"] == json!(429) {
+                let at =
+                    |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
+                let gap = at(pair[1]) - at(pair[0]);
+                assert!(
+                    gap >= chrono::Duration::seconds(retry_after),
+                    "retried {gap} after a 429 with Retry-After {retry_after}: {pair:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no retry after a 429 to check");
+    assert!(actions.metric("actions_om_retries_total", "").await > 0.0);
+    actions.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_run_then_restart_captures_every_order_once() {
+    let fx = Fixture::new(3, &[("OM_SIM_LATENCY_MS", "100".into())]).await;
+    let finals = finalized(300);
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let slow = [("ACTIONS_CONCURRENCY", "8".to_owned())];
+    let mut actions = fx.start_actions(&group, &slow);
+    eventually(Duration::from_secs(60), "some captures done", || async {
+        fx.count("succeeded").await >= 40
+    })
+    .await;
+    actions.service.signal("KILL");
+    actions.service.wait(Duration::from_secs(10));
+    let done_at_kill = fx.count("succeeded").await;
+    assert!(done_at_kill < 300, "the kill came after the run ended");
+
+    let mut restarted = fx.start_actions(&group, &[]);
+    eventually(
+        Duration::from_secs(120),
+        "300 succeeded actions",
+        || async { fx.count("succeeded").await == 300 },
+    )
+    .await;
+    assert_eq!(fx.ledger().await.len(), 300);
+    fx.assert_captured_once(&finals).await;
+    let stats = fx.sim_get("/_sim/stats").await;
+    assert_eq!(stats["captures_applied"], json!(300));
+    restarted.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_orders_are_skipped() {
+    let fx = Fixture::new(1, &[]).await;
+    let missing = Event::finalized();
+    let cancelled = Event::finalized();
+    let captured = Event::finalized();
+    let amount = 12_345;
+    fx.sim_put(
+        &format!("/_sim/orders/{}", missing.order_id.unwrap()),
+        json!({"missing": true}),
+    )
+    .await;
+    fx.sim_put(
+        &format!("/_sim/orders/{}", cancelled.order_id.unwrap()),
+        json!({"status": "CANCELLED"}),
+    )
+    .await;
+    fx.sim_put(
+        &format!("/_sim/orders/{}", captured.order_id.unwrap()),
+        json!({"status": "CAPTURED", "order_amount": amount, "captured_amount": amount}),
+    )
+    .await;
+    // The bad ones first on the single partition, then healthy orders behind them, and a
+    // record that is not an event at all.
+    fx.produce(&[missing.clone(), cancelled.clone(), captured.clone()])
+        .await;
+    fx.produce_raw("garbage", b"{not json").await;
+    let healthy = finalized(10);
+    fx.produce(&healthy).await;
+    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    eventually(Duration::from_secs(60), "every action ended", || async {
+        fx.count("succeeded").await == 10
+            && fx.count("failed").await == 2
+            && fx.count("skipped").await == 1
+    })
+    .await;
+    fx.assert_captured_once(&healthy).await;
+
+    let ledger: HashMap<Uuid, Row> = fx
+        .ledger()
+        .await
+        .into_iter()
+        .map(|r| (r.order_id, r))
+        .collect();
+    let row = &ledger[&missing.order_id.unwrap()];
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.last_status_code, Some(404));
+    assert!(
+        row.reason.as_deref().unwrap().contains("NO_SUCH_ORDER"),
+        "{row:?}"
+    );
+    let row = &ledger[&cancelled.order_id.unwrap()];
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.reason.as_deref().unwrap().contains("CANCELLED"),
+        "{row:?}"
+    );
+    let row = &ledger[&captured.order_id.unwrap()];
+    assert_eq!(row.status, "skipped", "{row:?}");
+    assert_eq!(row.capture_id, None);
+
+    let by_order = fx.captures_by_order().await;
+    for event in [&missing, &cancelled, &captured] {
+        assert!(!by_order.contains_key(&event.order_id.unwrap()));
+    }
+    let posts: HashSet<String> = fx
+        .calls()
+        .await
+        .iter()
+        .filter(|c| c["method"] == "POST")
+        .map(|c| c["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        posts.len(),
+        10,
+        "only healthy orders were POSTed: {posts:?}"
+    );
+
+    // The DLQ: both failed actions, and the unparseable record with its origin.
+    let mut dlq_records = Vec::new();
+    eventually(Duration::from_secs(30), "3 DLQ records", || {
+        dlq_records = kafka::read_topic(&fx.brokers, &fx.dlq_topic);
+        std::future::ready(dlq_records.len() >= 3)
+    })
+    .await;
+    assert_eq!(dlq_records.len(), 3);
+    for event in [&missing, &cancelled] {
+        let order_id = event.order_id.unwrap().to_string();
+        let record = dlq_records
+            .iter()
+            .find(|r| r.key_str() == Some(order_id.as_str()))
+            .unwrap_or_else(|| panic!("no DLQ record for {order_id}"));
+        assert_eq!(record.header(dlq::SERVICE), Some("ipp-actions"));
+        assert_eq!(record.header(header::EVENT_ID), Some(event.id.as_str()));
+        assert!(record.header(dlq::ERROR).is_some());
+        let value: Value = serde_json::from_slice(&record.value).unwrap();
+        assert_eq!(value["order_id"], json!(order_id));
+        assert_eq!(value["session_id"], json!(event.session_id.to_string()));
+        assert_eq!(value["status"], json!("failed"));
+        assert!(value["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    let garbage = dlq_records
+        .iter()
+        .find(|r| r.key_str() == Some("garbage"))
+        .expect("the unparseable record is in the DLQ");
+    assert_eq!(garbage.value, b"{not json");
+    assert_eq!(garbage.header(dlq::SOURCE_TOPIC), Some(fx.topic.as_str()));
+    assert_eq!(garbage.header(dlq::SOURCE_OFFSET), Some("3"));
+    actions.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_succeed() {
+    let fx = Fixture::new(3, &[("OM_SIM_FAIL_RATE", "1.0".into())]).await;
+    let before = finalized(30);
+    fx.produce(&before).await;
+    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    // Every action went past its in-place retries and back to the ledger at least twice.
+    eventually(
+        Duration::from_secs(60),
+        "30 pending actions retried from the ledger",
+        || async {
+            let rows = fx.ledger().await;
+            rows.len() == 30
+                && rows
+                    .iter()
+                    .all(|r| r.status == "pending" && r.attempts >= 2)
+        },
+    )
+    .await;
+    // The partition keeps flowing during the outage.
+    let during = finalized(30);
+    fx.produce(&during).await;
+    eventually(
+        Duration::from_secs(60),
+        "60 actions recorded during the outage",
+        || async { fx.ledger().await.len() == 60 },
+    )
+    .await;
+    assert_eq!(fx.count("pending").await, 60);
+    assert!(fx.captures_by_order().await.is_empty());
+    assert!(actions.metric("actions_rescheduled_total", "").await >= 60.0);
+
+    fx.sim_put("/_sim/faults", json!({})).await;
+    eventually(
+        Duration::from_secs(90),
+        "60 succeeded after recovery",
+        || async { fx.count("succeeded").await == 60 },
+    )
+    .await;
+    let all: Vec<Event> = before.into_iter().chain(during).collect();
+    fx.assert_captured_once(&all).await;
+    actions.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_none_records_skipped_actions_and_calls_nothing() {
+    let fx = Fixture::new(1, &[]).await;
+    let finals = finalized(5);
+    fx.produce(&finals).await;
+    let mut actions = fx.start_actions(
+        &unique_name("actions"),
+        &[("ACTIONS_ON_FINALIZED", "none".into())],
+    );
+    eventually(Duration::from_secs(60), "5 skipped actions", || async {
+        fx.count("skipped").await == 5
+    })
+    .await;
+    // The worker has had every chance to pick them up: still nothing called.
+    actions.stop();
+    for row in fx.ledger().await {
+        assert_eq!(row.status, "skipped");
+        assert!(row.reason.as_deref().unwrap().contains("policy"));
+        assert_eq!(row.attempts, 0);
+    }
+    assert_eq!(fx.sim_get("/_sim/stats").await["requests"], json!(0));
+}
