@@ -17,7 +17,7 @@ use uuid::Uuid;
 const KEY: &str = "kco_test_om_sim_tests";
 
 struct Sim {
-    _service: Service,
+    service: Service,
     base: String,
     client: Client,
 }
@@ -34,7 +34,7 @@ impl Sim {
         let service = Service::spawn("ipp-om-sim", &[], &all);
         wait_for_tcp(port, Duration::from_secs(10));
         Self {
-            _service: service,
+            service: service,
             base: format!("http://127.0.0.1:{port}"),
             client: Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -660,4 +660,29 @@ async fn faults_switch_at_run_time() {
     let stats = sim.stats().await;
     assert_eq!(stats["requests"], 8);
     assert_eq!(stats["by_status"]["200"], 3);
+}
+
+#[tokio::test]
+async fn sigterm_stops_promptly_even_with_a_hanging_request() {
+    let mut sim = Sim::start(&[]);
+    sim.set_faults(json!({ "hang_rate": 1.0, "hang_ms": 60000 }))
+        .await;
+    let hanging = sim.capture_request(&sim.client, &new_order(), 1, Some("hang"));
+    let request = tokio::spawn(hanging.send());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.calls().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.service.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || sim.service.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let answer = request.await.unwrap();
+    assert!(answer.is_err(), "the hanging request got {answer:?}");
 }
