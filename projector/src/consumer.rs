@@ -3,12 +3,11 @@
 //! Offset strategy: PostgreSQL is the source of truth for consumed offsets. Each batch
 //! runs in one transaction that (1) locks the rows of `ipp_projector_offsets` for the
 //! batch's partitions, (2) skips every record below the stored `next_offset` of its
-//! partition, (3) parks poison records in the dead-letter topic and waits for the
-//! broker's acknowledgement, (4) stores the events and refolds their sessions, and
-//! (5) moves `next_offset` past the batch; then it commits. A crash anywhere before the
-//! commit leaves read models and offsets as they were, so the batch is replayed whole;
-//! a crash between (3) and the commit may park the same poison record twice, never zero
-//! times.
+//! partition, (3) stores the events and refolds their sessions, (4) moves `next_offset`
+//! past the batch, (5) parks poison records in the dead-letter topic and waits for the
+//! broker's acknowledgement; then it commits. A crash anywhere before the commit leaves
+//! read models and offsets as they were, so the batch is replayed whole; a crash
+//! between (5) and the commit may park the same poison record twice, never zero times.
 //!
 //! Where consumption starts: the rebalance callback is synchronous and must not block,
 //! so it never queries PostgreSQL. It assigns each partition at the offset in an
@@ -326,49 +325,76 @@ impl Projector {
         }
     }
 
+    /// Applies a batch, retrying with backoff while the database or broker is down. A
+    /// batch PostgreSQL rejects is split in halves until the record at fault is alone;
+    /// that record is then dead-lettered with the database's error.
     async fn apply_with_retries(
         &self,
         batch: &[OwnedMessage],
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 1u32;
-        loop {
-            let started = Instant::now();
-            match self.apply(batch).await {
-                Ok(()) => {
-                    self.health
-                        .metrics
-                        .batch_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.health.set_ready(true);
-                    return Ok(());
-                }
-                Err(e) if e.is_retryable() => {
-                    self.health.metrics.batch_failures.inc();
-                    self.health.set_ready(false);
-                    error!(
-                        error = &e as &dyn std::error::Error,
-                        attempt,
-                        records = batch.len(),
-                        "batch failed and was rolled back, retrying"
-                    );
-                    tokio::select! {
-                        // Nothing of this batch was committed: whoever owns the
-                        // partitions next replays it from the stored offsets.
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
+        let mut work: Vec<(&[OwnedMessage], Option<String>)> = vec![(batch, None)];
+        while let Some((part, rejected)) = work.pop() {
+            let mut delay = Duration::from_millis(100);
+            let mut attempt = 1u32;
+            loop {
+                let started = Instant::now();
+                match self.apply(part, rejected.as_deref()).await {
+                    Ok(()) => {
+                        self.health
+                            .metrics
+                            .batch_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.health.set_ready(true);
+                        break;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    attempt += 1;
+                    Err(e) if rejected.is_none() && e.is_rejected_data() => {
+                        warn!(
+                            error = %e.chain(),
+                            records = part.len(),
+                            "postgresql rejected the batch, isolating the record at fault"
+                        );
+                        if part.len() > 1 {
+                            let (first, second) = part.split_at(part.len() / 2);
+                            // Last in, first out: `first` runs next, keeping offset order.
+                            work.push((second, None));
+                            work.push((first, None));
+                        } else {
+                            work.push((
+                                part,
+                                Some(format!("rejected by PostgreSQL: {}", e.chain())),
+                            ));
+                        }
+                        break;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        self.health.metrics.batch_failures.inc();
+                        self.health.set_ready(false);
+                        error!(
+                            error = %e.chain(),
+                            attempt,
+                            records = part.len(),
+                            "batch failed and was rolled back, retrying"
+                        );
+                        tokio::select! {
+                            // Nothing of this batch was committed: whoever owns the
+                            // partitions next replays it from the stored offsets.
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     /// Applies one batch in one transaction (see the comment at the top of this file).
-    async fn apply(&self, batch: &[OwnedMessage]) -> Result<(), Error> {
+    /// With `rejected`, every record still due is dead-lettered with that reason.
+    async fn apply(&self, batch: &[OwnedMessage], rejected: Option<&str>) -> Result<(), Error> {
         let group = &self.config.group;
         let topic = &self.config.ipp_topic;
         let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
@@ -386,7 +412,11 @@ impl Projector {
                 continue;
             }
             *next_offset = message.offset() + 1;
-            match decode(message) {
+            let decoded = match rejected {
+                Some(reason) => Err(reason.to_owned()),
+                None => decode(message),
+            };
+            match decoded {
                 Ok(event) => events.push(event),
                 Err(reason) => poison.push((message, reason)),
             }
@@ -400,14 +430,17 @@ impl Projector {
                 "record cannot be projected, parking it in the dead-letter topic"
             );
         }
-        if !poison.is_empty() {
-            self.dead_letters.send_all(&poison).await?;
-        }
-
         let inserted = store::insert_events(&mut tx, &events).await?;
         let sessions: BTreeSet<_> = inserted.iter().map(|e| e.session_id).collect();
         store::refold_sessions(&mut tx, &sessions).await?;
         store::save_offsets(&mut tx, group, topic, &next).await?;
+        // Includes what other replicas committed, so a later assignment of their
+        // partitions starts close to where they stopped.
+        let all_offsets = store::load_offsets(&mut *tx, group, topic).await?;
+        // Last before the commit, so a batch the database rejects parks nothing.
+        if !poison.is_empty() {
+            self.dead_letters.send_all(&poison).await?;
+        }
         tx.commit().await?;
 
         let metrics = &self.health.metrics;
@@ -431,7 +464,7 @@ impl Projector {
             stale,
             "batch committed"
         );
-        self.remember_offsets(next.iter().map(|(p, n)| (*p, *n)));
+        self.remember_offsets(all_offsets.into_iter());
         self.commit_to_kafka(&next);
         Ok(())
     }

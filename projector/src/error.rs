@@ -23,6 +23,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// PostgreSQL rejected the data itself (a data exception, a constraint, a size
+    /// limit such as an oversized index entry): retrying the same records cannot help,
+    /// so the offending record is isolated and dead-lettered instead.
+    pub fn is_rejected_data(&self) -> bool {
+        let Self::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        let code = e.code().unwrap_or_default();
+        // 23505 (unique violation) can come from a race and is retried instead.
+        (code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
+            && code != "23505"
+    }
+
+    /// The message with every cause, for logs and dead-letter headers.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     /// Whether retrying the same batch later may succeed. A batch that hits a
     /// non-retryable error would fail forever, so the service stops instead.
     pub fn is_retryable(&self) -> bool {

@@ -101,8 +101,8 @@ pub async fn save_offsets(
 }
 
 /// Every stored next offset of a group on a topic.
-pub async fn load_offsets(
-    pool: &PgPool,
+pub async fn load_offsets<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     group: &str,
     topic: &str,
 ) -> Result<HashMap<i32, i64>, Error> {
@@ -112,7 +112,7 @@ pub async fn load_offsets(
     )
     .bind(group)
     .bind(topic)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))

@@ -4,6 +4,7 @@
 pub mod db;
 pub mod kafka;
 pub mod process;
+pub mod produce;
 pub mod signer;
 
 use std::net::TcpListener;

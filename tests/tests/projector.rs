@@ -1,0 +1,919 @@
+//! ipp-projector against a real broker and a real PostgreSQL: exact read models under
+//! any arrival order, duplicates, SIGKILLs, a shared consumer group and poison records.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, TimeZone, Utc};
+use ipp_schemas::record::{dlq, header};
+use ipp_tests::{
+    db, free_port, kafka,
+    process::Service,
+    produce::{ipp_body, Producer},
+    unique_name,
+};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use rdkafka::message::{Header, OwnedHeaders};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+const CREATED: &str = "ipp.session.created";
+const ACTIVATED: &str = "ipp.session.activated";
+const FINALIZED: &str = "ipp.session.finalized";
+const CANCELLED: &str = "ipp.session.cancelled";
+const FAILED: &str = "ipp.payment.failed";
+
+struct Projector {
+    service: Service,
+    http_port: u16,
+}
+
+struct Target<'a> {
+    brokers: &'a str,
+    topic: &'a str,
+    dlq: &'a str,
+    database_url: &'a str,
+    group: &'a str,
+}
+
+fn spawn_projector(target: &Target<'_>, batch_size: u32) -> Projector {
+    let http_port = free_port();
+    let service = Service::spawn(
+        "ipp-projector",
+        &[],
+        &[
+            ("KAFKA_BROKERS", target.brokers.to_owned()),
+            ("IPP_TOPIC", target.topic.to_owned()),
+            ("IPP_DLQ_TOPIC", target.dlq.to_owned()),
+            ("DATABASE_URL", target.database_url.to_owned()),
+            ("PROJECTOR_GROUP", target.group.to_owned()),
+            ("PROJECTOR_HTTP", format!("127.0.0.1:{http_port}")),
+            ("PROJECTOR_BATCH_SIZE", batch_size.to_string()),
+            ("PROJECTOR_BATCH_WAIT_MS", "50".to_owned()),
+            // A killed member must leave the group quickly for the tests to stay short.
+            (
+                "KAFKA_PROPERTIES",
+                "session.timeout.ms=6000,heartbeat.interval.ms=500".to_owned(),
+            ),
+        ],
+    );
+    Projector { service, http_port }
+}
+
+async fn connect(url: &str) -> PgPool {
+    PgPool::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// Polls `sql` (a single bigint) until it reaches `at_least`; returns the value seen.
+async fn wait_for_count(pool: &PgPool, sql: &str, at_least: i64, within: Duration) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        // The table appears once the projector has migrated.
+        let seen: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(0);
+        if seen >= at_least {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{sql}` is {seen} after {within:?}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stored_offsets(pool: &PgPool, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    sqlx::query(
+        "SELECT partition, next_offset FROM ipp_projector_offsets
+         WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(pool)
+    .await
+    // Before the projector has migrated, the table does not exist: nothing stored yet.
+    .unwrap_or_default()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+/// Waits until the stored offsets of `group` reach `ends` on every partition.
+async fn wait_for_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = stored_offsets(pool, group, topic).await;
+        if ends.iter().all(|(p, end)| stored.get(p) >= Some(end)) {
+            assert_eq!(&stored, ends, "stored offsets overshoot the topic");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets {stored:?} did not reach {ends:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sessions_json(pool: &PgPool) -> Vec<Value> {
+    sqlx::query_scalar("SELECT to_jsonb(s) - 'updated_at' FROM ipp_sessions s ORDER BY session_id")
+        .fetch_all(pool)
+        .await
+        .expect("sessions")
+}
+
+async fn events_json(pool: &PgPool) -> Vec<Value> {
+    sqlx::query_scalar("SELECT to_jsonb(e) FROM ipp_events e ORDER BY event_id")
+        .fetch_all(pool)
+        .await
+        .expect("events")
+}
+
+/// A workload: bodies in production order (shuffled, with duplicates) and what each
+/// session's status must end up as.
+struct Workload {
+    bodies: Vec<Vec<u8>>,
+    distinct_events: i64,
+    expected_status: HashMap<Uuid, &'static str>,
+}
+
+fn workload(sessions: usize, seed: u64) -> Workload {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let run = Uuid::new_v4().simple().to_string();
+    let base = Utc.with_ymd_and_hms(2026, 6, 5, 18, 0, 0).unwrap();
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    let mut expected_status = HashMap::new();
+    for s in 0..sessions {
+        let session = Uuid::new_v4();
+        let merchant = format!("M{}", s % 7);
+        let t0 = base + chrono::Duration::seconds(s as i64 * 10);
+        let at = |rng: &mut StdRng, offset: i64| {
+            t0 + chrono::Duration::seconds(offset)
+                + chrono::Duration::nanoseconds(rng.random_range(0..1_000_000_000))
+        };
+        let mut plan: Vec<(&str, DateTime<Utc>)> = vec![(CREATED, at(&mut rng, 0))];
+        if rng.random_bool(0.85) {
+            plan.push((ACTIVATED, at(&mut rng, 1)));
+        }
+        for k in 0..rng.random_range(0..3) {
+            plan.push((FAILED, at(&mut rng, 2 + k)));
+        }
+        let roll: f64 = rng.random();
+        let status = if roll < 0.03 {
+            plan.push((FINALIZED, at(&mut rng, 6)));
+            plan.push((CANCELLED, at(&mut rng, 5)));
+            "finalized"
+        } else if roll < 0.6 {
+            plan.push((FINALIZED, at(&mut rng, 6)));
+            "finalized"
+        } else if roll < 0.85 {
+            plan.push((CANCELLED, at(&mut rng, 6)));
+            "cancelled"
+        } else if plan.iter().any(|(t, _)| *t == ACTIVATED) {
+            "activated"
+        } else {
+            "created"
+        };
+        expected_status.insert(session, status);
+        let order = Uuid::new_v4();
+        for (k, (event_type, when)) in plan.into_iter().enumerate() {
+            events.push(ipp_body(
+                &format!("kevt_{run}_{s}_{k}"),
+                event_type,
+                &merchant,
+                session,
+                when,
+                (event_type == FINALIZED).then_some(order),
+                (event_type == FAILED).then_some("card_declined"),
+            ));
+        }
+    }
+    let distinct_events = events.len() as i64;
+    events.shuffle(&mut rng);
+    // Webhook retries: about one event in ten arrives again later.
+    let mut duplicates: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, body) in events.iter().enumerate() {
+        if rng.random_bool(0.1) {
+            duplicates.push((rng.random_range(i + 1..=events.len()), body.clone()));
+        }
+    }
+    duplicates.sort_by_key(|(position, _)| *position);
+    for (position, body) in duplicates.into_iter().rev() {
+        let position = position.min(events.len());
+        events.insert(position, body);
+    }
+    Workload {
+        bodies: events,
+        distinct_events,
+        expected_status,
+    }
+}
+
+async fn assert_statuses(pool: &PgPool, expected: &HashMap<Uuid, &'static str>) {
+    let rows = sqlx::query("SELECT session_id, status FROM ipp_sessions")
+        .fetch_all(pool)
+        .await
+        .expect("sessions");
+    assert_eq!(rows.len(), expected.len(), "one row per session");
+    for row in rows {
+        let session: Uuid = row.get(0);
+        let status: String = row.get(1);
+        assert_eq!(status, expected[&session], "status of session {session}");
+    }
+}
+
+/// A second projector, own group and own database, over the same topic: the result of
+/// one clean, uninterrupted pass.
+async fn clean_pass(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>) -> PgPool {
+    let database_url = db::fresh_database().await;
+    let dlq = kafka::create_topic(brokers, "ipp_dlq_clean", 1).await;
+    let group = unique_name("clean");
+    let target = Target {
+        brokers,
+        topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let mut projector = spawn_projector(&target, 500);
+    let pool = connect(&database_url).await;
+    wait_for_offsets(&pool, &group, topic, ends, Duration::from_secs(120)).await;
+    projector.service.signal("TERM");
+    projector.service.wait(Duration::from_secs(30));
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 4).await;
+    let dlq = kafka::create_topic(&brokers, "ipp_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let group = unique_name("projector");
+    let target = Target {
+        brokers: &brokers,
+        topic: &topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let work = workload(400, 7);
+    let producer = Producer::new(&brokers, &topic);
+    let pool = connect(&database_url).await;
+
+    // Four rounds: produce a quarter, let a projector get into it, SIGKILL it.
+    let quarter = work.bodies.len().div_ceil(4);
+    let mut ends = BTreeMap::new();
+    let mut produced = 0usize;
+    for chunk in work.bodies.chunks(quarter) {
+        for (p, end) in producer.send_events(chunk).await {
+            ends.insert(p, end);
+        }
+        produced += chunk.len();
+        let mut projector = spawn_projector(&target, 20);
+        let halfway = (produced - chunk.len() / 2) as i64;
+        let seen = wait_for_count(
+            &pool,
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM ipp_projector_offsets",
+            halfway,
+            Duration::from_secs(120),
+        )
+        .await;
+        projector.service.signal("KILL");
+        projector.service.wait(Duration::from_secs(10));
+        eprintln!("killed the projector at {seen} of {produced} records");
+    }
+
+    let mut last = spawn_projector(&target, 20);
+    wait_for_offsets(&pool, &group, &topic, &ends, Duration::from_secs(120)).await;
+    last.service.signal("TERM");
+    let status = last.service.wait(Duration::from_secs(30));
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    let distinct: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, work.distinct_events, "each event stored once");
+    assert_statuses(&pool, &work.expected_status).await;
+
+    let clean = clean_pass(&brokers, &topic, &ends).await;
+    assert_eq!(sessions_json(&pool).await, sessions_json(&clean).await);
+    assert_eq!(events_json(&pool).await, events_json(&clean).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 4).await;
+    let dlq = kafka::create_topic(&brokers, "ipp_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let group = unique_name("projector");
+    let target = Target {
+        brokers: &brokers,
+        topic: &topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let work = workload(400, 11);
+    let pool = connect(&database_url).await;
+    let mut first = spawn_projector(&target, 20);
+    let mut second = spawn_projector(&target, 20);
+    let ends = Producer::new(&brokers, &topic)
+        .send_events(&work.bodies)
+        .await;
+
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM ipp_events",
+        work.distinct_events / 3,
+        Duration::from_secs(120),
+    )
+    .await;
+    first.service.signal("TERM");
+    let status = first.service.wait(Duration::from_secs(30));
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    wait_for_offsets(&pool, &group, &topic, &ends, Duration::from_secs(120)).await;
+    second.service.signal("TERM");
+    second.service.wait(Duration::from_secs(30));
+
+    let distinct: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, work.distinct_events, "each event stored once");
+    assert_statuses(&pool, &work.expected_status).await;
+    let clean = clean_pass(&brokers, &topic, &ends).await;
+    assert_eq!(sessions_json(&pool).await, sessions_json(&clean).await);
+    assert_eq!(events_json(&pool).await, events_json(&clean).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 1).await;
+    let dlq = kafka::create_topic(&brokers, "ipp_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let group = unique_name("projector");
+    let producer = Producer::new(&brokers, &topic);
+    let at = Utc.with_ymd_and_hms(2026, 6, 5, 18, 30, 0).unwrap();
+    let run = Uuid::new_v4().simple().to_string();
+    let before = Uuid::new_v4();
+    let after = Uuid::new_v4();
+
+    producer
+        .send_event(&ipp_body(
+            &format!("kevt_{run}_a"),
+            CREATED,
+            "M1",
+            before,
+            at,
+            None,
+            None,
+        ))
+        .await;
+    // Poison 1: not JSON at all, with ingest-like headers.
+    let not_json = b"{\"id\": \"kevt_broken\", \"type\": \"ipp.session.created\"".to_vec();
+    let headers = ipp_schemas::RecordHeaders {
+        event_id: "kevt_broken".into(),
+        event_type: CREATED.into(),
+        merchant_id: Some("M1".into()),
+        webhook_id: "msg_poison".into(),
+        webhook_timestamp: "1780000000".into(),
+        received_at: at,
+    };
+    let (_, not_json_offset) = producer
+        .send_raw(Some(b"key-1"), Some(&not_json), headers.to_kafka())
+        .await;
+    // Poison 2: valid JSON, but the session id is not a UUID.
+    let bad_session = format!(
+        r#"{{"id":"kevt_{run}_bad","merchant_id":"M1","timestamp":"2026-06-05T18:30:01Z","type":"ipp.session.created","data":{{"session_id":"not-a-uuid"}}}}"#
+    );
+    producer.send_event(bad_session.as_bytes()).await;
+    // Poison 3: finalized without an order id.
+    producer
+        .send_event(&ipp_body(
+            &format!("kevt_{run}_noorder"),
+            FINALIZED,
+            "M1",
+            before,
+            at,
+            None,
+            None,
+        ))
+        .await;
+    // Poison 4: a valid event without any headers.
+    let headerless = ipp_body(
+        &format!("kevt_{run}_nohdr"),
+        CREATED,
+        "M1",
+        before,
+        at,
+        None,
+        None,
+    );
+    producer
+        .send_raw(
+            Some(before.to_string().as_bytes()),
+            Some(&headerless),
+            OwnedHeaders::new(),
+        )
+        .await;
+    // Poison 5: a Kustom event that is not ipp.*.
+    let capture = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schemas/fixtures/capture-created.json"
+    ))
+    .unwrap();
+    producer
+        .send_raw(
+            Some(b"kevt_0Capture0000000000001"),
+            Some(&capture),
+            Producer::headers_for(&capture).to_kafka().insert(Header {
+                key: "x-extra",
+                value: Some("kept"),
+            }),
+        )
+        .await;
+    // Poison 6: passes every check but is too big for PostgreSQL's primary key index.
+    let huge_id: String = format!(
+        "kevt_{}",
+        rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(8000)
+            .map(char::from)
+            .collect::<String>()
+    );
+    producer
+        .send_event(&ipp_body(&huge_id, CREATED, "M1", before, at, None, None))
+        .await;
+    let (_, last_offset) = producer
+        .send_event(&ipp_body(
+            &format!("kevt_{run}_z"),
+            ACTIVATED,
+            "M1",
+            after,
+            at,
+            None,
+            None,
+        ))
+        .await;
+
+    let target = Target {
+        brokers: &brokers,
+        topic: &topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let mut projector = spawn_projector(&target, 500);
+    let pool = connect(&database_url).await;
+    wait_for_offsets(
+        &pool,
+        &group,
+        &topic,
+        &BTreeMap::from([(0, last_offset + 1)]),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let statuses: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT session_id, status FROM ipp_sessions ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut expected = vec![
+        (before, "created".to_owned()),
+        (after, "activated".to_owned()),
+    ];
+    expected.sort();
+    let mut statuses = statuses;
+    statuses.sort();
+    assert_eq!(
+        statuses, expected,
+        "records before and after the poison applied"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+
+    let parked = kafka::read_topic(&brokers, &dlq);
+    assert_eq!(parked.len(), 6, "every poison record is parked once");
+    for record in &parked {
+        assert_eq!(record.header(dlq::SOURCE_TOPIC), Some(topic.as_str()));
+        assert_eq!(record.header(dlq::SOURCE_PARTITION), Some("0"));
+        assert_eq!(record.header(dlq::SERVICE), Some("ipp-projector"));
+        assert!(record.header(dlq::FAILED_AT).is_some());
+        assert!(!record.header(dlq::ERROR).unwrap_or_default().is_empty());
+    }
+    let offsets: Vec<i64> = parked
+        .iter()
+        .map(|r| r.header(dlq::SOURCE_OFFSET).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        (not_json_offset..not_json_offset + 6).collect::<Vec<_>>()
+    );
+    let broken = &parked[0];
+    assert_eq!(broken.value, not_json, "value kept byte for byte");
+    assert_eq!(broken.key_str(), Some("key-1"));
+    assert_eq!(broken.header(header::WEBHOOK_ID), Some("msg_poison"));
+    assert!(parked[1]
+        .header(dlq::ERROR)
+        .unwrap()
+        .contains("invalid data"));
+    assert!(parked[2]
+        .header(dlq::ERROR)
+        .unwrap()
+        .contains("no order_id"));
+    assert!(parked[3].header(dlq::ERROR).unwrap().contains("header"));
+    assert!(parked[4]
+        .header(dlq::ERROR)
+        .unwrap()
+        .contains("capture.created"));
+    assert_eq!(parked[4].header("x-extra"), Some("kept"));
+    assert!(parked[5]
+        .header(dlq::ERROR)
+        .unwrap()
+        .contains("rejected by PostgreSQL"));
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", projector.http_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ipp_projector_dead_letters_total 6"),
+        "{metrics}"
+    );
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", projector.http_port))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    projector.service.signal("TERM");
+    assert!(projector.service.wait(Duration::from_secs(30)).success());
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../schemas/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_examples_project_to_the_expected_rows() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
+    let dlq = kafka::create_topic(&brokers, "ipp_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let group = unique_name("projector");
+    let producer = Producer::new(&brokers, &topic);
+    let activated = fixture("documented-session-activated.json");
+    let finalized = fixture("documented-session-finalized.json");
+    let ends = producer
+        .send_events(&[finalized.clone(), activated.clone(), finalized.clone()])
+        .await;
+
+    let target = Target {
+        brokers: &brokers,
+        topic: &topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let mut projector = spawn_projector(&target, 500);
+    let pool = connect(&database_url).await;
+    wait_for_offsets(&pool, &group, &topic, &ends, Duration::from_secs(60)).await;
+    projector.service.signal("TERM");
+    projector.service.wait(Duration::from_secs(30));
+
+    let sessions = sessions_json(&pool).await;
+    let expected: Vec<Value> = vec![
+        serde_json::json!({
+            "session_id": "c749c48d-df11-4ae3-8e5f-2c8491b16214",
+            "merchant_id": "DM11917000",
+            "status": "activated",
+            "order_id": null,
+            "created_at": null,
+            "activated_at": "2026-06-05T18:37:41.232733+00:00",
+            "finalized_at": null,
+            "cancelled_at": null,
+            "failed_attempts": 0,
+            "last_failure_reason": null,
+            "last_event_id": "kevt_754uIatTW0hmi10Gggqe2H",
+            "last_event_at": "2026-06-05T18:37:41.232733+00:00",
+            "event_count": 1,
+            "anomalies": [],
+        }),
+        serde_json::json!({
+            "session_id": "dc01aa86-fb99-4d05-97dc-e79a22650f9a",
+            "merchant_id": "DM11917000",
+            "status": "finalized",
+            "order_id": "ccf4e76a-f56d-4d3a-abf9-f4fe941f0a1f",
+            "created_at": null,
+            "activated_at": null,
+            "finalized_at": "2026-06-05T18:33:39.60892+00:00",
+            "cancelled_at": null,
+            "failed_attempts": 0,
+            "last_failure_reason": null,
+            "last_event_id": "kevt_62EvxyMEaAaHSGeoDTza47",
+            "last_event_at": "2026-06-05T18:33:39.60892+00:00",
+            "event_count": 1,
+            "anomalies": [],
+        }),
+    ];
+    assert_eq!(sessions, expected);
+
+    let events = sqlx::query(
+        "SELECT event_id, event_type, merchant_id, session_id, order_id, failure_reason,
+                occurred_at, payload, kafka_offset
+         FROM ipp_events ORDER BY event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "the duplicate finalized event is stored once"
+    );
+    let row = &events[1];
+    assert_eq!(row.get::<String, _>(0), "kevt_754uIatTW0hmi10Gggqe2H");
+    assert_eq!(row.get::<String, _>(1), ACTIVATED);
+    assert_eq!(row.get::<Option<Uuid>, _>(4), None);
+    assert_eq!(
+        row.get::<Value, _>(7),
+        serde_json::from_slice::<Value>(&activated).unwrap(),
+        "payload is the raw body as jsonb"
+    );
+    let row = &events[0];
+    assert_eq!(row.get::<String, _>(0), "kevt_62EvxyMEaAaHSGeoDTza47");
+    assert_eq!(
+        row.get::<Option<Uuid>, _>(4),
+        Some("ccf4e76a-f56d-4d3a-abf9-f4fe941f0a1f".parse().unwrap())
+    );
+    assert_eq!(
+        row.get::<DateTime<Utc>, _>(6),
+        "2026-06-05T18:33:39.608920Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+    );
+    // The first copy wins: the finalized event was produced first, at offset 0 of
+    // its partition.
+    assert_eq!(row.get::<i64, _>(8), 0);
+    // Nanoseconds survive in the payload.
+    assert_eq!(
+        row.get::<Value, _>(7)["timestamp"],
+        "2026-06-05T18:33:39.608920367Z"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrate_runs_both_succeed() {
+    let database_url = db::fresh_database().await;
+    let env = [("DATABASE_URL", database_url.clone())];
+    // Another service's migration already applied: the projector must ignore it.
+    let pool = connect(&database_url).await;
+    let mut first = Service::spawn("ipp-projector", &["migrate"], &env);
+    let mut second = Service::spawn("ipp-projector", &["migrate"], &env);
+    assert!(first.wait(Duration::from_secs(60)).success());
+    assert!(second.wait(Duration::from_secs(60)).success());
+
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1001]);
+    for table in ["ipp_events", "ipp_sessions", "ipp_projector_offsets"] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(exists, "{table} exists");
+    }
+
+    // A migration of ipp-actions (2001+) in the same table does not stop the projector.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (2001, 'actions ledger', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut again = Service::spawn("ipp-projector", &["migrate"], &env);
+    assert!(again.wait(Duration::from_secs(60)).success());
+}
+
+mod arrival_order {
+    //! Property: every arrival order of a session's events, with duplicates and any
+    //! split into transactions, yields the same `ipp_sessions` row through the real
+    //! store (PostgreSQL), equal to the fold over the distinct events.
+
+    use super::*;
+    use ipp_projector::{
+        session::{fold, SessionEvent},
+        store::{self, NewEvent},
+    };
+    use proptest::prelude::*;
+
+    const TYPES: &[&str] = &[
+        CREATED,
+        ACTIVATED,
+        FINALIZED,
+        "ipp.payment.finalized",
+        CANCELLED,
+        FAILED,
+        "ipp.session.expired",
+    ];
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        event_type: usize,
+        second: i64,
+        nanos: u32,
+        merchant: u8,
+        order: u8,
+    }
+
+    fn specs() -> impl Strategy<Value = Vec<Spec>> {
+        // Few distinct instants, several within one microsecond: ties are common.
+        let spec = (
+            0..TYPES.len(),
+            0i64..3,
+            prop::sample::select(vec![0u32, 1, 999, 500_000]),
+            0u8..6,
+            0u8..6,
+        )
+            .prop_map(|(event_type, second, nanos, merchant, order)| Spec {
+                event_type,
+                second,
+                nanos,
+                merchant,
+                order,
+            });
+        prop::collection::vec(spec, 1..9)
+    }
+
+    fn events(session: Uuid, specs: &[Spec]) -> Vec<NewEvent> {
+        let base = Utc.with_ymd_and_hms(2026, 6, 5, 18, 0, 0).unwrap();
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let event_type = TYPES[spec.event_type];
+                let occurred_at = base
+                    + chrono::Duration::seconds(spec.second)
+                    + chrono::Duration::nanoseconds(spec.nanos.into());
+                // Rarely a second merchant or order, to exercise the anomalies.
+                let merchant = if spec.merchant == 0 { "M2" } else { "M1" };
+                let order_id = event_type
+                    .ends_with("finalized")
+                    .then(|| Uuid::from_u128(u128::from(spec.order == 0)));
+                let failure_reason =
+                    (event_type == FAILED).then(|| format!("reason-{}", spec.order));
+                let event_id = format!("kevt_{}_{i}", session.simple());
+                let payload = String::from_utf8(ipp_body(
+                    &event_id,
+                    event_type,
+                    merchant,
+                    session,
+                    occurred_at,
+                    order_id,
+                    failure_reason.as_deref(),
+                ))
+                .unwrap();
+                NewEvent {
+                    session_id: session,
+                    event: SessionEvent {
+                        event_id,
+                        event_type: event_type.to_owned(),
+                        merchant_id: Some(merchant.to_owned()),
+                        order_id,
+                        failure_reason,
+                        occurred_at,
+                    },
+                    received_at: Utc::now(),
+                    kafka_partition: 0,
+                    kafka_offset: i as i64,
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    /// Arrival order: indices into the distinct events, with duplicates, shuffled,
+    /// plus where transactions end.
+    fn arrivals(n: usize) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        (
+            Just((0..n).collect::<Vec<_>>()),
+            prop::collection::vec(0..n, 0..5),
+        )
+            .prop_flat_map(|(all, dups)| {
+                let mut order = all;
+                order.extend(dups);
+                let len = order.len();
+                (
+                    Just(order).prop_shuffle(),
+                    prop::collection::vec(1..=len, 0..4),
+                )
+            })
+    }
+
+    /// The row without the session id (each run uses its own session) and without
+    /// `updated_at`; `last_event_id` reduced to its index.
+    async fn row(pool: &PgPool, session: Uuid) -> Value {
+        sqlx::query_scalar(
+            "SELECT (to_jsonb(s) - 'updated_at' - 'session_id' - 'last_event_id')
+                    || jsonb_build_object('last', split_part(last_event_id, '_', 3))
+             FROM ipp_sessions s WHERE session_id = $1",
+        )
+        .bind(session)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn project_in_order(
+        pool: &PgPool,
+        distinct: &[NewEvent],
+        order: &[usize],
+        cuts: &[usize],
+    ) {
+        let mut cuts: Vec<usize> = cuts.to_vec();
+        cuts.push(order.len());
+        cuts.sort_unstable();
+        let mut start = 0;
+        for cut in cuts {
+            let batch: Vec<NewEvent> = order[start..cut.max(start)]
+                .iter()
+                .map(|i| distinct[*i].clone())
+                .collect();
+            store::project(pool, &batch).await.unwrap();
+            start = cut.max(start);
+        }
+    }
+
+    #[test]
+    fn any_arrival_order_with_duplicates_gives_the_same_session_row() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let pool = runtime.block_on(async {
+            let pool = connect(&db::fresh_database().await).await;
+            store::migrate(&pool).await.unwrap();
+            pool
+        });
+        let config = ProptestConfig {
+            cases: 48,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(
+            (specs, (first, first_cuts), (second, second_cuts)) in specs().prop_flat_map(|specs| {
+                let n = specs.len();
+                (Just(specs), arrivals(n), arrivals(n))
+            })
+        )| {
+            runtime.block_on(async {
+                let one = Uuid::new_v4();
+                let other = Uuid::new_v4();
+                let one_events = events(one, &specs);
+                let other_events = events(other, &specs);
+                project_in_order(&pool, &one_events, &first, &first_cuts).await;
+                project_in_order(&pool, &other_events, &second, &second_cuts).await;
+                let row_one = row(&pool, one).await;
+                let row_other = row(&pool, other).await;
+                assert_eq!(&row_one, &row_other, "same events, different arrival order");
+
+                let plain: Vec<SessionEvent> = one_events.iter().map(|e| e.event.clone()).collect();
+                let expected = fold(one, &plain).unwrap();
+                assert_eq!(row_one["status"], expected.status.as_str());
+                assert_eq!(row_one["event_count"], expected.event_count);
+                assert_eq!(row_one["failed_attempts"], expected.failed_attempts);
+                assert_eq!(row_one["anomalies"], serde_json::json!(expected.anomalies));
+                let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events WHERE session_id = $1")
+                    .bind(one)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(stored, specs.len() as i64, "each distinct event stored once");
+            });
+        });
+    }
+}
