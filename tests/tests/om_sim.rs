@@ -34,7 +34,7 @@ impl Sim {
         let service = Service::spawn("ipp-om-sim", &[], &all);
         wait_for_tcp(port, Duration::from_secs(10));
         Self {
-            service: service,
+            service,
             base: format!("http://127.0.0.1:{port}"),
             client: Client::builder()
                 .timeout(Duration::from_secs(10))
