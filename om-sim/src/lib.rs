@@ -36,7 +36,7 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let sim = Arc::new(Sim::new(&config));
     let router = http::router(sim);
     let connections = TaskTracker::new();

@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    ipp_om_sim::run(config, listener, shutdown).await
+    ipp_om_sim::run(config, listener, shutdown).await?;
+    Ok(())
 }
 
 /// SIGTERM or Ctrl-C starts a graceful shutdown.
