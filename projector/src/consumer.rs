@@ -488,3 +488,93 @@ impl Projector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use rdkafka::Timestamp;
+
+    const ACTIVATED: &str = r#"{"id":"kevt_1","merchant_id":"M1","timestamp":"2026-06-05T18:37:41.232733416Z","type":"ipp.session.activated","data":{"session_id":"c749c48d-df11-4ae3-8e5f-2c8491b16214","order_id":null,"failure_reason":null}}"#;
+
+    fn headers(event_id: &str) -> OwnedHeaders {
+        RecordHeaders {
+            event_id: event_id.into(),
+            event_type: "ipp.session.activated".into(),
+            merchant_id: Some("M1".into()),
+            webhook_id: "msg_1".into(),
+            webhook_timestamp: "1780000000".into(),
+            received_at: Utc::now(),
+        }
+        .to_kafka()
+    }
+
+    fn message(value: &str, headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value.as_bytes().to_vec()),
+            Some(b"key".to_vec()),
+            "ipp.events".into(),
+            Timestamp::NotAvailable,
+            3,
+            42,
+            headers,
+        )
+    }
+
+    #[test]
+    fn decodes_an_ingest_record() {
+        let event = decode(&message(ACTIVATED, Some(headers("kevt_1")))).unwrap();
+        assert_eq!(event.event.event_id, "kevt_1");
+        assert_eq!(event.kafka_partition, 3);
+        assert_eq!(event.kafka_offset, 42);
+        assert_eq!(
+            event.event.occurred_at.timestamp_subsec_nanos(),
+            232_733_416
+        );
+        assert_eq!(event.payload, ACTIVATED);
+    }
+
+    #[test]
+    fn poison_records_say_why() {
+        let cases = [
+            (message(ACTIVATED, None), "ipp-received-at"),
+            (
+                message(ACTIVATED, Some(headers("kevt_2"))),
+                "does not match",
+            ),
+            (message("{not json", Some(headers("kevt_1"))), "envelope"),
+            (
+                message(
+                    &ACTIVATED.replace("c749c48d-", "zz"),
+                    Some(headers("kevt_1")),
+                ),
+                "invalid data",
+            ),
+            (
+                message(
+                    &ACTIVATED.replace("ipp.session.activated", "ipp.session.finalized"),
+                    Some(headers("kevt_1")),
+                ),
+                "no order_id",
+            ),
+            (
+                message(
+                    &ACTIVATED.replace("ipp.session.activated", "order.created"),
+                    Some(headers("kevt_1")),
+                ),
+                "not an ipp.* event",
+            ),
+            (
+                message(
+                    &ACTIVATED.replace("\"M1\"", "\"M\\u0000\""),
+                    Some(headers("kevt_1")),
+                ),
+                "\\u0000",
+            ),
+        ];
+        for (record, reason) in cases {
+            let error = decode(&record).unwrap_err();
+            assert!(error.contains(reason), "{error} should mention {reason}");
+        }
+    }
+}

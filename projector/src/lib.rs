@@ -23,13 +23,28 @@ pub use error::Error;
 
 use crate::{consumer::Projector, http::Health, metrics::Metrics};
 
-/// Connects to PostgreSQL with bounded waits.
+/// Connects to PostgreSQL with bounded waits. A database that is still starting (the
+/// usual case when everything starts together) gets up to 30 seconds.
 pub async fn connect(config: &Config) -> Result<PgPool, Error> {
-    Ok(PgPoolOptions::new()
-        .max_connections(config.db_connections.max(2))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(config.database_url.expose())
-        .await?)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(config.db_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(config.database_url.expose())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "postgresql not reachable yet, retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `ipp-projector migrate`.
