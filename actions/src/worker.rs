@@ -156,7 +156,10 @@ impl Worker {
     async fn execute(&self, action: Action) {
         let attempt = self.attempt(&action).await;
         match attempt {
-            Attempt::Done(status, outcome) => self.finish(&action, status, outcome).await,
+            Attempt::Done(status, outcome) => {
+                let kind = (status == Status::Failed).then_some("permanent");
+                self.finish(&action, status, outcome, kind).await;
+            }
             Attempt::Ledger(e) => {
                 error!(error = %e, "ledger write failed; the lease brings the action back");
             }
@@ -176,10 +179,6 @@ impl Worker {
                         action.attempts,
                         e.reason()
                     );
-                    self.metrics
-                        .failures
-                        .with_label_values(&["exhausted"])
-                        .inc();
                     self.finish(
                         &action,
                         Status::Failed,
@@ -187,6 +186,7 @@ impl Worker {
                             reason: Some(reason),
                             ..outcome
                         },
+                        Some("exhausted"),
                     )
                     .await;
                     return;
@@ -329,7 +329,15 @@ impl Worker {
             .await
     }
 
-    async fn finish(&self, action: &Action, status: Status, outcome: Outcome) {
+    /// Ends the action; `failure` is the metric label of a failure (`permanent`,
+    /// `exhausted`).
+    async fn finish(
+        &self,
+        action: &Action,
+        status: Status,
+        outcome: Outcome,
+        failure: Option<&str>,
+    ) {
         if status == Status::Failed {
             let reason = outcome.reason.clone().unwrap_or_default();
             // DLQ first: a duplicate DLQ record is better than a failure nobody hears of.
@@ -346,15 +354,10 @@ impl Worker {
                 .await;
                 return;
             }
-            if outcome
-                .last_status_code
-                .is_some_and(|c| c < 500 && c != 429)
-            {
-                self.metrics
-                    .failures
-                    .with_label_values(&["permanent"])
-                    .inc();
-            }
+            self.metrics
+                .failures
+                .with_label_values(&[failure.unwrap_or("permanent")])
+                .inc();
             warn!(reason = %reason, "action failed");
         } else {
             info!(status = status.as_str(), "action finished");
@@ -382,7 +385,10 @@ impl Worker {
 }
 
 fn permanent_or_retry(e: OmError) -> Attempt {
-    if e.is_retryable() {
+    // 401 says our API key is wrong, not that the order is: failing every order would
+    // bury the ledger in DLQ records, so wait in the ledger for the fix (the attempt
+    // limits still apply), without in-place retries.
+    if e.is_retryable() || e.status_code() == Some(401) {
         return Attempt::Retry(e);
     }
     Attempt::Done(

@@ -336,6 +336,32 @@ where
     }
 }
 
+/// After every 429, the next call for the same order came no sooner than Retry-After
+/// (timestamps are the simulator's arrival times). Returns how many retries it checked.
+fn assert_retry_after_respected(calls: &[Value], retry_after: i64) -> usize {
+    let mut by_order: HashMap<String, Vec<&Value>> = HashMap::new();
+    for call in calls {
+        let path = call["path"].as_str().unwrap();
+        let order = path.split('/').nth(4).unwrap_or_default().to_owned();
+        by_order.entry(order).or_default().push(call);
+    }
+    let at = |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
+    let mut checked = 0;
+    for order_calls in by_order.values() {
+        for pair in order_calls.windows(2) {
+            if pair[0]["status"] == json!(429) {
+                let gap = at(pair[1]) - at(pair[0]);
+                assert!(
+                    gap >= chrono::Duration::seconds(retry_after),
+                    "retried {gap} after a 429 with Retry-After {retry_after}: {pair:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests.
 
@@ -498,28 +524,7 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
         count(&|c| c["replayed"] == json!(true)) > 0,
         "no lost capture answer was replayed"
     );
-    // Retry-After: after a 429, the next call for that order comes no sooner.
-    let mut by_order: HashMap<String, Vec<&Value>> = HashMap::new();
-    for call in &calls {
-        let path = call["path"].as_str().unwrap();
-        let order = path.split('/').nth(4).unwrap_or_default().to_owned();
-        by_order.entry(order).or_default().push(call);
-    }
-    let mut checked = 0;
-    for order_calls in by_order.values() {
-        for pair in order_calls.windows(2) {
-            if pair[0]["status"] == json!(429) {
-                let at =
-                    |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
-                let gap = at(pair[1]) - at(pair[0]);
-                assert!(
-                    gap >= chrono::Duration::seconds(retry_after),
-                    "retried {gap} after a 429 with Retry-After {retry_after}: {pair:?}"
-                );
-                checked += 1;
-            }
-        }
-    }
+    let checked = assert_retry_after_respected(&calls, retry_after);
     assert!(checked > 0, "no retry after a 429 to check");
     assert!(actions.metric("actions_om_retries_total", "").await > 0.0);
     actions.stop();
@@ -737,4 +742,95 @@ async fn policy_none_records_skipped_actions_and_calls_nothing() {
         assert_eq!(row.attempts, 0);
     }
     assert_eq!(fx.sim_get("/_sim/stats").await["requests"], json!(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
+    let retry_after = 3;
+    let fx = Fixture::new(
+        1,
+        &[
+            ("OM_SIM_RATE_LIMIT_RATE", "0.3".into()),
+            ("OM_SIM_RETRY_AFTER_SECS", retry_after.to_string()),
+            ("OM_SIM_SEED", "7".into()),
+        ],
+    )
+    .await;
+    let finals = finalized(20);
+    fx.produce(&finals).await;
+    // In-place delays stop at 2 s: a 3 s Retry-After sends the action back to the ledger.
+    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    eventually(Duration::from_secs(120), "20 succeeded actions", || async {
+        fx.count("succeeded").await == 20
+    })
+    .await;
+    fx.assert_captured_once(&finals).await;
+    let checked = assert_retry_after_respected(&fx.calls().await, retry_after);
+    assert!(checked > 0, "no retry after a 429 to check");
+    assert!(
+        actions
+            .metric("actions_rescheduled_total", "cause=\"429\"")
+            .await
+            > 0.0
+    );
+    assert_eq!(actions.metric("actions_om_retries_total", "").await, 0.0);
+    actions.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
+    let fx = Fixture::new(1, &[]).await;
+    let finals = finalized(5);
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let mut wrong = fx.start_actions(&group, &[("KUSTOM_API_KEY", "kco_test_wrong".into())]);
+    eventually(
+        Duration::from_secs(60),
+        "5 actions refused with 401 and retried from the ledger",
+        || async {
+            let rows = fx.ledger().await;
+            rows.len() == 5
+                && rows.iter().all(|r| {
+                    r.status == "pending" && r.attempts >= 2 && r.last_status_code == Some(401)
+                })
+        },
+    )
+    .await;
+    wrong.stop();
+    assert!(fx.captures_by_order().await.is_empty());
+    assert!(kafka::read_topic(&fx.brokers, &fx.dlq_topic).is_empty());
+
+    let mut fixed = fx.start_actions(&group, &[]);
+    eventually(Duration::from_secs(60), "5 succeeded actions", || async {
+        fx.count("succeeded").await == 5
+    })
+    .await;
+    fx.assert_captured_once(&finals).await;
+    fixed.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_per_second_limit_spaces_order_management_calls() {
+    let fx = Fixture::new(1, &[]).await;
+    let finals = finalized(30);
+    fx.produce(&finals).await;
+    let mut actions = fx.start_actions(
+        &unique_name("actions"),
+        &[("ACTIONS_MAX_CALLS_PER_SEC", "20".into())],
+    );
+    eventually(Duration::from_secs(60), "30 succeeded actions", || async {
+        fx.count("succeeded").await == 30
+    })
+    .await;
+    fx.assert_captured_once(&finals).await;
+    let calls = fx.calls().await;
+    assert_eq!(calls.len(), 60, "a GET and a POST per order");
+    let at = |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
+    // 60 calls at 20 per second cannot span less than 59 intervals of 50 ms.
+    let span = at(&calls[59]) - at(&calls[0]);
+    assert!(
+        span >= chrono::Duration::milliseconds(2800),
+        "60 calls took only {span}"
+    );
+    actions.stop();
 }
