@@ -9,7 +9,7 @@ use std::{
 
 use ipp_schemas::{RecordHeaders, Route};
 use rdkafka::{
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
     ClientConfig,
@@ -36,7 +36,7 @@ pub struct Appended {
 
 pub struct EventLog {
     client_config: ClientConfig,
-    // Replaced when librdkafka reports a fatal error, after which a producer is unusable.
+    // Replaced when the broker keeps refusing it (see `recover_after`).
     producer: RwLock<Arc<FutureProducer>>,
     ipp_topic: String,
     other_topic: String,
@@ -108,24 +108,34 @@ impl EventLog {
                 offset: delivery.offset,
             }),
             Ok(Err((error, _message))) => {
-                self.replace_if_fatal(&producer);
+                self.recover_after(&producer, &error);
                 Err(AppendError::Kafka(error))
             }
             Err(_) => Err(AppendError::TimedOut(self.timeout)),
         }
     }
 
-    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
+    /// After a failed delivery, start over with a new producer (a new producer id).
+    /// An idempotent producer whose records timed out keeps sequence numbers the broker
+    /// never saw; Apache Kafka recovers from that by an epoch bump, but tansu's storage
+    /// panics on it and stops serving (seen with tansu 0.6.0). A fresh producer is
+    /// always safe. Only the current producer is replaced, and a producer fails only after
+    /// the produce timeout, so this happens at most once per timeout even under load.
+    fn recover_after(&self, failed: &Arc<FutureProducer>, error: &KafkaError) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
             return;
-        };
+        }
         let mut current = self.producer.write().expect("producer lock");
         if !Arc::ptr_eq(&current, failed) {
             return; // another request already replaced it
         }
-        tracing::error!(?code, %reason, "kafka producer hit a fatal error; creating a new one");
-        match self.client_config.create() {
-            Ok(producer) => *current = Arc::new(producer),
+        tracing::warn!(%error, "delivery failed; replacing the kafka producer");
+        match self.client_config.create::<FutureProducer>() {
+            Ok(producer) => {
+                let old = std::mem::replace(&mut *current, Arc::new(producer));
+                // Dropping a producer waits for its queue: keep that off the async workers.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
             Err(error) => tracing::error!(%error, "could not recreate the kafka producer"),
         }
     }

@@ -1,0 +1,631 @@
+//! `ipp-ingest` as a black box: the real binary, real HTTP, a real broker.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use ipp_tests::{
+    free_port,
+    kafka::{self, OwnBroker, Record},
+    process::{wait_for_tcp, Service},
+    signer::{Signed, Signer},
+};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../schemas/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// One ingest process with its own topics and secrets.
+struct Ingest {
+    service: Service,
+    url: String,
+    brokers: String,
+    ipp_topic: String,
+    other_topic: String,
+    secrets: Vec<String>,
+}
+
+struct Options<'a> {
+    brokers: String,
+    secrets: usize,
+    extra_env: Vec<(&'a str, String)>,
+    args: Vec<&'a str>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            brokers: kafka::brokers(),
+            secrets: 1,
+            extra_env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Ingest {
+    async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    async fn start_with(options: Options<'_>) -> Self {
+        let ipp_topic = kafka::create_topic(&options.brokers, "ipp_events", 4).await;
+        let other_topic = kafka::create_topic(&options.brokers, "kustom_events", 2).await;
+        let secrets: Vec<String> = (0..options.secrets)
+            .map(|_| Signer::random_secret())
+            .collect();
+        let port = free_port();
+        let mut env = vec![
+            ("KAFKA_BROKERS", options.brokers.clone()),
+            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("IPP_TOPIC", ipp_topic.clone()),
+            ("KUSTOM_OTHER_TOPIC", other_topic.clone()),
+            ("KUSTOM_WEBHOOK_SECRETS", secrets.join(",")),
+        ];
+        env.extend(options.extra_env);
+        let service = Service::spawn("ipp-ingest", &options.args, &env);
+        wait_for_tcp(port, Duration::from_secs(20));
+        Self {
+            service,
+            url: format!("http://127.0.0.1:{port}"),
+            brokers: options.brokers,
+            ipp_topic,
+            other_topic,
+            secrets,
+        }
+    }
+
+    fn signer(&self) -> Signer {
+        Signer::new(&self.secrets[0])
+    }
+
+    async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
+        let signed = self.signer().sign(body);
+        self.post(body, Some(&signed)).await
+    }
+
+    async fn post(&self, body: &[u8], signed: Option<&Signed>) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/webhooks/kustom", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in signed.map(Signed::headers).into_iter().flatten() {
+            request = request.header(name, value);
+        }
+        request.send().await.expect("request")
+    }
+
+    fn ipp_records(&self) -> Vec<Record> {
+        kafka::read_topic(&self.brokers, &self.ipp_topic)
+    }
+
+    fn other_records(&self) -> Vec<Record> {
+        kafka::read_topic(&self.brokers, &self.other_topic)
+    }
+
+    fn nothing_stored(&self) {
+        assert!(
+            self.ipp_records().is_empty(),
+            "something reached the ipp topic"
+        );
+        assert!(
+            self.other_records().is_empty(),
+            "something reached the other topic"
+        );
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("json body")
+}
+
+#[tokio::test]
+async fn documented_examples_are_stored_byte_for_byte_keyed_by_session() {
+    let ingest = Ingest::start().await;
+    let mut sent = Vec::new();
+    for name in [
+        "documented-session-activated.json",
+        "documented-session-finalized.json",
+    ] {
+        let body = fixture(name);
+        let signed = ingest.signer().sign(&body);
+        let response = ingest.post(&body, Some(&signed)).await;
+        assert_eq!(response.status(), 200, "{name}");
+        let answer = json_of(response).await;
+        assert_eq!(answer["status"], "stored");
+        sent.push((body, signed, answer));
+    }
+    let records = ingest.ipp_records();
+    assert_eq!(records.len(), 2);
+    for (body, signed, answer) in sent {
+        let event: Value = serde_json::from_slice(&body).unwrap();
+        let record = records
+            .iter()
+            .find(|r| r.partition == answer["partition"] && r.offset == answer["offset"])
+            .expect("record at the answered position");
+        assert_eq!(record.value, body, "value must be the exact bytes sent");
+        assert_eq!(record.key_str(), event["data"]["session_id"].as_str());
+        assert_eq!(record.header("kustom-event-id"), event["id"].as_str());
+        assert_eq!(record.header("kustom-event-type"), event["type"].as_str());
+        assert_eq!(record.header("kustom-merchant-id"), Some("DM11917000"));
+        assert_eq!(
+            record.header("webhook-id"),
+            Some(signed.webhook_id.as_str())
+        );
+        assert_eq!(
+            record.header("webhook-timestamp"),
+            Some(signed.timestamp.to_string().as_str())
+        );
+        let received_at = record.header("ipp-received-at").expect("receive time");
+        let received_at = chrono::DateTime::parse_from_rfc3339(received_at).expect("RFC 3339");
+        assert!(
+            (chrono::Utc::now() - received_at.to_utc())
+                .num_seconds()
+                .abs()
+                < 60
+        );
+    }
+    assert!(ingest.other_records().is_empty());
+}
+
+#[tokio::test]
+async fn events_of_one_session_share_a_partition_and_duplicates_are_accepted() {
+    let ingest = Ingest::start().await;
+    let session = uuid::Uuid::new_v4();
+    let bodies: Vec<Vec<u8>> = ["created", "activated", "cancelled"]
+        .iter()
+        .map(|kind| {
+            serde_json::to_vec(&json!({
+                "id": format!("kevt_{kind}_{session}"), "merchant_id": "M1",
+                "timestamp": "2026-06-05T18:30:00.123456789Z", "type": format!("ipp.session.{kind}"),
+                "data": {"session_id": session, "order_id": null, "failure_reason": null}
+            }))
+            .unwrap()
+        })
+        .collect();
+    for body in bodies.iter().chain(std::iter::once(&bodies[0])) {
+        assert_eq!(ingest.post_signed(body).await.status(), 200);
+    }
+    let records = ingest.ipp_records();
+    assert_eq!(
+        records.len(),
+        4,
+        "the duplicate is stored too: dedup is downstream"
+    );
+    assert!(records.iter().all(|r| r.partition == records[0].partition));
+    assert!(records
+        .iter()
+        .all(|r| r.key_str() == Some(session.to_string().as_str())));
+}
+
+#[tokio::test]
+async fn either_secret_signs_during_a_rotation() {
+    let ingest = Ingest::start_with(Options {
+        secrets: 2,
+        ..Options::default()
+    })
+    .await;
+    let body = fixture("session-created.json");
+    for secret in &ingest.secrets {
+        let signed = Signer::new(secret).sign(&body);
+        assert_eq!(ingest.post(&body, Some(&signed)).await.status(), 200);
+    }
+    assert_eq!(ingest.ipp_records().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_signatures_get_401_and_store_nothing() {
+    let ingest = Ingest::start().await;
+    let body = fixture("documented-session-finalized.json");
+    let now = chrono::Utc::now().timestamp();
+    let good = ingest.signer().sign(&body);
+    let stranger = Signer::new(&Signer::random_secret());
+
+    let mut tampered = body.clone();
+    let last = tampered.len() - 2;
+    tampered[last] = b' ';
+    let mut cases: Vec<(&str, Vec<u8>, Signed)> = vec![
+        ("wrong secret", body.clone(), stranger.sign(&body)),
+        ("tampered body", tampered, good.clone()),
+        (
+            "stale timestamp",
+            body.clone(),
+            ingest.signer().sign_at("m1", now - 301, &body),
+        ),
+        (
+            "future timestamp",
+            body.clone(),
+            ingest.signer().sign_at("m2", now + 301, &body),
+        ),
+        (
+            "garbage signature",
+            body.clone(),
+            Signed {
+                signature: "v1,AAAA".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "wrong scheme",
+            body.clone(),
+            Signed {
+                signature: good.signature.replace("v1,", "v2,"),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (what, body, signed) in cases.drain(..) {
+        let response = ingest.post(&body, Some(&signed)).await;
+        assert_eq!(response.status(), 401, "{what}");
+        assert_eq!(
+            json_of(response).await["error"],
+            "invalid_signature",
+            "{what}"
+        );
+    }
+    // Each header missing in turn.
+    for missing in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/webhooks/kustom", ingest.url))
+            .body(body.clone());
+        for (name, value) in good.headers() {
+            if name != missing {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "without {missing}");
+        let message = json_of(response).await["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains(missing),
+            "the error names {missing}: {message}"
+        );
+    }
+    ingest.nothing_stored();
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_bodies_are_refused_and_store_nothing() {
+    let ingest = Ingest::start_with(Options {
+        extra_env: vec![("INGEST_MAX_BODY_BYTES", "2048".into())],
+        ..Options::default()
+    })
+    .await;
+    let session = "c749c48d-df11-4ae3-8e5f-2c8491b16214";
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not json", b"{not json".to_vec(), 400, "invalid_json"),
+        ("not an object", b"[1,2]".to_vec(), 400, "not_an_object"),
+        (
+            "no id",
+            json!({"type": "ipp.session.created", "data": {"session_id": session}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "missing_id",
+        ),
+        (
+            "no type",
+            json!({"id": "kevt_1", "data": {"session_id": session}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "missing_type",
+        ),
+        (
+            "ipp without session",
+            json!({"id": "kevt_1", "type": "ipp.session.created", "data": {}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "missing_session_id",
+        ),
+        (
+            "oversize",
+            {
+                let padding = "x".repeat(3000);
+                json!({"id": "kevt_1", "type": "order.created", "data": {"pad": padding}})
+                    .to_string()
+                    .into_bytes()
+            },
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let response = ingest.post_signed(&body).await;
+        assert_eq!(response.status(), status, "{what}");
+        assert_eq!(json_of(response).await["error"], code, "{what}");
+    }
+    // A body that hides its size (chunked, no Content-Length) is cut off at the limit too.
+    let padding = "x".repeat(5000);
+    let body =
+        json!({"id": "kevt_2", "type": "order.created", "data": {"pad": padding}}).to_string();
+    let signed = ingest.signer().sign(body.as_bytes());
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let stream = futures::stream::iter(chunks);
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/webhooks/kustom", ingest.url))
+        .body(reqwest::Body::wrap_stream(stream));
+    for (name, value) in signed.headers() {
+        request = request.header(name, value);
+    }
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        413,
+        "chunked oversize"
+    );
+    ingest.nothing_stored();
+}
+
+#[tokio::test]
+async fn other_kustom_events_go_to_their_own_topic_keyed_by_event_id() {
+    let ingest = Ingest::start().await;
+    let body = fixture("capture-created.json");
+    let response = ingest.post_signed(&body).await;
+    assert_eq!(response.status(), 200);
+    let dispute = br#"{"id":"kevt_dispute1","type":"dispute.created","timestamp":"2026-06-05T19:00:00Z","data":{"order_id":"x"}}"#;
+    assert_eq!(ingest.post_signed(dispute).await.status(), 200);
+    let records = ingest.other_records();
+    assert_eq!(records.len(), 2);
+    let capture = records
+        .iter()
+        .find(|r| r.value == body)
+        .expect("capture.created stored as sent");
+    assert_eq!(capture.key_str(), Some("kevt_0Capture0000000000001"));
+    assert_eq!(capture.header("kustom-event-type"), Some("capture.created"));
+    assert!(ingest.ipp_records().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_ipp_types_and_fields_are_kept() {
+    let ingest = Ingest::start().await;
+    let body = fixture("unknown-ipp-type-with-extra-fields.json");
+    assert_eq!(ingest.post_signed(&body).await.status(), 200);
+    let records = ingest.ipp_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, body);
+}
+
+#[tokio::test]
+async fn broker_outage_answers_503_never_200_and_recovers() {
+    let mut broker = OwnBroker::start();
+    let timeout_ms = 2000;
+    let ingest = Ingest::start_with(Options {
+        brokers: broker.brokers(),
+        extra_env: vec![("INGEST_PRODUCE_TIMEOUT_MS", timeout_ms.to_string())],
+        ..Options::default()
+    })
+    .await;
+    let body = fixture("session-created.json");
+    assert_eq!(ingest.post_signed(&body).await.status(), 200);
+
+    broker.stop();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let response = ingest.post_signed(&body).await;
+        let waited = started.elapsed();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(json_of(response).await["error"], "log_unavailable");
+        // Bounded by the produce timeout (plus a little for the outer guard).
+        assert!(
+            waited < Duration::from_millis(timeout_ms + 1500),
+            "503 took {waited:?}"
+        );
+    }
+    let ready = reqwest::get(format!("{}/readyz", ingest.url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the broker is down");
+
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut statuses = Vec::new();
+    loop {
+        let status = ingest.post_signed(&body).await.status().as_u16();
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while recovering");
+        assert!(Instant::now() < deadline, "never recovered: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every 200 is in the log; the 503s may or may not be (Kustom redelivers them).
+    let records = ingest.ipp_records();
+    assert!(
+        records.len() >= 2,
+        "both acknowledged events are stored, got {}",
+        records.len()
+    );
+    assert!(records.iter().all(|r| r.value == body));
+}
+
+/// A request whose body is still arriving when SIGTERM comes is completed and stored.
+#[tokio::test]
+async fn in_flight_requests_complete_during_sigterm() {
+    let mut ingest = Ingest::start().await;
+    let body = fixture("documented-session-finalized.json");
+    let signed = ingest.signer().sign(&body);
+    let address = ingest.url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let mut head = format!(
+        "POST /webhooks/kustom HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in signed.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    ingest.service.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ingest.service.is_running(),
+        "exited with a request in flight"
+    );
+
+    stream.write_all(&body[10..]).unwrap();
+    let mut response = String::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "got: {response}");
+
+    let status = ingest.service.wait(Duration::from_secs(20));
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    assert!(
+        TcpStream::connect(&address).is_err(),
+        "still accepting after shutdown"
+    );
+    let records = ingest.ipp_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, body);
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_secrets_unless_explicitly_insecure() {
+    let port = free_port();
+    let env = [
+        ("KAFKA_BROKERS", kafka::brokers()),
+        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
+    ];
+    let output = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "started without secrets");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("KUSTOM_WEBHOOK_SECRETS"),
+        "explains what to set: {stderr}"
+    );
+
+    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
+    let mut insecure = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .arg("--insecure-skip-verify")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("IPP_TOPIC", &topic)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_tcp(port, Duration::from_secs(20));
+    let body = fixture("session-created.json");
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "unsigned accepted when insecure");
+    insecure.kill().unwrap();
+    let mut logs = String::new();
+    insecure
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("WARN") && logs.contains("insecure-skip-verify"),
+        "warns: {logs}"
+    );
+    assert_eq!(kafka::read_topic(&kafka::brokers(), &topic)[0].value, body);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let ingest = Ingest::start().await;
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", ingest.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", ingest.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        ingest
+            .post_signed(&fixture("session-created.json"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        ingest
+            .post(&fixture("session-created.json"), None)
+            .await
+            .status(),
+        401
+    );
+    let metrics = reqwest::get(format!("{}/metrics", ingest.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"ingest_requests_total{event_type="ipp.session.created",outcome="accepted"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ingest_requests_total{event_type="unknown",outcome="unauthorized"} 1"#)
+    );
+    assert!(metrics.contains("ingest_produce_duration_seconds_bucket"));
+    assert!(metrics.contains("ingest_in_flight_requests 0"));
+}
+
+#[test]
+fn help_documents_the_configuration() {
+    let output = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for setting in [
+        "KAFKA_BROKERS",
+        "INGEST_LISTEN",
+        "KAFKA_PROPERTIES",
+        "--kafka-property",
+        "IPP_TOPIC",
+        "KUSTOM_OTHER_TOPIC",
+        "KUSTOM_WEBHOOK_SECRETS",
+        "--insecure-skip-verify",
+        "INGEST_SIGNATURE_TOLERANCE_SECS",
+        "INGEST_MAX_BODY_BYTES",
+        "INGEST_PRODUCE_TIMEOUT_MS",
+        "LOG_FORMAT",
+    ] {
+        assert!(help.contains(setting), "--help does not mention {setting}");
+    }
+}
