@@ -228,7 +228,7 @@ pub struct Config {
     #[arg(
         long,
         env = "ACTIONS_LEASE_MS",
-        default_value_t = 120_000,
+        default_value_t = 300_000,
         global = true
     )]
     pub lease_ms: u64,
