@@ -834,3 +834,43 @@ async fn calls_per_second_limit_spaces_order_management_calls() {
     );
     actions.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_run_exits_cleanly_and_leaves_no_action_leased() {
+    let fx = Fixture::new(1, &[("OM_SIM_LATENCY_MS", "300".into())]).await;
+    let finals = finalized(60);
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let settings = [
+        ("ACTIONS_CONCURRENCY", "8".to_owned()),
+        ("ACTIONS_LEASE_MS", "600000".to_owned()),
+    ];
+    let mut actions = fx.start_actions(&group, &settings);
+    eventually(Duration::from_secs(60), "some captures done", || async {
+        fx.count("succeeded").await >= 8
+    })
+    .await;
+    actions.stop(); // SIGTERM, then exit status 0 asserted
+    assert!(
+        fx.count("succeeded").await < 60,
+        "the run ended before SIGTERM"
+    );
+    // In-flight actions were finished or handed back: none is held by a lease of the
+    // stopped process (which would block it for ten minutes).
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ipp_actions \
+         WHERE status = 'pending' AND next_attempt_at > now() + interval '1 minute'",
+    )
+    .fetch_one(&fx.pool)
+    .await
+    .unwrap();
+    assert_eq!(leased, 0);
+
+    let mut restarted = fx.start_actions(&group, &settings);
+    eventually(Duration::from_secs(60), "60 succeeded actions", || async {
+        fx.count("succeeded").await == 60
+    })
+    .await;
+    fx.assert_captured_once(&finals).await;
+    restarted.stop();
+}
