@@ -536,7 +536,15 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     let finals = finalized(300);
     fx.produce(&finals).await;
     let group = unique_name("actions");
-    let slow = [("ACTIONS_CONCURRENCY", "8".to_owned())];
+    // A killed member does not leave its group: a short session lets the restarted one
+    // get the partitions back quickly.
+    let slow = [
+        ("ACTIONS_CONCURRENCY", "8".to_owned()),
+        (
+            "KAFKA_PROPERTIES",
+            "session.timeout.ms=6000,heartbeat.interval.ms=1000".to_owned(),
+        ),
+    ];
     let mut actions = fx.start_actions(&group, &slow);
     eventually(Duration::from_secs(60), "some captures done", || async {
         fx.count("succeeded").await >= 40
