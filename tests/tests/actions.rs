@@ -502,10 +502,11 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
     let mut actions = fx.start_actions(&unique_name("actions"), &[]);
     eventually(
         Duration::from_secs(180),
-        "100 succeeded actions",
-        || async { fx.count("succeeded").await == 100 },
+        "100 actions recorded and none pending",
+        || async { fx.ledger().await.len() == 100 && fx.count("pending").await == 0 },
     )
     .await;
+    assert_eq!(fx.count("succeeded").await, 100, "{:?}", fx.ledger().await);
     fx.assert_captured_once(&finals).await;
     assert_eq!(fx.count("failed").await, 0);
 
@@ -558,10 +559,11 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     let mut restarted = fx.start_actions(&group, &[]);
     eventually(
         Duration::from_secs(120),
-        "300 succeeded actions",
-        || async { fx.count("succeeded").await == 300 },
+        "300 actions recorded and none pending",
+        || async { fx.ledger().await.len() == 300 && fx.count("pending").await == 0 },
     )
     .await;
+    assert_eq!(fx.count("succeeded").await, 300, "{:?}", fx.ledger().await);
     assert_eq!(fx.ledger().await.len(), 300);
     fx.assert_captured_once(&finals).await;
     let stats = fx.sim_get("/_sim/stats").await;
