@@ -1,0 +1,425 @@
+//! The whole pipeline as separate processes: ipp-ingest, ipp-projector, ipp-actions and
+//! the Order Management simulator against the test broker and a fresh database. A
+//! generated workload goes in over signed HTTP while each service is SIGKILLed and
+//! restarted once; what comes out must be exactly what the workload implies.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
+use ipp_tests::{
+    db, free_port,
+    kafka::{self, Record},
+    process::{wait_for_tcp, Service},
+    signer::Signer,
+    unique_name,
+};
+use serde_json::{json, Value};
+use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use uuid::Uuid;
+
+const API_KEY: &str = "kco_test_e2e";
+
+struct Pipeline {
+    brokers: String,
+    ipp_topic: String,
+    other_topic: String,
+    database_url: String,
+    secret: String,
+    ingest_port: u16,
+    sim_url: String,
+    projector_group: String,
+    actions_group: String,
+    ipp_dlq: String,
+    actions_dlq: String,
+    _sim: Service,
+}
+
+impl Pipeline {
+    async fn start() -> Self {
+        let brokers = kafka::brokers();
+        let sim_port = free_port();
+        let sim = Service::spawn(
+            "ipp-om-sim",
+            &[],
+            &[
+                ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
+                ("OM_SIM_API_KEY", API_KEY.into()),
+            ],
+        );
+        wait_for_tcp(sim_port, Duration::from_secs(20));
+        Self {
+            ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
+            other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
+            ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
+            actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
+            database_url: db::fresh_database().await,
+            secret: Signer::random_secret(),
+            ingest_port: free_port(),
+            sim_url: format!("http://127.0.0.1:{sim_port}"),
+            projector_group: unique_name("e2e_projector"),
+            actions_group: unique_name("e2e_actions"),
+            brokers,
+            _sim: sim,
+        }
+    }
+
+    fn ingest(&self) -> Service {
+        let service = Service::spawn(
+            "ipp-ingest",
+            &[],
+            &[
+                ("KAFKA_BROKERS", self.brokers.clone()),
+                ("INGEST_LISTEN", format!("127.0.0.1:{}", self.ingest_port)),
+                ("IPP_TOPIC", self.ipp_topic.clone()),
+                ("KUSTOM_OTHER_TOPIC", self.other_topic.clone()),
+                ("KUSTOM_WEBHOOK_SECRETS", self.secret.clone()),
+                ("INGEST_MAX_BODY_BYTES", "16384".into()),
+            ],
+        );
+        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
+        service
+    }
+
+    fn projector(&self) -> Service {
+        let port = free_port();
+        let service = Service::spawn(
+            "ipp-projector",
+            &[],
+            &[
+                ("KAFKA_BROKERS", self.brokers.clone()),
+                ("IPP_TOPIC", self.ipp_topic.clone()),
+                ("IPP_DLQ_TOPIC", self.ipp_dlq.clone()),
+                ("DATABASE_URL", self.database_url.clone()),
+                ("PROJECTOR_GROUP", self.projector_group.clone()),
+                ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
+                ("RUST_LOG", "warn".into()),
+            ],
+        );
+        wait_for_tcp(port, Duration::from_secs(30));
+        service
+    }
+
+    fn actions(&self) -> Service {
+        let port = free_port();
+        let service = Service::spawn(
+            "ipp-actions",
+            &[],
+            &[
+                ("KAFKA_BROKERS", self.brokers.clone()),
+                ("IPP_TOPIC", self.ipp_topic.clone()),
+                ("ACTIONS_DLQ_TOPIC", self.actions_dlq.clone()),
+                ("DATABASE_URL", self.database_url.clone()),
+                ("ACTIONS_GROUP", self.actions_group.clone()),
+                ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
+                ("KUSTOM_API_URL", self.sim_url.clone()),
+                ("KUSTOM_API_KEY", API_KEY.into()),
+                ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
+                ("ACTIONS_LEASE_MS", "5000".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        );
+        wait_for_tcp(port, Duration::from_secs(30));
+        service
+    }
+
+    fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+    }
+}
+
+/// Requests that must be refused, each with a marker that must appear nowhere afterwards.
+fn invalid_requests(
+    pipeline: &Pipeline,
+) -> Vec<(&'static str, Vec<u8>, Vec<(&'static str, String)>, u16)> {
+    let signer = Signer::new(&pipeline.secret);
+    let session = Uuid::new_v4();
+    let event = |id: &str| {
+        serde_json::to_vec(&json!({
+            "id": id, "merchant_id": "M1", "timestamp": "2026-06-05T18:00:00Z",
+            "type": "ipp.session.finalized",
+            "data": {"session_id": session, "order_id": Uuid::new_v4(), "failure_reason": null}
+        }))
+        .unwrap()
+    };
+    let signed = |body: &[u8]| signer.sign(body).headers().to_vec();
+    let forged_body = event("kevt_invalid_forged");
+    let forged = Signer::new(&Signer::random_secret())
+        .sign(&forged_body)
+        .headers()
+        .to_vec();
+    let no_session = serde_json::to_vec(&json!({
+        "id": "kevt_invalid_nosession", "type": "ipp.session.created", "timestamp": "2026-06-05T18:00:00Z", "data": {}
+    }))
+    .unwrap();
+    let oversize = serde_json::to_vec(&json!({
+        "id": "kevt_invalid_oversize", "type": "order.created", "timestamp": "2026-06-05T18:00:00Z",
+        "data": {"padding": "x".repeat(20_000)}
+    }))
+    .unwrap();
+    let garbage = b"{\"id\": \"kevt_invalid_garbage\", ".to_vec();
+    vec![
+        ("forged signature", forged_body, forged, 401),
+        ("unsigned", event("kevt_invalid_unsigned"), vec![], 401),
+        (
+            "no session id",
+            no_session.clone(),
+            signed(&no_session),
+            400,
+        ),
+        ("oversize", oversize.clone(), signed(&oversize), 413),
+        ("not json", garbage.clone(), signed(&garbage), 400),
+    ]
+}
+
+async fn wait_until_quiet(pool: &PgPool, workload: &Workload) {
+    let event_ids: Vec<String> = workload
+        .deliveries
+        .iter()
+        .filter(|d| d.is_ipp())
+        .map(|d| d.event_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let finalized = workload.finalized_orders().count() as i64;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+        let settled: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+        if applied >= event_ids.len() as i64 && settled >= finalized {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline did not settle: {applied}/{} events, {settled}/{finalized} actions",
+            event_ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
+    let pipeline = Pipeline::start().await;
+    let mut ingest = pipeline.ingest();
+    let mut projector = pipeline.projector();
+    let mut actions = pipeline.actions();
+
+    let workload = Workload::generate(&WorkloadSpec {
+        sessions: 150,
+        merchants: 3,
+        seed: 20261126,
+        ..WorkloadSpec::default()
+    });
+    let signer = WebhookSigner::new(&pipeline.secret).unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let url = pipeline.webhook_url();
+    let thirds: Vec<_> = workload
+        .deliveries
+        .chunks(workload.deliveries.len() / 3 + 1)
+        .collect();
+    let retry_for = Duration::from_secs(90);
+
+    // Part 1, then the projector is killed and restarted.
+    let mut acknowledged = Vec::new();
+    let report = send_all(&client, &url, &signer, thirds[0], 8, retry_for).await;
+    acknowledged.extend(report.acknowledged.iter().map(|&i| &thirds[0][i]));
+    projector.signal("KILL");
+    projector.wait(Duration::from_secs(10));
+    projector = pipeline.projector();
+
+    // Part 2 while ipp-actions is killed and restarted.
+    let sending = send_all(&client, &url, &signer, thirds[1], 8, retry_for);
+    let restart_actions = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        actions.signal("KILL");
+        actions.wait(Duration::from_secs(10));
+        pipeline.actions()
+    };
+    let (report, restarted) = tokio::join!(sending, restart_actions);
+    actions = restarted;
+    acknowledged.extend(report.acknowledged.iter().map(|&i| &thirds[1][i]));
+
+    // Part 3 while ipp-ingest is killed and restarted: Kustom-like senders retry.
+    ingest.signal("KILL");
+    ingest.wait(Duration::from_secs(10));
+    let sending = send_all(&client, &url, &signer, thirds[2], 8, retry_for);
+    let restart_ingest = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        pipeline.ingest()
+    };
+    let (report, restarted) = tokio::join!(sending, restart_ingest);
+    ingest = restarted;
+    assert!(
+        report.retried_attempts > 0,
+        "requests during the ingest outage were retried"
+    );
+    acknowledged.extend(report.acknowledged.iter().map(|&i| &thirds[2][i]));
+    assert_eq!(
+        acknowledged.len(),
+        workload.deliveries.len(),
+        "every delivery got its 200"
+    );
+
+    for (what, body, headers, status) in invalid_requests(&pipeline) {
+        let mut request = client.post(&url).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), status, "{what}");
+    }
+
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pipeline.database_url)
+        .await
+        .unwrap();
+    wait_until_quiet(&pool, &workload).await;
+
+    // Every acknowledged body is in the log exactly as sent, and nothing else is.
+    let ipp_records = kafka::read_topic(&pipeline.brokers, &pipeline.ipp_topic);
+    let other_records = kafka::read_topic(&pipeline.brokers, &pipeline.other_topic);
+    let stored = |records: &[Record]| {
+        records
+            .iter()
+            .map(|r| r.value.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (ipp_stored, other_stored) = (stored(&ipp_records), stored(&other_records));
+    for delivery in &acknowledged {
+        let topic = if delivery.is_ipp() {
+            &ipp_stored
+        } else {
+            &other_stored
+        };
+        assert!(
+            topic.contains(&delivery.body),
+            "acknowledged {} missing",
+            delivery.event_id
+        );
+    }
+    let sent: BTreeSet<&Vec<u8>> = workload.deliveries.iter().map(|d| &d.body).collect();
+    for record in ipp_records.iter().chain(&other_records) {
+        assert!(
+            sent.contains(&record.value),
+            "a record nobody sent: {:?}",
+            String::from_utf8_lossy(&record.value)
+        );
+        assert!(
+            !String::from_utf8_lossy(&record.value).contains("kevt_invalid"),
+            "an invalid request left a record"
+        );
+    }
+
+    // The read model equals what the workload implies, session by session.
+    let rows = sqlx::query(
+        "SELECT session_id, merchant_id, status, order_id, failed_attempts, event_count FROM ipp_sessions",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), workload.sessions.len(), "one row per session");
+    for row in rows {
+        let session_id: Uuid = row.get("session_id");
+        let expected = &workload.sessions[&session_id];
+        assert_eq!(
+            row.get::<String, _>("status"),
+            expected.status,
+            "status of {session_id}"
+        );
+        assert_eq!(
+            row.get::<Option<Uuid>, _>("order_id"),
+            expected.order_id,
+            "order of {session_id}"
+        );
+        assert_eq!(
+            row.get::<i32, _>("failed_attempts"),
+            expected.failed_attempts,
+            "{session_id}"
+        );
+        assert_eq!(
+            row.get::<i32, _>("event_count"),
+            expected.event_count,
+            "{session_id}"
+        );
+        assert_eq!(
+            row.get::<Option<String>, _>("merchant_id").as_deref(),
+            Some(expected.merchant_id.as_str())
+        );
+    }
+    let invalid: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ipp_events WHERE event_id LIKE 'kevt_invalid%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(invalid, 0, "invalid requests reached the read model");
+
+    // Exactly one capture per finalized session, for the authorized amount.
+    let stats: Value = reqwest::get(format!("{}/_sim/stats", pipeline.sim_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let captures: HashMap<String, u64> =
+        serde_json::from_value(stats["captures_by_order"].clone()).unwrap();
+    let finalized: BTreeMap<Uuid, Uuid> =
+        workload.finalized_orders().map(|(s, o)| (o, s)).collect();
+    assert_eq!(
+        captures.len(),
+        finalized.len(),
+        "captured orders: {captures:?}"
+    );
+    for (order, session) in &finalized {
+        assert_eq!(
+            captures.get(&order.to_string()),
+            Some(&1),
+            "captures of order {order} (session {session})"
+        );
+        let order_state: Value = reqwest::get(format!("{}/_sim/orders/{order}", pipeline.sim_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            order_state["captured_amount"],
+            ipp_om_sim::authorized_amount_for(order),
+            "amount of {order}"
+        );
+    }
+    let ledger = sqlx::query("SELECT status, count(*) AS n FROM ipp_actions GROUP BY status")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let ledger: BTreeMap<String, i64> = ledger
+        .iter()
+        .map(|r| (r.get("status"), r.get("n")))
+        .collect();
+    assert_eq!(
+        ledger,
+        BTreeMap::from([("succeeded".to_owned(), finalized.len() as i64)])
+    );
+
+    for service in [&mut ingest, &mut projector, &mut actions] {
+        assert!(service.is_running(), "{} died", service.name);
+        service.signal("TERM");
+        assert!(
+            service.wait(Duration::from_secs(30)).success(),
+            "{} exits cleanly",
+            service.name
+        );
+    }
+}
