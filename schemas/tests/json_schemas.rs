@@ -125,7 +125,8 @@ fn schemas_reject_broken_events() {
     let schemas = Schemas::load();
     let fixtures = read_dir_json("fixtures");
     let finalized = fixtures["documented-session-finalized.json"].1.clone();
-    let broken: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let broken: Vec<(&str, Mutation)> = vec![
         (
             "no id",
             Box::new(|v| drop(v.as_object_mut().unwrap().remove("id"))),

@@ -130,10 +130,11 @@ impl Pipeline {
     }
 }
 
+/// A request that must be refused: what it is, body, headers, expected status.
+type InvalidRequest = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16);
+
 /// Requests that must be refused, each with a marker that must appear nowhere afterwards.
-fn invalid_requests(
-    pipeline: &Pipeline,
-) -> Vec<(&'static str, Vec<u8>, Vec<(&'static str, String)>, u16)> {
+fn invalid_requests(pipeline: &Pipeline) -> Vec<InvalidRequest> {
     let signer = Signer::new(&pipeline.secret);
     let session = Uuid::new_v4();
     let event = |id: &str| {

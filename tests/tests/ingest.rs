@@ -540,6 +540,7 @@ async fn refuses_to_start_without_secrets_unless_explicitly_insecure() {
         .unwrap();
     assert_eq!(response.status(), 200, "unsigned accepted when insecure");
     insecure.kill().unwrap();
+    insecure.wait().unwrap();
     let mut logs = String::new();
     insecure
         .stdout
