@@ -119,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn ledger_delays_grow_are_capped_and_respect_retry_after() {
+    fn ledger_delays_grow_stay_capped_and_respect_retry_after() {
         let p = policy();
         for attempts in 1..40 {
             let d = p.next_delay(attempts, None);

@@ -940,3 +940,43 @@ async fn sigterm_mid_run_exits_cleanly_and_leaves_no_action_leased() {
     fx.assert_captured_once(&finals).await;
     restarted.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
+    let fx = Fixture::new(3, &[("OM_SIM_LATENCY_MS", "50".into())]).await;
+    let finals = finalized(200);
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let settings = [("ACTIONS_CONCURRENCY", "4".to_owned())];
+    let mut a = fx.start_actions(&group, &settings);
+    let mut b = fx.start_actions(&group, &settings);
+    eventually(
+        Duration::from_secs(120),
+        "200 actions recorded and none pending",
+        || async { fx.ledger().await.len() == 200 && fx.count("pending").await == 0 },
+    )
+    .await;
+    assert_eq!(
+        fx.count("succeeded").await,
+        200,
+        "{:?}",
+        fx.unfinished().await
+    );
+    fx.assert_captured_once(&finals).await;
+    // Claims are exclusive: one GET and one POST per order, however many replicas.
+    let calls = fx.calls().await;
+    let posts = calls.iter().filter(|c| c["method"] == "POST").count();
+    let gets = calls.iter().filter(|c| c["method"] == "GET").count();
+    assert_eq!((gets, posts), (200, 200));
+    let (by_a, by_b) = (
+        a.metric("actions_om_calls_total", "capture").await,
+        b.metric("actions_om_calls_total", "capture").await,
+    );
+    assert_eq!(by_a + by_b, 200.0);
+    assert!(
+        by_a > 0.0 && by_b > 0.0,
+        "both replicas worked: {by_a} + {by_b}"
+    );
+    a.stop();
+    b.stop();
+}
