@@ -1,0 +1,331 @@
+//! Projector catch-up (rebuild from a prefilled topic, next to a bare consumer reading
+//! the same topic from offset 0) and the apply engine (the same events applied from
+//! memory, next to `COPY` of the same rows).
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use ipp_projector::{
+    session::SessionEvent,
+    store::{self, NewEvent},
+};
+use ipp_schemas::KustomEvent;
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    ClientConfig,
+};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+
+use crate::{
+    infra::{self, Database},
+    progress,
+    report::{Figure, Goal},
+    Bench,
+};
+
+pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let n = bench.sizes.catchup_events;
+    // Only ipp.* events go to the projector's topic; the mix keeps its duplicates.
+    let bodies: Vec<Vec<u8>> = super::ingest::deliveries(n * 11 / 10 + 16, 23)
+        .into_iter()
+        .filter(|d| d.is_ipp())
+        .take(n)
+        .map(|d| d.body)
+        .collect();
+    let mut figures = vec![catch_up(bench, &bodies).await?];
+    figures.push(apply_engine(bench, &bodies).await?);
+    Ok(figures)
+}
+
+/// Distinct events and sessions in `bodies`: what the read models must hold.
+fn expected(bodies: &[Vec<u8>]) -> (usize, usize) {
+    let mut events = HashSet::new();
+    let mut sessions = HashSet::new();
+    for body in bodies {
+        if let Ok(KustomEvent::Ipp(event)) = KustomEvent::parse(body) {
+            events.insert(event.id().to_owned());
+            sessions.insert(event.session_id());
+        }
+    }
+    (events.len(), sessions.len())
+}
+
+async fn catch_up(bench: &Bench, bodies: &[Vec<u8>]) -> anyhow::Result<Figure> {
+    let n = bodies.len();
+    let topic =
+        infra::create_topic(bench.brokers(), "bench_catchup", bench.config.partitions).await?;
+    progress(&format!(
+        "projector catch-up: prefilling {topic} with {n} events"
+    ));
+    let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    infra::prefill(bench.brokers(), &topic, &slices).await?;
+
+    progress("projector catch-up: ceiling (a bare consumer from offset 0)");
+    let ceiling = bare_consumer(bench.brokers(), &topic, n).await?;
+    progress(&format!(
+        "projector catch-up: ceiling {ceiling:.0} records/s; now ipp-projector"
+    ));
+
+    let db = Database::create(&bench.config.database_url).await?;
+    let dlq = infra::create_topic(bench.brokers(), "bench_catchup_dlq", 1).await?;
+    let group = infra::unique("bench_projector");
+    let port = infra::free_port()?;
+    let env = [
+        ("KAFKA_BROKERS", bench.brokers().to_owned()),
+        ("IPP_TOPIC", topic.clone()),
+        ("IPP_DLQ_TOPIC", dlq),
+        ("DATABASE_URL", db.url.clone()),
+        ("PROJECTOR_GROUP", group.clone()),
+        ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
+    ];
+    // Migrations first, so the clock measures the rebuild only.
+    let mut migrate = bench.spawn("ipp-projector", &["migrate"], &env)?;
+    migrate.wait_exit(Duration::from_secs(60))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await?;
+
+    let started = Instant::now();
+    let mut projector = bench.spawn("ipp-projector", &[], &env)?;
+    let deadline = started + Duration::from_secs(60 + n as u64 / 50);
+    let mut last_report = Instant::now();
+    loop {
+        projector.check_running()?;
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(next_offset), 0)::int8 FROM ipp_projector_offsets
+             WHERE consumer_group = $1",
+        )
+        .bind(&group)
+        .fetch_one(&pool)
+        .await?;
+        if applied as usize >= n {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            progress(&format!(
+                "projector catch-up: {applied}/{n} records applied"
+            ));
+            last_report = Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("ipp-projector applied {applied} of {n} records before the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    bench.note_memory(&projector);
+    projector.stop(Duration::from_secs(20));
+    let value = n as f64 / elapsed.as_secs_f64();
+    progress(&format!("projector catch-up: {value:.0} records/s"));
+
+    let (events, sessions) = expected(bodies);
+    let (stored_events, stored_sessions): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM ipp_events), (SELECT count(*) FROM ipp_sessions)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    db.drop_now(bench.config.keep_databases).await?;
+    if stored_events as usize != events || stored_sessions as usize != sessions {
+        bail!(
+            "read models after catch-up hold {stored_events} events and {stored_sessions} \
+             sessions, expected {events} and {sessions}"
+        );
+    }
+    Ok(Figure::against_ceiling(
+        "projector_catchup",
+        "Projector catch-up",
+        value,
+        ceiling,
+        "events/s",
+        (Goal::RatioAtLeast, 0.9),
+        format!(
+            "{n} ipp.* records ({events} distinct events, {sessions} sessions, realistic mix with \
+             duplicates and out-of-order delivery) prefilled in a {}-partition topic; clock from \
+             spawning ipp-projector (already migrated, default batch settings) until \
+             ipp_projector_offsets covers every record (polled every 50 ms); rows checked after. \
+             Ceiling: a BaseConsumer subscribing with a fresh group from offset 0 and reading \
+             every record",
+            bench.config.partitions
+        ),
+    ))
+}
+
+/// Records per second a bare consumer reads `topic` from offset 0, group join included
+/// (the projector pays it too).
+async fn bare_consumer(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", infra::unique("bench_bare"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        consumer.subscribe(&[&topic])?;
+        let deadline = started + Duration::from_secs(60 + n as u64 / 50);
+        let mut read = 0usize;
+        while read < n {
+            if Instant::now() > deadline {
+                bail!("bare consumer read {read} of {n} records before the deadline");
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(_)) => read += 1,
+                Some(Err(e)) => bail!("bare consumer: {e}"),
+                None => {}
+            }
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
+    .context("bare consumer thread")?
+}
+
+/// The events as the projector's decoder makes them, one distinct event per row.
+fn decoded(bodies: &[Vec<u8>]) -> anyhow::Result<Vec<NewEvent>> {
+    let mut seen = HashSet::new();
+    let received_at = chrono::Utc::now();
+    let mut events = Vec::new();
+    for (offset, body) in bodies.iter().enumerate() {
+        let KustomEvent::Ipp(event) = KustomEvent::parse(body)? else {
+            bail!("not an ipp.* event");
+        };
+        if !seen.insert(event.id().to_owned()) {
+            continue;
+        }
+        let session_id = event.session_id();
+        let envelope = event.envelope;
+        events.push(NewEvent {
+            session_id,
+            event: SessionEvent {
+                event_id: envelope.id,
+                event_type: envelope.event_type,
+                merchant_id: envelope.merchant_id,
+                order_id: envelope.data.order_id,
+                failure_reason: envelope.data.failure_reason,
+                occurred_at: envelope.timestamp,
+            },
+            received_at,
+            kafka_partition: 0,
+            kafka_offset: offset as i64,
+            payload: String::from_utf8(body.clone())?,
+        });
+    }
+    Ok(events)
+}
+
+async fn apply_engine(bench: &Bench, bodies: &[Vec<u8>]) -> anyhow::Result<Figure> {
+    let events = decoded(bodies)?;
+    let rows = events.len();
+    let batch = 500;
+    let db = Database::create(&bench.config.database_url).await?;
+    let pool: PgPool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await?;
+    store::migrate(&pool).await?;
+    sqlx::query("CREATE TABLE ipp_events_copy (LIKE ipp_events INCLUDING ALL)")
+        .execute(&pool)
+        .await?;
+
+    progress(&format!(
+        "projector apply engine: COPY of {rows} ipp_events rows (ceiling)"
+    ));
+    let csv = copy_data(&events);
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY ipp_events_copy (event_id, event_type, merchant_id, session_id, order_id,
+                 failure_reason, occurred_at, received_at, kafka_partition, kafka_offset, payload)
+             FROM STDIN WITH (FORMAT csv)",
+        )
+        .await?;
+    for chunk in csv.chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    let copied = copy.finish().await?;
+    let ceiling = copied as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+
+    progress(&format!(
+        "projector apply engine: ceiling {ceiling:.0} rows/s; now store::project in batches of {batch}"
+    ));
+    let started = Instant::now();
+    for chunk in events.chunks(batch) {
+        store::project(&pool, chunk).await?;
+    }
+    let value = rows as f64 / started.elapsed().as_secs_f64();
+    progress(&format!("projector apply engine: {value:.0} events/s"));
+    let sessions: BTreeSet<_> = events.iter().map(|e| e.session_id).collect();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_sessions")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    db.drop_now(bench.config.keep_databases).await?;
+    if stored as usize != sessions.len() {
+        bail!(
+            "apply engine stored {stored} sessions, expected {}",
+            sessions.len()
+        );
+    }
+    Ok(Figure::against_ceiling(
+        "projector_apply",
+        "Projector apply engine",
+        value,
+        ceiling,
+        "events/s",
+        (Goal::RatioAtLeast, 0.5),
+        format!(
+            "{rows} distinct decoded events applied in-process with ipp_projector::store::project \
+             (insert ipp_events + refold ipp_sessions, one transaction per {batch}-event batch, \
+             as the projector batches) into a fresh migrated database. Ceiling: one COPY (CSV) \
+             of the same {rows} rows into a table LIKE ipp_events INCLUDING ALL (same indexes)"
+        ),
+    ))
+}
+
+fn csv_field(out: &mut Vec<u8>, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push(b'"');
+        for byte in value.bytes() {
+            if byte == b'"' {
+                out.push(b'"');
+            }
+            out.push(byte);
+        }
+        out.push(b'"');
+    }
+}
+
+fn copy_data(events: &[NewEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        let fields = [
+            Some(e.event.event_id.clone()),
+            Some(e.event.event_type.clone()),
+            e.event.merchant_id.clone(),
+            Some(e.session_id.to_string()),
+            e.event.order_id.map(|o| o.to_string()),
+            e.event.failure_reason.clone(),
+            Some(e.event.occurred_at.to_rfc3339()),
+            Some(e.received_at.to_rfc3339()),
+            Some(e.kafka_partition.to_string()),
+            Some(e.kafka_offset.to_string()),
+            Some(e.payload.clone()),
+        ];
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            csv_field(&mut out, field.as_deref());
+        }
+        out.push(b'\n');
+    }
+    out
+}

@@ -1,0 +1,336 @@
+//! What every figure needs: the service binaries as processes, fresh databases and
+//! topics, a prefilled topic, peak memory, and latency percentiles.
+
+use std::{
+    fs::File,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use ipp_schemas::{RecordHeaders, Route};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    producer::{FutureProducer, FutureRecord, Producer},
+    ClientConfig,
+};
+use sqlx::{Connection, Executor, PgConnection};
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A service binary running as a child process; killed when dropped.
+pub struct Service {
+    pub name: String,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `bin_dir/name` with a clean environment plus `env`; output goes to
+    /// `logs/name-N.log`.
+    pub fn spawn(
+        bin_dir: &Path,
+        logs: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let binary = bin_dir.join(name);
+        if !binary.exists() {
+            bail!("{} is missing: build the binaries first", binary.display());
+        }
+        std::fs::create_dir_all(logs)?;
+        let log_path = logs.join(format!("{}.log", unique(name)));
+        let log = File::create(&log_path)?;
+        let mut command = Command::new(&binary);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        Ok(Self {
+            name: name.into(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far (VmHWM), in MiB.
+    pub fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")?;
+        Ok(kb / 1024.0)
+    }
+
+    /// Fails if the process already exited (a crash would otherwise look like a stall).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Waits for a one-shot command (`migrate`) to exit successfully.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!("{} failed: {status}", self.name);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not finish within {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait up to `within` for a clean exit, then SIGKILL.
+    pub fn stop(mut self, within: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `GET url` answers 200 (a service's `/readyz`).
+pub async fn wait_ready(
+    client: &reqwest::Client,
+    url: &str,
+    service: &mut Service,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        service.check_running()?;
+        if let Ok(response) = client.get(url).send().await {
+            if response.status() == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} not ready at {url} within {within:?}", service.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A database created for one figure, dropped by `drop_now` unless kept.
+pub struct Database {
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl Database {
+    pub async fn create(server: &str) -> anyhow::Result<Self> {
+        let name = unique("ipp_bench");
+        let mut conn = PgConnection::connect(server)
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        let (base, _) = server
+            .rsplit_once('/')
+            .context("database url has no path")?;
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            name,
+            server: server.into(),
+        })
+    }
+
+    pub async fn drop_now(self, keep: bool) -> anyhow::Result<()> {
+        if keep {
+            return Ok(());
+        }
+        let mut conn = PgConnection::connect(&self.server).await?;
+        conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await?;
+        Ok(())
+    }
+}
+
+pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> anyhow::Result<String> {
+    let name = unique(prefix);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        result.map_err(|(topic, code)| anyhow::anyhow!("create topic {topic}: {code}"))?;
+    }
+    Ok(name)
+}
+
+/// The producer settings ipp-ingest uses (acks=all, idempotent, linger 2 ms).
+pub fn ingest_like_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "2")
+        .create()?)
+}
+
+/// The record ipp-ingest would write for `body`: key and headers.
+pub fn record_for(body: &[u8], webhook_id: &str) -> anyhow::Result<(String, RecordHeaders)> {
+    let route = Route::parse(body)?;
+    let headers = RecordHeaders {
+        event_id: route.event_id.clone(),
+        event_type: route.event_type.clone(),
+        merchant_id: route.merchant_id.clone(),
+        webhook_id: webhook_id.into(),
+        webhook_timestamp: chrono::Utc::now().timestamp().to_string(),
+        received_at: chrono::Utc::now(),
+    };
+    Ok((route.key().to_owned(), headers))
+}
+
+/// Writes `bodies` to `topic` exactly as ipp-ingest would, as fast as the broker takes
+/// them, printing progress. Returns the number of records written.
+pub async fn prefill(brokers: &str, topic: &str, bodies: &[&[u8]]) -> anyhow::Result<usize> {
+    let producer = ingest_like_producer(brokers)?;
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    let mut done = 0usize;
+    for (i, body) in bodies.iter().enumerate() {
+        let (key, headers) = record_for(body, &format!("msg_prefill_{i}"))?;
+        let mut record = FutureRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(*body)
+            .headers(headers.to_kafka());
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    returned,
+                )) => {
+                    record = returned;
+                    if let Some(delivery) = pending.pop_front() {
+                        delivery
+                            .await?
+                            .map_err(|(e, _)| anyhow::anyhow!("prefill {topic}: {e}"))?;
+                        done += 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Err((e, _)) => bail!("prefill {topic}: {e}"),
+            }
+        }
+        // Keep a bounded window so progress is real and memory stays flat.
+        while pending.len() > 20_000 {
+            let delivery = pending.pop_front().expect("non-empty");
+            delivery
+                .await?
+                .map_err(|(e, _)| anyhow::anyhow!("prefill {topic}: {e}"))?;
+            done += 1;
+            if done % 10_000 == 0 {
+                crate::progress(&format!(
+                    "prefill {topic}: {done}/{} records ({:.0}/s)",
+                    bodies.len(),
+                    done as f64 / started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+    }
+    for delivery in pending {
+        delivery
+            .await?
+            .map_err(|(e, _)| anyhow::anyhow!("prefill {topic}: {e}"))?;
+        done += 1;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(done)
+}
+
+/// Latency percentiles over every sample (a sorted vector: exact, and small enough).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[index].as_secs_f64() * 1000.0
+        };
+        Self {
+            count: samples.len(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+pub fn logs_dir(out: &Path) -> PathBuf {
+    out.join("logs")
+}
