@@ -1,0 +1,423 @@
+//! Parked records: what each one says about itself, filters, `dlq list` and `dlq show`.
+
+use chrono::{DateTime, Utc};
+use ipp_schemas::record::{dlq, header};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    args::{Filters, ListArgs, RecordRef, ShowArgs},
+    kafka::{self, KafkaSettings},
+    output::{self, Table},
+    Error,
+};
+
+/// Where a command finds the dead letters of one service.
+#[derive(Debug, Clone)]
+pub struct DlqSource {
+    pub kafka: KafkaSettings,
+    pub topic: String,
+}
+
+/// One record of a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DlqRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The broker timestamp of the DLQ record.
+    pub timestamp: Option<DateTime<Utc>>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// In order, duplicates kept.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A failed action parked by ipp-actions (value: JSON of the ledger row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAction {
+    pub order_id: Uuid,
+    pub action: String,
+}
+
+impl DlqRecord {
+    pub fn from_message(message: &OwnedMessage) -> Self {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    pub fn position(&self) -> RecordRef {
+        RecordRef {
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
+    /// The last header of that name, as text (lossy).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn value_json(&self) -> Option<Value> {
+        serde_json::from_slice(self.value.as_deref()?).ok()
+    }
+
+    pub fn source_topic(&self) -> Option<String> {
+        self.header(dlq::SOURCE_TOPIC)
+    }
+    pub fn source_partition(&self) -> Option<i32> {
+        self.header(dlq::SOURCE_PARTITION)?.parse().ok()
+    }
+    pub fn source_offset(&self) -> Option<i64> {
+        self.header(dlq::SOURCE_OFFSET)?.parse().ok()
+    }
+    pub fn error(&self) -> Option<String> {
+        self.header(dlq::ERROR)
+    }
+    pub fn service(&self) -> Option<String> {
+        self.header(dlq::SERVICE)
+    }
+    /// How many times this record was redriven already (0 when never).
+    pub fn redrive_count(&self) -> u32 {
+        self.header(dlq::REDRIVE_COUNT)
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// When it was parked: the `dlq-failed-at` header, else the record's timestamp.
+    pub fn parked_at(&self) -> Option<DateTime<Utc>> {
+        self.header(dlq::FAILED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .or(self.timestamp)
+    }
+
+    pub fn event_id(&self) -> Option<String> {
+        self.header(header::EVENT_ID).or_else(|| {
+            let value = self.value_json()?;
+            value["id"]
+                .as_str()
+                .or(value["event_id"].as_str())
+                .map(str::to_owned)
+        })
+    }
+
+    /// The event type; `action:capture` for a failed action.
+    pub fn event_type(&self) -> Option<String> {
+        if let Some(action) = self.failed_action() {
+            return Some(format!("action:{}", action.action));
+        }
+        self.header(header::EVENT_TYPE)
+            .or_else(|| self.value_json()?["type"].as_str().map(str::to_owned))
+    }
+
+    pub fn session_id(&self) -> Option<String> {
+        let value = self.value_json()?;
+        value["data"]["session_id"]
+            .as_str()
+            .or(value["session_id"].as_str())
+            .map(str::to_owned)
+    }
+
+    pub fn order_id(&self) -> Option<String> {
+        let value = self.value_json()?;
+        value["data"]["order_id"]
+            .as_str()
+            .or(value["order_id"].as_str())
+            .map(str::to_owned)
+    }
+
+    /// Some when this is ipp-actions' record of an action that ended `failed` (redriven
+    /// by re-queuing the ledger row, not by producing anything).
+    pub fn failed_action(&self) -> Option<FailedAction> {
+        if self.service().as_deref() != Some("ipp-actions") {
+            return None;
+        }
+        let value = self.value_json()?;
+        if value["status"] != "failed" || value["idempotency_key"].is_null() {
+            return None;
+        }
+        Some(FailedAction {
+            order_id: value["order_id"].as_str()?.parse().ok()?,
+            action: value["action"].as_str()?.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, filters: &Filters) -> bool {
+        if let Some(since) = filters.since {
+            if self.parked_at().is_none_or(|at| at < since) {
+                return false;
+            }
+        }
+        let same = |wanted: &Option<String>, actual: Option<String>| match wanted {
+            None => true,
+            Some(w) => actual.is_some_and(|a| a.eq_ignore_ascii_case(w)),
+        };
+        same(&filters.event_type, self.event_type())
+            && same(&filters.session, self.session_id())
+            && same(&filters.order, self.order_id())
+    }
+
+    /// The line `dlq list --json` prints.
+    pub fn summary(&self) -> Value {
+        json!({
+            "dlq_topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "position": self.position().to_string(),
+            "parked_at": self.parked_at(),
+            "service": self.service(),
+            "source_topic": self.source_topic(),
+            "source_partition": self.source_partition(),
+            "source_offset": self.source_offset(),
+            "event_id": self.event_id(),
+            "event_type": self.event_type(),
+            "session_id": self.session_id(),
+            "order_id": self.order_id(),
+            "redrive_count": self.redrive_count(),
+            "error": self.error(),
+        })
+    }
+
+    /// Everything, for `dlq show --json`.
+    pub fn full(&self) -> Value {
+        let text = |bytes: &Option<Vec<u8>>| {
+            bytes
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let mut value = self.summary();
+        value["timestamp"] = json!(self.timestamp);
+        value["key"] = json!(text(&self.key));
+        value["value"] = json!(text(&self.value));
+        value["value_json"] = self.value_json().unwrap_or(Value::Null);
+        value["headers"] = Value::Array(
+            self.headers
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": text(v)}))
+                .collect(),
+        );
+        value
+    }
+}
+
+/// Every parked record, oldest offset first per partition.
+pub async fn read(source: &DlqSource) -> Result<Vec<DlqRecord>, Error> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer = source.kafka.reader()?;
+        let messages = kafka::read_all(&consumer, &source.topic)?;
+        Ok(messages.iter().map(DlqRecord::from_message).collect())
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// One parked record.
+pub async fn read_one(source: &DlqSource, at: RecordRef) -> Result<DlqRecord, Error> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer = source.kafka.reader()?;
+        kafka::partitions(&consumer, &source.topic)?;
+        kafka::read_one(&consumer, &source.topic, at.partition, at.offset)?
+            .map(|m| DlqRecord::from_message(&m))
+            .ok_or(Error::NoSuchRecord {
+                topic: source.topic.clone(),
+                partition: at.partition,
+                offset: at.offset,
+            })
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// `dlq list`.
+pub async fn list(source: &DlqSource, args: &ListArgs) -> Result<(), Error> {
+    let records: Vec<DlqRecord> = read(source)
+        .await?
+        .into_iter()
+        .filter(|r| r.matches(&args.filters))
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect();
+    if args.json {
+        return output::json_lines(records.iter().map(DlqRecord::summary));
+    }
+    let mut table = Table::new([
+        "DLQ",
+        "PARKED AT",
+        "SOURCE",
+        "EVENT ID",
+        "TYPE",
+        "REDRIVES",
+        "ERROR",
+    ]);
+    for record in &records {
+        table.row([
+            record.position().to_string(),
+            output::time(record.parked_at()),
+            format!(
+                "{}[{}]@{}",
+                record.source_topic().unwrap_or_else(|| "?".into()),
+                output::opt(record.source_partition()),
+                output::opt(record.source_offset()),
+            ),
+            record.event_id().unwrap_or_else(|| "-".into()),
+            record.event_type().unwrap_or_else(|| "-".into()),
+            record.redrive_count().to_string(),
+            output::truncate(&record.error().unwrap_or_default(), 80),
+        ]);
+    }
+    table.print()?;
+    output::line(&format!("{} record(s) in {}", records.len(), source.topic))
+}
+
+/// `dlq show`.
+pub async fn show(source: &DlqSource, args: &ShowArgs) -> Result<(), Error> {
+    let record = read_one(source, args.record).await?;
+    if args.json {
+        return output::json_lines([record.full()]);
+    }
+    let full = record.full();
+    let mut text = String::new();
+    for field in [
+        "position",
+        "parked_at",
+        "service",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "event_id",
+        "event_type",
+        "session_id",
+        "order_id",
+        "redrive_count",
+        "error",
+        "timestamp",
+        "key",
+    ] {
+        let value = match &full[field] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!("{field:<17} {value}\n"));
+    }
+    text.push_str("headers:\n");
+    for (key, value) in &record.headers {
+        let value = value
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| "(null)".into());
+        text.push_str(&format!("  {key}: {value}\n"));
+    }
+    text.push_str("value:\n");
+    match (&full["value_json"], &full["value"]) {
+        (Value::Null, Value::String(raw)) => text.push_str(raw),
+        (Value::Null, _) => text.push_str("(null)"),
+        (parsed, _) => text.push_str(&serde_json::to_string_pretty(parsed).unwrap_or_default()),
+    }
+    output::line(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &str, headers: &[(&str, &str)]) -> DlqRecord {
+        DlqRecord {
+            topic: "dlq".into(),
+            partition: 0,
+            offset: 7,
+            timestamp: None,
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reads_provenance_and_event_fields() {
+        let r = record(
+            r#"{"id":"kevt_1","type":"ipp.session.finalized","data":{"session_id":"s1","order_id":"o1"}}"#,
+            &[
+                ("dlq-source-topic", "ipp.events"),
+                ("dlq-source-partition", "2"),
+                ("dlq-source-offset", "41"),
+                ("dlq-error", "boom"),
+                ("dlq-failed-at", "2026-11-26T10:00:00.5Z"),
+                ("dlq-redrive-count", "1"),
+                ("dlq-redrive-count", "2"),
+            ],
+        );
+        assert_eq!(r.source_topic().as_deref(), Some("ipp.events"));
+        assert_eq!(r.source_partition(), Some(2));
+        assert_eq!(r.source_offset(), Some(41));
+        assert_eq!(r.redrive_count(), 2, "the last header wins");
+        assert_eq!(r.event_id().as_deref(), Some("kevt_1"));
+        assert_eq!(r.event_type().as_deref(), Some("ipp.session.finalized"));
+        assert_eq!(r.session_id().as_deref(), Some("s1"));
+        assert_eq!(r.order_id().as_deref(), Some("o1"));
+        assert!(r.failed_action().is_none());
+        let since = |s: &str| Filters {
+            since: Some(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)),
+            ..Filters::default()
+        };
+        assert!(r.matches(&since("2026-11-26T10:00:00Z")));
+        assert!(!r.matches(&since("2026-11-26T10:00:01Z")));
+        assert!(r.matches(&Filters {
+            order: Some("O1".into()),
+            ..Filters::default()
+        }));
+        assert!(!r.matches(&Filters {
+            session: Some("s2".into()),
+            ..Filters::default()
+        }));
+    }
+
+    #[test]
+    fn recognizes_a_failed_action() {
+        let order = Uuid::new_v4();
+        let r = record(
+            &json!({"order_id": order, "action": "capture", "status": "failed",
+                    "idempotency_key": Uuid::new_v4(), "event_id": "kevt_9"})
+            .to_string(),
+            &[("dlq-service", "ipp-actions")],
+        );
+        assert_eq!(
+            r.failed_action(),
+            Some(FailedAction {
+                order_id: order,
+                action: "capture".into()
+            })
+        );
+        assert_eq!(r.event_type().as_deref(), Some("action:capture"));
+        assert_eq!(r.event_id().as_deref(), Some("kevt_9"));
+    }
+}

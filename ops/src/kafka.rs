@@ -1,0 +1,211 @@
+//! Reading topics for operators: explicit partition assignment, watermarks, a group's
+//! committed offsets. Nothing here joins a consumer group or commits an offset.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::{Message, OwnedMessage},
+    ClientConfig, Offset, TopicPartitionList,
+};
+
+use crate::Error;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach the broker: the service's own `KAFKA_BROKERS` and `KAFKA_PROPERTIES`.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    pub fn client(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            client.set(key, value);
+        }
+        client
+    }
+
+    /// A consumer that is only ever assigned partitions explicitly. librdkafka wants a
+    /// group id; a unique one is never registered with the broker since this consumer
+    /// neither subscribes nor commits.
+    pub fn reader(&self) -> Result<BaseConsumer, Error> {
+        Ok(self
+            .client()
+            .set(
+                "group.id",
+                format!("ipp-ops-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .create()?)
+    }
+
+    /// A consumer carrying `group` only to ask for its committed offsets.
+    pub fn group_reader(&self, group: &str) -> Result<BaseConsumer, Error> {
+        Ok(self
+            .client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?)
+    }
+}
+
+/// Low and high watermark of one partition: `high - low` records are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Watermarks {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+impl Watermarks {
+    pub fn size(&self) -> i64 {
+        (self.high - self.low).max(0)
+    }
+}
+
+/// The partitions of `topic`, sorted.
+pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Error> {
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(Error::NoSuchTopic(topic.to_owned()));
+    };
+    if found.error().is_some() || found.partitions().is_empty() {
+        return Err(Error::NoSuchTopic(topic.to_owned()));
+    }
+    let mut partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Vec<Watermarks>, Error> {
+    partitions(consumer, topic)?
+        .into_iter()
+        .map(|partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            Ok(Watermarks {
+                partition,
+                low,
+                high,
+            })
+        })
+        .collect()
+}
+
+/// Every record of `topic` between the watermarks read at the start of the call, in
+/// (partition, offset) order.
+pub fn read_all(consumer: &BaseConsumer, topic: &str) -> Result<Vec<OwnedMessage>, Error> {
+    let marks = watermarks(consumer, topic)?;
+    let ranges: Vec<(i32, i64, i64)> = marks
+        .iter()
+        .filter(|m| m.high > m.low)
+        .map(|m| (m.partition, m.low, m.high))
+        .collect();
+    read_ranges(consumer, topic, &ranges)
+}
+
+/// The records `[from, to)` of each `(partition, from, to)`.
+pub fn read_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+) -> Result<Vec<OwnedMessage>, Error> {
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut expected = 0;
+    for &(partition, from, to) in ranges {
+        if to > from {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            ends.insert(partition, to);
+            expected += to - from;
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut open: BTreeMap<i32, i64> = ends.iter().map(|(p, e)| (*p, *e)).collect();
+    while !open.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(Error::ReadTimeout {
+                topic: topic.to_owned(),
+                read: records.len(),
+                expected,
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                open.remove(&partition);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let end = ends.get(&partition).copied().unwrap_or(0);
+                if message.offset() < end {
+                    records.push(message.detach());
+                }
+                if message.offset() + 1 >= end {
+                    open.remove(&partition);
+                }
+            }
+        }
+    }
+    consumer.unassign()?;
+    records.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(records)
+}
+
+/// The record at `partition:offset`, if the topic still holds it.
+pub fn read_one(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<OwnedMessage>, Error> {
+    let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let records = read_ranges(consumer, topic, &[(partition, offset, offset + 1)])?;
+    Ok(records.into_iter().find(|m| m.offset() == offset))
+}
+
+/// The committed offset of `group` on each partition (`None`: nothing committed).
+pub fn committed(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, Option<i64>>, Error> {
+    let consumer = settings.group_reader(group)?;
+    let mut tpl = TopicPartitionList::new();
+    for &partition in partitions {
+        tpl.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
+}

@@ -1,0 +1,118 @@
+//! Re-queuing `failed` rows of ipp-actions' `ipp_actions` ledger (a documented public
+//! contract, see docs/actions.md), for `ipp-actions retry` and for redriving a failed
+//! action's dead letter. The row keeps its idempotency key, so a retried capture that had
+//! already been applied is replayed by Kustom, not applied twice; `succeeded` and
+//! `skipped` rows are never touched. What the row said before goes to
+//! `ipp_action_retries`.
+
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::Error;
+
+/// Which failed actions.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub all: bool,
+    pub orders: Vec<Uuid>,
+    pub merchant: Option<String>,
+    /// Only this action (`capture`); any when `None`.
+    pub action: Option<String>,
+}
+
+/// A failed action that was (or, in a dry run, would be) put back to `pending`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Requeued {
+    pub order_id: Uuid,
+    pub action: String,
+    pub merchant_id: Option<String>,
+    pub previous_reason: Option<String>,
+    pub previous_attempts: i32,
+    /// A capture was requested before: the retry sends that same request with the same
+    /// key (Kustom replays its stored answer for about 24 hours).
+    pub capture_requested: bool,
+}
+
+const SELECTED: &str = "status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3) \
+     AND ($4::text IS NULL OR action = $4)";
+
+fn requeued(row: &sqlx::postgres::PgRow) -> Result<Requeued, sqlx::Error> {
+    Ok(Requeued {
+        order_id: row.try_get("order_id")?,
+        action: row.try_get("action")?,
+        merchant_id: row.try_get("merchant_id")?,
+        previous_reason: row.try_get("reason")?,
+        previous_attempts: row.try_get("attempts")?,
+        capture_requested: row.try_get("capture_requested")?,
+    })
+}
+
+/// The failed actions `selection` names (nothing changes).
+pub async fn failed(
+    conn: &mut PgConnection,
+    selection: &Selection,
+) -> Result<Vec<Requeued>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT order_id, action, merchant_id, reason, attempts, \
+             capture_requested_at IS NOT NULL AS capture_requested \
+         FROM ipp_actions WHERE {SELECTED} ORDER BY created_at, order_id"
+    ))
+    .bind(selection.all)
+    .bind(&selection.orders)
+    .bind(&selection.merchant)
+    .bind(&selection.action)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(requeued).collect::<Result<_, _>>()?)
+}
+
+/// Puts the selected `failed` actions back to `pending`, due now, with a fresh attempt
+/// count; `reason` is cleared (the worker writes a new one when the action ends) and
+/// the previous reason, attempts and error are kept in `ipp_action_retries` with `via`.
+/// Call inside a transaction to combine it with other writes.
+pub async fn requeue(
+    conn: &mut PgConnection,
+    selection: &Selection,
+    via: &str,
+) -> Result<Vec<Requeued>, Error> {
+    let rows = sqlx::query(&format!(
+        "WITH previous AS ( \
+             SELECT order_id, action, merchant_id, reason, attempts, last_error, \
+                 capture_requested_at IS NOT NULL AS capture_requested \
+             FROM ipp_actions WHERE {SELECTED} FOR UPDATE), \
+         updated AS ( \
+             UPDATE ipp_actions a SET status = 'pending', next_attempt_at = now(), \
+                 attempts = 0, reason = NULL, updated_at = now() \
+             FROM previous p WHERE a.order_id = p.order_id AND a.action = p.action \
+             RETURNING a.order_id), \
+         audit AS ( \
+             INSERT INTO ipp_action_retries \
+                 (order_id, action, via, previous_reason, previous_attempts, previous_error) \
+             SELECT order_id, action, $5, reason, attempts, last_error FROM previous) \
+         SELECT order_id, action, merchant_id, reason, attempts, capture_requested \
+         FROM previous ORDER BY order_id"
+    ))
+    .bind(selection.all)
+    .bind(&selection.orders)
+    .bind(&selection.merchant)
+    .bind(&selection.action)
+    .bind(via)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(requeued).collect::<Result<_, _>>()?)
+}
+
+/// The current status of one action, if the ledger has it.
+pub async fn status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    action: &str,
+) -> Result<Option<String>, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT status FROM ipp_actions WHERE order_id = $1 AND action = $2")
+            .bind(order_id)
+            .bind(action)
+            .fetch_optional(conn)
+            .await?,
+    )
+}

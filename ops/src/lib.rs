@@ -1,0 +1,65 @@
+//! ipp-ops: the operator commands that `ipp-projector` and `ipp-actions` share.
+//!
+//! - [`dlq`]: read a dead-letter topic (explicit partition assignment from the low to the
+//!   high watermark, never a consumer group), filter, print (`dlq list`, `dlq show`);
+//! - [`redrive`]: put parked records back (`dlq redrive`) with a loop guard: the
+//!   `dlq-redrive-count` header and the `ipp_dlq_redrives` table;
+//! - [`status`]: watermarks, checkpoints and lag per partition, DLQ sizes;
+//! - [`output`]: aligned text tables and JSON on stdout.
+//!
+//! The services own their CLIs; this crate owns the argument types ([`args`]), so both
+//! binaries take the same flags, and the migrations numbered 3001+ ([`migrate`]).
+
+pub mod args;
+pub mod dlq;
+pub mod error;
+pub mod kafka;
+pub mod ledger;
+pub mod output;
+pub mod redrive;
+pub mod status;
+
+pub use args::{DlqCommand, StatusArgs};
+pub use error::Error;
+
+use std::time::Duration;
+
+use sqlx::{postgres::PgPoolOptions, PgPool};
+
+/// Applies the ops migrations (3001+). Versions of the services (1001+, 2001+) in the
+/// shared `_sqlx_migrations` table are ignored, as they ignore these.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// A small pool for a one-shot command.
+pub async fn connect(database_url: &str) -> Result<PgPool, Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database_url)
+        .await?)
+}
+
+/// Whether a table exists (a dry run must not create the ops tables to look at them).
+pub async fn table_exists(pool: &PgPool, table: &str) -> Result<bool, Error> {
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(table)
+        .fetch_one(pool)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Logs of the operator commands go to stderr (stdout is the command's output, often
+/// parsed by scripts), at `warn` unless `RUST_LOG` says otherwise.
+pub fn init_cli_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
