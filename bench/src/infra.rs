@@ -334,3 +334,18 @@ impl Latency {
 pub fn logs_dir(out: &Path) -> PathBuf {
     out.join("logs")
 }
+
+/// Sum and count of a Prometheus histogram on a service's `/metrics` (0, 0 if absent).
+pub async fn histogram(client: &reqwest::Client, metrics_url: &str, name: &str) -> (f64, f64) {
+    let Ok(response) = client.get(metrics_url).send().await else {
+        return (0.0, 0.0);
+    };
+    let text = response.text().await.unwrap_or_default();
+    let value = |suffix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{suffix}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (value("_sum"), value("_count"))
+}

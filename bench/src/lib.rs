@@ -106,23 +106,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     ));
     let mut figures = Vec::new();
     let mut errors = Vec::new();
-    for (name, result) in [
-        ("ingest", figures::ingest::run(&bench).await),
-        (
-            "projector catch-up and apply engine",
-            figures::projector::run(&bench).await,
-        ),
-        ("freshness", figures::freshness::run(&bench).await),
-        ("actions", figures::actions::run(&bench).await),
-    ] {
-        match result {
-            Ok(mut measured) => figures.append(&mut measured),
-            Err(e) => {
-                progress(&format!("{name} FAILED: {e:#}"));
-                errors.push(format!("{name}: {e:#}"));
-            }
+    let mut record = |name: &str, result: anyhow::Result<Vec<Figure>>| match result {
+        Ok(mut measured) => figures.append(&mut measured),
+        Err(e) => {
+            progress(&format!("{name} FAILED: {e:#}"));
+            errors.push(format!("{name}: {e:#}"));
         }
-    }
+    };
+    record("ingest", figures::ingest::run(&bench).await);
+    record("projector", figures::projector::run(&bench).await);
+    record("freshness", figures::freshness::run(&bench).await);
+    record("actions", figures::actions::run(&bench).await);
     figures.extend(bench.memory_figures());
     let report = Report {
         smoke: bench.config.smoke,
