@@ -16,7 +16,8 @@ worker pool then reads the order and captures what remains authorized, with a de
 Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and connection \
 errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
 the dead-letter topic.\n\n\
-Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits.\n\
+Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits; \
+`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see docs/operations-dlq.md).\n\
 HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
 )]
 pub struct Cli {
@@ -26,12 +27,19 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
     Run,
     /// Apply the ledger migrations to DATABASE_URL and exit.
     Migrate,
+    /// Inspect and redrive the dead letters of ACTIONS_DLQ_TOPIC (list, show, redrive).
+    #[command(subcommand)]
+    Dlq(ipp_ops::DlqCommand),
+    /// Re-queue failed actions (all, by order or by merchant) after fixing their cause.
+    Retry(crate::cli_ops::RetryArgs),
+    /// Lag and committed offsets per partition, pending and failed actions, DLQ size.
+    Status(ipp_ops::StatusArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]

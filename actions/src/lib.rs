@@ -6,6 +6,7 @@
 //! pool ([`worker`]) claims due rows and executes them with the OM client ([`om`]), with
 //! the retry policy of [`retry`]; what fails for good goes to the DLQ ([`dlq`]).
 
+pub mod cli_ops;
 pub mod config;
 pub mod consumer;
 pub mod dlq;

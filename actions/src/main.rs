@@ -6,8 +6,17 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command, config } = Cli::parse();
-    ipp_actions::init_tracing(config.log_format);
-    match command.unwrap_or(Command::Run) {
+    let command = command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run | Command::Migrate) {
+        ipp_actions::init_tracing(config.log_format);
+    } else {
+        // Operator commands: stdout is their output, logs go to stderr.
+        ipp_ops::init_cli_tracing();
+    }
+    match command {
+        Command::Dlq(dlq) => ipp_actions::cli_ops::dlq(&config, &dlq).await?,
+        Command::Retry(args) => ipp_actions::cli_ops::retry(&config, &args).await?,
+        Command::Status(args) => ipp_actions::cli_ops::status(&config, &args).await?,
         Command::Migrate => ipp_actions::migrate(&config).await?,
         Command::Run => {
             let listener = tokio::net::TcpListener::bind(config.http)
