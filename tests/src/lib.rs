@@ -1,6 +1,7 @@
 //! Helpers for the black-box tests: a broker to talk to, unique topics, the real
 //! service binaries as child processes, and an independent webhook signer.
 
+pub mod cli;
 pub mod db;
 pub mod kafka;
 pub mod process;
