@@ -98,7 +98,7 @@ pub struct Config {
         value_delimiter = ',',
         global = true
     )]
-    pub kafka_properties: Vec<KafkaProperty>,
+    kafka_property: Vec<KafkaProperty>,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
@@ -148,20 +148,44 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaProperty {
-    pub key: String,
-    pub value: String,
+impl Config {
+    /// The `key=value` librdkafka settings given, in order.
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.kafka_property
+            .iter()
+            .filter_map(|p| p.0.as_ref())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// One `key=value` librdkafka setting; an empty item (`KAFKA_PROPERTIES=` or a
+/// trailing comma) is allowed and means nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty(Option<(String, String)>);
+
+impl fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("(none)"),
+            // sasl.password, ssl.key.password, ...: never in logs.
+            Some((key, _)) if key.contains("password") || key.contains("secret") => {
+                write!(f, "{key}=***")
+            }
+            Some((key, value)) => write!(f, "{key}={value}"),
+        }
+    }
 }
 
 impl FromStr for KafkaProperty {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Ok(Self(None));
+        }
         match s.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
-                key: key.trim().to_owned(),
-                value: value.trim().to_owned(),
-            }),
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok(Self(Some((key.trim().to_owned(), value.trim().to_owned()))))
+            }
             _ => Err(format!("expected key=value, got `{s}`")),
         }
     }
@@ -190,6 +214,20 @@ mod tests {
         .unwrap();
         assert_eq!(cli.command, Some(Command::Migrate));
         assert_eq!(cli.config.batch_size, 10);
-        assert_eq!(cli.config.kafka_properties[0].key, "security.protocol");
+        let properties: Vec<_> = cli.config.kafka_properties().collect();
+        assert_eq!(properties, vec![("security.protocol", "ssl")]);
+    }
+
+    #[test]
+    fn debug_hides_kafka_passwords() {
+        let property: KafkaProperty = "sasl.password=hunter2".parse().unwrap();
+        assert_eq!(format!("{property:?}"), "sasl.password=***");
+    }
+
+    #[test]
+    fn empty_kafka_properties_mean_none() {
+        let cli = Cli::try_parse_from(["ipp-projector", "--kafka-property", ""]).unwrap();
+        assert_eq!(cli.config.kafka_properties().count(), 0);
+        assert!(Cli::try_parse_from(["ipp-projector", "--kafka-property", "novalue"]).is_err());
     }
 }

@@ -226,8 +226,8 @@ impl Projector {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
-        for property in &config.kafka_properties {
-            client.set(&property.key, &property.value);
+        for (key, value) in config.kafka_properties() {
+            client.set(key, value);
         }
         let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;
         let dead_letters = DeadLetters::new(&config)?;

@@ -27,8 +27,8 @@ impl DeadLetters {
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("acks", "all")
             .set("message.timeout.ms", "30000");
-        for property in &config.kafka_properties {
-            client.set(&property.key, &property.value);
+        for (key, value) in config.kafka_properties() {
+            client.set(key, value);
         }
         Ok(Self {
             producer: client.create()?,

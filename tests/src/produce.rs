@@ -81,6 +81,16 @@ impl Producer {
     /// awaited. Order within a key (a session) is the order of `bodies`. Returns the
     /// next offset after the last record written, per partition.
     pub async fn send_events(&self, bodies: &[Vec<u8>]) -> std::collections::BTreeMap<i32, i64> {
+        let mut ends = std::collections::BTreeMap::new();
+        for (partition, offset) in self.send_events_at(bodies).await {
+            let end = ends.entry(partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+        ends
+    }
+
+    /// Like [`Producer::send_events`], returning where each body was written.
+    pub async fn send_events_at(&self, bodies: &[Vec<u8>]) -> Vec<(i32, i64)> {
         let mut deliveries = Vec::with_capacity(bodies.len());
         for body in bodies {
             let route = Route::parse(body).expect("body routes like ingest would accept it");
@@ -112,16 +122,15 @@ impl Producer {
                 }
             }
         }
-        let mut ends = std::collections::BTreeMap::new();
+        let mut positions = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let delivered = delivery
                 .await
                 .expect("delivery future")
                 .unwrap_or_else(|(e, _)| panic!("produce to {}: {e}", self.topic));
-            let end = ends.entry(delivered.partition).or_insert(0);
-            *end = (*end).max(delivered.offset + 1);
+            positions.push((delivered.partition, delivered.offset));
         }
-        ends
+        positions
     }
 }
 
