@@ -1,0 +1,239 @@
+//! `ipp-projector status --json` and `ipp-actions status --json` after a known workload:
+//! lag 0 on every partition, checkpoints at the high watermarks, the right counts and
+//! DLQ sizes.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ipp_tests::{cli, db, free_port, kafka, process::Service, produce, unique_name};
+use rdkafka::message::OwnedHeaders;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const MERCHANT: &str = "DM11917000";
+const API_KEY: &str = "kco_test_ops_status";
+
+/// Runs `status --json` until `done` holds for its report (at most 90 s), returns it.
+async fn status_until(
+    binary: &'static str,
+    env: &[(&'static str, String)],
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let report = status(binary, env.to_vec()).await;
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {what}; last report {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn status(binary: &'static str, env: Vec<(&'static str, String)>) -> Value {
+    let out = tokio::task::spawn_blocking(move || {
+        cli::run(binary, &["status", "--json"], &env, Duration::from_secs(60))
+    })
+    .await
+    .expect("cli task")
+    .success();
+    let mut lines = out.json_lines();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    lines.remove(0)
+}
+
+fn body(event_type: &str, session: Uuid, order: Option<Uuid>) -> Vec<u8> {
+    let id = format!("kevt_{}", Uuid::new_v4().simple());
+    produce::ipp_body(&id, event_type, MERCHANT, session, Utc::now(), order, None)
+}
+
+/// Every partition at lag 0 with its checkpoint at the high watermark, and the high
+/// watermarks adding up to `records`.
+fn assert_caught_up(report: &Value, partitions: usize, records: i64) {
+    let parts = report["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), partitions, "{report}");
+    let mut total = 0;
+    for p in parts {
+        assert_eq!(p["lag"], json!(0), "{report}");
+        assert_eq!(p["checkpoint"], p["high"], "{report}");
+        total += p["high"].as_i64().unwrap() - p["low"].as_i64().unwrap();
+    }
+    assert_eq!(total, records, "{report}");
+    assert_eq!(report["total_lag"], json!(0), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 3).await;
+    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let env = vec![
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("IPP_TOPIC", topic.clone()),
+        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
+        ("DATABASE_URL", database_url.clone()),
+        ("PROJECTOR_GROUP", unique_name("projector")),
+    ];
+
+    // Before anything ran: not migrated, every record is lag.
+    let producer = produce::Producer::new(&brokers, &topic);
+    let mut bodies = Vec::new();
+    for _ in 0..30 {
+        let session = Uuid::new_v4();
+        bodies.push(body("ipp.session.created", session, None));
+        bodies.push(body("ipp.session.activated", session, None));
+    }
+    producer.send_events(&bodies).await;
+    producer
+        .send_raw(Some(b"poison-1"), Some(b"{not json"), OwnedHeaders::new())
+        .await;
+    producer
+        .send_raw(Some(b"poison-2"), Some(b"[]"), OwnedHeaders::new())
+        .await;
+    let records = bodies.len() as i64 + 2;
+    let before = status("ipp-projector", env.clone()).await;
+    assert_eq!(before["migrated"], json!(false), "{before}");
+    assert_eq!(before["total_lag"], json!(records), "{before}");
+    assert_eq!(before["dlq"]["records"], json!(0), "{before}");
+
+    let port = free_port();
+    let mut run_env = env.clone();
+    run_env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
+    let mut projector = Service::spawn("ipp-projector", &[], &run_env);
+    let pool = PgPool::connect(&database_url).await.expect("connect");
+    let report = status_until("ipp-projector", &env, "projector caught up", |r| {
+        r["total_lag"] == json!(0) && r["dlq"]["records"] == json!(2)
+    })
+    .await;
+    assert_caught_up(&report, 3, records);
+    assert_eq!(report["migrated"], json!(true));
+    assert_eq!(report["checkpoint_source"], json!("ipp_projector_offsets"));
+    assert_eq!(report["dlq"]["topic"], json!(dlq_topic));
+    let newest: DateTime<Utc> = sqlx::query_scalar("SELECT max(received_at) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .expect("newest");
+    let reported: DateTime<Utc> = report["newest_event_received_at"]
+        .as_str()
+        .expect("newest_event_received_at")
+        .parse()
+        .expect("timestamp");
+    assert_eq!(reported, newest);
+    assert!(report["newest_event_age_seconds"].as_f64().unwrap() >= 0.0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, bodies.len() as i64);
+
+    projector.signal("TERM");
+    assert!(projector.wait(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
+    let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let sim_port = free_port();
+    let _sim = Service::spawn(
+        "ipp-om-sim",
+        &[],
+        &[
+            ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
+            ("OM_SIM_API_KEY", API_KEY.to_owned()),
+        ],
+    );
+    ipp_tests::process::wait_for_tcp(sim_port, Duration::from_secs(20));
+    let http = reqwest::Client::new();
+    let env = vec![
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("IPP_TOPIC", topic.clone()),
+        ("ACTIONS_DLQ_TOPIC", dlq_topic.clone()),
+        ("DATABASE_URL", database_url.clone()),
+        ("ACTIONS_GROUP", unique_name("actions")),
+        ("KUSTOM_API_URL", format!("http://127.0.0.1:{sim_port}")),
+        ("KUSTOM_API_KEY", API_KEY.to_owned()),
+    ];
+
+    // 12 finalized sessions (2 of them on cancelled orders), 8 other events, 1 record
+    // that is not an event.
+    let producer = produce::Producer::new(&brokers, &topic);
+    let mut bodies = Vec::new();
+    for i in 0..12 {
+        let order = Uuid::new_v4();
+        if i < 2 {
+            let response = http
+                .put(format!("http://127.0.0.1:{sim_port}/_sim/orders/{order}"))
+                .json(&json!({"status": "CANCELLED"}))
+                .send()
+                .await
+                .expect("simulator answers");
+            assert!(response.status().is_success());
+        }
+        let session = Uuid::new_v4();
+        if i < 8 {
+            bodies.push(body("ipp.session.activated", session, None));
+        }
+        bodies.push(body("ipp.session.finalized", session, Some(order)));
+    }
+    producer.send_events(&bodies).await;
+    producer
+        .send_raw(Some(b"garbage"), Some(b"{not json"), OwnedHeaders::new())
+        .await;
+    let records = bodies.len() as i64 + 1;
+
+    let port = free_port();
+    let mut run_env = env.clone();
+    run_env.extend([
+        ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
+        ("ACTIONS_POLL_INTERVAL_MS", "200".to_owned()),
+        ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".to_owned()),
+    ]);
+    let mut actions = Service::spawn("ipp-actions", &[], &run_env);
+    let report = status_until("ipp-actions", &env, "actions caught up", |r| {
+        r["total_lag"] == json!(0)
+            && r["actions"]["succeeded"] == json!(10)
+            && r["actions"]["failed"] == json!(2)
+            && r["dlq"]["records"] == json!(3)
+    })
+    .await;
+    assert_caught_up(&report, 2, records);
+    assert_eq!(report["actions"]["pending"], json!(0), "{report}");
+    assert_eq!(report["actions"]["skipped"], json!(0), "{report}");
+    assert_eq!(
+        report["oldest_pending_age_seconds"],
+        Value::Null,
+        "{report}"
+    );
+    assert!(report["newest_action_age_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(report["dlq"]["topic"], json!(dlq_topic));
+    assert_eq!(report["dlq"]["redriven"], Value::Null, "no redrive ran yet");
+
+    // The human table carries the same facts.
+    let text = tokio::task::spawn_blocking(move || {
+        cli::run("ipp-actions", &["status"], &env, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .success()
+    .stdout;
+    assert!(
+        text.contains("pending 0  succeeded 10  skipped 0  failed 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{dlq_topic}: 3 record(s)")),
+        "{text}"
+    );
+
+    actions.signal("TERM");
+    assert!(actions.wait(Duration::from_secs(30)).success());
+}
