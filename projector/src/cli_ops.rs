@@ -18,9 +18,8 @@ fn kafka(config: &Config) -> KafkaSettings {
     KafkaSettings {
         brokers: config.kafka_brokers.clone(),
         properties: config
-            .kafka_properties
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
+            .kafka_properties()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     }
 }

@@ -13,12 +13,17 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Consume and project (the default): migrates first, then runs until SIGTERM/SIGINT.
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Inspect and redrive the dead letters of IPP_DLQ_TOPIC (list, show, redrive).
+    #[command(subcommand)]
+    Dlq(ipp_ops::DlqCommand),
+    /// Lag and checkpoint per partition, age of the newest applied event, DLQ size.
+    Status(ipp_ops::StatusArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -80,6 +85,17 @@ pub struct Config {
         global = true
     )]
     pub batch_wait_ms: u64,
+
+    /// Largest record value, in bytes, that is projected; a larger one is parked in the
+    /// dead-letter topic, to be redriven once the limit is raised (0: no limit). Ingest
+    /// already refuses bodies over INGEST_MAX_BODY_BYTES (256 KiB by default).
+    #[arg(
+        long,
+        env = "PROJECTOR_MAX_PAYLOAD_BYTES",
+        default_value_t = 1024 * 1024,
+        global = true
+    )]
+    pub max_payload_bytes: usize,
 
     /// Largest number of PostgreSQL connections.
     #[arg(

@@ -155,6 +155,18 @@ impl ConsumerContext for ProjectorContext {
     }
 }
 
+/// A value over `PROJECTOR_MAX_PAYLOAD_BYTES` (0: no limit) is parked: an operator
+/// raises the limit and redrives it (`ipp-projector dlq redrive`).
+fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
+    let size = message.payload().map_or(0, <[u8]>::len);
+    if max_payload_bytes > 0 && size > max_payload_bytes {
+        return Err(format!(
+            "record value is {size} bytes, over PROJECTOR_MAX_PAYLOAD_BYTES ({max_payload_bytes})"
+        ));
+    }
+    Ok(())
+}
+
 /// Why a record cannot be projected; it goes to the dead-letter topic.
 fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
     let empty = OwnedHeaders::new();
@@ -414,7 +426,8 @@ impl Projector {
             *next_offset = message.offset() + 1;
             let decoded = match rejected {
                 Some(reason) => Err(reason.to_owned()),
-                None => decode(message),
+                None => within_limit(message, self.config.max_payload_bytes)
+                    .and_then(|()| decode(message)),
             };
             match decoded {
                 Ok(event) => events.push(event),

@@ -2,6 +2,7 @@
 //! (`ipp_events`, `ipp_sessions`) whatever the order, duplicates or crashes.
 //! See `consumer.rs` for the offset strategy and `session.rs` for the status rule.
 
+pub mod cli_ops;
 pub mod config;
 pub mod consumer;
 pub mod dlq;

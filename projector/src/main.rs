@@ -8,6 +8,18 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config;
+    // Operator commands: stdout is their output, logs go to stderr.
+    match &cli.command {
+        Some(Command::Dlq(dlq)) => {
+            ipp_ops::init_cli_tracing();
+            return Ok(ipp_projector::cli_ops::dlq(&config, dlq).await?);
+        }
+        Some(Command::Status(args)) => {
+            ipp_ops::init_cli_tracing();
+            return Ok(ipp_projector::cli_ops::status(&config, args).await?);
+        }
+        _ => {}
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -385,3 +385,328 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
     actions.signal("TERM");
     assert!(actions.wait(Duration::from_secs(30)).success());
 }
+
+// ---------------------------------------------------------------------------------------
+// ipp-projector: a record parked for a fixable reason, redriven after the fix.
+
+/// A finalized event whose body is about 4 KiB (an unknown field the projector stores).
+fn big_finalized(session: Uuid, order: Uuid) -> (String, Vec<u8>) {
+    let id = format!("kevt_{}", Uuid::new_v4().simple());
+    let body = json!({
+        "id": id,
+        "merchant_id": MERCHANT,
+        "timestamp": ipp_schemas::record::format_timestamp(Utc::now()),
+        "type": "ipp.session.finalized",
+        "data": {
+            "session_id": session,
+            "order_id": order,
+            "failure_reason": null,
+            "receipt_note": "x".repeat(4096),
+        },
+    });
+    (id, serde_json::to_vec(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_holds() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
+    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let pool = PgPool::connect(&database_url).await.expect("connect");
+    let env = vec![
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("IPP_TOPIC", topic.clone()),
+        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
+        ("DATABASE_URL", database_url.clone()),
+        ("PROJECTOR_GROUP", unique_name("projector")),
+    ];
+    let start = |max_payload: Option<&str>| {
+        let port = free_port();
+        let mut run_env = env.clone();
+        run_env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
+        if let Some(max) = max_payload {
+            run_env.push(("PROJECTOR_MAX_PAYLOAD_BYTES", max.to_owned()));
+        }
+        Service::spawn("ipp-projector", &[], &run_env)
+    };
+    let cli = |args: &'static [&'static str]| run_cli("ipp-projector", args, &env);
+    let count_events = |event_id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ipp_events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+
+    // A session whose finalized event is over the (mis)configured payload limit.
+    let producer = produce::Producer::new(&brokers, &topic);
+    let session = Uuid::new_v4();
+    let order = Uuid::new_v4();
+    let (_, created) = body("ipp.session.created", session, None);
+    let (_, activated) = body("ipp.session.activated", session, None);
+    producer.send_events(&[created, activated]).await;
+    let (big_id, big) = big_finalized(session, order);
+    let (source_partition, source_offset) = producer.send_event(&big).await;
+    let others: Vec<Vec<u8>> = (0..5)
+        .map(|_| body("ipp.session.created", Uuid::new_v4(), None).1)
+        .collect();
+    producer.send_events(&others).await;
+
+    let mut projector = start(Some("2048"));
+    eventually(
+        Duration::from_secs(60),
+        "7 events applied, 1 parked",
+        || async {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            applied == 7 && record_count(&brokers, &dlq_topic) == 1
+        },
+    )
+    .await;
+    assert_eq!(count_events(big_id.clone()).await, 0);
+
+    // list and show: provenance and error.
+    let listed = cli(&["dlq", "list", "--json"]).await.success().json_lines();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let first = &listed[0];
+    assert_eq!(first["source_topic"], json!(topic));
+    assert_eq!(first["source_partition"], json!(source_partition));
+    assert_eq!(first["source_offset"], json!(source_offset));
+    assert_eq!(first["service"], json!("ipp-projector"));
+    assert_eq!(first["event_id"], json!(big_id));
+    assert_eq!(first["event_type"], json!("ipp.session.finalized"));
+    assert_eq!(first["session_id"], json!(session.to_string()));
+    assert_eq!(first["redrive_count"], json!(0));
+    let error = first["error"].as_str().expect("error");
+    assert!(error.contains("PROJECTOR_MAX_PAYLOAD_BYTES"), "{error}");
+    let d0 = first["position"].as_str().unwrap().to_owned();
+    let shown = run_cli("ipp-projector", &["dlq", "show", &d0, "--json"], &env)
+        .await
+        .success()
+        .json_lines();
+    assert_eq!(
+        shown[0]["value"],
+        json!(String::from_utf8(big.clone()).unwrap())
+    );
+    assert_eq!(shown[0]["error"], json!(error));
+    let header_keys: Vec<&str> = shown[0]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["key"].as_str().unwrap())
+        .collect();
+    for key in [
+        "kustom-event-id",
+        "ipp-received-at",
+        dlq::SOURCE_OFFSET,
+        dlq::ERROR,
+    ] {
+        assert!(header_keys.contains(&key), "{key} in {header_keys:?}");
+    }
+    let text = run_cli("ipp-projector", &["dlq", "show", &d0], &env)
+        .await
+        .success()
+        .stdout;
+    assert!(
+        text.contains(&format!("{}: {source_offset}", dlq::SOURCE_OFFSET)),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"receipt_note\""),
+        "pretty JSON value: {text}"
+    );
+
+    // --dry-run changes nothing: no record produced, no ops table created.
+    let topic_records = record_count(&brokers, &topic);
+    let dry = cli(&["dlq", "redrive", "--all", "--dry-run", "--json"])
+        .await
+        .success()
+        .json_lines();
+    assert_eq!(dry.len(), 1);
+    assert_eq!(dry[0]["outcome"], json!("would-redrive"), "{dry:?}");
+    assert_eq!(dry[0]["redrive_count"], json!(1));
+    assert_eq!(record_count(&brokers, &topic), topic_records);
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('ipp_dlq_redrives')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(table, None, "a dry run creates nothing");
+
+    // Redriven before the fix: parked again, and the copy keeps its redrive count.
+    let done = cli(&["dlq", "redrive", "--all", "--json"])
+        .await
+        .success()
+        .json_lines();
+    assert_eq!(done[0]["outcome"], json!("redriven"), "{done:?}");
+    assert_eq!(record_count(&brokers, &topic), topic_records + 1);
+    eventually(Duration::from_secs(60), "the copy parked again", || {
+        std::future::ready(record_count(&brokers, &dlq_topic) == 2)
+    })
+    .await;
+    let parked = kafka::read_topic(&brokers, &dlq_topic);
+    let again = &parked[1];
+    assert_eq!(
+        again.header(dlq::REDRIVE_COUNT),
+        Some("1"),
+        "count carried over"
+    );
+    assert_eq!(again.header(dlq::SOURCE_TOPIC), Some(topic.as_str()));
+    assert_eq!(
+        done[0]["target"],
+        json!(format!(
+            "{topic}[{}]@{}",
+            again.header(dlq::SOURCE_PARTITION).unwrap(),
+            again.header(dlq::SOURCE_OFFSET).unwrap()
+        ))
+    );
+    assert_eq!(again.value, big);
+    assert_eq!(count_events(big_id.clone()).await, 0);
+
+    // The fix: restart with the default limit.
+    projector.signal("TERM");
+    assert!(projector.wait(Duration::from_secs(30)).success());
+    let mut projector = start(None);
+
+    // Loop guard: at --max-redrives 1 the re-parked copy is refused; the first record
+    // was redriven already.
+    let guarded = cli(&["dlq", "redrive", "--all", "--max-redrives", "1", "--json"])
+        .await
+        .success()
+        .json_lines();
+    let outcomes: Vec<&Value> = guarded.iter().map(|l| &l["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        vec![&json!("already-redriven"), &json!("refused")],
+        "{guarded:?}"
+    );
+    assert_eq!(record_count(&brokers, &topic), topic_records + 1);
+
+    // Redriven after the fix: applied exactly once.
+    let done = cli(&["dlq", "redrive", "--all", "--json"])
+        .await
+        .success()
+        .json_lines();
+    let outcomes: Vec<&Value> = done.iter().map(|l| &l["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        vec![&json!("already-redriven"), &json!("redriven")],
+        "{done:?}"
+    );
+    assert_eq!(done[1]["redrive_count"], json!(2));
+    eventually(
+        Duration::from_secs(60),
+        "the redriven event applied",
+        || {
+            let count = count_events(big_id.clone());
+            async move { count.await == 1 }
+        },
+    )
+    .await;
+    let (status, stored_order): (String, Option<Uuid>) =
+        sqlx::query_as("SELECT status, order_id FROM ipp_sessions WHERE session_id = $1")
+            .bind(session)
+            .fetch_one(&pool)
+            .await
+            .expect("session row");
+    assert_eq!(status, "finalized");
+    assert_eq!(stored_order, Some(order));
+
+    // Everything again: nothing is produced.
+    let topic_records = record_count(&brokers, &topic);
+    let again = cli(&["dlq", "redrive", "--all", "--json"])
+        .await
+        .success()
+        .json_lines();
+    assert!(
+        again
+            .iter()
+            .all(|l| l["outcome"] == json!("already-redriven")),
+        "{again:?}"
+    );
+    assert_eq!(record_count(&brokers, &topic), topic_records);
+    let redrives: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_dlq_redrives")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(redrives, 2);
+
+    // A record whose count reached the maximum is refused even when named, until --force.
+    let dlq_producer = produce::Producer::new(&brokers, &dlq_topic);
+    let mut headers = produce::Producer::headers_for(&big).to_kafka();
+    for (key, value) in [
+        (dlq::SOURCE_TOPIC, topic.as_str()),
+        (dlq::SOURCE_PARTITION, "0"),
+        (dlq::SOURCE_OFFSET, "0"),
+        (dlq::ERROR, "crafted"),
+        (dlq::SERVICE, "ipp-projector"),
+        (dlq::REDRIVE_COUNT, "3"),
+    ] {
+        headers = headers.insert(ipp_schemas::record::kafka_header(key, value));
+    }
+    let (p, o) = dlq_producer
+        .send_raw(Some(session.to_string().as_bytes()), Some(&big), headers)
+        .await;
+    let crafted = format!("{p}:{o}");
+    let refused = run_cli(
+        "ipp-projector",
+        &["dlq", "redrive", &crafted, "--json"],
+        &env,
+    )
+    .await
+    .success()
+    .json_lines();
+    assert_eq!(refused[0]["outcome"], json!("refused"), "{refused:?}");
+    assert_eq!(refused[0]["redrive_count"], json!(3));
+    assert_eq!(record_count(&brokers, &topic), topic_records);
+    let forced = run_cli(
+        "ipp-projector",
+        &["dlq", "redrive", &crafted, "--force", "--json"],
+        &env,
+    )
+    .await
+    .success()
+    .json_lines();
+    assert_eq!(forced[0]["outcome"], json!("redriven"), "{forced:?}");
+    assert_eq!(forced[0]["redrive_count"], json!(4));
+    assert_eq!(record_count(&brokers, &topic), topic_records + 1);
+    let copies = kafka::read_topic(&brokers, &topic);
+    let last = copies
+        .iter()
+        .filter(|r| r.header(dlq::REDRIVE_COUNT) == Some("4"))
+        .collect::<Vec<_>>();
+    assert_eq!(last.len(), 1);
+    assert!(
+        last[0]
+            .headers
+            .iter()
+            .all(|(k, _)| k == dlq::REDRIVE_COUNT || !k.starts_with("dlq-")),
+        "only the count among the dlq-* headers: {:?}",
+        last[0].headers
+    );
+    // The duplicate is absorbed: still one stored copy of the event.
+    eventually(
+        Duration::from_secs(60),
+        "the projector read the forced copy",
+        || async {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(next_offset)::bigint FROM ipp_projector_offsets WHERE topic = $1",
+            )
+            .bind(&topic)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(None);
+            applied == Some(topic_records as i64 + 1)
+        },
+    )
+    .await;
+    assert_eq!(count_events(big_id.clone()).await, 1);
+
+    projector.signal("TERM");
+    assert!(projector.wait(Duration::from_secs(30)).success());
+}
