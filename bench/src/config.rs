@@ -72,6 +72,10 @@ pub struct Config {
     #[arg(long, default_value_t = 32)]
     pub actions_concurrency: usize,
 
+    /// Run only these figure groups (comma-separated): ingest, projector, freshness, actions.
+    #[arg(long, value_delimiter = ',', value_parser = ["ingest", "projector", "freshness", "actions"])]
+    pub only: Vec<String>,
+
     /// Keep the benchmark databases instead of dropping them at the end of each figure.
     #[arg(long)]
     pub keep_databases: bool,
@@ -105,6 +109,10 @@ impl Config {
                 .unwrap_or(if self.smoke { 3 } else { 20 }),
             actions_sessions: pick(self.actions_sessions, 3000, 60),
         }
+    }
+
+    pub fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
     }
 
     pub fn bin_dir(&self) -> PathBuf {

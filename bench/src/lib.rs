@@ -73,8 +73,9 @@ impl Bench {
         ];
         targets
             .iter()
+            .filter(|(service, _)| peaks.contains_key(*service))
             .map(|(service, target)| {
-                let value = peaks.get(*service).copied().unwrap_or(f64::NAN);
+                let value = peaks[*service];
                 Figure::bounded(
                     &format!("memory_{}", service.trim_start_matches("ipp-")),
                     &format!("Peak RSS {service}"),
@@ -113,10 +114,18 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             errors.push(format!("{name}: {e:#}"));
         }
     };
-    record("ingest", figures::ingest::run(&bench).await);
-    record("projector", figures::projector::run(&bench).await);
-    record("freshness", figures::freshness::run(&bench).await);
-    record("actions", figures::actions::run(&bench).await);
+    if bench.config.runs("ingest") {
+        record("ingest", figures::ingest::run(&bench).await);
+    }
+    if bench.config.runs("projector") {
+        record("projector", figures::projector::run(&bench).await);
+    }
+    if bench.config.runs("freshness") {
+        record("freshness", figures::freshness::run(&bench).await);
+    }
+    if bench.config.runs("actions") {
+        record("actions", figures::actions::run(&bench).await);
+    }
     figures.extend(bench.memory_figures());
     let report = Report {
         smoke: bench.config.smoke,
