@@ -14,9 +14,9 @@ async fn main() -> anyhow::Result<()> {
         ipp_ops::init_cli_tracing();
     }
     match command {
-        Command::Dlq(dlq) => ipp_actions::cli_ops::dlq(&config, &dlq).await?,
-        Command::Retry(args) => ipp_actions::cli_ops::retry(&config, &args).await?,
-        Command::Status(args) => ipp_actions::cli_ops::status(&config, &args).await?,
+        Command::Dlq(dlq) => ops_exit(ipp_actions::cli_ops::dlq(&config, &dlq).await),
+        Command::Retry(args) => ops_exit(ipp_actions::cli_ops::retry(&config, &args).await),
+        Command::Status(args) => ops_exit(ipp_actions::cli_ops::status(&config, &args).await),
         Command::Migrate => ipp_actions::migrate(&config).await?,
         Command::Run => {
             let listener = tokio::net::TcpListener::bind(config.http)
@@ -28,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn ops_exit(result: Result<(), ipp_ops::Error>) -> ! {
+    ipp_ops::exit("ipp-actions", result)
 }
 
 /// Turns SIGTERM or Ctrl-C into a cancellation.

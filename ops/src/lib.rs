@@ -53,6 +53,22 @@ pub async fn table_exists(pool: &PgPool, table: &str) -> Result<bool, Error> {
     Ok(found.is_some())
 }
 
+/// Ends an operator command: exit 0, or print the error with its causes on stderr and
+/// exit 1 (2 for a usage error). Operators get one line, not a backtrace.
+pub fn exit(program: &str, result: Result<(), Error>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        // `… | head`: the reader is gone, which is not an error of the command.
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("{program}: error: {}", e.chain());
+            std::process::exit(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
+        }
+    }
+}
+
 /// Logs of the operator commands go to stderr (stdout is the command's output, often
 /// parsed by scripts), at `warn` unless `RUST_LOG` says otherwise.
 pub fn init_cli_tracing() {

@@ -102,9 +102,33 @@ enum Target {
     Ledger(FailedAction),
 }
 
-struct Previous {
-    redriven_at: DateTime<Utc>,
-    target: String,
+/// An earlier redrive of a DLQ record (a row of `ipp_dlq_redrives`).
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub redriven_at: DateTime<Utc>,
+    pub target: String,
+}
+
+/// The earlier redrives of `dlq_topic`'s records, for `dlq list`; `None` when unknown
+/// (the database is unreachable: a warning is logged, the list goes on without them).
+pub async fn redriven(database_url: &str, dlq_topic: &str) -> Option<HashMap<RecordRef, Previous>> {
+    let lookup = async {
+        let pool = crate::connect(database_url).await?;
+        let found = if crate::table_exists(&pool, "ipp_dlq_redrives").await? {
+            previous_redrives(&pool, dlq_topic).await?
+        } else {
+            HashMap::new()
+        };
+        pool.close().await;
+        Ok::<_, Error>(found)
+    };
+    match lookup.await {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::warn!(error = %e.chain(), "cannot read ipp_dlq_redrives; listing without it");
+            None
+        }
+    }
 }
 
 /// `dlq redrive`: prints one line per selected record and a summary. Errors when a

@@ -31,7 +31,9 @@ pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
         topic: config.dlq_topic.clone(),
     };
     match command {
-        DlqCommand::List(args) => ipp_ops::dlq::list(&source, args).await,
+        DlqCommand::List(args) => {
+            ipp_ops::dlq::list(&source, config.database_url.expose(), args).await
+        }
         DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
         DlqCommand::Redrive(args) => {
             ipp_ops::redrive::run(&source, config.database_url.expose(), args).await

@@ -12,11 +12,17 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Dlq(dlq)) => {
             ipp_ops::init_cli_tracing();
-            return Ok(ipp_projector::cli_ops::dlq(&config, dlq).await?);
+            ipp_ops::exit(
+                "ipp-projector",
+                ipp_projector::cli_ops::dlq(&config, dlq).await,
+            );
         }
         Some(Command::Status(args)) => {
             ipp_ops::init_cli_tracing();
-            return Ok(ipp_projector::cli_ops::status(&config, args).await?);
+            ipp_ops::exit(
+                "ipp-projector",
+                ipp_projector::cli_ops::status(&config, args).await,
+            );
         }
         _ => {}
     }
