@@ -185,18 +185,18 @@ pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     );
     text.push_str(&status::partitions_table(&partitions));
     text.push_str(&format!(
-        "total lag     {}\n",
+        "total lag       {}\n",
         status::total_lag(&partitions)
     ));
     let count = |s: &str| counts.get(s).cloned().unwrap_or(json!(0));
     text.push_str(&format!(
-        "actions       pending {}  succeeded {}  skipped {}  failed {}\n",
+        "actions         pending {}  succeeded {}  skipped {}  failed {}\n",
         count("pending"),
         count("succeeded"),
         count("skipped"),
         count("failed"),
     ));
-    text.push_str(&status::age_line("oldest pend.", oldest_pending));
+    text.push_str(&status::age_line("oldest pending", oldest_pending));
     text.push('\n');
     text.push_str(&status::age_line("newest action", newest_age));
     text.push('\n');

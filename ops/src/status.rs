@@ -131,14 +131,14 @@ pub fn partitions_table(partitions: &[PartitionStatus]) -> String {
 
 pub fn dlq_line(dlq: &DlqStatus) -> String {
     if !dlq.exists {
-        return format!("dead letters  {}: topic does not exist", dlq.topic);
+        return format!("dead letters    {}: topic does not exist", dlq.topic);
     }
     let redriven = dlq
         .redriven
         .map(|r| format!(", {r} redriven"))
         .unwrap_or_default();
     format!(
-        "dead letters  {}: {} record(s){redriven}",
+        "dead letters    {}: {} record(s){redriven}",
         dlq.topic, dlq.records
     )
 }
@@ -148,7 +148,7 @@ pub fn total_lag(partitions: &[PartitionStatus]) -> i64 {
 }
 
 pub fn age_line(label: &str, seconds: Option<f64>) -> String {
-    format!("{label:<13} {}", output::age(seconds))
+    format!("{label:<15} {}", output::age(seconds))
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     );
     text.push_str(&status::partitions_table(&partitions));
     text.push_str(&format!(
-        "total lag     {}\n",
+        "total lag       {}\n",
         status::total_lag(&partitions)
     ));
     text.push_str(&status::age_line("newest event", age(newest)));
