@@ -730,6 +730,62 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
     assert!(projector.service.wait(Duration::from_secs(30)).success());
 }
 
+/// Not how ingest keys records, but what a re-keyed or hand-fed topic could hold: a
+/// session's events spread over partitions that two projectors apply concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 4).await;
+    let dlq = kafka::create_topic(&brokers, "ipp_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let group = unique_name("projector");
+    let target = Target {
+        brokers: &brokers,
+        topic: &topic,
+        dlq: &dlq,
+        database_url: &database_url,
+        group: &group,
+    };
+    let work = workload(150, 23);
+    let producer = Producer::new(&brokers, &topic);
+    let mut positions = Vec::with_capacity(work.bodies.len());
+    let mut ends = BTreeMap::new();
+    for body in &work.bodies {
+        let event = IppEvent::parse(body).unwrap();
+        let position = producer
+            .send_raw(
+                Some(event.id().as_bytes()),
+                Some(body),
+                Producer::headers_for(body).to_kafka(),
+            )
+            .await;
+        let end = ends.entry(position.0).or_insert(0);
+        *end = (*end).max(position.1 + 1);
+        positions.push(position);
+    }
+    assert!(ends.len() > 1, "events spread over several partitions");
+
+    let pool = connect(&database_url).await;
+    let mut first = spawn_projector(&target, 5);
+    let mut second = spawn_projector(&target, 5);
+    wait_for_offsets(
+        &pool,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(120),
+        &mut [&mut first, &mut second],
+    )
+    .await;
+    first.service.signal("TERM");
+    second.service.signal("TERM");
+    first.service.wait(Duration::from_secs(30));
+    second.service.wait(Duration::from_secs(30));
+
+    assert_statuses(&pool, &work.expected_status).await;
+    assert_clean_pass(&pool, &clean_pass(&work.bodies, &positions)).await;
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/../schemas/fixtures/{name}",
