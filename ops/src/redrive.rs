@@ -396,21 +396,14 @@ async fn redrive_to_topic(
         outcome.detail = "redriven meanwhile by someone else".into();
         return Ok(());
     }
-    let new_count = (count + 1).to_string();
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in &record.headers {
-        if key.starts_with("dlq-") {
-            continue;
-        }
+    let copy_headers = redriven_headers(&record.headers, count + 1);
+    let mut headers = OwnedHeaders::new_with_capacity(copy_headers.len());
+    for (key, value) in &copy_headers {
         headers = headers.insert(Header {
             key: key.as_str(),
             value: value.as_deref(),
         });
     }
-    headers = headers.insert(Header {
-        key: dlq_header::REDRIVE_COUNT,
-        value: Some(new_count.as_str()),
-    });
     let mut copy: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
     if let Some(key) = &record.key {
         copy = copy.key(key);
@@ -441,6 +434,24 @@ async fn redrive_to_topic(
         record.event_id().unwrap_or_else(|| "record".into())
     );
     Ok(())
+}
+
+/// The headers of a redriven copy: the original ones in order, without any `dlq-*`
+/// header (provenance and error belong to the parked record, not to the event), then
+/// `dlq-redrive-count`.
+pub fn redriven_headers(
+    parked: &[(String, Option<Vec<u8>>)],
+    count: u32,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    parked
+        .iter()
+        .filter(|(key, _)| !key.starts_with("dlq-"))
+        .cloned()
+        .chain(std::iter::once((
+            dlq_header::REDRIVE_COUNT.to_owned(),
+            Some(count.to_string().into_bytes()),
+        )))
+        .collect()
 }
 
 async fn redrive_action(
@@ -532,4 +543,51 @@ async fn redrive_action(
     outcome.decision = Decision::Redriven;
     outcome.detail = "failed action re-queued (same idempotency key)".into();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(key: &str, value: &str) -> (String, Option<Vec<u8>>) {
+        (key.to_owned(), Some(value.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn copies_keep_the_ingest_headers_and_carry_the_count() {
+        let parked = vec![
+            h("kustom-event-id", "kevt_1"),
+            h("ipp-received-at", "2026-11-26T10:00:00Z"),
+            h("dlq-redrive-count", "1"),
+            ("empty".to_owned(), None),
+            h("dlq-source-topic", "ipp.events"),
+            h("dlq-error", "boom"),
+        ];
+        assert_eq!(
+            redriven_headers(&parked, 2),
+            vec![
+                h("kustom-event-id", "kevt_1"),
+                h("ipp-received-at", "2026-11-26T10:00:00Z"),
+                ("empty".to_owned(), None),
+                h("dlq-redrive-count", "2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_guard_refuses_at_the_maximum_unless_forced() {
+        let args = |max_redrives, force| RedriveArgs {
+            records: Vec::new(),
+            all: true,
+            filters: crate::args::Filters::default(),
+            dry_run: false,
+            max_redrives,
+            force,
+            json: false,
+        };
+        assert!(refused(2, &args(3, false)).is_none());
+        assert!(refused(3, &args(3, false)).is_some());
+        assert!(refused(3, &args(3, true)).is_none());
+        assert!(refused(0, &args(0, false)).is_some(), "0 disables redrives");
+    }
 }
