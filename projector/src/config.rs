@@ -24,6 +24,13 @@ pub enum Command {
     Dlq(ipp_ops::DlqCommand),
     /// Lag and checkpoint per partition, age of the newest applied event, DLQ size.
     Status(ipp_ops::StatusArgs),
+    /// Rebuild the read models from the start of the log into a shadow schema, then swap
+    /// it in atomically while the live projector keeps running (`--dry-run`: compare only;
+    /// `--rollback`: swap the previous version back).
+    Rebuild(crate::rebuild::RebuildArgs),
+    /// Export the events of a time range as JSON Lines or CSV, or project them into a
+    /// schema of your choosing (`--into-schema`). Never commits consumer offsets.
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +60,15 @@ pub struct Config {
         global = true
     )]
     pub database_url: DatabaseUrl,
+
+    /// PostgreSQL schema of the live read models (`rebuild` swaps tables in and out of it).
+    #[arg(
+        long,
+        env = "PROJECTOR_SCHEMA",
+        default_value = "public",
+        global = true
+    )]
+    pub schema: String,
 
     /// Consumer group; also the key of the offsets stored in PostgreSQL.
     #[arg(

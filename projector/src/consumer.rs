@@ -20,7 +20,7 @@
 //! tools (lag dashboards) but are never read.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -41,6 +41,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::Config,
     dlq::DeadLetters,
+    engine::Engine,
     http::Health,
     session::SessionEvent,
     store::{self, NewEvent},
@@ -157,7 +158,7 @@ impl ConsumerContext for ProjectorContext {
 
 /// A value over `PROJECTOR_MAX_PAYLOAD_BYTES` (0: no limit) is parked: an operator
 /// raises the limit and redrives it (`ipp-projector dlq redrive`).
-fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
+pub(crate) fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
     let size = message.payload().map_or(0, <[u8]>::len);
     if max_payload_bytes > 0 && size > max_payload_bytes {
         return Err(format!(
@@ -168,7 +169,7 @@ fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), 
 }
 
 /// Why a record cannot be projected; it goes to the dead-letter topic.
-fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
+pub(crate) fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
     let empty = OwnedHeaders::new();
     let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
         .map_err(|e| e.to_string())?;
@@ -404,81 +405,40 @@ impl Projector {
         Ok(())
     }
 
-    /// Applies one batch in one transaction (see the comment at the top of this file).
+    /// Applies one batch in one transaction (see the comment at the top of this file
+    /// and [`Engine::apply`], shared with `rebuild` and `replay --into-schema`).
     /// With `rejected`, every record still due is dead-lettered with that reason.
     async fn apply(&self, batch: &[OwnedMessage], rejected: Option<&str>) -> Result<(), Error> {
-        let group = &self.config.group;
-        let topic = &self.config.ipp_topic;
-        let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
-        let mut tx = self.pool.begin().await?;
-        let mut next: BTreeMap<i32, i64> =
-            store::lock_offsets(&mut tx, group, topic, &partitions).await?;
-
-        let mut events = Vec::with_capacity(batch.len());
-        let mut poison = Vec::new();
-        let mut stale = 0u64;
-        for message in batch {
-            let next_offset = next.entry(message.partition()).or_insert(0);
-            if message.offset() < *next_offset {
-                stale += 1;
-                continue;
-            }
-            *next_offset = message.offset() + 1;
-            let decoded = match rejected {
-                Some(reason) => Err(reason.to_owned()),
-                None => within_limit(message, self.config.max_payload_bytes)
-                    .and_then(|()| decode(message)),
-            };
-            match decoded {
-                Ok(event) => events.push(event),
-                Err(reason) => poison.push((message, reason)),
-            }
-        }
-        for (message, reason) in &poison {
-            warn!(
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                error = %reason,
-                "record cannot be projected, parking it in the dead-letter topic"
-            );
-        }
-        let inserted = store::insert_events(&mut tx, &events).await?;
-        let sessions: BTreeSet<_> = inserted.iter().map(|e| e.session_id).collect();
-        store::refold_sessions(&mut tx, &sessions).await?;
-        store::save_offsets(&mut tx, group, topic, &next).await?;
-        // Includes what other replicas committed, so a later assignment of their
-        // partitions starts close to where they stopped.
-        let all_offsets = store::load_offsets(&mut *tx, group, topic).await?;
-        // Last before the commit, so a batch the database rejects parks nothing.
-        if !poison.is_empty() {
-            self.dead_letters.send_all(&poison).await?;
-        }
-        tx.commit().await?;
+        let engine = Engine {
+            pool: &self.pool,
+            topic: &self.config.ipp_topic,
+            group: Some(&self.config.group),
+            max_payload_bytes: self.config.max_payload_bytes,
+            dead_letters: Some(&self.dead_letters),
+        };
+        let outcome = engine.apply(batch, rejected).await?;
 
         let metrics = &self.health.metrics;
-        metrics.dead_letters.inc_by(poison.len() as u64);
-        metrics.stale_records.inc_by(stale);
-        metrics
-            .duplicate_events
-            .inc_by((events.len() - inserted.len()) as u64);
-        for event in &inserted {
+        metrics.dead_letters.inc_by(outcome.poison as u64);
+        metrics.stale_records.inc_by(outcome.stale);
+        metrics.duplicate_events.inc_by(outcome.duplicates);
+        for (event_type, received_at) in &outcome.applied {
             metrics
                 .events_applied
-                .with_label_values(&[&event.event.event_type])
+                .with_label_values(&[event_type])
                 .inc();
-            metrics.applied_received_at(event.received_at);
+            metrics.applied_received_at(*received_at);
         }
         debug!(
             records = batch.len(),
-            applied = inserted.len(),
-            sessions = sessions.len(),
-            dead_letters = poison.len(),
-            stale,
+            applied = outcome.applied.len(),
+            sessions = outcome.sessions,
+            dead_letters = outcome.poison,
+            stale = outcome.stale,
             "batch committed"
         );
-        self.remember_offsets(all_offsets.into_iter());
-        self.commit_to_kafka(&next);
+        self.remember_offsets(outcome.all_offsets.into_iter());
+        self.commit_to_kafka(&outcome.next);
         Ok(())
     }
 

@@ -20,6 +20,10 @@ pub enum Error {
     Http(#[source] std::io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+    #[error("{0}")]
+    Operation(String),
 }
 
 impl Error {
@@ -60,7 +64,11 @@ impl Error {
                     | sqlx::Error::Decode(_)
             ),
             Self::Kafka(_) | Self::DeadLetter { .. } => true,
-            Self::Migrate(_) | Self::Http(_) | Self::Config(_) => false,
+            Self::Migrate(_)
+            | Self::Http(_)
+            | Self::Config(_)
+            | Self::Output(_)
+            | Self::Operation(_) => false,
         }
     }
 }

@@ -6,15 +6,20 @@ pub mod cli_ops;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod engine;
 pub mod error;
 pub mod http;
+pub mod log_reader;
 pub mod metrics;
+pub mod rebuild;
+pub mod replay;
+pub mod schema;
 pub mod session;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -24,35 +29,23 @@ pub use error::Error;
 
 use crate::{consumer::Projector, http::Health, metrics::Metrics};
 
-/// Connects to PostgreSQL with bounded waits. A database that is still starting (the
-/// usual case when everything starts together) gets up to 30 seconds.
+/// Connects to PostgreSQL with bounded waits, every connection's `search_path` set
+/// to `PROJECTOR_SCHEMA`. A database that is still starting (the usual case when
+/// everything starts together) gets up to 30 seconds.
 pub async fn connect(config: &Config) -> Result<PgPool, Error> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(config.db_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(config.database_url.expose())
-            .await;
-        match attempt {
-            Ok(pool) => return Ok(pool),
-            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    "postgresql not reachable yet, retrying"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    schema::connect(
+        config.database_url.expose(),
+        &config.schema,
+        config.db_connections,
+    )
+    .await
 }
 
 /// `ipp-projector migrate`.
 pub async fn migrate(config: &Config) -> Result<(), Error> {
     let pool = connect(config).await?;
-    store::migrate(&pool).await?;
-    info!("migrations applied");
+    schema::prepare(&pool, &config.schema).await?;
+    info!(schema = %config.schema, "migrations applied");
     pool.close().await;
     Ok(())
 }
@@ -64,7 +57,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let pool = connect(&config).await?;
-    store::migrate(&pool).await?;
+    schema::prepare(&pool, &config.schema).await?;
     let health = Arc::new(Health::new(Metrics::new()));
 
     let http_shutdown = CancellationToken::new();

@@ -24,6 +24,14 @@ async fn main() -> anyhow::Result<()> {
                 ipp_projector::cli_ops::status(&config, args).await,
             );
         }
+        Some(Command::Rebuild(args)) => {
+            ipp_ops::init_cli_tracing();
+            exit(ipp_projector::rebuild::run(&config, args).await);
+        }
+        Some(Command::Replay(args)) => {
+            ipp_ops::init_cli_tracing();
+            exit(ipp_projector::replay::run(&config, args).await);
+        }
         _ => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -50,6 +58,26 @@ async fn main() -> anyhow::Result<()> {
     ipp_projector::run(config, listener, shutdown)
         .await
         .context("ipp-projector")
+}
+
+/// Ends `rebuild` and `replay`: exit 0, or one line with the error and its causes on
+/// stderr and exit 1 (2 for a configuration error).
+fn exit(result: Result<(), ipp_projector::Error>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        // `… | head`: the reader is gone, which is not an error of the command.
+        Err(ipp_projector::Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("ipp-projector: error: {}", e.chain());
+            std::process::exit(if matches!(e, ipp_projector::Error::Config(_)) {
+                2
+            } else {
+                1
+            })
+        }
+    }
 }
 
 /// Turns the first SIGTERM or SIGINT into a cancellation.

@@ -1,0 +1,102 @@
+//! Reading `ipp.events` for the one-shot commands (`rebuild`, `replay`): explicit
+//! partition assignment, a throwaway group id that is never committed, so the live
+//! consumer group is never touched.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    ClientConfig, Offset, TopicPartitionList,
+};
+
+use crate::{config::Config, Error};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumer that is only ever `assign`ed: no subscription, no commits.
+pub fn consumer(config: &Config, purpose: &str) -> Result<StreamConsumer, Error> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_brokers)
+        // Required by librdkafka, never joined or committed (explicit assignment only).
+        .set(
+            "group.id",
+            format!("ipp-projector-{purpose}-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in config.kafka_properties() {
+        client.set(key, value);
+    }
+    Ok(client.create()?)
+}
+
+pub fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, Error> {
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::Operation(format!(
+            "topic {topic} does not exist or has no partitions"
+        )));
+    }
+    Ok(partitions)
+}
+
+/// `(low, high)` watermarks per partition.
+pub fn watermarks(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, (i64, i64)>, Error> {
+    partitions
+        .iter()
+        .map(|&p| Ok((p, consumer.fetch_watermarks(topic, p, TIMEOUT)?)))
+        .collect()
+}
+
+/// Assigns each partition at its start offset.
+pub fn assign(
+    consumer: &StreamConsumer,
+    topic: &str,
+    starts: &BTreeMap<i32, i64>,
+) -> Result<(), Error> {
+    let mut tpl = TopicPartitionList::new();
+    for (&partition, &offset) in starts {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
+/// The first offset whose record timestamp is at or after `at_ms`, per partition
+/// (the broker's ListOffsets by time). `None`: the broker says no such record.
+pub fn offsets_for_time(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+    at_ms: i64,
+) -> Result<BTreeMap<i32, Option<i64>>, Error> {
+    let mut tpl = TopicPartitionList::new();
+    for &partition in partitions {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(at_ms))?;
+    }
+    let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
+    Ok(found
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
+}

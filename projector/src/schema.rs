@@ -1,0 +1,92 @@
+//! Schema-aware connections: the live read model lives in `PROJECTOR_SCHEMA` (default
+//! `public`); `rebuild` builds a shadow schema and `replay --into-schema` an analyst's
+//! schema with the same tables. Every connection of a pool has its `search_path` set
+//! to one schema, so the same unqualified SQL (and the same migrations, with their own
+//! `_sqlx_migrations` in that schema) serves all of them.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+
+use crate::{store, Error};
+
+/// The tables a rebuild swaps, in the order the live projector locks them.
+pub const TABLES: [&str; 3] = ["ipp_projector_offsets", "ipp_events", "ipp_sessions"];
+
+/// Schema names are plain lowercase identifiers, so they never need quoting.
+pub fn validate(name: &str) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if first_ok && rest_ok && name.len() <= 63 && !name.starts_with("pg_") {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "schema name `{name}`: use lowercase letters, digits and `_` (not starting with a digit or pg_)"
+        )))
+    }
+}
+
+/// A pool whose connections resolve unqualified names in `schema` only (plus
+/// `pg_catalog`). A database that is still starting gets up to 30 seconds.
+pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, Error> {
+    validate(schema)?;
+    let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "postgresql not reachable yet, retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub async fn exists(pool: &PgPool, schema: &str) -> Result<bool, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Whether `schema` holds the three read-model tables.
+pub async fn has_tables(pool: &PgPool, schema: &str) -> Result<bool, Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
+    )
+    .bind(schema)
+    .bind(TABLES.as_slice())
+    .fetch_one(pool)
+    .await?;
+    Ok(count == TABLES.len() as i64)
+}
+
+/// Creates `schema` when missing and applies the projector's migrations in it (`pool`
+/// must be connected with [`connect`] to that schema).
+pub async fn prepare(pool: &PgPool, schema: &str) -> Result<(), Error> {
+    validate(schema)?;
+    if !exists(pool, schema).await? {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(pool)
+            .await?;
+    }
+    store::migrate(pool).await
+}

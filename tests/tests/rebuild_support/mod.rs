@@ -1,0 +1,290 @@
+//! The pipeline the rebuild and replay tests run against: ipp-ingest, the live
+//! ipp-projector, ipp-actions and the Order Management simulator as processes on fresh
+//! topics and a fresh database, fed with signed webhooks from `ipp_loadgen`.
+
+#![allow(dead_code, reason = "shared by two test binaries that each use a part")]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use ipp_loadgen::{send_all, Delivery, ExpectedSession, WebhookSigner, Workload};
+use ipp_tests::{
+    cli, db, free_port, kafka, process::wait_for_tcp, process::Service, signer::Signer, unique_name,
+};
+use serde_json::Value;
+use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use uuid::Uuid;
+
+const API_KEY: &str = "kco_test_rebuild";
+
+pub struct Pipeline {
+    pub brokers: String,
+    pub topic: String,
+    pub other_topic: String,
+    pub dlq: String,
+    pub actions_dlq: String,
+    pub database_url: String,
+    pub secret: String,
+    pub ingest_port: u16,
+    pub sim_url: String,
+    pub projector_group: String,
+    pub actions_group: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub services: Vec<Service>,
+}
+
+impl Pipeline {
+    pub async fn start(prefix: &str) -> Self {
+        let brokers = kafka::brokers();
+        let database_url = db::fresh_database().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .expect("connect");
+        let mut pipeline = Self {
+            topic: kafka::create_topic(&brokers, &format!("{prefix}_ipp"), 3).await,
+            other_topic: kafka::create_topic(&brokers, &format!("{prefix}_other"), 1).await,
+            dlq: kafka::create_topic(&brokers, &format!("{prefix}_dlq"), 1).await,
+            actions_dlq: kafka::create_topic(&brokers, &format!("{prefix}_adlq"), 1).await,
+            database_url,
+            secret: Signer::random_secret(),
+            ingest_port: free_port(),
+            sim_url: String::new(),
+            projector_group: unique_name(&format!("{prefix}_projector")),
+            actions_group: unique_name(&format!("{prefix}_actions")),
+            pool,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("client"),
+            services: Vec::new(),
+            brokers,
+        };
+        let sim_port = free_port();
+        pipeline.services.push(Service::spawn(
+            "ipp-om-sim",
+            &[],
+            &[
+                ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
+                ("OM_SIM_API_KEY", API_KEY.into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        ));
+        wait_for_tcp(sim_port, Duration::from_secs(20));
+        pipeline.sim_url = format!("http://127.0.0.1:{sim_port}");
+
+        pipeline.services.push(Service::spawn(
+            "ipp-ingest",
+            &[],
+            &[
+                ("KAFKA_BROKERS", pipeline.brokers.clone()),
+                (
+                    "INGEST_LISTEN",
+                    format!("127.0.0.1:{}", pipeline.ingest_port),
+                ),
+                ("IPP_TOPIC", pipeline.topic.clone()),
+                ("KUSTOM_OTHER_TOPIC", pipeline.other_topic.clone()),
+                ("KUSTOM_WEBHOOK_SECRETS", pipeline.secret.clone()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        ));
+        wait_for_tcp(pipeline.ingest_port, Duration::from_secs(20));
+
+        let port = free_port();
+        let mut env = pipeline.projector_env();
+        env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
+        env.push(("PROJECTOR_BATCH_WAIT_MS", "20".into()));
+        env.push(("RUST_LOG", "warn".into()));
+        pipeline
+            .services
+            .push(Service::spawn("ipp-projector", &[], &env));
+        wait_for_tcp(port, Duration::from_secs(30));
+
+        let port = free_port();
+        pipeline.services.push(Service::spawn(
+            "ipp-actions",
+            &[],
+            &[
+                ("KAFKA_BROKERS", pipeline.brokers.clone()),
+                ("IPP_TOPIC", pipeline.topic.clone()),
+                ("ACTIONS_DLQ_TOPIC", pipeline.actions_dlq.clone()),
+                ("DATABASE_URL", pipeline.database_url.clone()),
+                ("ACTIONS_GROUP", pipeline.actions_group.clone()),
+                ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
+                ("KUSTOM_API_URL", pipeline.sim_url.clone()),
+                ("KUSTOM_API_KEY", API_KEY.into()),
+                ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        ));
+        wait_for_tcp(port, Duration::from_secs(30));
+        pipeline
+    }
+
+    /// What `ipp-projector` (the service or a one-shot command) needs.
+    pub fn projector_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("IPP_TOPIC", self.topic.clone()),
+            ("IPP_DLQ_TOPIC", self.dlq.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("PROJECTOR_GROUP", self.projector_group.clone()),
+        ]
+    }
+
+    /// Runs `ipp-projector args…` to completion (at most 180 s) off the async runtime.
+    pub async fn projector_cli(&self, args: &[&str]) -> cli::Output {
+        let env = self.projector_env();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli::run("ipp-projector", &args, &env, Duration::from_secs(180))
+        })
+        .await
+        .expect("cli task")
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+    }
+
+    /// Posts deliveries (signed) and asserts every one got its 200.
+    pub async fn send(&self, deliveries: &[Delivery], concurrency: usize) {
+        let signer = WebhookSigner::new(&self.secret).expect("secret");
+        let report = send_all(
+            &self.client,
+            &self.webhook_url(),
+            &signer,
+            deliveries,
+            concurrency,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(report.gave_up.is_empty(), "deliveries refused: {report:?}");
+    }
+
+    /// Waits until the live projector stored every IPP event of `workloads` and
+    /// ipp-actions settled every finalized order.
+    pub async fn settle(&self, workloads: &[&Workload]) {
+        let events: BTreeSet<&str> = workloads
+            .iter()
+            .flat_map(|w| w.deliveries.iter())
+            .filter(|d| d.is_ipp())
+            .map(|d| d.event_id.as_str())
+            .collect();
+        let finalized: usize = workloads.iter().map(|w| w.finalized_orders().count()).sum();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(0);
+            let settled: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap_or(0);
+            if applied == events.len() as i64 && settled == finalized as i64 {
+                return;
+            }
+            assert!(
+                applied <= events.len() as i64,
+                "more events than sent: {applied} > {}",
+                events.len()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "not settled: {applied}/{} events, {settled}/{finalized} actions",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn sim_calls(&self) -> Vec<Value> {
+        self.client
+            .get(format!("{}/_sim/calls", self.sim_url))
+            .send()
+            .await
+            .expect("GET /_sim/calls")
+            .json()
+            .await
+            .expect("calls json")
+    }
+
+    pub async fn clear_sim_calls(&self) {
+        let status = self
+            .client
+            .delete(format!("{}/_sim/calls", self.sim_url))
+            .send()
+            .await
+            .expect("DELETE /_sim/calls")
+            .status();
+        assert!(status.is_success(), "DELETE /_sim/calls: {status}");
+    }
+
+    /// The whole `ipp_actions` ledger, one JSON text per row, in a stable order.
+    pub async fn ledger(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT to_jsonb(a)::text FROM ipp_actions a ORDER BY order_id, action")
+            .fetch_all(&self.pool)
+            .await
+            .expect("ledger")
+    }
+
+    pub fn assert_running(&mut self) {
+        for service in &mut self.services {
+            assert!(service.is_running(), "{} died", service.name);
+        }
+    }
+}
+
+/// The rows of `table` (e.g. `ipp_sessions` or `ipp_previous.ipp_sessions`) restricted to
+/// the expected sessions equal what the workloads imply, and there are no others.
+pub async fn assert_sessions(
+    pool: &PgPool,
+    table: &str,
+    expected: &BTreeMap<Uuid, ExpectedSession>,
+) {
+    let rows = sqlx::query(&format!(
+        "SELECT session_id, merchant_id, status, order_id, failed_attempts, event_count FROM {table}"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("sessions");
+    assert_eq!(rows.len(), expected.len(), "{table}: one row per session");
+    for row in rows {
+        let session: Uuid = row.get("session_id");
+        let want = expected
+            .get(&session)
+            .unwrap_or_else(|| panic!("{table}: unexpected session {session}"));
+        assert_eq!(
+            row.get::<String, _>("status"),
+            want.status,
+            "{table} {session}"
+        );
+        assert_eq!(
+            row.get::<Option<Uuid>, _>("order_id"),
+            want.order_id,
+            "{table} {session}"
+        );
+        assert_eq!(
+            row.get::<i32, _>("failed_attempts"),
+            want.failed_attempts,
+            "{table} {session}"
+        );
+        assert_eq!(
+            row.get::<i32, _>("event_count"),
+            want.event_count,
+            "{table} {session}"
+        );
+        assert_eq!(
+            row.get::<Option<String>, _>("merchant_id").as_deref(),
+            Some(want.merchant_id.as_str()),
+            "{table} {session}"
+        );
+    }
+}
