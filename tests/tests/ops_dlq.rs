@@ -748,3 +748,84 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     projector.signal("TERM");
     assert!(projector.wait(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_operators_redriving_at_once_produce_each_copy_once() {
+    let brokers = kafka::brokers();
+    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
+    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
+    let database_url = db::fresh_database().await;
+    let env = vec![
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("IPP_TOPIC", topic.clone()),
+        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
+        ("DATABASE_URL", database_url.clone()),
+    ];
+    // Five parked records, as the projector writes them.
+    let dlq_producer = produce::Producer::new(&brokers, &dlq_topic);
+    let mut ids = Vec::new();
+    for offset in 0..5 {
+        let session = Uuid::new_v4();
+        let (id, event) = body("ipp.session.created", session, None);
+        let mut headers = produce::Producer::headers_for(&event).to_kafka();
+        let offset = offset.to_string();
+        for (key, value) in [
+            (dlq::SOURCE_TOPIC, topic.as_str()),
+            (dlq::SOURCE_PARTITION, "0"),
+            (dlq::SOURCE_OFFSET, offset.as_str()),
+            (dlq::ERROR, "parked by the test"),
+            (dlq::SERVICE, "ipp-projector"),
+        ] {
+            headers = headers.insert(ipp_schemas::record::kafka_header(key, value));
+        }
+        dlq_producer
+            .send_raw(Some(session.to_string().as_bytes()), Some(&event), headers)
+            .await;
+        ids.push(id);
+    }
+
+    let (first, second) = tokio::join!(
+        run_cli(
+            "ipp-projector",
+            &["dlq", "redrive", "--all", "--json"],
+            &env
+        ),
+        run_cli(
+            "ipp-projector",
+            &["dlq", "redrive", "--all", "--json"],
+            &env
+        ),
+    );
+    let mut outcomes: Vec<String> = first
+        .success()
+        .json_lines()
+        .into_iter()
+        .chain(second.success().json_lines())
+        .map(|l| l["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    outcomes.sort();
+    let mut expected = vec!["already-redriven".to_owned(); 5];
+    expected.extend(vec!["redriven".to_owned(); 5]);
+    assert_eq!(outcomes, expected);
+
+    let copies = kafka::read_topic(&brokers, &topic);
+    let mut copied: Vec<String> = copies
+        .iter()
+        .map(|r| r.header("kustom-event-id").unwrap().to_owned())
+        .collect();
+    copied.sort();
+    ids.sort();
+    assert_eq!(copied, ids, "each parked record re-produced exactly once");
+    assert!(copies
+        .iter()
+        .all(|r| r.header(dlq::REDRIVE_COUNT) == Some("1")));
+    let pool = PgPool::connect(&database_url).await.expect("connect");
+    let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT dlq_offset, target_offset FROM ipp_dlq_redrives ORDER BY dlq_offset",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|(_, target)| target.is_some()), "{rows:?}");
+}
