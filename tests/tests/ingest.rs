@@ -630,3 +630,64 @@ fn help_documents_the_configuration() {
         assert!(help.contains(setting), "--help does not mention {setting}");
     }
 }
+
+/// Logs name the event but never contain the body or a secret.
+#[tokio::test]
+async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
+    let port = free_port();
+    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
+    let secret = Signer::random_secret();
+    let mut child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .args(["--log-format", "json"])
+        .env_clear()
+        .env("KAFKA_BROKERS", kafka::brokers())
+        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("IPP_TOPIC", &topic)
+        .env("KUSTOM_WEBHOOK_SECRETS", &secret)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_tcp(port, Duration::from_secs(20));
+    let marker = "do-not-log-this-reason";
+    let body = serde_json::to_vec(&json!({
+        "id": "kevt_logcheck", "merchant_id": "M1", "timestamp": "2026-06-05T18:00:00Z",
+        "type": "ipp.payment.failed",
+        "data": {"session_id": "c749c48d-df11-4ae3-8e5f-2c8491b16214", "failure_reason": marker}
+    }))
+    .unwrap();
+    let signed = Signer::new(&secret).sign(&body);
+    let mut request = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
+        .body(body.clone());
+    for (name, value) in signed.headers() {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        logs.contains("kevt_logcheck"),
+        "the event id is logged: {logs}"
+    );
+    assert!(
+        logs.contains("c749c48d-df11-4ae3-8e5f-2c8491b16214"),
+        "the session id is logged"
+    );
+    assert!(!logs.contains(marker), "the body leaked into the logs");
+    let key = secret.trim_start_matches("whsec_");
+    assert!(!logs.contains(key), "the secret leaked into the logs");
+    assert!(
+        !logs.contains(&signed.signature),
+        "the signature leaked into the logs"
+    );
+}
