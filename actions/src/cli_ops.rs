@@ -11,7 +11,7 @@ use ipp_ops::{
     kafka::KafkaSettings,
     ledger::{self, Selection},
     output::{self, Table},
-    status, DlqCommand, Error,
+    status, Database, DlqCommand, Error,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -54,10 +54,12 @@ pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
         topic: config.dlq_topic.clone(),
     };
     match command {
-        DlqCommand::List(args) => ipp_ops::dlq::list(&source, &config.database_url, args).await,
+        DlqCommand::List(args) => {
+            ipp_ops::dlq::list(&source, &Database::new(&config.database_url), args).await
+        }
         DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
         DlqCommand::Redrive(args) => {
-            ipp_ops::redrive::run(&source, &config.database_url, args).await
+            ipp_ops::redrive::run(&source, &Database::new(&config.database_url), args).await
         }
     }
 }
@@ -72,7 +74,7 @@ pub async fn retry(config: &Config, args: &RetryArgs) -> Result<(), Error> {
         merchant: args.merchant.clone(),
         action: None,
     };
-    let pool = ipp_ops::connect(&config.database_url).await?;
+    let pool = ipp_ops::connect(&Database::new(&config.database_url)).await?;
     let rows = if args.dry_run {
         let mut conn = pool.acquire().await?;
         ledger::failed(&mut conn, &selection).await?
@@ -132,7 +134,7 @@ pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     )
     .await?;
     let partitions = status::partitions(&marks, &committed);
-    let pool = ipp_ops::connect(&config.database_url).await?;
+    let pool = ipp_ops::connect(&Database::new(&config.database_url)).await?;
     let ledger_exists = ipp_ops::table_exists(&pool, "ipp_actions").await?;
     let mut counts = serde_json::Map::new();
     for state in ["pending", "succeeded", "skipped", "failed"] {

@@ -257,14 +257,18 @@ pub async fn read_one(source: &DlqSource, at: RecordRef) -> Result<DlqRecord, Er
 
 /// `dlq list`. With the database, each record also says whether (and where to) it was
 /// redriven already.
-pub async fn list(source: &DlqSource, database_url: &str, args: &ListArgs) -> Result<(), Error> {
+pub async fn list(
+    source: &DlqSource,
+    database: &crate::Database,
+    args: &ListArgs,
+) -> Result<(), Error> {
     let records: Vec<DlqRecord> = read(source)
         .await?
         .into_iter()
         .filter(|r| r.matches(&args.filters))
         .take(args.limit.unwrap_or(usize::MAX))
         .collect();
-    let redriven = crate::redrive::redriven(database_url, &source.topic).await;
+    let redriven = crate::redrive::redriven(database, &source.topic).await;
     let redriven_of = |record: &DlqRecord| {
         redriven
             .as_ref()

@@ -22,9 +22,12 @@ pub mod status;
 pub use args::{DlqCommand, StatusArgs};
 pub use error::Error;
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
 
 /// Applies the ops migrations (3001+). Versions of the services (1001+, 2001+) in the
 /// shared `_sqlx_migrations` table are ignored, as they ignore these.
@@ -35,12 +38,41 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where a command finds its tables: the service's `DATABASE_URL` and, for the
+/// projector, its `PROJECTOR_SCHEMA` (set as every connection's `search_path`, as the
+/// projector itself does). No `Debug`: the URL may hold a password.
+#[derive(Clone)]
+pub struct Database {
+    pub url: String,
+    pub schema: Option<String>,
+}
+
+impl Database {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            schema: None,
+        }
+    }
+
+    pub fn in_schema(url: &str, schema: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            schema: Some(schema.to_owned()),
+        }
+    }
+}
+
 /// A small pool for a one-shot command.
-pub async fn connect(database_url: &str) -> Result<PgPool, Error> {
+pub async fn connect(database: &Database) -> Result<PgPool, Error> {
+    let mut options = PgConnectOptions::from_str(&database.url)?;
+    if let Some(schema) = &database.schema {
+        options = options.options([("search_path", schema.as_str())]);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(database_url)
+        .connect_with(options)
         .await?)
 }
 

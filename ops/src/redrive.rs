@@ -111,9 +111,12 @@ pub struct Previous {
 
 /// The earlier redrives of `dlq_topic`'s records, for `dlq list`; `None` when unknown
 /// (the database is unreachable: a warning is logged, the list goes on without them).
-pub async fn redriven(database_url: &str, dlq_topic: &str) -> Option<HashMap<RecordRef, Previous>> {
+pub async fn redriven(
+    database: &crate::Database,
+    dlq_topic: &str,
+) -> Option<HashMap<RecordRef, Previous>> {
     let lookup = async {
-        let pool = crate::connect(database_url).await?;
+        let pool = crate::connect(database).await?;
         let found = if crate::table_exists(&pool, "ipp_dlq_redrives").await? {
             previous_redrives(&pool, dlq_topic).await?
         } else {
@@ -133,7 +136,11 @@ pub async fn redriven(database_url: &str, dlq_topic: &str) -> Option<HashMap<Rec
 
 /// `dlq redrive`: prints one line per selected record and a summary. Errors when a
 /// record could not be redriven (after trying the others).
-pub async fn run(source: &DlqSource, database_url: &str, args: &RedriveArgs) -> Result<(), Error> {
+pub async fn run(
+    source: &DlqSource,
+    database: &crate::Database,
+    args: &RedriveArgs,
+) -> Result<(), Error> {
     if args.records.is_empty() && !args.all && args.filters.is_empty() {
         return Err(Error::Usage(
             "say which records: PARTITION:OFFSET..., --all, or a filter (--since, --event-type, --session, --order)".into(),
@@ -159,7 +166,7 @@ pub async fn run(source: &DlqSource, database_url: &str, args: &RedriveArgs) -> 
         chosen
     };
 
-    let pool = crate::connect(database_url).await?;
+    let pool = crate::connect(database).await?;
     if !args.dry_run {
         crate::migrate(&pool).await?;
     }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ipp_ops::{
-    args::StatusArgs, dlq::DlqSource, kafka::KafkaSettings, output, status, DlqCommand, Error,
+    args::StatusArgs, dlq::DlqSource, kafka::KafkaSettings, output, status, Database, DlqCommand,
+    Error,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -24,6 +25,11 @@ fn kafka(config: &Config) -> KafkaSettings {
     }
 }
 
+/// The projector's tables are in `PROJECTOR_SCHEMA`; so are the ops tables it uses.
+fn database(config: &Config) -> Database {
+    Database::in_schema(config.database_url.expose(), &config.schema)
+}
+
 /// `ipp-projector dlq …`.
 pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
     let source = DlqSource {
@@ -31,13 +37,9 @@ pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
         topic: config.dlq_topic.clone(),
     };
     match command {
-        DlqCommand::List(args) => {
-            ipp_ops::dlq::list(&source, config.database_url.expose(), args).await
-        }
+        DlqCommand::List(args) => ipp_ops::dlq::list(&source, &database(config), args).await,
         DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
-        DlqCommand::Redrive(args) => {
-            ipp_ops::redrive::run(&source, config.database_url.expose(), args).await
-        }
+        DlqCommand::Redrive(args) => ipp_ops::redrive::run(&source, &database(config), args).await,
     }
 }
 
@@ -46,7 +48,7 @@ pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
 pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let kafka = kafka(config);
     let marks = status::watermarks(&kafka, &config.ipp_topic).await?;
-    let pool = ipp_ops::connect(config.database_url.expose()).await?;
+    let pool = ipp_ops::connect(&database(config)).await?;
     let migrated = ipp_ops::table_exists(&pool, "ipp_projector_offsets").await?;
     let mut checkpoints: BTreeMap<i32, Option<i64>> = BTreeMap::new();
     let mut last_commit: Option<DateTime<Utc>> = None;

@@ -79,6 +79,8 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         ("IPP_DLQ_TOPIC", dlq_topic.clone()),
         ("DATABASE_URL", database_url.clone()),
         ("PROJECTOR_GROUP", unique_name("projector")),
+        // Not the default schema: status must look where the projector writes.
+        ("PROJECTOR_SCHEMA", "ops_live".to_owned()),
     ];
 
     // Before anything ran: not migrated, every record is lag.
@@ -115,10 +117,11 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
     assert_eq!(report["migrated"], json!(true));
     assert_eq!(report["checkpoint_source"], json!("ipp_projector_offsets"));
     assert_eq!(report["dlq"]["topic"], json!(dlq_topic));
-    let newest: DateTime<Utc> = sqlx::query_scalar("SELECT max(received_at) FROM ipp_events")
-        .fetch_one(&pool)
-        .await
-        .expect("newest");
+    let newest: DateTime<Utc> =
+        sqlx::query_scalar("SELECT max(received_at) FROM ops_live.ipp_events")
+            .fetch_one(&pool)
+            .await
+            .expect("newest");
     let reported: DateTime<Utc> = report["newest_event_received_at"]
         .as_str()
         .expect("newest_event_received_at")
@@ -126,7 +129,7 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         .expect("timestamp");
     assert_eq!(reported, newest);
     assert!(report["newest_event_age_seconds"].as_f64().unwrap() >= 0.0);
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_live.ipp_events")
         .fetch_one(&pool)
         .await
         .unwrap();
