@@ -53,6 +53,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (milliseconds since the epoch), when the broker gave one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -135,6 +137,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().unwrap_or_default().to_vec(),
             headers,
+            timestamp_ms: message.timestamp().to_millis(),
         });
     }
     records.sort_by_key(|r| (r.partition, r.offset));
