@@ -399,3 +399,59 @@ async fn project(
     .apply_isolating(batch)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReplayArgs,
+    }
+
+    fn args(extra: &[&str]) -> ReplayArgs {
+        let mut argv = vec![
+            "replay",
+            "--from",
+            "2026-06-05T18:00:00Z",
+            "--to",
+            "2026-06-05T19:00:00.5+02:00",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    const BODY: &str = r#"{"id":"kevt_1","merchant_id":"M1","timestamp":"2026-06-05T18:37:41.232733416Z","type":"ipp.session.activated","data":{"session_id":"c749c48d-df11-4ae3-8e5f-2c8491b16214","order_id":null,"failure_reason":null}}"#;
+
+    #[test]
+    fn parses_rfc3339_ranges_in_any_offset() {
+        let a = args(&[]);
+        assert_eq!(a.to.to_rfc3339(), "2026-06-05T17:00:00.500+00:00");
+        assert_eq!(a.format, Format::Jsonl);
+    }
+
+    #[test]
+    fn filters_by_merchant_session_and_type() {
+        let fields = Fields::of(BODY.as_bytes());
+        assert!(args(&[]).selects(&fields));
+        assert!(args(&["--merchant", "M1"]).selects(&fields));
+        assert!(!args(&["--merchant", "M2"]).selects(&fields));
+        assert!(args(&["--session", "c749c48d-df11-4ae3-8e5f-2c8491b16214"]).selects(&fields));
+        assert!(!args(&["--session", "00000000-0000-0000-0000-000000000000"]).selects(&fields));
+        assert!(args(&[
+            "--event-type",
+            "ipp.session.created",
+            "--event-type",
+            "ipp.session.activated"
+        ])
+        .selects(&fields));
+        assert!(!args(&["--event-type", "ipp.session.created"]).selects(&fields));
+        // A body that is not JSON matches no filter, but is exported without one.
+        let garbage = Fields::of(b"{not json");
+        assert!(args(&[]).selects(&garbage));
+        assert!(!args(&["--merchant", "M1"]).selects(&garbage));
+    }
+}

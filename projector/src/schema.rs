@@ -90,3 +90,27 @@ pub async fn prepare(pool: &PgPool, schema: &str) -> Result<(), Error> {
     }
     store::migrate(pool).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["public", "ipp_rebuild", "analyst_2026", "_x"] {
+            assert!(validate(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Public",
+            "1st",
+            "a-b",
+            "a;drop",
+            "pg_temp",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+}
