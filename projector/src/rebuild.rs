@@ -731,11 +731,56 @@ fn report_dry_run(
     }
     for d in diffs {
         for example in &d.examples {
-            text(&format!("  {} {example}", d.table))?;
+            text(&format!("  {}", describe(d.table, example)))?;
         }
     }
     if args.keep_shadow {
         text(&format!("the rebuilt tables are kept in schema {shadow}"))?;
     }
     Ok(())
+}
+
+/// One example difference on one line: `ipp_sessions changed <key>: status created -> finalized`.
+fn describe(table: &str, example: &Value) -> String {
+    let kind = example["difference"].as_str().unwrap_or_default();
+    let key = example["key"].as_str().unwrap_or_default();
+    let (live, rebuilt) = (&example["live"], &example["rebuilt"]);
+    let columns: Vec<String> = match (live.as_object(), rebuilt.as_object()) {
+        (Some(l), Some(r)) => l
+            .iter()
+            .filter(|(column, value)| r.get(*column) != Some(*value))
+            .map(|(column, value)| {
+                format!(
+                    "{column} {value} -> {}",
+                    r.get(column).unwrap_or(&Value::Null)
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if columns.is_empty() {
+        format!("{table} {kind} {key}")
+    } else {
+        format!("{table} {kind} {key}: {}", columns.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_a_changed_row_by_its_changed_columns() {
+        let example = json!({
+            "difference": "changed", "key": "s1",
+            "live": {"status": "created", "event_count": 3},
+            "rebuilt": {"status": "finalized", "event_count": 3},
+        });
+        assert_eq!(
+            describe("ipp_sessions", &example),
+            "ipp_sessions changed s1: status \"created\" -> \"finalized\""
+        );
+        let added = json!({"difference": "added", "key": "s2", "live": null, "rebuilt": {}});
+        assert_eq!(describe("ipp_sessions", &added), "ipp_sessions added s2");
+    }
 }
