@@ -106,6 +106,8 @@ struct Follower<'a> {
     /// Records read but held back by a limit (dry run), in order.
     pending: VecDeque<OwnedMessage>,
     batch_size: usize,
+    /// Longest wait for the next record once a batch has its first one.
+    batch_wait: Duration,
     totals: Totals,
 }
 
@@ -135,6 +137,7 @@ impl<'a> Follower<'a> {
             positions,
             pending: VecDeque::new(),
             batch_size: config.batch_size as usize,
+            batch_wait: Duration::from_millis(config.batch_wait_ms.clamp(10, 200)),
             totals: Totals::default(),
         })
     }
@@ -183,7 +186,7 @@ impl<'a> Follower<'a> {
                 let until = if first {
                     deadline
                 } else {
-                    tokio::time::Instant::now() + Duration::from_millis(20)
+                    tokio::time::Instant::now() + self.batch_wait
                 };
                 match tokio::time::timeout_at(until, self.consumer.recv()).await {
                     Ok(Ok(message)) => {
