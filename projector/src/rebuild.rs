@@ -84,6 +84,10 @@ pub struct RebuildArgs {
     /// catch-up; past it the swap is abandoned and tried again.
     #[arg(long, default_value_t = 10_000)]
     pub max_lock_ms: u64,
+    /// Longest wait, in milliseconds, for the locks on the live tables (a long query
+    /// or batch holding them); past it the swap is tried again later.
+    #[arg(long, default_value_t = 5_000)]
+    pub lock_wait_ms: u64,
     /// Give up after this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub timeout_secs: u64,
@@ -433,7 +437,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
         }
         if attempts >= 10 {
             return Err(Error::Operation(
-                "the shadow could not catch up with the live projector while the tables were locked (10 attempts): raise --max-lock-ms".into(),
+                "could not swap in 10 attempts (the live tables stayed busy, or the shadow could not catch up while they were locked): raise --lock-wait-ms or --max-lock-ms".into(),
             ));
         }
     }
@@ -515,7 +519,23 @@ async fn swap(
         .map(|t| format!("{live}.{t}"))
         .collect::<Vec<_>>()
         .join(", ");
-    sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+    // Readers queue behind a waiting lock request: do not wait long for a long query
+    // or a stuck batch, try again later instead.
+    sqlx::query(&format!("SET LOCAL lock_timeout = {}", args.lock_wait_ms))
+        .execute(&mut *tx)
+        .await?;
+    let locked = sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *tx)
+        .await;
+    match locked {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            info!("the live tables stayed busy for --lock-wait-ms, retrying the swap");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    sqlx::query("SET LOCAL lock_timeout = 0")
         .execute(&mut *tx)
         .await?;
     let live_offsets: BTreeMap<i32, i64> = sqlx::query(&format!(
