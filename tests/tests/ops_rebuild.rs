@@ -375,3 +375,89 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
         load_done.checked_duration_since(rebuild_done)
     );
 }
+
+/// The number of sessions waiting for a lock on a `LOCK TABLE` statement (the swap).
+async fn waiting_swaps(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE 'LOCK TABLE%'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_query_delays_the_swap_which_retries_instead_of_queueing_readers() {
+    let pipeline = Pipeline::start("rebuild_wait").await;
+    let workload = Workload::generate(&WorkloadSpec {
+        sessions: 15,
+        seed: 614,
+        ..WorkloadSpec::default()
+    });
+    pipeline.send(&workload.deliveries, 8).await;
+    pipeline.settle(&[&workload]).await;
+
+    // Nothing to roll back to yet.
+    let out = pipeline.projector_cli(&["rebuild", "--rollback"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("nothing to roll back"),
+        "{}",
+        out.stderr
+    );
+
+    // An analyst's long transaction holds ipp_sessions.
+    let mut analyst = pipeline.pool.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_sessions")
+        .fetch_one(&mut *analyst)
+        .await
+        .unwrap();
+    assert_eq!(before as usize, workload.sessions.len());
+
+    let rebuild = pipeline.projector_cli_with(
+        &["rebuild", "--json", "--lock-wait-ms", "300"],
+        &[("RUST_LOG", "ipp_projector=info")],
+    );
+    let hold = async {
+        // The swap waits for the lock, gives up after 300 ms, and asks again.
+        wait_until("the swap waits for the lock", async || {
+            waiting_swaps(&pipeline.pool).await > 0
+        })
+        .await;
+        wait_until("the swap gave up waiting", async || {
+            waiting_swaps(&pipeline.pool).await == 0
+        })
+        .await;
+        // Meanwhile other readers are not queued behind it for long.
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_sessions")
+            .fetch_one(&pipeline.pool)
+            .await
+            .unwrap();
+        assert_eq!(count, before);
+        analyst.commit().await.unwrap();
+    };
+    let (out, ()) = tokio::join!(rebuild, hold);
+    let out = out.success();
+    assert_eq!(
+        out.json_lines().last().unwrap()["phase"],
+        "swapped",
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("retrying the swap"),
+        "the swap was retried: {}",
+        out.stderr
+    );
+    assert_sessions(&pipeline.pool, "ipp_sessions", &workload.sessions).await;
+}

@@ -138,7 +138,17 @@ impl Pipeline {
 
     /// Runs `ipp-projector args…` to completion (at most 180 s) off the async runtime.
     pub async fn projector_cli(&self, args: &[&str]) -> cli::Output {
-        let env = self.projector_env();
+        self.projector_cli_with(args, &[]).await
+    }
+
+    /// Like [`Pipeline::projector_cli`] with more environment (e.g. `RUST_LOG`).
+    pub async fn projector_cli_with(
+        &self,
+        args: &[&str],
+        extra_env: &[(&'static str, &str)],
+    ) -> cli::Output {
+        let mut env = self.projector_env();
+        env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
