@@ -72,6 +72,15 @@ pub struct Config {
     #[arg(long, default_value_t = 32)]
     pub actions_concurrency: usize,
 
+    /// librdkafka consumer property KEY=VALUE given to every consumer of the run (the bare
+    /// consumer, ipp-projector, ipp-actions through KAFKA_PROPERTIES). Repeatable.
+    #[arg(
+        long = "consumer-property",
+        env = "BENCH_CONSUMER_PROPERTIES",
+        value_delimiter = ','
+    )]
+    pub consumer_properties: Vec<String>,
+
     /// Run only these figure groups (comma-separated): ingest, projector, freshness, actions.
     #[arg(long, value_delimiter = ',', value_parser = ["ingest", "projector", "freshness", "actions"])]
     pub only: Vec<String>,
@@ -109,6 +118,17 @@ impl Config {
                 .unwrap_or(if self.smoke { 3 } else { 20 }),
             actions_sessions: pick(self.actions_sessions, 3000, 60),
         }
+    }
+
+    /// `KAFKA_PROPERTIES` for a service: the consumer properties plus `extra`.
+    pub fn kafka_properties(&self, extra: &[&str]) -> String {
+        let mut all: Vec<&str> = self
+            .consumer_properties
+            .iter()
+            .map(String::as_str)
+            .collect();
+        all.extend_from_slice(extra);
+        all.join(",")
     }
 
     pub fn runs(&self, group: &str) -> bool {

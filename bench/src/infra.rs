@@ -59,7 +59,8 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        for (key, value) in env {
+        // An empty value means "not set" (services reject some empty settings).
+        for (key, value) in env.iter().filter(|(_, v)| !v.is_empty()) {
             command.env(key, value);
         }
         let child = command

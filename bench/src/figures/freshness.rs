@@ -80,7 +80,10 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("PROJECTOR_GROUP", infra::unique("bench_fresh")),
             ("PROJECTOR_HTTP", format!("127.0.0.1:{projector_port}")),
             ("PROJECTOR_BATCH_WAIT_MS", BATCH_WAIT_MS.to_string()),
-            ("KAFKA_PROPERTIES", FETCH_WAIT.into()),
+            (
+                "KAFKA_PROPERTIES",
+                bench.config.kafka_properties(&[FETCH_WAIT]),
+            ),
         ],
     )?;
     let within = Duration::from_secs(60);

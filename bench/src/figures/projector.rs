@@ -64,7 +64,7 @@ async fn catch_up(bench: &Bench, bodies: &[Vec<u8>]) -> anyhow::Result<Figure> {
     infra::prefill(bench.brokers(), &topic, &slices).await?;
 
     progress("projector catch-up: ceiling (a bare consumer from offset 0)");
-    let ceiling = bare_consumer(bench.brokers(), &topic, n).await?;
+    let ceiling = bare_consumer(bench, &topic, n).await?;
     progress(&format!(
         "projector catch-up: ceiling {ceiling:.0} records/s; now ipp-projector"
     ));
@@ -80,6 +80,7 @@ async fn catch_up(bench: &Bench, bodies: &[Vec<u8>]) -> anyhow::Result<Figure> {
         ("DATABASE_URL", db.url.clone()),
         ("PROJECTOR_GROUP", group.clone()),
         ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
+        ("KAFKA_PROPERTIES", bench.config.kafka_properties(&[])),
     ];
     // Migrations first, so the clock measures the rebuild only.
     let mut migrate = bench.spawn("ipp-projector", &["migrate"], &env)?;
@@ -157,13 +158,19 @@ async fn catch_up(bench: &Bench, bodies: &[Vec<u8>]) -> anyhow::Result<Figure> {
 
 /// Records per second a bare consumer reads `topic` from offset 0, group join included
 /// (the projector pays it too).
-async fn bare_consumer(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+async fn bare_consumer(bench: &Bench, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bench.brokers())
         .set("group.id", infra::unique("bench_bare"))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    for property in &bench.config.consumer_properties {
+        if let Some((key, value)) = property.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+    let consumer: BaseConsumer = config.create()?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
