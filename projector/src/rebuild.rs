@@ -65,7 +65,7 @@ pub struct RebuildArgs {
     #[arg(long, conflicts_with = "dry_run")]
     pub rollback: bool,
     /// With --dry-run: keep the shadow schema for inspection instead of dropping it.
-    #[arg(long)]
+    #[arg(long, requires = "dry_run")]
     pub keep_shadow: bool,
     /// Schema the rebuild is built in.
     #[arg(long, env = "PROJECTOR_REBUILD_SCHEMA", default_value = "ipp_rebuild")]
