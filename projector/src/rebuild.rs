@@ -572,10 +572,27 @@ async fn swap(
     ))
     .execute(&mut *tx)
     .await?;
-    let mut statements = vec![
+    // Privileges granted on the live tables (a read-only role for analysts, a BI
+    // tool) go with the name, not with the rebuilt tables: grant them there too.
+    let mut statements: Vec<String> = sqlx::query_scalar(
+        "SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, $2::text, c.relname,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         CROSS JOIN LATERAL aclexplode(c.relacl) a
+         LEFT JOIN pg_roles r ON r.oid = a.grantee
+         WHERE n.nspname = $1 AND c.relname = ANY($3) AND a.grantee <> c.relowner",
+    )
+    .bind(live)
+    .bind(source)
+    .bind(schema::TABLES.as_slice())
+    .fetch_all(&mut *tx)
+    .await?;
+    statements.extend([
         format!("CREATE SCHEMA {HOLD_SCHEMA}"),
         format!("CREATE SCHEMA IF NOT EXISTS {previous}"),
-    ];
+    ]);
     for table in schema::TABLES {
         statements.push(format!(
             "ALTER TABLE {live}.{table} SET SCHEMA {HOLD_SCHEMA}"

@@ -143,9 +143,28 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
 
     // A reader counts sessions every few milliseconds through the whole rebuild.
     let stop = Arc::new(AtomicBool::new(false));
+    // It logs in as a read-only role, as a BI tool would: the grants must survive.
+    let reader_role = format!("ipp_reader_{}", Uuid::new_v4().simple());
+    for statement in [
+        format!("CREATE ROLE {reader_role} LOGIN"),
+        format!("GRANT SELECT ON ipp_sessions, ipp_events TO {reader_role}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&pipeline.pool)
+            .await
+            .unwrap();
+    }
+    let reader_url =
+        pipeline
+            .database_url
+            .replacen("://postgres@", &format!("://{reader_role}@"), 1);
+    assert_ne!(
+        reader_url, pipeline.database_url,
+        "the reader uses its own role"
+    );
     let reader_pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&pipeline.database_url)
+        .connect(&reader_url)
         .await
         .expect("reader pool");
     let reader = tokio::spawn({
@@ -370,6 +389,24 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
         "rebuild touched ipp_actions"
     );
     pipeline.assert_running();
+    let still_granted: bool = sqlx::query_scalar(
+        "SELECT has_table_privilege($1, 'public.ipp_sessions', 'SELECT')
+            AND has_table_privilege($1, 'public.ipp_events', 'SELECT')",
+    )
+    .bind(&reader_role)
+    .fetch_one(&pipeline.pool)
+    .await
+    .unwrap();
+    assert!(still_granted, "the reader's grants followed the swaps");
+    for statement in [
+        format!("DROP OWNED BY {reader_role}"),
+        format!("DROP ROLE {reader_role}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&pipeline.pool)
+            .await
+            .unwrap();
+    }
     eprintln!(
         "the load ended {:?} after the swap",
         load_done.checked_duration_since(rebuild_done)
