@@ -637,7 +637,7 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
     let port = free_port();
     let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
     let secret = Signer::random_secret();
-    let mut child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+    let child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
         .args(["--log-format", "json"])
         .env_clear()
         .env("KAFKA_BROKERS", kafka::brokers())
