@@ -84,6 +84,17 @@ start_tansu() {
     --advertised-listener-url "tcp://127.0.0.1:$2" >"$3" 2>&1 &
   echo $!
   wait_for_port 127.0.0.1 "$2" 60 tansu
+  index_tansu_headers "$dir/tansu.db"
+}
+
+# tansu 0.6.0's sqlite schema has no index on header(topition, offset_id): every fetched
+# record's headers are found by scanning every header stored, so consuming a topic costs
+# O(records²) and stalls beyond ~10k records with headers (ours carry six), long enough
+# for consumer-group heartbeats to be missed. The index changes no behaviour.
+index_tansu_headers() {
+  command -v sqlite3 >/dev/null || apt_install sqlite3
+  sqlite3 "$1" "CREATE INDEX IF NOT EXISTS header_topition_offset ON header (topition, offset_id)" \
+    || die "could not index the broker's header table in $1"
 }
 
 # create_topics BROKER PARTITIONS TOPIC...: creates those that do not exist yet.
