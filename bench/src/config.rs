@@ -44,7 +44,7 @@ pub struct Config {
     #[arg(long, env = "BENCH_PARTITIONS", default_value_t = 4)]
     pub partitions: i32,
 
-    /// Webhook requests per ingest run (each concurrency); default 4000, smoke 200.
+    /// Webhook requests per ingest run (each concurrency); default 10000, smoke 200.
     #[arg(long)]
     pub ingest_requests: Option<usize>,
 
@@ -63,6 +63,10 @@ pub struct Config {
     /// Finalized sessions for the actions figure; default 3000, smoke 60.
     #[arg(long)]
     pub actions_sessions: Option<usize>,
+
+    /// Events per transaction in the apply-engine figure (the projector's default batch size).
+    #[arg(long, default_value_t = 500)]
+    pub apply_batch: usize,
 
     /// Simulated Order Management latency, milliseconds.
     #[arg(long, default_value_t = 50)]
@@ -107,7 +111,7 @@ impl Config {
             flag.unwrap_or(if self.smoke { smoke } else { full })
         };
         Sizes {
-            ingest_requests: pick(self.ingest_requests, 4000, 200),
+            ingest_requests: pick(self.ingest_requests, 10_000, 200),
             concurrencies: vec![64, 256],
             catchup_events: pick(self.catchup_events, 100_000, 400),
             freshness_rate: self

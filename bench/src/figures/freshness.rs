@@ -42,7 +42,8 @@ struct Tracker {
     waiting: HashMap<String, Instant>,
     /// Every event id answered once (a redelivery of a seen event is not a sample).
     answered: HashSet<String>,
-    samples: Vec<Duration>,
+    /// (when the 200 arrived, latency).
+    samples: Vec<(Instant, Duration)>,
 }
 
 pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
@@ -179,8 +180,25 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     pool.close().await;
     db.drop_now(bench.config.keep_databases).await?;
 
-    let samples = std::mem::take(&mut tracker.lock().expect("tracker lock").samples);
-    let latency = Latency::of(samples);
+    let mut samples = std::mem::take(&mut tracker.lock().expect("tracker lock").samples);
+    samples.sort_by_key(|(answered, _)| *answered);
+    // Every sample, to see whether slow ones cluster in time (a stall) or spread out.
+    let origin = started.into_std();
+    let csv: String = samples
+        .iter()
+        .map(|(answered, latency)| {
+            format!(
+                "{:.1},{:.2}\n",
+                answered.saturating_duration_since(origin).as_secs_f64() * 1000.0,
+                latency.as_secs_f64() * 1000.0
+            )
+        })
+        .collect();
+    std::fs::write(
+        bench.logs.join("freshness-samples.csv"),
+        format!("answered_ms,latency_ms\n{csv}"),
+    )?;
+    let latency = Latency::of(samples.into_iter().map(|(_, l)| l).collect());
     progress(&format!(
         "freshness: p50 {:.1} ms, p99 {:.1} ms over {} events; ingest ack mean {:.1} ms; \
          {batches} projector batches, mean {:.1} ms",
@@ -288,7 +306,8 @@ async fn poll(
         let mut t = tracker.lock().expect("tracker lock");
         for id in seen {
             if let Some(answered) = t.waiting.remove(&id) {
-                t.samples.push(asked.saturating_duration_since(answered));
+                t.samples
+                    .push((answered, asked.saturating_duration_since(answered)));
             }
         }
     }
