@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::bail;
+use chrono::{DateTime, Utc};
 use ipp_loadgen::WebhookSigner;
 use sqlx::postgres::PgPoolOptions;
 
@@ -38,12 +39,20 @@ pub const BATCH_WAIT_MS: u64 = 5;
 
 #[derive(Default)]
 struct Tracker {
-    /// Answered 200, not seen yet: when the 200 arrived.
-    waiting: HashMap<String, Instant>,
+    /// Answered 200, not seen yet: when the 200 arrived (monotonic and wall clock).
+    waiting: HashMap<String, (Instant, DateTime<Utc>)>,
     /// Every event id answered once (a redelivery of a seen event is not a sample).
     answered: HashSet<String>,
-    /// (when the 200 arrived, latency).
-    samples: Vec<(Instant, Duration)>,
+    samples: Vec<Sample>,
+}
+
+struct Sample {
+    answered: Instant,
+    latency: Duration,
+    /// From the 200 to the start of the projector transaction that applied the event
+    /// (`ipp_sessions.updated_at` is that transaction's `now()`): fetch and batch wait.
+    /// The rest of `latency` is the transaction itself plus the poll.
+    to_batch_start_ms: Option<f64>,
 }
 
 pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
@@ -129,7 +138,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         let tracked = (delivery.is_ipp()).then(|| delivery.event_id.clone());
         sends.push(tokio::spawn(async move {
             let ok = load::send(&client, &url, &request).await;
-            let answered = Instant::now();
+            let answered = (Instant::now(), Utc::now());
             drop(permit);
             if let (true, Some(event_id)) = (ok, tracked) {
                 let mut t = tracker.lock().expect("tracker lock");
@@ -181,24 +190,64 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     db.drop_now(bench.config.keep_databases).await?;
 
     let mut samples = std::mem::take(&mut tracker.lock().expect("tracker lock").samples);
-    samples.sort_by_key(|(answered, _)| *answered);
-    // Every sample, to see whether slow ones cluster in time (a stall) or spread out.
+    samples.sort_by_key(|s| s.answered);
+    // Every sample, to see whether slow ones cluster in time (a stall) or creep up.
     let origin = started.into_std();
     let csv: String = samples
         .iter()
-        .map(|(answered, latency)| {
+        .map(|s| {
             format!(
-                "{:.1},{:.2}\n",
-                answered.saturating_duration_since(origin).as_secs_f64() * 1000.0,
-                latency.as_secs_f64() * 1000.0
+                "{:.1},{:.2},{}\n",
+                s.answered.saturating_duration_since(origin).as_secs_f64() * 1000.0,
+                s.latency.as_secs_f64() * 1000.0,
+                s.to_batch_start_ms
+                    .map_or(String::new(), |v| format!("{v:.2}"))
             )
         })
         .collect();
     std::fs::write(
         bench.logs.join("freshness-samples.csv"),
-        format!("answered_ms,latency_ms\n{csv}"),
+        format!("answered_ms,latency_ms,to_batch_start_ms\n{csv}"),
     )?;
-    let latency = Latency::of(samples.into_iter().map(|(_, l)| l).collect());
+    let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1000.0);
+    let before_batch = Latency::of(
+        samples
+            .iter()
+            .filter_map(|s| s.to_batch_start_ms.map(ms))
+            .collect(),
+    );
+    let after_batch_start = Latency::of(
+        samples
+            .iter()
+            .filter_map(|s| {
+                let before = s.to_batch_start_ms?;
+                Some(ms(s.latency.as_secs_f64() * 1000.0 - before.max(0.0)))
+            })
+            .collect(),
+    );
+    let first_half = Latency::of(
+        samples[..samples.len() / 2]
+            .iter()
+            .map(|s| s.latency)
+            .collect(),
+    );
+    let second_half = Latency::of(
+        samples[samples.len() / 2..]
+            .iter()
+            .map(|s| s.latency)
+            .collect(),
+    );
+    let latency = Latency::of(samples.into_iter().map(|s| s.latency).collect());
+    progress(&format!(
+        "freshness: 200 → batch start p50 {:.1} p99 {:.1} ms; batch start → seen p50 {:.1} \
+         p99 {:.1} ms; p99 first half {:.1} ms, second half {:.1} ms",
+        before_batch.p50_ms,
+        before_batch.p99_ms,
+        after_batch_start.p50_ms,
+        after_batch_start.p99_ms,
+        first_half.p99_ms,
+        second_half.p99_ms
+    ));
     progress(&format!(
         "freshness: p50 {:.1} ms, p99 {:.1} ms over {} events; ingest ack mean {:.1} ms; \
          {batches} projector batches, mean {:.1} ms",
@@ -223,7 +272,10 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              its ipp_sessions row), polled every {} ms: {} samples, p50 {:.1} ms, p99 {:.1} ms, \
              max {:.1} ms. Each sample is an upper bound with ≈{} ms resolution. Breakdown: ingest's \
              Kafka ack took {:.1} ms on average; the projector committed {} batches of {:.1} \
-             ms on average",
+             ms on average. Split at the start of the applying transaction: 200 → transaction \
+             start (fetch, batch wait, earlier batch) p50 {:.1} / p99 {:.1} ms; transaction \
+             start → seen (transaction and poll) p50 {:.1} / p99 {:.1} ms. p99 in the first \
+             half of the run {:.1} ms, in the second {:.1} ms",
             sent_in.as_secs_f64(),
             POLL.as_millis(),
             latency.count,
@@ -234,6 +286,12 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             produce_sum * 1000.0 / produced.max(1.0),
             batches,
             batch_sum * 1000.0 / batches.max(1.0),
+            before_batch.p50_ms,
+            before_batch.p99_ms,
+            after_batch_start.p50_ms,
+            after_batch_start.p99_ms,
+            first_half.p99_ms,
+            second_half.p99_ms,
         ),
     )])
 }
@@ -298,16 +356,23 @@ async fn poll(
             continue;
         }
         let asked = Instant::now();
-        let seen: Vec<String> =
-            sqlx::query_scalar("SELECT event_id FROM ipp_events WHERE event_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&pool)
-                .await?;
+        let seen: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT e.event_id, s.updated_at FROM ipp_events e
+             LEFT JOIN ipp_sessions s USING (session_id)
+             WHERE e.event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&pool)
+        .await?;
         let mut t = tracker.lock().expect("tracker lock");
-        for id in seen {
-            if let Some(answered) = t.waiting.remove(&id) {
-                t.samples
-                    .push((answered, asked.saturating_duration_since(answered)));
+        for (id, batch_started) in seen {
+            if let Some((answered, answered_at)) = t.waiting.remove(&id) {
+                t.samples.push(Sample {
+                    answered,
+                    latency: asked.saturating_duration_since(answered),
+                    to_batch_start_ms: batch_started
+                        .map(|b| (b - answered_at).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+                });
             }
         }
     }
