@@ -85,6 +85,15 @@ pub struct Config {
     )]
     pub consumer_properties: Vec<String>,
 
+    /// librdkafka producer property KEY=VALUE given to ipp-ingest (KAFKA_PROPERTIES) and to
+    /// the raw producer of its ceiling alike, to try producer tuning. Repeatable.
+    #[arg(
+        long = "producer-property",
+        env = "BENCH_PRODUCER_PROPERTIES",
+        value_delimiter = ','
+    )]
+    pub producer_properties: Vec<String>,
+
     /// Run only these figure groups (comma-separated): ingest, projector, freshness, actions.
     #[arg(long, value_delimiter = ',', value_parser = ["ingest", "projector", "freshness", "actions"])]
     pub only: Vec<String>,

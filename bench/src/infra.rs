@@ -215,15 +215,22 @@ pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> anyho
     Ok(name)
 }
 
-/// The producer settings ipp-ingest uses (acks=all, idempotent, linger 2 ms).
-pub fn ingest_like_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
+/// The producer settings ipp-ingest uses (acks=all, idempotent, linger 2 ms), plus `extra`
+/// KEY=VALUE properties.
+pub fn ingest_like_producer(brokers: &str, extra: &[String]) -> anyhow::Result<FutureProducer> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "60000")
-        .set("linger.ms", "2")
-        .create()?)
+        .set("linger.ms", "2");
+    for property in extra {
+        if let Some((key, value)) = property.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+    Ok(config.create()?)
 }
 
 /// The record ipp-ingest would write for `body`: key and headers.
@@ -243,7 +250,7 @@ pub fn record_for(body: &[u8], webhook_id: &str) -> anyhow::Result<(String, Reco
 /// Writes `bodies` to `topic` exactly as ipp-ingest would, as fast as the broker takes
 /// them, printing progress. Returns the number of records written.
 pub async fn prefill(brokers: &str, topic: &str, bodies: &[&[u8]]) -> anyhow::Result<usize> {
-    let producer = ingest_like_producer(brokers)?;
+    let producer = ingest_like_producer(brokers, &[])?;
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
     let mut done = 0usize;

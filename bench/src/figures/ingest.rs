@@ -121,7 +121,10 @@ async fn producer_ceiling(
             Ok((topic, key, headers.to_kafka(), d.body.as_slice()))
         })
         .collect::<anyhow::Result<_>>()?;
-    let producer = Arc::new(infra::ingest_like_producer(bench.brokers())?);
+    let producer = Arc::new(infra::ingest_like_producer(
+        bench.brokers(),
+        &bench.config.producer_properties,
+    )?);
     // Warm up: metadata and the idempotent producer id, as ingest has them when ready.
     for (topic, key, headers, body) in records.iter().take(8) {
         let record = FutureRecord::to(topic)
@@ -200,6 +203,10 @@ async fn through_ingest(
             ("IPP_TOPIC", ipp),
             ("KUSTOM_OTHER_TOPIC", other),
             ("KUSTOM_WEBHOOK_SECRETS", SECRET.into()),
+            (
+                "KAFKA_PROPERTIES",
+                bench.config.producer_properties.join(","),
+            ),
         ],
     )?;
     let base = format!("http://127.0.0.1:{port}");
