@@ -3,11 +3,11 @@
 
 use std::{
     io::Read,
-    process::{Command, ExitStatus, Stdio},
+    process::{ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::process::bin_path;
+use crate::process::command;
 
 #[derive(Debug)]
 pub struct Output {
@@ -42,22 +42,9 @@ impl Output {
 /// Runs `binary args` with `env` (on a clean environment apart from PATH and RUST_LOG),
 /// killing it after `within`.
 pub fn run(binary: &str, args: &[&str], env: &[(&str, String)], within: Duration) -> Output {
-    let mut command = Command::new(bin_path(binary));
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
+    let mut child = command(binary, args, env, "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
     let mut stdout = child.stdout.take().expect("stdout");
@@ -92,4 +79,25 @@ pub fn run(binary: &str, args: &[&str], env: &[(&str, String)], within: Duration
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// [`run`] off the async runtime (on a blocking thread), for `#[tokio::test]`s.
+pub async fn run_async(
+    binary: &'static str,
+    args: &[&str],
+    env: &[(&str, String)],
+    within: Duration,
+) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        run(binary, &args, &env, within)
+    })
+    .await
+    .expect("cli task")
 }

@@ -6,6 +6,7 @@ pub mod db;
 pub mod kafka;
 pub mod process;
 pub mod produce;
+pub mod services;
 pub mod signer;
 
 use std::net::TcpListener;

@@ -28,6 +28,31 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// `binary args` on a clean environment (apart from PATH, and RUST_LOG defaulting to
+/// `default_log`) plus `env`, stdin closed.
+pub(crate) fn command(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    default_log: &str,
+) -> Command {
+    let mut command = Command::new(bin_path(binary));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| default_log.into()),
+        )
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
 pub fn wait_for_tcp(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -49,20 +74,7 @@ impl Service {
     /// Starts `binary` with `args` and `env` (on top of a clean environment apart from
     /// PATH and RUST_LOG), its output going to the test's own output.
     pub fn spawn(binary: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(bin_path(binary));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
+        let child = command(binary, args, env, "info")
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         Self {
@@ -101,6 +113,12 @@ impl Service {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits for the exit (graceful shutdown); returns the status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait(within)
     }
 
     pub fn is_running(&mut self) -> bool {

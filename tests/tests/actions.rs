@@ -4,13 +4,18 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    future::Future,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use ipp_schemas::record::{dlq, header};
-use ipp_tests::{db, free_port, kafka, process::Service, produce::Producer, unique_name};
+use ipp_tests::{
+    db, kafka,
+    process::Service,
+    produce::Producer,
+    services::{eventually, spawn_listening, OmSim},
+    unique_name,
+};
 use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -39,9 +44,7 @@ struct Fixture {
     dlq_topic: String,
     database_url: String,
     pool: PgPool,
-    _sim: Service,
-    sim_url: String,
-    http: reqwest::Client,
+    sim: OmSim,
     producer: Producer,
 }
 
@@ -52,14 +55,7 @@ impl Fixture {
         let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
         let database_url = db::fresh_database().await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
-        let port = free_port();
-        let mut env = vec![
-            ("OM_SIM_LISTEN", format!("127.0.0.1:{port}")),
-            ("OM_SIM_API_KEY", API_KEY.to_owned()),
-        ];
-        env.extend(sim_env.iter().cloned());
-        let sim = Service::spawn("ipp-om-sim", &[], &env);
-        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(20));
+        let sim = OmSim::start(API_KEY, sim_env, Duration::from_secs(20));
         let producer = Producer::new(&brokers, &topic);
         Self {
             brokers,
@@ -67,25 +63,21 @@ impl Fixture {
             dlq_topic,
             database_url,
             pool,
-            _sim: sim,
-            sim_url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            sim,
             producer,
         }
     }
 
     /// Starts `ipp-actions` with short retry settings; `extra` overrides them.
     fn start_actions(&self, group: &str, extra: &[(&str, String)]) -> Actions {
-        let port = free_port();
         let mut env: BTreeMap<&str, String> = BTreeMap::from([
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("IPP_TOPIC", self.topic.clone()),
             ("ACTIONS_DLQ_TOPIC", self.dlq_topic.clone()),
             ("DATABASE_URL", self.database_url.clone()),
             ("ACTIONS_GROUP", group.to_owned()),
-            ("KUSTOM_API_URL", self.sim_url.clone()),
+            ("KUSTOM_API_URL", self.sim.url.clone()),
             ("KUSTOM_API_KEY", API_KEY.to_owned()),
-            ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
             ("ACTIONS_HTTP_TIMEOUT_MS", "1000".into()),
             ("ACTIONS_CONNECT_TIMEOUT_MS", "500".into()),
             ("ACTIONS_INPLACE_RETRIES", "3".into()),
@@ -101,8 +93,8 @@ impl Fixture {
             env.insert(key, value.clone());
         }
         let env: Vec<(&str, String)> = env.into_iter().collect();
-        let service = Service::spawn("ipp-actions", &[], &env);
-        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(30));
+        let (service, port) =
+            spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30));
         Actions {
             service,
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
@@ -122,49 +114,9 @@ impl Fixture {
             .await;
     }
 
-    async fn sim_get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.sim_url))
-            .send()
-            .await
-            .expect("simulator answers");
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        response.json().await.expect("json")
-    }
-
-    async fn sim_put(&self, path: &str, body: Value) {
-        let response = self
-            .http
-            .put(format!("{}{path}", self.sim_url))
-            .json(&body)
-            .send()
-            .await
-            .expect("simulator answers");
-        assert!(
-            response.status().is_success(),
-            "PUT {path}: {}",
-            response.status()
-        );
-    }
-
-    /// Captures the simulator applied, per order.
-    async fn captures_by_order(&self) -> HashMap<Uuid, u64> {
-        let stats = self.sim_get("/_sim/stats").await;
-        stats["captures_by_order"]
-            .as_object()
-            .expect("captures_by_order")
-            .iter()
-            .map(|(k, v)| (k.parse().expect("uuid"), v.as_u64().expect("count")))
-            .collect()
-    }
-
     async fn calls(&self) -> Vec<Value> {
-        self.sim_get("/_sim/calls")
+        self.sim
+            .get("/_sim/calls")
             .await
             .as_array()
             .expect("calls")
@@ -185,7 +137,7 @@ impl Fixture {
     /// Orders the simulator captured whose ledger row is still pending: a capture request
     /// was sent and applied, but its answer has not been recorded.
     async fn unrecorded_captures(&self) -> Vec<Uuid> {
-        let captured = self.captures_by_order().await;
+        let captured = self.sim.captures_by_order().await;
         let requested: Vec<Uuid> = sqlx::query_scalar(
             "SELECT order_id FROM ipp_actions \
              WHERE status = 'pending' AND capture_requested_at IS NOT NULL",
@@ -217,7 +169,7 @@ impl Fixture {
     /// Each order captured exactly once in the simulator, for its authorized amount, and
     /// its ledger row `succeeded` with that capture's id and the deterministic key.
     async fn assert_captured_once(&self, finalized: &[Event]) {
-        let by_order = self.captures_by_order().await;
+        let by_order = self.sim.captures_by_order().await;
         let ledger: HashMap<Uuid, Row> = self
             .ledger()
             .await
@@ -227,7 +179,7 @@ impl Fixture {
         for event in finalized {
             let order_id = event.order_id.expect("finalized events have an order");
             assert_eq!(by_order.get(&order_id), Some(&1), "captures of {order_id}");
-            let order = self.sim_get(&format!("/_sim/orders/{order_id}")).await;
+            let order = self.sim.get(&format!("/_sim/orders/{order_id}")).await;
             let amount = ipp_om_sim::authorized_amount_for(&order_id);
             assert_eq!(order["captured_amount"], json!(amount), "{order}");
             assert_eq!(order["effects"]["captures"], json!(1), "{order}");
@@ -341,25 +293,6 @@ fn finalized(n: usize) -> Vec<Event> {
     (0..n).map(|_| Event::finalized()).collect()
 }
 
-/// Polls `check` until it holds; fails the test with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// After every 429, the next call for the same order came no sooner than Retry-After
 /// (timestamps are the simulator's arrival times). Returns how many retries it checked.
 fn assert_retry_after_respected(calls: &[Value], retry_after: i64) -> usize {
@@ -429,7 +362,7 @@ async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types
         4.0
     );
 
-    let by_order = fx.captures_by_order().await;
+    let by_order = fx.sim.captures_by_order().await;
     assert_eq!(by_order.len(), 4, "{by_order:?}");
     for order_id in &untouched {
         assert!(!by_order.contains_key(order_id));
@@ -491,7 +424,7 @@ async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
 
     assert_eq!(fx.ledger().await.len(), 20);
     fx.assert_captured_once(&finals).await;
-    let stats = fx.sim_get("/_sim/stats").await;
+    let stats = fx.sim.get("/_sim/stats").await;
     assert_eq!(stats["captures_applied"], json!(20));
     let posts = fx
         .calls()
@@ -622,7 +555,7 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     // Exactly one capture per order, and the ledger holds the capture ids of those whose
     // answer the kill swallowed (Kustom replayed them for the same key).
     fx.assert_captured_once(&finals).await;
-    let stats = fx.sim_get("/_sim/stats").await;
+    let stats = fx.sim.get("/_sim/stats").await;
     assert_eq!(stats["captures_applied"], json!(300));
     restarted.stop();
 }
@@ -634,21 +567,24 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     let cancelled = Event::finalized();
     let captured = Event::finalized();
     let amount = 12_345;
-    fx.sim_put(
-        &format!("/_sim/orders/{}", missing.order_id.unwrap()),
-        json!({"missing": true}),
-    )
-    .await;
-    fx.sim_put(
-        &format!("/_sim/orders/{}", cancelled.order_id.unwrap()),
-        json!({"status": "CANCELLED"}),
-    )
-    .await;
-    fx.sim_put(
-        &format!("/_sim/orders/{}", captured.order_id.unwrap()),
-        json!({"status": "CAPTURED", "order_amount": amount, "captured_amount": amount}),
-    )
-    .await;
+    fx.sim
+        .put(
+            &format!("/_sim/orders/{}", missing.order_id.unwrap()),
+            json!({"missing": true}),
+        )
+        .await;
+    fx.sim
+        .put(
+            &format!("/_sim/orders/{}", cancelled.order_id.unwrap()),
+            json!({"status": "CANCELLED"}),
+        )
+        .await;
+    fx.sim
+        .put(
+            &format!("/_sim/orders/{}", captured.order_id.unwrap()),
+            json!({"status": "CAPTURED", "order_amount": amount, "captured_amount": amount}),
+        )
+        .await;
     // The bad ones first on the single partition, then healthy orders behind them, and a
     // record that is not an event at all.
     fx.produce(&[missing.clone(), cancelled.clone(), captured.clone()])
@@ -688,7 +624,7 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     assert_eq!(row.status, "skipped", "{row:?}");
     assert_eq!(row.capture_id, None);
 
-    let by_order = fx.captures_by_order().await;
+    let by_order = fx.sim.captures_by_order().await;
     for event in [&missing, &cancelled, &captured] {
         assert!(!by_order.contains_key(&event.order_id.unwrap()));
     }
@@ -772,10 +708,10 @@ async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_
         },
     )
     .await;
-    assert!(fx.captures_by_order().await.is_empty());
+    assert!(fx.sim.captures_by_order().await.is_empty());
     assert!(actions.metric("actions_rescheduled_total", "").await >= 60.0);
 
-    fx.sim_put("/_sim/faults", json!({})).await;
+    fx.sim.put("/_sim/faults", json!({})).await;
     eventually(
         Duration::from_secs(90),
         "60 succeeded after recovery",
@@ -807,7 +743,7 @@ async fn policy_none_records_skipped_actions_and_calls_nothing() {
         assert!(row.reason.as_deref().unwrap().contains("policy"));
         assert_eq!(row.attempts, 0);
     }
-    assert_eq!(fx.sim_get("/_sim/stats").await["requests"], json!(0));
+    assert_eq!(fx.sim.get("/_sim/stats").await["requests"], json!(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -863,7 +799,7 @@ async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
     )
     .await;
     wrong.stop();
-    assert!(fx.captures_by_order().await.is_empty());
+    assert!(fx.sim.captures_by_order().await.is_empty());
     assert!(kafka::read_topic(&fx.brokers, &fx.dlq_topic).is_empty());
 
     let mut fixed = fx.start_actions(&group, &[]);

@@ -2,15 +2,17 @@
 //! their `dlq list|show|redrive` and `retry` subcommands against a real broker, real
 //! PostgreSQL and (for ipp-actions) the Order Management simulator.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use chrono::Utc;
 use ipp_schemas::record::dlq;
-use ipp_tests::{cli, db, free_port, kafka, process::Service, produce, unique_name};
+use ipp_tests::{
+    cli, db, free_port, kafka,
+    process::Service,
+    produce,
+    services::{eventually, spawn_listening, OmSim},
+    unique_name,
+};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -18,25 +20,6 @@ use uuid::Uuid;
 const MERCHANT: &str = "DM11917000";
 const API_KEY: &str = "kco_test_ops_suite";
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it holds; fails the test with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn body(event_type: &str, session: Uuid, order: Option<Uuid>) -> (String, Vec<u8>) {
     let id = format!("kevt_{}", Uuid::new_v4().simple());
@@ -46,18 +29,7 @@ fn body(event_type: &str, session: Uuid, order: Option<Uuid>) -> (String, Vec<u8
 
 /// Runs a one-shot command of `binary` off the async runtime.
 async fn run_cli(binary: &'static str, args: &[&str], env: &[(&str, String)]) -> cli::Output {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        cli::run(binary, &args, &env, CLI_TIMEOUT)
-    })
-    .await
-    .expect("cli task")
+    cli::run_async(binary, args, env, CLI_TIMEOUT).await
 }
 
 /// The high watermark sum of a topic: how many records it holds.
@@ -75,9 +47,7 @@ struct ActionsFixture {
     database_url: String,
     group: String,
     pool: PgPool,
-    _sim: Service,
-    sim_url: String,
-    http: reqwest::Client,
+    sim: OmSim,
 }
 
 impl ActionsFixture {
@@ -87,16 +57,7 @@ impl ActionsFixture {
         let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
         let database_url = db::fresh_database().await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
-        let port = free_port();
-        let sim = Service::spawn(
-            "ipp-om-sim",
-            &[],
-            &[
-                ("OM_SIM_LISTEN", format!("127.0.0.1:{port}")),
-                ("OM_SIM_API_KEY", API_KEY.to_owned()),
-            ],
-        );
-        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(20));
+        let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
         Self {
             brokers,
             topic,
@@ -104,9 +65,7 @@ impl ActionsFixture {
             database_url,
             group: unique_name("actions"),
             pool,
-            _sim: sim,
-            sim_url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            sim,
         }
     }
 
@@ -117,16 +76,14 @@ impl ActionsFixture {
             ("ACTIONS_DLQ_TOPIC", self.dlq_topic.clone()),
             ("DATABASE_URL", self.database_url.clone()),
             ("ACTIONS_GROUP", self.group.clone()),
-            ("KUSTOM_API_URL", self.sim_url.clone()),
+            ("KUSTOM_API_URL", self.sim.url.clone()),
             ("KUSTOM_API_KEY", API_KEY.to_owned()),
         ]
     }
 
     fn start_actions(&self) -> Service {
-        let port = free_port();
         let mut env = self.env();
         env.extend([
-            ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
             ("ACTIONS_HTTP_TIMEOUT_MS", "1000".to_owned()),
             ("ACTIONS_INPLACE_MIN_DELAY_MS", "50".to_owned()),
             ("ACTIONS_RETRY_MIN_DELAY_MS", "200".to_owned()),
@@ -134,9 +91,7 @@ impl ActionsFixture {
             ("ACTIONS_POLL_INTERVAL_MS", "200".to_owned()),
             ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".to_owned()),
         ]);
-        let service = Service::spawn("ipp-actions", &[], &env);
-        ipp_tests::process::wait_for_tcp(port, Duration::from_secs(30));
-        service
+        spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30)).0
     }
 
     async fn cli(&self, args: &[&str]) -> cli::Output {
@@ -144,32 +99,7 @@ impl ActionsFixture {
     }
 
     async fn seed(&self, order: Uuid, seed: Value) {
-        let response = self
-            .http
-            .put(format!("{}/_sim/orders/{order}", self.sim_url))
-            .json(&seed)
-            .send()
-            .await
-            .expect("simulator answers");
-        assert!(response.status().is_success(), "seed {order}");
-    }
-
-    async fn captures_by_order(&self) -> HashMap<Uuid, u64> {
-        let stats: Value = self
-            .http
-            .get(format!("{}/_sim/stats", self.sim_url))
-            .send()
-            .await
-            .expect("simulator answers")
-            .json()
-            .await
-            .expect("json");
-        stats["captures_by_order"]
-            .as_object()
-            .expect("captures_by_order")
-            .iter()
-            .map(|(k, v)| (k.parse().expect("uuid"), v.as_u64().expect("count")))
-            .collect()
+        self.sim.put(&format!("/_sim/orders/{order}"), seed).await;
     }
 
     async fn status_of(&self, order: Uuid) -> String {
@@ -290,7 +220,7 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
         || async { fx.status_of(retried).await == "succeeded" },
     )
     .await;
-    assert_eq!(fx.captures_by_order().await.get(&retried), Some(&1));
+    assert_eq!(fx.sim.captures_by_order().await.get(&retried), Some(&1));
 
     // A succeeded action is never re-queued.
     let out = fx
@@ -366,7 +296,7 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
     );
 
     // Each order captured exactly once; the retries are audited.
-    let captures = fx.captures_by_order().await;
+    let captures = fx.sim.captures_by_order().await;
     for order in [retried, redriven, healthy] {
         assert_eq!(captures.get(&order), Some(&1), "captures of {order}");
         assert_eq!(fx.status_of(order).await, "succeeded");

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ipp_tests::{cli, db, free_port, kafka, process::Service, produce, unique_name};
+use ipp_tests::{
+    cli, db, free_port, kafka, process::Service, produce, services::OmSim, unique_name,
+};
 use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -23,7 +25,7 @@ async fn status_until(
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let report = status(binary, env.to_vec()).await;
+        let report = status(binary, env).await;
         if done(&report) {
             return report;
         }
@@ -35,13 +37,10 @@ async fn status_until(
     }
 }
 
-async fn status(binary: &'static str, env: Vec<(&'static str, String)>) -> Value {
-    let out = tokio::task::spawn_blocking(move || {
-        cli::run(binary, &["status", "--json"], &env, Duration::from_secs(60))
-    })
-    .await
-    .expect("cli task")
-    .success();
+async fn status(binary: &'static str, env: &[(&'static str, String)]) -> Value {
+    let out = cli::run_async(binary, &["status", "--json"], env, Duration::from_secs(60))
+        .await
+        .success();
     let mut lines = out.json_lines();
     assert_eq!(lines.len(), 1, "{}", out.stdout);
     lines.remove(0)
@@ -99,7 +98,7 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         .send_raw(Some(b"poison-2"), Some(b"[]"), OwnedHeaders::new())
         .await;
     let records = bodies.len() as i64 + 2;
-    let before = status("ipp-projector", env.clone()).await;
+    let before = status("ipp-projector", &env).await;
     assert_eq!(before["migrated"], json!(false), "{before}");
     assert_eq!(before["total_lag"], json!(records), "{before}");
     assert_eq!(before["dlq"]["records"], json!(0), "{before}");
@@ -135,8 +134,7 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         .unwrap();
     assert_eq!(events, bodies.len() as i64);
 
-    projector.signal("TERM");
-    assert!(projector.wait(Duration::from_secs(30)).success());
+    assert!(projector.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,24 +143,14 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
     let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
     let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
     let database_url = db::fresh_database().await;
-    let sim_port = free_port();
-    let _sim = Service::spawn(
-        "ipp-om-sim",
-        &[],
-        &[
-            ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
-            ("OM_SIM_API_KEY", API_KEY.to_owned()),
-        ],
-    );
-    ipp_tests::process::wait_for_tcp(sim_port, Duration::from_secs(20));
-    let http = reqwest::Client::new();
+    let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
     let env = vec![
         ("KAFKA_BROKERS", brokers.clone()),
         ("IPP_TOPIC", topic.clone()),
         ("ACTIONS_DLQ_TOPIC", dlq_topic.clone()),
         ("DATABASE_URL", database_url.clone()),
         ("ACTIONS_GROUP", unique_name("actions")),
-        ("KUSTOM_API_URL", format!("http://127.0.0.1:{sim_port}")),
+        ("KUSTOM_API_URL", sim.url.clone()),
         ("KUSTOM_API_KEY", API_KEY.to_owned()),
     ];
 
@@ -173,13 +161,11 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
     for i in 0..12 {
         let order = Uuid::new_v4();
         if i < 2 {
-            let response = http
-                .put(format!("http://127.0.0.1:{sim_port}/_sim/orders/{order}"))
-                .json(&json!({"status": "CANCELLED"}))
-                .send()
-                .await
-                .expect("simulator answers");
-            assert!(response.status().is_success());
+            sim.put(
+                &format!("/_sim/orders/{order}"),
+                json!({"status": "CANCELLED"}),
+            )
+            .await;
         }
         let session = Uuid::new_v4();
         if i < 8 {
@@ -221,13 +207,10 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
     assert_eq!(report["dlq"]["redriven"], Value::Null, "no redrive ran yet");
 
     // The human table carries the same facts.
-    let text = tokio::task::spawn_blocking(move || {
-        cli::run("ipp-actions", &["status"], &env, Duration::from_secs(60))
-    })
-    .await
-    .unwrap()
-    .success()
-    .stdout;
+    let text = cli::run_async("ipp-actions", &["status"], &env, Duration::from_secs(60))
+        .await
+        .success()
+        .stdout;
     assert!(
         text.contains("pending 0  succeeded 10  skipped 0  failed 2"),
         "{text}"
@@ -237,6 +220,5 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
         "{text}"
     );
 
-    actions.signal("TERM");
-    assert!(actions.wait(Duration::from_secs(30)).success());
+    assert!(actions.terminate(Duration::from_secs(30)).success());
 }

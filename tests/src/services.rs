@@ -1,0 +1,117 @@
+//! Starting the service binaries with the environment they need and waiting until they
+//! listen, and waiting for what they do to settle.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    free_port,
+    process::{wait_for_tcp, Service},
+};
+
+/// Starts `binary` with `env` plus `http_var` set to `127.0.0.1:<a free port>`, and
+/// waits up to `within` until it listens there. Returns the service and the port.
+pub fn spawn_listening(
+    binary: &str,
+    env: &[(&str, String)],
+    http_var: &'static str,
+    within: Duration,
+) -> (Service, u16) {
+    let port = free_port();
+    let mut all = env.to_vec();
+    all.push((http_var, format!("127.0.0.1:{port}")));
+    let service = Service::spawn(binary, &[], &all);
+    wait_for_tcp(port, within);
+    (service, port)
+}
+
+/// A running Order Management simulator (`ipp-om-sim`).
+pub struct OmSim {
+    pub service: Service,
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl OmSim {
+    /// Starts `ipp-om-sim` accepting `api_key`, with `extra` environment (fault
+    /// settings), and waits up to `within` until it listens.
+    pub fn start(api_key: &str, extra: &[(&str, String)], within: Duration) -> Self {
+        let mut env = vec![("OM_SIM_API_KEY", api_key.to_owned())];
+        env.extend(extra.iter().cloned());
+        let (service, port) = spawn_listening("ipp-om-sim", &env, "OM_SIM_LISTEN", within);
+        Self {
+            service,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// GETs `path` (e.g. `/_sim/stats`) from the simulator; asserts a 2xx, returns the JSON.
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("json")
+    }
+
+    /// PUTs `body` to `path` (e.g. `/_sim/orders/<id>`, `/_sim/faults`); asserts a 2xx.
+    pub async fn put(&self, path: &str, body: Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
+    }
+
+    /// Captures the simulator applied, per order.
+    pub async fn captures_by_order(&self) -> HashMap<Uuid, u64> {
+        let stats = self.get("/_sim/stats").await;
+        stats["captures_by_order"]
+            .as_object()
+            .expect("captures_by_order")
+            .iter()
+            .map(|(k, v)| (k.parse().expect("uuid"), v.as_u64().expect("count")))
+            .collect()
+    }
+}
+
+/// Polls `check` every 200 ms until it holds; fails the test with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
