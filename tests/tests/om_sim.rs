@@ -6,10 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use ipp_tests::{
-    free_port,
-    process::{wait_for_tcp, Service},
-};
+use ipp_tests::{process::Service, services::OmSim};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -25,17 +22,10 @@ struct Sim {
 impl Sim {
     /// Starts the simulator with the test key and extra environment (fault settings).
     fn start(env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let mut all = vec![
-            ("OM_SIM_LISTEN", format!("127.0.0.1:{port}")),
-            ("OM_SIM_API_KEY", KEY.to_owned()),
-        ];
-        all.extend(env.iter().cloned());
-        let service = Service::spawn("ipp-om-sim", &[], &all);
-        wait_for_tcp(port, Duration::from_secs(10));
+        let OmSim { service, url, .. } = OmSim::start(KEY, env, Duration::from_secs(10));
         Self {
             service,
-            base: format!("http://127.0.0.1:{port}"),
+            base: url,
             client: Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -98,16 +88,39 @@ impl Sim {
         request.send().await.expect("control request")
     }
 
+    /// GETs a control endpoint (`/_sim/...`); asserts 200, returns the JSON.
+    async fn control_json(&self, path: &str) -> Value {
+        let response = self.control(reqwest::Method::GET, path, None).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.expect(path)
+    }
+
     async fn sim_order(&self, order_id: &str) -> Value {
-        let response = self
-            .control(
-                reqwest::Method::GET,
-                &format!("/_sim/orders/{order_id}"),
-                None,
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.expect("sim order")
+        self.control_json(&format!("/_sim/orders/{order_id}")).await
+    }
+
+    /// How many captures the simulator applied to the order.
+    async fn captures(&self, order_id: &str) -> u64 {
+        effects(&self.sim_order(order_id).await, "captures")
+    }
+
+    /// Asserts the order has exactly one capture; returns its id.
+    async fn the_only_capture_id(&self, order_id: &str) -> String {
+        let state = self.sim_order(order_id).await;
+        assert_eq!(effects(&state, "captures"), 1);
+        state["captures"][0]["capture_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Asserts `response` (a retry with the key of capture `applied`) is that capture's
+    /// original 201 and the order still has that one capture.
+    async fn assert_capture_replayed(&self, response: Response, applied: &str, order_id: &str) {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["capture_id"], applied);
+        assert_eq!(self.captures(order_id).await, 1);
     }
 
     async fn seed(&self, order_id: &str, seed: Value) {
@@ -129,19 +142,15 @@ impl Sim {
     }
 
     async fn calls(&self) -> Vec<Value> {
-        let response = self
-            .control(reqwest::Method::GET, "/_sim/calls", None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.expect("calls")
+        serde_json::from_value(self.control_json("/_sim/calls").await).expect("calls")
     }
 
     async fn stats(&self) -> Value {
-        let response = self
-            .control(reqwest::Method::GET, "/_sim/stats", None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.expect("stats")
+        self.control_json("/_sim/stats").await
+    }
+
+    async fn faults(&self) -> Value {
+        self.control_json("/_sim/faults").await
     }
 }
 
@@ -160,6 +169,12 @@ async fn error_code(response: Response) -> String {
     body["error_code"].as_str().expect("error_code").to_owned()
 }
 
+/// Asserts `response` has `status` and the documented error body with `code`.
+async fn assert_error(response: Response, status: StatusCode, code: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(error_code(response).await, code);
+}
+
 fn new_order() -> String {
     Uuid::new_v4().to_string()
 }
@@ -175,8 +190,7 @@ async fn authorization_is_required() {
     let url = sim.order_url(&order);
 
     let none = sim.client.get(&url).send().await.unwrap();
-    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(none).await, "UNAUTHORIZED");
+    assert_error(none, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
 
     let wrong = sim
         .client
@@ -196,7 +210,7 @@ async fn authorization_is_required() {
         .await
         .unwrap();
     assert_eq!(wrong_pair.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+    assert_eq!(sim.captures(&order).await, 0);
 
     // Both documented forms: the bare key, and base64(<any user>:<key>).
     let bare = sim
@@ -263,9 +277,8 @@ async fn full_capture_then_another_capture_is_not_allowed() {
     assert_eq!(body["captures"][0]["reference"], "session-1");
 
     let again = sim.capture(&order, 1, Some("key-2")).await;
-    assert_eq!(again.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(again).await, "CAPTURE_NOT_ALLOWED");
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    assert_error(again, StatusCode::FORBIDDEN, "CAPTURE_NOT_ALLOWED").await;
+    assert_eq!(sim.captures(&order).await, 1);
 
     // A part capture, then more than what remains.
     let other_id = Uuid::new_v4();
@@ -279,20 +292,17 @@ async fn full_capture_then_another_capture_is_not_allowed() {
     assert_eq!(body["status"], "PART_CAPTURED");
     assert_eq!(body["remaining_authorized_amount"], other_amount - 100);
     let too_much = sim.capture(&other, other_amount - 99, None).await;
-    assert_eq!(too_much.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(too_much).await, "CAPTURE_NOT_ALLOWED");
+    assert_error(too_much, StatusCode::FORBIDDEN, "CAPTURE_NOT_ALLOWED").await;
 
     // Malformed input and unknown orders get the documented codes.
     let zero = sim.capture(&other, 0, None).await;
     assert_eq!(zero.status(), StatusCode::BAD_REQUEST);
     let bad_id = sim.get_order("not-a-uuid").await;
-    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(bad_id).await, "INVALID_ORDER_ID");
+    assert_error(bad_id, StatusCode::BAD_REQUEST, "INVALID_ORDER_ID").await;
     let missing = new_order();
     sim.seed(&missing, json!({ "missing": true })).await;
     let response = sim.get_order(&missing).await;
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(error_code(response).await, "NO_SUCH_ORDER");
+    assert_error(response, StatusCode::NOT_FOUND, "NO_SUCH_ORDER").await;
     let response = sim.capture(&missing, 1, None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
@@ -335,7 +345,7 @@ async fn same_key_returns_the_first_response_with_one_effect() {
         sim.capture(&order, 50, Some("other-key")).await.status(),
         StatusCode::CREATED
     );
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 2);
+    assert_eq!(sim.captures(&order).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -377,8 +387,7 @@ async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
     let seeded = new_order();
     sim.seed(&seeded, json!({ "status": "CANCELLED" })).await;
     let response = sim.capture(&seeded, 1, Some("cancelled-1")).await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(response).await, "CAPTURE_NOT_ALLOWED");
+    assert_error(response, StatusCode::FORBIDDEN, "CAPTURE_NOT_ALLOWED").await;
 
     for status in ["EXPIRED", "CLOSED"] {
         let order = new_order();
@@ -395,8 +404,7 @@ async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
     assert_eq!(body["status"], "CANCELLED");
     assert_eq!(body["remaining_authorized_amount"], 0);
     let response = sim.capture(&order, 1, None).await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(response).await, "CAPTURE_NOT_ALLOWED");
+    assert_error(response, StatusCode::FORBIDDEN, "CAPTURE_NOT_ALLOWED").await;
 
     // An order with captures cannot be cancelled; refunds are bounded by what was captured.
     let order = new_order();
@@ -405,13 +413,11 @@ async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
         StatusCode::CREATED
     );
     let response = sim.post(&order, "cancel", json!({})).await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(response).await, "CANCEL_NOT_ALLOWED");
+    assert_error(response, StatusCode::FORBIDDEN, "CANCEL_NOT_ALLOWED").await;
     let response = sim
         .post(&order, "refunds", json!({ "refunded_amount": 501 }))
         .await;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    assert_eq!(error_code(response).await, "REFUND_NOT_ALLOWED");
+    assert_error(response, StatusCode::FORBIDDEN, "REFUND_NOT_ALLOWED").await;
     let response = sim
         .post(&order, "refunds", json!({ "refunded_amount": 200 }))
         .await;
@@ -451,13 +457,13 @@ async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
     let response = sim.capture(&order, 10, Some("limited")).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "7");
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+    assert_eq!(sim.captures(&order).await, 0);
 
     // The 429 stored nothing under the key: the retry is a first attempt.
     sim.set_faults(json!({})).await;
     let response = sim.capture(&order, 10, Some("limited")).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    assert_eq!(sim.captures(&order).await, 1);
     let last = sim.calls().await.pop().expect("a call");
     assert_eq!(last["replayed"], false);
 }
@@ -495,7 +501,7 @@ async fn fail_rate_one_answers_only_5xx_without_effects() {
     sim.set_faults(json!({ "fail_rate": 0.0 })).await;
     let response = sim.capture(&order, 10, Some("fail-0")).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    assert_eq!(sim.captures(&order).await, 1);
 }
 
 #[tokio::test]
@@ -511,11 +517,11 @@ async fn dropped_connections_before_and_after_the_effect() {
         .await
         .expect_err("the connection is dropped");
     assert!(!error.is_status() && !error.is_timeout(), "{error}");
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+    assert_eq!(sim.captures(&order).await, 0);
     sim.set_faults(json!({})).await;
     let response = sim.capture(&order, 100, Some("drop-before")).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    assert_eq!(sim.captures(&order).await, 1);
 
     // After the effect: the capture happened; the retry with the same key returns it.
     let order = new_order();
@@ -525,19 +531,12 @@ async fn dropped_connections_before_and_after_the_effect() {
         .send()
         .await
         .expect_err("the connection is dropped");
-    let state = sim.sim_order(&order).await;
-    assert_eq!(effects(&state, "captures"), 1);
-    let applied = state["captures"][0]["capture_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let applied = sim.the_only_capture_id(&order).await;
 
     sim.set_faults(json!({})).await;
     let response = sim.capture(&order, 100, Some("drop-after")).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["capture_id"], applied.as_str());
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    sim.assert_capture_replayed(response, &applied, &order)
+        .await;
 
     let calls = sim.calls().await;
     let dropped: Vec<&Value> = calls.iter().filter(|c| c["fault"] == "drop").collect();
@@ -568,7 +567,7 @@ async fn hangs_before_and_after_the_effect() {
         .await
         .expect_err("the request hangs");
     assert!(error.is_timeout(), "{error}");
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 0);
+    assert_eq!(sim.captures(&order).await, 0);
 
     // After the effect: the client times out, the capture happened once, and the retry
     // with the same key gets the original 201.
@@ -581,12 +580,7 @@ async fn hangs_before_and_after_the_effect() {
         .await
         .expect_err("the request hangs");
     assert!(error.is_timeout(), "{error}");
-    let state = sim.sim_order(&order).await;
-    assert_eq!(effects(&state, "captures"), 1);
-    let applied = state["captures"][0]["capture_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let applied = sim.the_only_capture_id(&order).await;
 
     sim.set_faults(json!({})).await;
     let response = sim
@@ -594,10 +588,8 @@ async fn hangs_before_and_after_the_effect() {
         .send()
         .await
         .expect("answered once the faults are off");
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["capture_id"], applied.as_str());
-    assert_eq!(effects(&sim.sim_order(&order).await, "captures"), 1);
+    sim.assert_capture_replayed(response, &applied, &order)
+        .await;
 
     let calls = sim.calls().await;
     let hung: Vec<&Value> = calls.iter().filter(|c| c["fault"] == "hang").collect();
@@ -614,12 +606,7 @@ async fn faults_switch_at_run_time() {
 
     // An outage...
     sim.set_faults(json!({ "fail_rate": 1.0 })).await;
-    let faults: Value = sim
-        .control(reqwest::Method::GET, "/_sim/faults", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let faults = sim.faults().await;
     assert_eq!(faults["fail_rate"], 1.0);
     assert_eq!(faults["drop_rate"], 0.0);
     for _ in 0..5 {
@@ -643,12 +630,7 @@ async fn faults_switch_at_run_time() {
             .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
-    let faults: Value = sim
-        .control(reqwest::Method::GET, "/_sim/faults", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let faults = sim.faults().await;
     assert_eq!(faults["latency_ms"], 300);
 
     // The call log can be cleared; the counters keep counting.

@@ -14,7 +14,10 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ipp_loadgen::{Workload, WorkloadSpec};
-use ipp_tests::kafka::{self, Record};
+use ipp_tests::{
+    cli,
+    kafka::{self, Record},
+};
 use rebuild_support::Pipeline;
 use serde_json::Value;
 
@@ -39,6 +42,18 @@ fn positions(lines: &[Value]) -> BTreeSet<(i64, i64)> {
             )
         })
         .collect()
+}
+
+/// Runs `ipp-projector replay --from <from> --to <to> <extra…>`; asserts it succeeded.
+async fn replay(pipeline: &Pipeline, from: &str, to: &str, extra: &[&str]) -> cli::Output {
+    let mut args = vec!["replay", "--from", from, "--to", to];
+    args.extend_from_slice(extra);
+    pipeline.projector_cli(&args).await.success()
+}
+
+/// The single bigint `sql` selects.
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,10 +107,7 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
     let ledger = pipeline.ledger().await;
 
     // JSON Lines on stdout: exactly the window, byte-identical.
-    let out = pipeline
-        .projector_cli(&["replay", "--from", &from, "--to", &to])
-        .await
-        .success();
+    let out = replay(&pipeline, &from, &to, &[]).await;
     // Started from the broker's offsets-for-times answer, not from offset 0: besides
     // the window, at most the first record past it on each partition was read.
     let read: usize = out
@@ -146,20 +158,13 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
     // CSV to a file: the same rows.
     let dir = tempfile::tempdir().unwrap();
     let csv_path = dir.path().join("window.csv");
-    pipeline
-        .projector_cli(&[
-            "replay",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--format",
-            "csv",
-            "--output",
-            csv_path.to_str().unwrap(),
-        ])
-        .await
-        .success();
+    replay(
+        &pipeline,
+        &from,
+        &to,
+        &["--format", "csv", "--output", csv_path.to_str().unwrap()],
+    )
+    .await;
     let mut reader = csv::Reader::from_path(&csv_path).unwrap();
     let header: Vec<String> = reader
         .headers()
@@ -208,10 +213,7 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
         ("--event-type", "ipp.session.created", "type"),
         ("--session", session.as_str(), "session_id"),
     ] {
-        let out = pipeline
-            .projector_cli(&["replay", "--from", &from, "--to", &to, flag, value])
-            .await
-            .success();
+        let out = replay(&pipeline, &from, &to, &[flag, value]).await;
         let want: BTreeSet<(i64, i64)> = expected
             .iter()
             .filter(|(_, r)| {
@@ -230,47 +232,30 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
     }
 
     // Into a schema: equals the live projection of the same events.
-    let out = pipeline
-        .projector_cli(&[
-            "replay",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--into-schema",
-            "analyst_window",
-        ])
-        .await
-        .success();
+    let into_schema = ["--into-schema", "analyst_window"];
+    let out = replay(&pipeline, &from, &to, &into_schema).await;
     assert!(out.stdout.is_empty(), "nothing exported: {}", out.stdout);
     let pool = &pipeline.pool;
-    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM analyst_window.ipp_sessions")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let sessions = count(pool, "SELECT count(*) FROM analyst_window.ipp_sessions").await;
     assert_eq!(sessions as usize, bursts[1].sessions.len());
-    let equal_sessions: i64 = sqlx::query_scalar(
+    let equal_sessions = count(
+        pool,
         "SELECT count(*) FROM analyst_window.ipp_sessions a JOIN public.ipp_sessions l USING (session_id)
          WHERE (to_jsonb(a) - 'updated_at') = (to_jsonb(l) - 'updated_at')",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         equal_sessions, sessions,
         "analyst sessions equal the live rows"
     );
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM analyst_window.ipp_events")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let equal_events: i64 = sqlx::query_scalar(
+    let analyst_events = "SELECT count(*) FROM analyst_window.ipp_events";
+    let events = count(pool, analyst_events).await;
+    let equal_events = count(
+        pool,
         "SELECT count(*) FROM analyst_window.ipp_events a JOIN public.ipp_events l USING (event_id)
          WHERE to_jsonb(a) = to_jsonb(l)",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     let distinct_middle: BTreeSet<&str> = bursts[1]
         .deliveries
         .iter()
@@ -280,36 +265,19 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
     assert_eq!(events as usize, distinct_middle.len());
     assert_eq!(equal_events, events, "analyst events equal the live rows");
     // Replaying the same range again changes nothing.
-    pipeline
-        .projector_cli(&[
-            "replay",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--into-schema",
-            "analyst_window",
-        ])
-        .await
-        .success();
-    let again: i64 = sqlx::query_scalar("SELECT count(*) FROM analyst_window.ipp_events")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    replay(&pipeline, &from, &to, &into_schema).await;
+    let again = count(pool, analyst_events).await;
     assert_eq!(again, events);
 
     // A range with nothing in it, past the last record.
     let end = records.iter().filter_map(|r| r.timestamp_ms).max().unwrap();
-    let out = pipeline
-        .projector_cli(&[
-            "replay",
-            "--from",
-            &rfc3339(end + 60_000),
-            "--to",
-            &rfc3339(end + 120_000),
-        ])
-        .await
-        .success();
+    let out = replay(
+        &pipeline,
+        &rfc3339(end + 60_000),
+        &rfc3339(end + 120_000),
+        &[],
+    )
+    .await;
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 
     // None of it reached Order Management or the actions ledger.
