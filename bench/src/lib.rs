@@ -2,7 +2,7 @@
 //! on the same broker and database (figures on shared machines drift, ratios hold).
 //!
 //! Every figure spawns the real release binaries as processes, with its own topics and
-//! its own fresh database. See `docs/bench.md` for what each figure means.
+//! its own fresh database. See the README (Benchmarks) for what each figure means.
 
 pub mod config;
 pub mod figures;

@@ -1,5 +1,5 @@
 //! Re-queuing `failed` rows of ipp-actions' `ipp_actions` ledger (a documented public
-//! contract, see docs/actions.md), for `ipp-actions retry` and for redriving a failed
+//! contract, see the README), for `ipp-actions retry` and for redriving a failed
 //! action's dead letter. The row keeps its idempotency key, so a retried capture that had
 //! already been applied is replayed by Kustom, not applied twice; `succeeded` and
 //! `skipped` rows are never touched. What the row said before goes to
