@@ -115,3 +115,76 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The environment `ipp-projector` (the service or a one-shot command) needs: the
+/// broker, the event topic and its DLQ topic, the database and the consumer group.
+pub fn projector_env(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    database_url: &str,
+    group: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("IPP_TOPIC", topic.to_owned()),
+        ("IPP_DLQ_TOPIC", dlq_topic.to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("PROJECTOR_GROUP", group.to_owned()),
+    ]
+}
+
+/// Where `ipp-actions` sends its captures: the Order Management API and its key.
+#[derive(Clone, Copy)]
+pub struct OrderManagement<'a> {
+    pub url: &'a str,
+    pub api_key: &'a str,
+}
+
+/// The environment `ipp-actions` (the service or a one-shot command) needs: the
+/// broker, the event topic and its DLQ topic, the database, the consumer group and
+/// the Order Management API.
+pub fn actions_env(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    database_url: &str,
+    group: &str,
+    om: OrderManagement<'_>,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("IPP_TOPIC", topic.to_owned()),
+        ("ACTIONS_DLQ_TOPIC", dlq_topic.to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("ACTIONS_GROUP", group.to_owned()),
+        ("KUSTOM_API_URL", om.url.to_owned()),
+        ("KUSTOM_API_KEY", om.api_key.to_owned()),
+    ]
+}
+
+/// What one test's services share, all fresh: an event topic, its DLQ topic and a
+/// database.
+pub struct Wiring {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub database_url: String,
+}
+
+impl Wiring {
+    /// Creates an `ipp_events…` topic with `partitions` partitions, a one-partition DLQ
+    /// topic named after `dlq_prefix`, and an empty database.
+    pub async fn create(partitions: i32, dlq_prefix: &str) -> Self {
+        let brokers = crate::kafka::brokers();
+        let topic = crate::kafka::create_topic(&brokers, "ipp_events", partitions).await;
+        let dlq_topic = crate::kafka::create_topic(&brokers, dlq_prefix, 1).await;
+        let database_url = crate::db::fresh_database().await;
+        Self {
+            brokers,
+            topic,
+            dlq_topic,
+            database_url,
+        }
+    }
+}

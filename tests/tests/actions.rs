@@ -10,10 +10,10 @@ use std::{
 use chrono::{DateTime, Utc};
 use ipp_schemas::record::{dlq, header};
 use ipp_tests::{
-    db, kafka,
+    kafka,
     process::Service,
     produce::Producer,
-    services::{eventually, spawn_listening, OmSim},
+    services::{actions_env, eventually, spawn_listening, OmSim, OrderManagement, Wiring},
     unique_name,
 };
 use rdkafka::message::OwnedHeaders;
@@ -50,10 +50,12 @@ struct Fixture {
 
 impl Fixture {
     async fn new(partitions: i32, sim_env: &[(&str, String)]) -> Self {
-        let brokers = kafka::brokers();
-        let topic = kafka::create_topic(&brokers, "ipp_events", partitions).await;
-        let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
-        let database_url = db::fresh_database().await;
+        let Wiring {
+            brokers,
+            topic,
+            dlq_topic,
+            database_url,
+        } = Wiring::create(partitions, "ipp_actions_dlq").await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
         let sim = OmSim::start(API_KEY, sim_env, Duration::from_secs(20));
         let producer = Producer::new(&brokers, &topic);
@@ -70,14 +72,20 @@ impl Fixture {
 
     /// Starts `ipp-actions` with short retry settings; `extra` overrides them.
     fn start_actions(&self, group: &str, extra: &[(&str, String)]) -> Actions {
-        let mut env: BTreeMap<&str, String> = BTreeMap::from([
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("IPP_TOPIC", self.topic.clone()),
-            ("ACTIONS_DLQ_TOPIC", self.dlq_topic.clone()),
-            ("DATABASE_URL", self.database_url.clone()),
-            ("ACTIONS_GROUP", group.to_owned()),
-            ("KUSTOM_API_URL", self.sim.url.clone()),
-            ("KUSTOM_API_KEY", API_KEY.to_owned()),
+        let mut env: BTreeMap<&str, String> = actions_env(
+            &self.brokers,
+            &self.topic,
+            &self.dlq_topic,
+            &self.database_url,
+            group,
+            OrderManagement {
+                url: &self.sim.url,
+                api_key: API_KEY,
+            },
+        )
+        .into_iter()
+        .collect();
+        env.extend([
             ("ACTIONS_HTTP_TIMEOUT_MS", "1000".into()),
             ("ACTIONS_CONNECT_TIMEOUT_MS", "500".into()),
             ("ACTIONS_INPLACE_RETRIES", "3".into()),
@@ -156,6 +164,24 @@ impl Fixture {
         let mut rows = self.ledger().await;
         rows.retain(|r| r.status != "succeeded");
         rows
+    }
+
+    /// Waits until exactly `n` actions have `status`; fails the test after `within`.
+    async fn wait_for_count(&self, status: &str, n: i64, within: Duration) {
+        eventually(within, &format!("{n} {status} actions"), || async {
+            self.count(status).await == n
+        })
+        .await;
+    }
+
+    /// Waits until the ledger holds `n` actions and none is pending; fails after `within`.
+    async fn wait_until_all_recorded(&self, n: usize, within: Duration) {
+        eventually(
+            within,
+            &format!("{n} actions recorded and none pending"),
+            || async { self.ledger().await.len() == n && self.count("pending").await == 0 },
+        )
+        .await;
     }
 
     async fn count(&self, status: &str) -> i64 {
@@ -347,10 +373,8 @@ async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types
     fx.produce(&finals).await;
     let mut actions = fx.start_actions(&unique_name("actions"), &[]);
 
-    eventually(Duration::from_secs(60), "4 succeeded actions", || async {
-        fx.count("succeeded").await == 4
-    })
-    .await;
+    fx.wait_for_count("succeeded", 4, Duration::from_secs(60))
+        .await;
     fx.assert_captured_once(&finals).await;
     assert_eq!(
         fx.ledger().await.len(),
@@ -457,12 +481,8 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
     let finals = finalized(100);
     fx.produce(&finals).await;
     let mut actions = fx.start_actions(&unique_name("actions"), &[]);
-    eventually(
-        Duration::from_secs(180),
-        "100 actions recorded and none pending",
-        || async { fx.ledger().await.len() == 100 && fx.count("pending").await == 0 },
-    )
-    .await;
+    fx.wait_until_all_recorded(100, Duration::from_secs(180))
+        .await;
     assert_eq!(
         fx.count("succeeded").await,
         100,
@@ -540,12 +560,8 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     );
 
     let mut restarted = fx.start_actions(&group, &settings[1..]);
-    eventually(
-        Duration::from_secs(120),
-        "300 actions recorded and none pending",
-        || async { fx.ledger().await.len() == 300 && fx.count("pending").await == 0 },
-    )
-    .await;
+    fx.wait_until_all_recorded(300, Duration::from_secs(120))
+        .await;
     assert_eq!(
         fx.count("succeeded").await,
         300,
@@ -712,12 +728,9 @@ async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_
     assert!(actions.metric("actions_rescheduled_total", "").await >= 60.0);
 
     fx.sim.put("/_sim/faults", json!({})).await;
-    eventually(
-        Duration::from_secs(90),
-        "60 succeeded after recovery",
-        || async { fx.count("succeeded").await == 60 },
-    )
-    .await;
+    // After the recovery.
+    fx.wait_for_count("succeeded", 60, Duration::from_secs(90))
+        .await;
     let all: Vec<Event> = before.into_iter().chain(during).collect();
     fx.assert_captured_once(&all).await;
     actions.stop();
@@ -732,10 +745,8 @@ async fn policy_none_records_skipped_actions_and_calls_nothing() {
         &unique_name("actions"),
         &[("ACTIONS_ON_FINALIZED", "none".into())],
     );
-    eventually(Duration::from_secs(60), "5 skipped actions", || async {
-        fx.count("skipped").await == 5
-    })
-    .await;
+    fx.wait_for_count("skipped", 5, Duration::from_secs(60))
+        .await;
     // The worker has had every chance to pick them up: still nothing called.
     actions.stop();
     for row in fx.ledger().await {
@@ -762,10 +773,8 @@ async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
     fx.produce(&finals).await;
     // In-place delays stop at 2 s: a 3 s Retry-After sends the action back to the ledger.
     let mut actions = fx.start_actions(&unique_name("actions"), &[]);
-    eventually(Duration::from_secs(120), "20 succeeded actions", || async {
-        fx.count("succeeded").await == 20
-    })
-    .await;
+    fx.wait_for_count("succeeded", 20, Duration::from_secs(120))
+        .await;
     fx.assert_captured_once(&finals).await;
     let checked = assert_retry_after_respected(&fx.calls().await, retry_after);
     assert!(checked > 0, "no retry after a 429 to check");
@@ -803,10 +812,8 @@ async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
     assert!(kafka::read_topic(&fx.brokers, &fx.dlq_topic).is_empty());
 
     let mut fixed = fx.start_actions(&group, &[]);
-    eventually(Duration::from_secs(60), "5 succeeded actions", || async {
-        fx.count("succeeded").await == 5
-    })
-    .await;
+    fx.wait_for_count("succeeded", 5, Duration::from_secs(60))
+        .await;
     fx.assert_captured_once(&finals).await;
     fixed.stop();
 }
@@ -820,10 +827,8 @@ async fn calls_per_second_limit_spaces_order_management_calls() {
         &unique_name("actions"),
         &[("ACTIONS_MAX_CALLS_PER_SEC", "20".into())],
     );
-    eventually(Duration::from_secs(60), "30 succeeded actions", || async {
-        fx.count("succeeded").await == 30
-    })
-    .await;
+    fx.wait_for_count("succeeded", 30, Duration::from_secs(60))
+        .await;
     fx.assert_captured_once(&finals).await;
     let calls = fx.calls().await;
     assert_eq!(calls.len(), 60, "a GET and a POST per order");
@@ -869,10 +874,8 @@ async fn sigterm_mid_run_exits_cleanly_and_leaves_no_action_leased() {
     assert_eq!(leased, 0);
 
     let mut restarted = fx.start_actions(&group, &settings);
-    eventually(Duration::from_secs(60), "60 succeeded actions", || async {
-        fx.count("succeeded").await == 60
-    })
-    .await;
+    fx.wait_for_count("succeeded", 60, Duration::from_secs(60))
+        .await;
     fx.assert_captured_once(&finals).await;
     restarted.stop();
 }
@@ -886,12 +889,8 @@ async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
     let settings = [("ACTIONS_CONCURRENCY", "4".to_owned())];
     let mut a = fx.start_actions(&group, &settings);
     let mut b = fx.start_actions(&group, &settings);
-    eventually(
-        Duration::from_secs(120),
-        "200 actions recorded and none pending",
-        || async { fx.ledger().await.len() == 200 && fx.count("pending").await == 0 },
-    )
-    .await;
+    fx.wait_until_all_recorded(200, Duration::from_secs(120))
+        .await;
     assert_eq!(
         fx.count("succeeded").await,
         200,

@@ -7,10 +7,12 @@ use std::{collections::HashMap, time::Duration};
 use chrono::Utc;
 use ipp_schemas::record::dlq;
 use ipp_tests::{
-    cli, db, free_port, kafka,
+    cli, free_port, kafka,
     process::Service,
     produce,
-    services::{eventually, spawn_listening, OmSim},
+    services::{
+        actions_env, eventually, projector_env, spawn_listening, OmSim, OrderManagement, Wiring,
+    },
     unique_name,
 };
 use serde_json::{json, Value};
@@ -52,10 +54,12 @@ struct ActionsFixture {
 
 impl ActionsFixture {
     async fn new() -> Self {
-        let brokers = kafka::brokers();
-        let topic = kafka::create_topic(&brokers, "ipp_events", 1).await;
-        let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
-        let database_url = db::fresh_database().await;
+        let Wiring {
+            brokers,
+            topic,
+            dlq_topic,
+            database_url,
+        } = Wiring::create(1, "ipp_actions_dlq").await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
         let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
         Self {
@@ -70,15 +74,17 @@ impl ActionsFixture {
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("IPP_TOPIC", self.topic.clone()),
-            ("ACTIONS_DLQ_TOPIC", self.dlq_topic.clone()),
-            ("DATABASE_URL", self.database_url.clone()),
-            ("ACTIONS_GROUP", self.group.clone()),
-            ("KUSTOM_API_URL", self.sim.url.clone()),
-            ("KUSTOM_API_KEY", API_KEY.to_owned()),
-        ]
+        actions_env(
+            &self.brokers,
+            &self.topic,
+            &self.dlq_topic,
+            &self.database_url,
+            &self.group,
+            OrderManagement {
+                url: &self.sim.url,
+                api_key: API_KEY,
+            },
+        )
     }
 
     fn start_actions(&self) -> Service {
@@ -96,6 +102,27 @@ impl ActionsFixture {
 
     async fn cli(&self, args: &[&str]) -> cli::Output {
         run_cli("ipp-actions", args, &self.env()).await
+    }
+
+    /// Runs `ipp-actions args…` (with `--json`); asserts success, returns its lines.
+    async fn cli_json(&self, args: &[&str]) -> Vec<Value> {
+        self.cli(args).await.success().json_lines()
+    }
+
+    /// Waits (up to 30 s) until the DLQ topic holds `n` records.
+    async fn wait_for_dlq_records(&self, n: usize, what: &str) {
+        eventually(Duration::from_secs(30), what, || {
+            std::future::ready(record_count(&self.brokers, &self.dlq_topic) == n)
+        })
+        .await;
+    }
+
+    /// Waits (up to 30 s) until the order's action has `status`.
+    async fn wait_for_status(&self, order: Uuid, status: &str, what: &str) {
+        eventually(Duration::from_secs(30), what, || async {
+            self.status_of(order).await == status
+        })
+        .await;
     }
 
     async fn seed(&self, order: Uuid, seed: Value) {
@@ -141,17 +168,11 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
         },
     )
     .await;
-    eventually(Duration::from_secs(30), "two failed actions parked", || {
-        std::future::ready(record_count(&fx.brokers, &fx.dlq_topic) == 2)
-    })
-    .await;
+    fx.wait_for_dlq_records(2, "two failed actions parked")
+        .await;
 
     // `dlq list --json`: both failed actions, with provenance and the error.
-    let listed = fx
-        .cli(&["dlq", "list", "--json"])
-        .await
-        .success()
-        .json_lines();
+    let listed = fx.cli_json(&["dlq", "list", "--json"]).await;
     assert_eq!(listed.len(), 2, "{listed:?}");
     let mut positions = HashMap::new();
     for line in &listed {
@@ -173,10 +194,8 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
         positions.insert(order, line["position"].as_str().unwrap().to_owned());
     }
     let filtered = fx
-        .cli(&["dlq", "list", "--json", "--order", &retried.to_string()])
-        .await
-        .success()
-        .json_lines();
+        .cli_json(&["dlq", "list", "--json", "--order", &retried.to_string()])
+        .await;
     assert_eq!(filtered.len(), 1);
     assert_eq!(filtered[0]["order_id"], json!(retried.to_string()));
 
@@ -187,16 +206,14 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
 
     // retry --dry-run changes nothing.
     let dry = fx
-        .cli(&[
+        .cli_json(&[
             "retry",
             "--order",
             &retried.to_string(),
             "--dry-run",
             "--json",
         ])
-        .await
-        .success()
-        .json_lines();
+        .await;
     assert_eq!(dry[0]["count"], json!(1), "{dry:?}");
     assert_eq!(
         dry[0]["requeued"][0]["order_id"],
@@ -214,12 +231,8 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
         "{}",
         out.stdout
     );
-    eventually(
-        Duration::from_secs(30),
-        "the retried order captured",
-        || async { fx.status_of(retried).await == "succeeded" },
-    )
-    .await;
+    fx.wait_for_status(retried, "succeeded", "the retried order captured")
+        .await;
     assert_eq!(fx.sim.captures_by_order().await.get(&retried), Some(&1));
 
     // A succeeded action is never re-queued.
@@ -242,40 +255,28 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
 
     // Redriving the other failed action's dead letter: dry run first.
     let dry = fx
-        .cli(&[
+        .cli_json(&[
             "dlq",
             "redrive",
             &positions[&redriven],
             "--dry-run",
             "--json",
         ])
-        .await
-        .success()
-        .json_lines();
+        .await;
     assert_eq!(dry.len(), 1);
     assert_eq!(dry[0]["outcome"], json!("would-redrive"), "{dry:?}");
     assert_eq!(fx.status_of(redriven).await, "failed");
     let done = fx
-        .cli(&["dlq", "redrive", &positions[&redriven], "--json"])
-        .await
-        .success()
-        .json_lines();
+        .cli_json(&["dlq", "redrive", &positions[&redriven], "--json"])
+        .await;
     assert_eq!(done[0]["outcome"], json!("redriven"), "{done:?}");
     assert_eq!(done[0]["redrive_count"], json!(1));
-    eventually(
-        Duration::from_secs(30),
-        "the redriven order captured",
-        || async { fx.status_of(redriven).await == "succeeded" },
-    )
-    .await;
+    fx.wait_for_status(redriven, "succeeded", "the redriven order captured")
+        .await;
 
     // Everything again: nothing moves. The retried order's record has nothing to do, the
     // redriven one was redriven already.
-    let again = fx
-        .cli(&["dlq", "redrive", "--all", "--json"])
-        .await
-        .success()
-        .json_lines();
+    let again = fx.cli_json(&["dlq", "redrive", "--all", "--json"]).await;
     let outcome = |order: Uuid| {
         again
             .iter()
@@ -324,34 +325,22 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
             rdkafka::message::OwnedHeaders::new(),
         )
         .await;
-    eventually(Duration::from_secs(30), "the garbage record parked", || {
-        std::future::ready(record_count(&fx.brokers, &fx.dlq_topic) == 3)
-    })
-    .await;
-    let garbage = fx
-        .cli(&["dlq", "redrive", "0:2", "--json"])
-        .await
-        .success()
-        .json_lines();
+    fx.wait_for_dlq_records(3, "the garbage record parked")
+        .await;
+    let garbage = fx.cli_json(&["dlq", "redrive", "0:2", "--json"]).await;
     assert_eq!(garbage[0]["outcome"], json!("redriven"), "{garbage:?}");
-    eventually(Duration::from_secs(30), "the copy parked again", || {
-        std::future::ready(record_count(&fx.brokers, &fx.dlq_topic) == 4)
-    })
-    .await;
+    fx.wait_for_dlq_records(4, "the copy parked again").await;
     let parked = kafka::read_topic(&fx.brokers, &fx.dlq_topic);
     assert_eq!(parked[3].value, b"{not json");
     assert_eq!(parked[3].header(dlq::REDRIVE_COUNT), Some("1"));
     assert_eq!(parked[3].header(dlq::SOURCE_OFFSET), Some("4"));
     let guarded = fx
-        .cli(&["dlq", "redrive", "0:3", "--max-redrives", "1", "--json"])
-        .await
-        .success()
-        .json_lines();
+        .cli_json(&["dlq", "redrive", "0:3", "--max-redrives", "1", "--json"])
+        .await;
     assert_eq!(guarded[0]["outcome"], json!("refused"), "{guarded:?}");
     assert_eq!(record_count(&fx.brokers, &fx.topic), 5);
 
-    actions.signal("TERM");
-    assert!(actions.wait(Duration::from_secs(30)).success());
+    assert!(actions.terminate(Duration::from_secs(30)).success());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -377,18 +366,20 @@ fn big_finalized(session: Uuid, order: Uuid) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_holds() {
-    let brokers = kafka::brokers();
-    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
-    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
-    let database_url = db::fresh_database().await;
+    let Wiring {
+        brokers,
+        topic,
+        dlq_topic,
+        database_url,
+    } = Wiring::create(2, "ipp_events_dlq").await;
     let pool = PgPool::connect(&database_url).await.expect("connect");
-    let env = vec![
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("IPP_TOPIC", topic.clone()),
-        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
-        ("DATABASE_URL", database_url.clone()),
-        ("PROJECTOR_GROUP", unique_name("projector")),
-    ];
+    let env = projector_env(
+        &brokers,
+        &topic,
+        &dlq_topic,
+        &database_url,
+        &unique_name("projector"),
+    );
     let start = |max_payload: Option<&str>| {
         let port = free_port();
         let mut run_env = env.clone();
@@ -537,8 +528,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     assert_eq!(count_events(big_id.clone()).await, 0);
 
     // The fix: restart with the default limit.
-    projector.signal("TERM");
-    assert!(projector.wait(Duration::from_secs(30)).success());
+    assert!(projector.terminate(Duration::from_secs(30)).success());
     let mut projector = start(None);
 
     // Loop guard: at --max-redrives 1 the re-parked copy is refused; the first record
@@ -675,16 +665,17 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     .await;
     assert_eq!(count_events(big_id.clone()).await, 1);
 
-    projector.signal("TERM");
-    assert!(projector.wait(Duration::from_secs(30)).success());
+    assert!(projector.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_operators_redriving_at_once_produce_each_copy_once() {
-    let brokers = kafka::brokers();
-    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
-    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
-    let database_url = db::fresh_database().await;
+    let Wiring {
+        brokers,
+        topic,
+        dlq_topic,
+        database_url,
+    } = Wiring::create(2, "ipp_events_dlq").await;
     let env = vec![
         ("KAFKA_BROKERS", brokers.clone()),
         ("IPP_TOPIC", topic.clone()),

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ipp_tests::{
-    cli, db, free_port, kafka, process::Service, produce, services::OmSim, unique_name,
+    cli, free_port,
+    process::Service,
+    produce,
+    services::{actions_env, projector_env, OmSim, OrderManagement, Wiring},
+    unique_name,
 };
 use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
@@ -68,19 +72,21 @@ fn assert_caught_up(report: &Value, partitions: usize, records: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
-    let brokers = kafka::brokers();
-    let topic = kafka::create_topic(&brokers, "ipp_events", 3).await;
-    let dlq_topic = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
-    let database_url = db::fresh_database().await;
-    let env = vec![
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("IPP_TOPIC", topic.clone()),
-        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
-        ("DATABASE_URL", database_url.clone()),
-        ("PROJECTOR_GROUP", unique_name("projector")),
-        // Not the default schema: status must look where the projector writes.
-        ("PROJECTOR_SCHEMA", "ops_live".to_owned()),
-    ];
+    let Wiring {
+        brokers,
+        topic,
+        dlq_topic,
+        database_url,
+    } = Wiring::create(3, "ipp_events_dlq").await;
+    let mut env = projector_env(
+        &brokers,
+        &topic,
+        &dlq_topic,
+        &database_url,
+        &unique_name("projector"),
+    );
+    // Not the default schema: status must look where the projector writes.
+    env.push(("PROJECTOR_SCHEMA", "ops_live".to_owned()));
 
     // Before anything ran: not migrated, every record is lag.
     let producer = produce::Producer::new(&brokers, &topic);
@@ -139,20 +145,24 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
-    let brokers = kafka::brokers();
-    let topic = kafka::create_topic(&brokers, "ipp_events", 2).await;
-    let dlq_topic = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
-    let database_url = db::fresh_database().await;
+    let Wiring {
+        brokers,
+        topic,
+        dlq_topic,
+        database_url,
+    } = Wiring::create(2, "ipp_actions_dlq").await;
     let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
-    let env = vec![
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("IPP_TOPIC", topic.clone()),
-        ("ACTIONS_DLQ_TOPIC", dlq_topic.clone()),
-        ("DATABASE_URL", database_url.clone()),
-        ("ACTIONS_GROUP", unique_name("actions")),
-        ("KUSTOM_API_URL", sim.url.clone()),
-        ("KUSTOM_API_KEY", API_KEY.to_owned()),
-    ];
+    let env = actions_env(
+        &brokers,
+        &topic,
+        &dlq_topic,
+        &database_url,
+        &unique_name("actions"),
+        OrderManagement {
+            url: &sim.url,
+            api_key: API_KEY,
+        },
+    );
 
     // 12 finalized sessions (2 of them on cancelled orders), 8 other events, 1 record
     // that is not an event.

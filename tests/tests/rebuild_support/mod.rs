@@ -11,7 +11,12 @@ use std::{
 
 use ipp_loadgen::{send_all, Delivery, ExpectedSession, WebhookSigner, Workload};
 use ipp_tests::{
-    cli, db, free_port, kafka, process::wait_for_tcp, process::Service, signer::Signer, unique_name,
+    cli, db, free_port, kafka,
+    process::wait_for_tcp,
+    process::Service,
+    services::{actions_env, projector_env, spawn_listening, OrderManagement},
+    signer::Signer,
+    unique_name,
 };
 use serde_json::Value;
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
@@ -64,17 +69,16 @@ impl Pipeline {
             services: Vec::new(),
             brokers,
         };
-        let sim_port = free_port();
-        pipeline.services.push(Service::spawn(
+        let (sim, sim_port) = spawn_listening(
             "ipp-om-sim",
-            &[],
             &[
-                ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
                 ("OM_SIM_API_KEY", API_KEY.into()),
                 ("RUST_LOG", "warn".into()),
             ],
-        ));
-        wait_for_tcp(sim_port, Duration::from_secs(20));
+            "OM_SIM_LISTEN",
+            Duration::from_secs(20),
+        );
+        pipeline.services.push(sim);
         pipeline.sim_url = format!("http://127.0.0.1:{sim_port}");
 
         pipeline.services.push(Service::spawn(
@@ -94,46 +98,45 @@ impl Pipeline {
         ));
         wait_for_tcp(pipeline.ingest_port, Duration::from_secs(20));
 
-        let port = free_port();
         let mut env = pipeline.projector_env();
-        env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
         env.push(("PROJECTOR_BATCH_WAIT_MS", "20".into()));
         env.push(("RUST_LOG", "warn".into()));
-        pipeline
-            .services
-            .push(Service::spawn("ipp-projector", &[], &env));
-        wait_for_tcp(port, Duration::from_secs(30));
+        let (projector, _) = spawn_listening(
+            "ipp-projector",
+            &env,
+            "PROJECTOR_HTTP",
+            Duration::from_secs(30),
+        );
+        pipeline.services.push(projector);
 
-        let port = free_port();
-        pipeline.services.push(Service::spawn(
-            "ipp-actions",
-            &[],
-            &[
-                ("KAFKA_BROKERS", pipeline.brokers.clone()),
-                ("IPP_TOPIC", pipeline.topic.clone()),
-                ("ACTIONS_DLQ_TOPIC", pipeline.actions_dlq.clone()),
-                ("DATABASE_URL", pipeline.database_url.clone()),
-                ("ACTIONS_GROUP", pipeline.actions_group.clone()),
-                ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
-                ("KUSTOM_API_URL", pipeline.sim_url.clone()),
-                ("KUSTOM_API_KEY", API_KEY.into()),
-                ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
-        ));
-        wait_for_tcp(port, Duration::from_secs(30));
+        let mut env = actions_env(
+            &pipeline.brokers,
+            &pipeline.topic,
+            &pipeline.actions_dlq,
+            &pipeline.database_url,
+            &pipeline.actions_group,
+            OrderManagement {
+                url: &pipeline.sim_url,
+                api_key: API_KEY,
+            },
+        );
+        env.push(("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()));
+        env.push(("RUST_LOG", "warn".into()));
+        let (actions, _) =
+            spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30));
+        pipeline.services.push(actions);
         pipeline
     }
 
     /// What `ipp-projector` (the service or a one-shot command) needs.
     pub fn projector_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("IPP_TOPIC", self.topic.clone()),
-            ("IPP_DLQ_TOPIC", self.dlq.clone()),
-            ("DATABASE_URL", self.database_url.clone()),
-            ("PROJECTOR_GROUP", self.projector_group.clone()),
-        ]
+        projector_env(
+            &self.brokers,
+            &self.topic,
+            &self.dlq,
+            &self.database_url,
+            &self.projector_group,
+        )
     }
 
     /// Runs `ipp-projector args…` to completion (at most 180 s) off the async runtime.
@@ -149,13 +152,7 @@ impl Pipeline {
     ) -> cli::Output {
         let mut env = self.projector_env();
         env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cli::run("ipp-projector", &args, &env, Duration::from_secs(180))
-        })
-        .await
-        .expect("cli task")
+        cli::run_async("ipp-projector", args, &env, Duration::from_secs(180)).await
     }
 
     pub fn webhook_url(&self) -> String {
