@@ -34,6 +34,13 @@ async fn run_cli(binary: &'static str, args: &[&str], env: &[(&str, String)]) ->
     cli::run_async(binary, args, env, CLI_TIMEOUT).await
 }
 
+/// Asserts the `outcome` of each line of a `dlq redrive --json` run, in order.
+fn assert_outcomes(lines: &[Value], expected: &[&str]) {
+    let outcomes: Vec<&Value> = lines.iter().map(|l| &l["outcome"]).collect();
+    let expected: Vec<Value> = expected.iter().map(|o| json!(o)).collect();
+    assert_eq!(outcomes, expected.iter().collect::<Vec<_>>(), "{lines:?}");
+}
+
 /// The high watermark sum of a topic: how many records it holds.
 fn record_count(brokers: &str, topic: &str) -> usize {
     kafka::read_topic(brokers, topic).len()
@@ -389,7 +396,16 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
         }
         Service::spawn("ipp-projector", &[], &run_env)
     };
-    let cli = |args: &'static [&'static str]| run_cli("ipp-projector", args, &env);
+    // A `--json` command of ipp-projector that must succeed: its lines.
+    let cli_json = |args: &'static [&'static str]| {
+        let env = &env;
+        async move {
+            run_cli("ipp-projector", args, env)
+                .await
+                .success()
+                .json_lines()
+        }
+    };
     let count_events = |event_id: String| {
         let pool = pool.clone();
         async move {
@@ -431,7 +447,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     assert_eq!(count_events(big_id.clone()).await, 0);
 
     // list and show: provenance and error.
-    let listed = cli(&["dlq", "list", "--json"]).await.success().json_lines();
+    let listed = cli_json(&["dlq", "list", "--json"]).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let first = &listed[0];
     assert_eq!(first["source_topic"], json!(topic));
@@ -483,10 +499,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
 
     // --dry-run changes nothing: no record produced, no ops table created.
     let topic_records = record_count(&brokers, &topic);
-    let dry = cli(&["dlq", "redrive", "--all", "--dry-run", "--json"])
-        .await
-        .success()
-        .json_lines();
+    let dry = cli_json(&["dlq", "redrive", "--all", "--dry-run", "--json"]).await;
     assert_eq!(dry.len(), 1);
     assert_eq!(dry[0]["outcome"], json!("would-redrive"), "{dry:?}");
     assert_eq!(dry[0]["redrive_count"], json!(1));
@@ -498,10 +511,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     assert_eq!(table, None, "a dry run creates nothing");
 
     // Redriven before the fix: parked again, and the copy keeps its redrive count.
-    let done = cli(&["dlq", "redrive", "--all", "--json"])
-        .await
-        .success()
-        .json_lines();
+    let done = cli_json(&["dlq", "redrive", "--all", "--json"]).await;
     assert_eq!(done[0]["outcome"], json!("redriven"), "{done:?}");
     assert_eq!(record_count(&brokers, &topic), topic_records + 1);
     eventually(Duration::from_secs(60), "the copy parked again", || {
@@ -533,29 +543,13 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
 
     // Loop guard: at --max-redrives 1 the re-parked copy is refused; the first record
     // was redriven already.
-    let guarded = cli(&["dlq", "redrive", "--all", "--max-redrives", "1", "--json"])
-        .await
-        .success()
-        .json_lines();
-    let outcomes: Vec<&Value> = guarded.iter().map(|l| &l["outcome"]).collect();
-    assert_eq!(
-        outcomes,
-        vec![&json!("already-redriven"), &json!("refused")],
-        "{guarded:?}"
-    );
+    let guarded = cli_json(&["dlq", "redrive", "--all", "--max-redrives", "1", "--json"]).await;
+    assert_outcomes(&guarded, &["already-redriven", "refused"]);
     assert_eq!(record_count(&brokers, &topic), topic_records + 1);
 
     // Redriven after the fix: applied exactly once.
-    let done = cli(&["dlq", "redrive", "--all", "--json"])
-        .await
-        .success()
-        .json_lines();
-    let outcomes: Vec<&Value> = done.iter().map(|l| &l["outcome"]).collect();
-    assert_eq!(
-        outcomes,
-        vec![&json!("already-redriven"), &json!("redriven")],
-        "{done:?}"
-    );
+    let done = cli_json(&["dlq", "redrive", "--all", "--json"]).await;
+    assert_outcomes(&done, &["already-redriven", "redriven"]);
     assert_eq!(done[1]["redrive_count"], json!(2));
     eventually(
         Duration::from_secs(60),
@@ -577,10 +571,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
 
     // Everything again: nothing is produced.
     let topic_records = record_count(&brokers, &topic);
-    let again = cli(&["dlq", "redrive", "--all", "--json"])
-        .await
-        .success()
-        .json_lines();
+    let again = cli_json(&["dlq", "redrive", "--all", "--json"]).await;
     assert!(
         again
             .iter()

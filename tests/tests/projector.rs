@@ -219,6 +219,26 @@ async fn wait_for_offsets(
     }
 }
 
+/// Waits until the projector (the only one running) stored the `ends` of every
+/// partition of the target's topic.
+async fn wait_until_caught_up(
+    pool: &PgPool,
+    target: &Target,
+    ends: &BTreeMap<i32, i64>,
+    within: Duration,
+    projector: &mut Projector,
+) {
+    wait_for_offsets(
+        pool,
+        &target.group,
+        &target.topic,
+        ends,
+        within,
+        &mut [projector],
+    )
+    .await;
+}
+
 async fn sessions_json(pool: &PgPool) -> Vec<Value> {
     sqlx::query_scalar("SELECT to_jsonb(s) - 'updated_at' FROM ipp_sessions s ORDER BY session_id")
         .fetch_all(pool)
@@ -548,15 +568,7 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
         kill_and_wait_out_session(&mut last).await;
         count_stall(&mut restarts);
     };
-    wait_for_offsets(
-        &pool,
-        &target.group,
-        &target.topic,
-        &ends,
-        Duration::from_secs(10),
-        &mut [&mut last],
-    )
-    .await;
+    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(10), &mut last).await;
     stop_gracefully(&mut last);
     assert_exact(&pool, &work, &positions).await;
 }
@@ -598,15 +610,7 @@ async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
         count_stall(&mut restarts);
         second = spawn_projector_with(&target, 5, SHORT_SESSION);
     }
-    wait_for_offsets(
-        &pool,
-        &target.group,
-        &target.topic,
-        &ends,
-        Duration::from_secs(10),
-        &mut [&mut second],
-    )
-    .await;
+    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(10), &mut second).await;
     second.service.terminate(Duration::from_secs(30));
     assert_exact(&pool, &work, &positions).await;
 }
@@ -720,13 +724,12 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
 
     let mut projector = spawn_projector(&target, 500);
     let pool = connect(&target.database_url).await;
-    wait_for_offsets(
+    wait_until_caught_up(
         &pool,
-        &target.group,
-        &target.topic,
+        &target,
         &BTreeMap::from([(0, last_offset + 1)]),
         Duration::from_secs(60),
-        &mut [&mut projector],
+        &mut projector,
     )
     .await;
 
@@ -876,13 +879,12 @@ async fn the_documented_examples_project_to_the_expected_rows() {
 
     let mut projector = spawn_projector(&target, 500);
     let pool = connect(&target.database_url).await;
-    wait_for_offsets(
+    wait_until_caught_up(
         &pool,
-        &target.group,
-        &target.topic,
+        &target,
         &ends,
         Duration::from_secs(60),
-        &mut [&mut projector],
+        &mut projector,
     )
     .await;
     projector.service.terminate(Duration::from_secs(30));
