@@ -77,6 +77,9 @@ pub struct Order {
     pub released: bool,
     /// Seeded as missing: every call answers 404 NO_SUCH_ORDER.
     pub missing: bool,
+    /// Seeded to refuse captures with 403 CAPTURE_NOT_ALLOWED although money remains
+    /// authorized, as Kustom does for an order it has locked (for example in a dispute).
+    pub refuse_captures: bool,
     pub purchase_currency: String,
     pub captures: Vec<Capture>,
     pub refunds: Vec<Refund>,
@@ -109,6 +112,8 @@ pub struct Seed {
     pub purchase_currency: Option<String>,
     #[serde(default)]
     pub missing: bool,
+    #[serde(default)]
+    pub refuse_captures: bool,
 }
 
 /// Body of `POST …/captures`; fields the simulator does not use are accepted and ignored.
@@ -140,6 +145,7 @@ impl Order {
             refunded_amount: 0,
             released: false,
             missing: false,
+            refuse_captures: false,
             purchase_currency: currency.to_owned(),
             captures: Vec::new(),
             refunds: Vec::new(),
@@ -155,6 +161,7 @@ impl Order {
             seed.purchase_currency.as_deref().unwrap_or(currency),
         );
         order.missing = seed.missing;
+        order.refuse_captures = seed.refuse_captures;
         if let Some(amount) = seed.order_amount {
             if amount < 0 {
                 return Err(OmError::BadValue("order_amount must be >= 0".into()));
@@ -269,6 +276,11 @@ impl Order {
                 "order is {}",
                 status_name(self.status)
             )));
+        }
+        if self.refuse_captures {
+            return Err(OmError::CaptureNotAllowed(
+                "captures are not allowed on this order".into(),
+            ));
         }
         let remaining = self.remaining_authorized_amount();
         if amount > remaining {

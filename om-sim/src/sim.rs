@@ -110,6 +110,7 @@ pub struct SimOrder {
     #[serde(flatten)]
     pub order: OrderView,
     pub missing: bool,
+    pub refuse_captures: bool,
     pub effects: Effects,
 }
 
@@ -440,6 +441,7 @@ fn sim_order(order: &Order) -> SimOrder {
     SimOrder {
         order: order.view(),
         missing: order.missing,
+        refuse_captures: order.refuse_captures,
         effects: order.effects,
     }
 }

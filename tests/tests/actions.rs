@@ -582,6 +582,7 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     let missing = Event::finalized();
     let cancelled = Event::finalized();
     let captured = Event::finalized();
+    let refused = Event::finalized();
     let amount = 12_345;
     fx.sim
         .put(
@@ -606,12 +607,20 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     fx.produce(&[missing.clone(), cancelled.clone(), captured.clone()])
         .await;
     fx.produce_raw("garbage", b"{not json").await;
+    // Money remains authorized, but Kustom refuses the capture itself: 403 CAPTURE_NOT_ALLOWED.
+    fx.sim
+        .put(
+            &format!("/_sim/orders/{}", refused.order_id.unwrap()),
+            json!({"refuse_captures": true}),
+        )
+        .await;
+    fx.produce(std::slice::from_ref(&refused)).await;
     let healthy = finalized(10);
     fx.produce(&healthy).await;
     let mut actions = fx.start_actions(&unique_name("actions"), &[]);
     eventually(Duration::from_secs(60), "every action ended", || async {
         fx.count("succeeded").await == 10
-            && fx.count("failed").await == 2
+            && fx.count("failed").await == 3
             && fx.count("skipped").await == 1
     })
     .await;
@@ -636,12 +645,19 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
         row.reason.as_deref().unwrap().contains("CANCELLED"),
         "{row:?}"
     );
+    let row = &ledger[&refused.order_id.unwrap()];
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(row.last_status_code, Some(403));
+    assert!(
+        row.reason.as_deref().unwrap().contains("CAPTURE_NOT_ALLOWED"),
+        "{row:?}"
+    );
     let row = &ledger[&captured.order_id.unwrap()];
     assert_eq!(row.status, "skipped", "{row:?}");
     assert_eq!(row.capture_id, None);
 
     let by_order = fx.sim.captures_by_order().await;
-    for event in [&missing, &cancelled, &captured] {
+    for event in [&missing, &cancelled, &captured, &refused] {
         assert!(!by_order.contains_key(&event.order_id.unwrap()));
     }
     let posts: HashSet<String> = fx
@@ -653,19 +669,19 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
         .collect();
     assert_eq!(
         posts.len(),
-        10,
-        "only healthy orders were POSTed: {posts:?}"
+        11,
+        "only healthy orders and the refused one were POSTed: {posts:?}"
     );
 
-    // The DLQ: both failed actions, and the unparseable record with its origin.
+    // The DLQ: the three failed actions, and the unparseable record with its origin.
     let mut dlq_records = Vec::new();
-    eventually(Duration::from_secs(30), "3 DLQ records", || {
+    eventually(Duration::from_secs(30), "4 DLQ records", || {
         dlq_records = kafka::read_topic(&fx.brokers, &fx.dlq_topic);
-        std::future::ready(dlq_records.len() >= 3)
+        std::future::ready(dlq_records.len() >= 4)
     })
     .await;
-    assert_eq!(dlq_records.len(), 3);
-    for event in [&missing, &cancelled] {
+    assert_eq!(dlq_records.len(), 4);
+    for event in [&missing, &cancelled, &refused] {
         let order_id = event.order_id.unwrap().to_string();
         let record = dlq_records
             .iter()
