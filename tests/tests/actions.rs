@@ -649,7 +649,10 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     assert_eq!(row.status, "failed", "{row:?}");
     assert_eq!(row.last_status_code, Some(403));
     assert!(
-        row.reason.as_deref().unwrap().contains("CAPTURE_NOT_ALLOWED"),
+        row.reason
+            .as_deref()
+            .unwrap()
+            .contains("CAPTURE_NOT_ALLOWED"),
         "{row:?}"
     );
     let row = &ledger[&captured.order_id.unwrap()];
