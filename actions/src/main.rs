@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", config.http))?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(ipp_service::cancel_on_signal(
+                shutdown.clone(),
+                "finishing in-flight actions",
+            ));
             ipp_actions::run(config, listener, shutdown).await?;
         }
     }
@@ -32,16 +35,4 @@ async fn main() -> anyhow::Result<()> {
 
 fn ops_exit(result: Result<(), ipp_ops::Error>) -> ! {
     ipp_ops::exit("ipp-actions", result)
-}
-
-/// Turns SIGTERM or Ctrl-C into a cancellation.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested: finishing in-flight actions");
-    shutdown.cancel();
 }

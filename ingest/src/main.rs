@@ -11,19 +11,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(ipp_service::cancel_on_signal(
+        shutdown.clone(),
+        "finishing in-flight requests",
+    ));
     ipp_ingest::run(config, listener, shutdown).await?;
     Ok(())
-}
-
-/// Turns SIGTERM or Ctrl-C into a cancellation.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested: finishing in-flight requests");
-    shutdown.cancel();
 }

@@ -54,7 +54,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {}", config.http))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_to_cancel(shutdown.clone()));
+    tokio::spawn(ipp_service::cancel_on_signal(
+        shutdown.clone(),
+        "finishing the current batch",
+    ));
     ipp_projector::run(config, listener, shutdown)
         .await
         .context("ipp-projector")
@@ -78,15 +81,4 @@ fn exit(result: Result<(), ipp_projector::Error>) -> ! {
             })
         }
     }
-}
-
-/// Turns the first SIGTERM or SIGINT into a cancellation.
-async fn signal_to_cancel(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, finishing the current batch"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, finishing the current batch"),
-    }
-    shutdown.cancel();
 }

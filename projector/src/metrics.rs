@@ -3,8 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -119,11 +118,7 @@ impl Metrics {
             self.last_applied_age
                 .set((now - last).max(0) as f64 / 1_000_000.0);
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding never fails");
-        String::from_utf8(out).expect("text exposition is UTF-8")
+        ipp_service::render_metrics(&self.registry)
     }
 }
 

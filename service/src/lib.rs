@@ -1,0 +1,34 @@
+//! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
+//! stop and report metrics the same way.
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+/// Waits for the first SIGTERM or SIGINT (Ctrl-C), logs `what_happens_next`, and cancels
+/// `shutdown`. Spawn it once from `main`; the service drains when the token fires.
+pub async fn cancel_on_signal(shutdown: CancellationToken, what_happens_next: &'static str) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => tracing::info!("SIGINT received: {what_happens_next}"),
+                _ = term.recv() => tracing::info!("SIGTERM received: {what_happens_next}"),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no SIGTERM handler; only Ctrl-C stops the service");
+            let _ = ctrl_c.await;
+            tracing::info!("SIGINT received: {what_happens_next}");
+        }
+    }
+    shutdown.cancel();
+}
+
+/// The registry in Prometheus' text exposition format, for `GET /metrics`.
+pub fn render_metrics(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding of gathered metrics cannot fail");
+    String::from_utf8(buffer).expect("prometheus text is UTF-8")
+}
