@@ -108,23 +108,28 @@ impl EventLog {
                 offset: delivery.offset,
             }),
             Ok(Err((error, _message))) => {
-                self.recover_after(&producer, &error);
+                if error.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
+                    self.replace(&producer, &error);
+                }
                 Err(AppendError::Kafka(error))
             }
-            Err(_) => Err(AppendError::TimedOut(self.timeout)),
+            // The record may still be in flight: the producer is as suspect as after a
+            // failed delivery (a loaded machine can report later than the outer guard).
+            Err(_) => {
+                let error = AppendError::TimedOut(self.timeout);
+                self.replace(&producer, &error);
+                Err(error)
+            }
         }
     }
 
-    /// After a failed delivery, start over with a new producer (a new producer id).
+    /// After a failed or timed-out delivery, start over with a new producer (a new producer id).
     /// An idempotent producer whose records timed out keeps sequence numbers the broker
     /// never saw; Apache Kafka recovers from that by an epoch bump, but tansu's storage
     /// panics on it and stops serving (seen with tansu 0.6.0). A fresh producer is
     /// always safe. Only the current producer is replaced, and a producer fails only after
     /// the produce timeout, so this happens at most once per timeout even under load.
-    fn recover_after(&self, failed: &Arc<FutureProducer>, error: &KafkaError) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-            return;
-        }
+    fn replace(&self, failed: &Arc<FutureProducer>, error: &dyn std::fmt::Display) {
         let mut current = self.producer.write().expect("producer lock");
         if !Arc::ptr_eq(&current, failed) {
             return; // another request already replaced it
