@@ -94,8 +94,13 @@ pub struct Config {
     )]
     pub producer_properties: Vec<String>,
 
-    /// Run only these figure groups (comma-separated): ingest, projector, freshness, actions.
-    #[arg(long, value_delimiter = ',', value_parser = ["ingest", "projector", "freshness", "actions"])]
+    /// Run only these figure groups (comma-separated): ingest, catchup (projector
+    /// catch-up), apply (projector apply engine, needs no broker), freshness, actions.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = ["ingest", "catchup", "apply", "freshness", "actions"]
+    )]
     pub only: Vec<String>,
 
     /// Keep the benchmark databases instead of dropping them at the end of each figure.

@@ -117,8 +117,19 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     if bench.config.runs("ingest") {
         record("ingest", figures::ingest::run(&bench).await);
     }
-    if bench.config.runs("projector") {
-        record("projector", figures::projector::run(&bench).await);
+    if bench.config.runs("catchup") {
+        record(
+            "catchup",
+            figures::projector::catch_up(&bench).await.map(|f| vec![f]),
+        );
+    }
+    if bench.config.runs("apply") {
+        record(
+            "apply",
+            figures::projector::apply_engine(&bench)
+                .await
+                .map(|f| vec![f]),
+        );
     }
     if bench.config.runs("freshness") {
         record("freshness", figures::freshness::run(&bench).await);

@@ -16,7 +16,8 @@ use tracing::{debug, warn};
 use crate::{
     consumer::{decode, within_limit},
     dlq::DeadLetters,
-    store, Error,
+    store::{self, WriteMode},
+    Error,
 };
 
 /// Where and how a batch is applied.
@@ -74,10 +75,32 @@ impl Engine<'_> {
     /// records below them, store the new events, refold the touched sessions, move the
     /// offsets, park poison records (acknowledged by the broker) and commit. With
     /// `rejected`, every record still due is treated as poison with that reason.
+    ///
+    /// Events are written with `COPY`; in the rare case that one collides with a row
+    /// stored meanwhile, the transaction is rolled back and run again with the slower
+    /// `INSERT … ON CONFLICT` (see [`WriteMode`]).
     pub async fn apply(
         &self,
         batch: &[OwnedMessage],
         rejected: Option<&str>,
+    ) -> Result<Outcome, Error> {
+        match self.apply_with(batch, rejected, WriteMode::Copy).await {
+            Err(e) if e.is_unique_violation() => {
+                debug!(
+                    "a row of the batch was stored meanwhile, applying it again with ON CONFLICT"
+                );
+                self.apply_with(batch, rejected, WriteMode::OnConflict)
+                    .await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn apply_with(
+        &self,
+        batch: &[OwnedMessage],
+        rejected: Option<&str>,
+        mode: WriteMode,
     ) -> Result<Outcome, Error> {
         let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
         let mut tx = self.pool.begin().await?;
@@ -128,9 +151,7 @@ impl Engine<'_> {
                 );
             }
         }
-        let inserted = store::insert_events(&mut tx, &events).await?;
-        let sessions: BTreeSet<_> = inserted.iter().map(|e| e.session_id).collect();
-        store::refold_sessions(&mut tx, &sessions).await?;
+        let stored = store::store_batch(&mut tx, &events, mode).await?;
         let mut all_offsets = HashMap::new();
         if let Some(group) = self.group {
             store::save_offsets(&mut tx, group, self.topic, &next).await?;
@@ -144,14 +165,15 @@ impl Engine<'_> {
         }
         tx.commit().await?;
         Ok(Outcome {
-            applied: inserted
+            applied: stored
+                .inserted
                 .iter()
                 .map(|e| (e.event.event_type.clone(), e.received_at))
                 .collect(),
-            sessions: sessions.len(),
+            sessions: stored.sessions.len(),
             poison: poison.len(),
             stale,
-            duplicates: (events.len() - inserted.len()) as u64,
+            duplicates: (events.len() - stored.inserted.len()) as u64,
             next,
             all_offsets,
         })

@@ -40,6 +40,11 @@ impl Error {
             && code != "23505"
     }
 
+    /// A unique constraint refused a row: another writer stored it first.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505"))
+    }
+
     /// The message with every cause, for logs and dead-letter headers.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();

@@ -5,6 +5,7 @@
 pub mod cli_ops;
 pub mod config;
 pub mod consumer;
+mod copy_binary;
 pub mod dlq;
 pub mod engine;
 pub mod error;

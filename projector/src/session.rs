@@ -89,7 +89,10 @@ pub struct SessionRow {
 /// Folds a session's events into its row. Duplicates (same event id) count once; the
 /// first copy in `events` is the one kept, which only matters if two copies of one id
 /// differ, which Kustom's unique event ids rule out. `None` when `events` is empty.
-pub fn fold(session_id: Uuid, events: &[SessionEvent]) -> Option<SessionRow> {
+pub fn fold<'a>(
+    session_id: Uuid,
+    events: impl IntoIterator<Item = &'a SessionEvent>,
+) -> Option<SessionRow> {
     let mut distinct: BTreeMap<&str, &SessionEvent> = BTreeMap::new();
     for event in events {
         distinct.entry(event.event_id.as_str()).or_insert(event);

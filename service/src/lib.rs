@@ -1,8 +1,15 @@
 //! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
-//! stop and report metrics the same way.
+//! stop, report metrics and allocate the same way.
 
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
+
+/// mimalloc for every binary that links this crate (the services, and the benchmark that
+/// runs the projector's store in-process). With glibc's allocator, freeing each batch's
+/// large buffers set off `malloc_consolidate` over the many small row allocations: about
+/// 15 % of the projector's CPU when catching up.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Waits for the first SIGTERM or SIGINT (Ctrl-C), logs `what_happens_next`, and cancels
 /// `shutdown`. Spawn it once from `main`; the service drains when the token fires.
