@@ -94,10 +94,12 @@ pub struct Config {
     pub batch_size: u32,
 
     /// Longest wait, in milliseconds, for a batch to fill once its first record arrived.
+    /// With 0 a batch is what has already arrived: the freshest read models, and under
+    /// load batches still grow by themselves while the previous one commits.
     #[arg(
         long,
         env = "PROJECTOR_BATCH_WAIT_MS",
-        default_value_t = 100,
+        default_value_t = 0,
         global = true
     )]
     pub batch_wait_ms: u64,

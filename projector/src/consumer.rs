@@ -16,8 +16,8 @@
 //! only lag behind the table, never lead it, so the worst case is re-reading records
 //! that step (2) then skips: nothing is applied twice and nothing is skipped. The lock
 //! in step (1) also serializes two consumers that briefly hold the same partition
-//! during a rebalance. Kafka group commits are sent after each batch for monitoring
-//! tools (lag dashboards) but are never read.
+//! during a rebalance. The offsets are also given to Kafka, committed once a second,
+//! for monitoring tools (lag dashboards), but are never read.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,7 +27,7 @@ use std::{
 
 use ipp_schemas::{EventParseError, KustomEvent, RecordHeaders};
 use rdkafka::{
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer},
     error::KafkaError,
     message::{Message, OwnedHeaders, OwnedMessage},
     statistics::Statistics,
@@ -235,7 +235,8 @@ impl Projector {
         client
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("group.id", &config.group)
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
@@ -435,6 +436,10 @@ impl Projector {
             sessions = outcome.sessions,
             dead_letters = outcome.poison,
             stale = outcome.stale,
+            transaction_ms = outcome.transaction.as_secs_f64() * 1e3,
+            read_ms = outcome.timings.read.as_secs_f64() * 1e3,
+            insert_ms = outcome.timings.insert.as_secs_f64() * 1e3,
+            fold_ms = outcome.timings.fold.as_secs_f64() * 1e3,
             "batch committed"
         );
         self.remember_offsets(outcome.all_offsets.into_iter());
@@ -442,7 +447,9 @@ impl Projector {
         Ok(())
     }
 
-    /// Informational only: lets Kafka tooling show the group's progress.
+    /// Informational only: lets Kafka tooling show the group's progress. librdkafka's
+    /// auto commit sends what is stored here once a second (and on a rebalance or
+    /// close), rather than one commit request per batch.
     fn commit_to_kafka(&self, next: &BTreeMap<i32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for (partition, offset) in next {
@@ -453,10 +460,11 @@ impl Projector {
                 return;
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        // Fails for a partition no longer assigned, which is not a problem here.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
             debug!(
                 error = &e as &dyn std::error::Error,
-                "informational kafka commit failed"
+                "informational kafka offset store failed"
             );
         }
     }

@@ -48,6 +48,10 @@ pub struct Outcome {
     pub next: BTreeMap<i32, i64>,
     /// Every stored next offset of the group on the topic after the commit.
     pub all_offsets: HashMap<i32, i64>,
+    /// Where the time of the store step went.
+    pub timings: store::StepTimings,
+    /// From the start of the transaction to the end of its commit.
+    pub transaction: std::time::Duration,
 }
 
 /// Totals over several batches, for the one-shot commands.
@@ -102,6 +106,7 @@ impl Engine<'_> {
         rejected: Option<&str>,
         mode: WriteMode,
     ) -> Result<Outcome, Error> {
+        let started = std::time::Instant::now();
         let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
         let mut tx = self.pool.begin().await?;
         let mut next: BTreeMap<i32, i64> = match self.group {
@@ -154,10 +159,9 @@ impl Engine<'_> {
         let stored = store::store_batch(&mut tx, &events, mode).await?;
         let mut all_offsets = HashMap::new();
         if let Some(group) = self.group {
-            store::save_offsets(&mut tx, group, self.topic, &next).await?;
             // Includes what other replicas committed, so a later assignment of their
             // partitions starts close to where they stopped.
-            all_offsets = store::load_offsets(&mut *tx, group, self.topic).await?;
+            all_offsets = store::save_offsets(&mut tx, group, self.topic, &next).await?;
         }
         // Last before the commit, so a batch the database rejects parks nothing.
         if let (Some(dead_letters), false) = (self.dead_letters, poison.is_empty()) {
@@ -176,6 +180,8 @@ impl Engine<'_> {
             duplicates: (events.len() - stored.inserted.len()) as u64,
             next,
             all_offsets,
+            timings: stored.timings,
+            transaction: started.elapsed(),
         })
     }
 

@@ -55,6 +55,11 @@ pub async fn lock_offsets(
     partitions: &BTreeSet<i32>,
 ) -> Result<BTreeMap<i32, i64>, Error> {
     let partitions: Vec<i32> = partitions.iter().copied().collect();
+    let locked = select_offsets_for_update(tx, group, topic, &partitions).await?;
+    if locked.len() == partitions.len() {
+        return Ok(locked);
+    }
+    // A partition met for the first time: give it a row, then lock them all.
     sqlx::query(
         "INSERT INTO ipp_projector_offsets (consumer_group, topic, partition, next_offset)
          SELECT $1, $2, p, 0 FROM UNNEST($3::int4[]) AS p
@@ -65,6 +70,15 @@ pub async fn lock_offsets(
     .bind(&partitions)
     .execute(&mut **tx)
     .await?;
+    select_offsets_for_update(tx, group, topic, &partitions).await
+}
+
+async fn select_offsets_for_update(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, Error> {
     let rows = sqlx::query(
         "SELECT partition, next_offset FROM ipp_projector_offsets
          WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
@@ -73,7 +87,7 @@ pub async fn lock_offsets(
     )
     .bind(group)
     .bind(topic)
-    .bind(&partitions)
+    .bind(partitions)
     .fetch_all(&mut **tx)
     .await?;
     rows.iter()
@@ -81,27 +95,37 @@ pub async fn lock_offsets(
         .collect()
 }
 
-/// Moves stored offsets forward (never back).
+/// Moves stored offsets forward (never back) and returns every stored next offset of
+/// the group on the topic, other replicas' partitions included, in one round trip.
 pub async fn save_offsets(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     topic: &str,
     offsets: &BTreeMap<i32, i64>,
-) -> Result<(), Error> {
+) -> Result<HashMap<i32, i64>, Error> {
     let (partitions, next): (Vec<i32>, Vec<i64>) = offsets.iter().unzip();
-    sqlx::query(
-        "UPDATE ipp_projector_offsets AS o
-         SET next_offset = GREATEST(o.next_offset, u.n), updated_at = now()
-         FROM UNNEST($3::int4[], $4::int8[]) AS u(p, n)
-         WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = u.p",
+    let rows = sqlx::query(
+        "WITH saved AS (
+             UPDATE ipp_projector_offsets AS o
+             SET next_offset = GREATEST(o.next_offset, u.n), updated_at = now()
+             FROM UNNEST($3::int4[], $4::int8[]) AS u(p, n)
+             WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = u.p
+             RETURNING o.partition, o.next_offset
+         )
+         SELECT partition, next_offset FROM saved
+         UNION ALL
+         SELECT partition, next_offset FROM ipp_projector_offsets
+         WHERE consumer_group = $1 AND topic = $2 AND partition <> ALL($3)",
     )
     .bind(group)
     .bind(topic)
     .bind(&partitions)
     .bind(&next)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Every stored next offset of a group on a topic.
@@ -151,7 +175,8 @@ pub struct StepTimings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
     /// `COPY` the events the session read showed to be new, and the rows of sessions
-    /// that had no stored event. Fails with a unique violation (SQLSTATE 23505, see
+    /// that had no stored event (fewer than `COPY_MIN_ROWS` go in with `INSERT … ON
+    /// CONFLICT`, which cannot fail on a duplicate). Fails with a unique violation (SQLSTATE 23505, see
     /// [`Error::is_unique_violation`]) if one of them was stored after all: an event id
     /// reused by another session, or written by a concurrent writer. The transaction is
     /// then aborted and the caller runs it again with [`WriteMode::OnConflict`].
@@ -203,13 +228,12 @@ pub async fn store_batch<'a>(
         .collect();
     drop(stored_ids);
     let inserted = match mode {
-        WriteMode::Copy if !candidates.is_empty() => {
+        WriteMode::Copy if candidates.len() >= COPY_MIN_ROWS => {
             let rows = copy_binary::events(&candidates);
             copy_rows(tx, "ipp_events", EVENT_COLUMNS, &rows).await?;
             candidates
         }
-        WriteMode::Copy => candidates,
-        WriteMode::OnConflict => insert_events(tx, candidates).await?,
+        WriteMode::Copy | WriteMode::OnConflict => insert_events(tx, candidates).await?,
     };
     timings.insert = step.elapsed();
 
@@ -226,7 +250,7 @@ pub async fn store_batch<'a>(
     for (id, new_events) in &touched {
         let prior = stored.get(id).map(Vec::as_slice).unwrap_or_default();
         if let Some(row) = session::fold(*id, prior.iter().chain(new_events.iter().copied())) {
-            if prior.is_empty() && mode == WriteMode::Copy {
+            if prior.is_empty() {
                 created.push(row);
             } else {
                 changed.push(row);
@@ -234,10 +258,11 @@ pub async fn store_batch<'a>(
         }
     }
     let sessions_created = created.len();
-
-    if !created.is_empty() {
+    if mode == WriteMode::Copy && created.len() >= COPY_MIN_ROWS {
         let rows = copy_binary::sessions(&created);
         copy_rows(tx, "ipp_sessions", SESSION_COLUMNS, &rows).await?;
+    } else {
+        changed.append(&mut created);
     }
     upsert_sessions(tx, &changed).await?;
     created.append(&mut changed);
@@ -279,6 +304,10 @@ async fn stored_events(
                 occurred_at, payload->>'timestamp'
          FROM ipp_events WHERE session_id = ANY($1)",
     )
+    // Planned for each batch: a prepared statement soon runs a generic plan, and one
+    // made while the table was nearly empty (the first minute of a rebuild or a new
+    // deployment) scans it whole until autovacuum analyzes it.
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
@@ -304,6 +333,10 @@ async fn stored_events(
     }
     Ok(by_session)
 }
+
+/// Fewer rows than this go in with one `INSERT`: a `COPY` costs an extra round trip,
+/// which only pays off for more rows.
+const COPY_MIN_ROWS: usize = 32;
 
 const EVENT_COLUMNS: &str = "event_id, event_type, merchant_id, session_id, order_id, \
      failure_reason, occurred_at, received_at, kafka_partition, kafka_offset, payload";
@@ -339,6 +372,9 @@ async fn insert_events<'a>(
     tx: &mut Transaction<'_, Postgres>,
     distinct: Vec<&'a NewEvent>,
 ) -> Result<Vec<&'a NewEvent>, Error> {
+    if distinct.is_empty() {
+        return Ok(distinct);
+    }
     let column = |f: &dyn Fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
         distinct.iter().map(|e| f(e)).collect()
     };

@@ -34,11 +34,14 @@ struct Spec {
     failure_reason: Option<&'static str>,
 }
 
-fn event(spec: &Spec, offset: i64) -> NewEvent {
-    let session_id = Uuid::from_u128(spec.session);
+/// `spec` in copy `copy` of the set: its own event id and session.
+fn event(spec: &Spec, copy: u128, offset: i64) -> NewEvent {
+    let session_id = Uuid::from_u128(copy * 10 + spec.session);
+    let event_id = format!("{}_{copy}", spec.event_id);
+    let event_id = event_id.as_str();
     let order_id = spec.order.map(Uuid::from_u128);
     let payload = String::from_utf8(ipp_body(
-        spec.event_id,
+        event_id,
         spec.event_type,
         spec.merchant_id.unwrap_or("M1"),
         session_id,
@@ -55,7 +58,7 @@ fn event(spec: &Spec, offset: i64) -> NewEvent {
     NewEvent {
         session_id,
         event: SessionEvent {
-            event_id: spec.event_id.into(),
+            event_id: event_id.into(),
             event_type: spec.event_type.into(),
             merchant_id: spec.merchant_id.map(Into::into),
             order_id,
@@ -70,9 +73,14 @@ fn event(spec: &Spec, offset: i64) -> NewEvent {
     }
 }
 
+/// Sessions in the test batches: enough that a batch takes the `COPY` path, which
+/// starts at 32 rows.
+const COPIES: u128 = 40;
+
 /// Events that exercise every column: nanoseconds (kept in the payload, cut in the
 /// columns), an instant before 2000 (where cutting rounds toward zero), NULLs, text that
 /// needs escaping in JSON, both terminal events (an anomaly array) and a late `created`.
+/// Ordered by spec, then copy: each spec's events of all copies are adjacent.
 fn tricky_events() -> Vec<NewEvent> {
     let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
     let specs = [
@@ -140,11 +148,19 @@ fn tricky_events() -> Vec<NewEvent> {
             failure_reason: None,
         },
     ];
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| event(spec, 100 + i as i64))
-        .collect()
+    let mut events = Vec::new();
+    for spec in &specs {
+        for copy in 0..COPIES {
+            events.push(event(spec, copy, 100 + events.len() as i64));
+        }
+    }
+    events
+}
+
+/// The events of specs `from..to`, for every copy.
+fn specs(events: &[NewEvent], from: usize, to: usize) -> &[NewEvent] {
+    let copies = COPIES as usize;
+    &events[from * copies..to * copies]
 }
 
 /// Every stored row of both tables, as JSON, minus `updated_at` (the write time).
@@ -177,7 +193,11 @@ async fn copy_and_on_conflict_store_identical_rows() {
     // (new rows by COPY, changed rows by upsert) with duplicates in between.
     let splits: [Vec<&[NewEvent]>; 2] = [
         vec![&events],
-        vec![&events[..2], &events[1..4], &events[3..]],
+        vec![
+            specs(&events, 0, 2),
+            specs(&events, 1, 4),
+            specs(&events, 3, 7),
+        ],
     ];
     for batches in &splits {
         let by_copy = migrated_database().await;
@@ -187,11 +207,18 @@ async fn copy_and_on_conflict_store_identical_rows() {
         let (copied_events, copied_sessions) = all_rows(&by_copy).await;
         let (inserted_events, inserted_sessions) = all_rows(&by_insert).await;
         assert_eq!(copied_events.len(), events.len());
-        assert_eq!(copied_sessions.len(), 2);
+        assert_eq!(copied_sessions.len(), 2 * COPIES as usize);
         assert_eq!(copied_events, inserted_events);
         assert_eq!(copied_sessions, inserted_sessions);
 
-        let first = &copied_sessions[0];
+        let session = |id: u128| {
+            let id = Uuid::from_u128(id).to_string();
+            copied_sessions
+                .iter()
+                .find(|row| row["session_id"] == id.as_str())
+                .unwrap()
+        };
+        let first = session(1);
         assert_eq!(first["status"], "finalized");
         assert_eq!(
             first["anomalies"],
@@ -202,12 +229,12 @@ async fn copy_and_on_conflict_store_identical_rows() {
             first["last_failure_reason"],
             "card \"declined\"\\ über\n\ttab"
         );
-        let late = &copied_sessions[1];
+        let late = session(2);
         assert_eq!(late["merchant_id"], Value::Null);
         // sqlx cuts toward 2000-01-01: this instant just before it becomes 2000-01-01.
         assert_eq!(late["created_at"], "2000-01-01T00:00:00+00:00");
         let raw: String = sqlx::query_scalar(
-            "SELECT payload->>'timestamp' FROM ipp_events WHERE event_id = 'kevt_a1'",
+            "SELECT payload->>'timestamp' FROM ipp_events WHERE event_id = 'kevt_a1_0'",
         )
         .fetch_one(&by_copy)
         .await
@@ -252,20 +279,19 @@ async fn a_copy_that_collides_is_retried_with_on_conflict() {
             .await
             .unwrap();
     assert_eq!(owners.len(), events.len());
-    assert!(owners.contains(&("kevt_a1".into(), Uuid::from_u128(99))));
+    assert!(owners.contains(&("kevt_a1_0".into(), Uuid::from_u128(99))));
     let counts: Vec<(Uuid, i32)> =
         sqlx::query_as("SELECT session_id, event_count FROM ipp_sessions ORDER BY session_id")
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(
-        counts,
-        [
-            (Uuid::from_u128(1), 4),
-            (Uuid::from_u128(2), 2),
-            (Uuid::from_u128(99), 1)
-        ]
-    );
+    assert_eq!(counts.len(), 2 * COPIES as usize + 1);
+    for (session, events) in [(1, 4), (2, 2), (11, 5), (12, 2), (99, 1)] {
+        assert!(
+            counts.contains(&(Uuid::from_u128(session), events)),
+            "session {session} should count {events} events: {counts:?}"
+        );
+    }
 }
 
 /// The Kafka record ingest would have written for `event`.
