@@ -44,6 +44,7 @@ use crate::{
     engine::Engine,
     http::Health,
     session::SessionEvent,
+    statistics::AutoAnalyze,
     store::{self, NewEvent},
     Error,
 };
@@ -220,6 +221,7 @@ pub struct Projector {
     consumer: StreamConsumer<ProjectorContext>,
     dead_letters: DeadLetters,
     offsets: OffsetCache,
+    statistics: Arc<AutoAnalyze>,
 }
 
 impl Projector {
@@ -252,6 +254,7 @@ impl Projector {
             consumer,
             dead_letters,
             offsets,
+            statistics: Arc::new(AutoAnalyze::default()),
         })
     }
 
@@ -416,6 +419,7 @@ impl Projector {
             group: Some(&self.config.group),
             max_payload_bytes: self.config.max_payload_bytes,
             dead_letters: Some(&self.dead_letters),
+            statistics: self.statistics.clone(),
         };
         let outcome = engine.apply(batch, rejected).await?;
 

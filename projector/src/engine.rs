@@ -6,7 +6,10 @@
 //! the pool (`crate::schema::connect` sets the connections' `search_path`), never by
 //! the SQL, which names tables unqualified.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
@@ -16,6 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     consumer::{decode, within_limit},
     dlq::DeadLetters,
+    statistics::AutoAnalyze,
     store::{self, WriteMode},
     Error,
 };
@@ -33,6 +37,8 @@ pub struct Engine<'a> {
     /// Where poison records are parked. `None` (rebuild, replay) skips them: the live
     /// projector already parked them when it first met them.
     pub dead_letters: Option<&'a DeadLetters>,
+    /// Keeps the planner's statistics of fast-growing read models fresh.
+    pub statistics: Arc<AutoAnalyze>,
 }
 
 /// What one committed batch did.
@@ -168,6 +174,8 @@ impl Engine<'_> {
             dead_letters.send_all(&poison).await?;
         }
         tx.commit().await?;
+        self.statistics
+            .note_applied(stored.inserted.len() as u64, self.pool);
         Ok(Outcome {
             applied: stored
                 .inserted

@@ -16,6 +16,7 @@ pub mod rebuild;
 pub mod replay;
 pub mod schema;
 pub mod session;
+pub mod statistics;
 pub mod store;
 
 use std::sync::Arc;

@@ -33,6 +33,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     io::{IsTerminal, Write},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -48,7 +49,9 @@ use tracing::info;
 use crate::{
     config::Config,
     engine::{Engine, Totals},
-    log_reader, schema, store, Error,
+    log_reader, schema,
+    statistics::AutoAnalyze,
+    store, Error,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -135,6 +138,7 @@ impl<'a> Follower<'a> {
                 group: Some(&config.group),
                 max_payload_bytes: config.max_payload_bytes,
                 dead_letters: None,
+                statistics: Arc::new(AutoAnalyze::default()),
             },
             topic,
             partitions,

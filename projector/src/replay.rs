@@ -13,6 +13,7 @@ use std::{
     fs::File,
     io::{BufWriter, IsTerminal, Write},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -30,7 +31,9 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     engine::{Engine, Totals},
-    log_reader, schema, Error,
+    log_reader, schema,
+    statistics::AutoAnalyze,
+    Error,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -279,6 +282,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         }
         None => None,
     };
+    let statistics = Arc::new(AutoAnalyze::default());
     let mut sink = Sink::open(args)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar =
@@ -343,13 +347,19 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         if pool.is_some() {
             batch.push(message);
             if batch.len() >= config.batch_size as usize {
-                totals = add(totals, project(config, pool.as_ref(), &batch).await?);
+                totals = add(
+                    totals,
+                    project(config, pool.as_ref(), &statistics, &batch).await?,
+                );
                 batch.clear();
             }
         }
     }
     if !batch.is_empty() {
-        totals = add(totals, project(config, pool.as_ref(), &batch).await?);
+        totals = add(
+            totals,
+            project(config, pool.as_ref(), &statistics, &batch).await?,
+        );
     }
     sink.finish()?;
     if let Some(bar) = &bar {
@@ -384,6 +394,7 @@ fn add(mut a: Totals, b: Totals) -> Totals {
 async fn project(
     config: &Config,
     pool: Option<&sqlx::PgPool>,
+    statistics: &Arc<AutoAnalyze>,
     batch: &[OwnedMessage],
 ) -> Result<Totals, Error> {
     let Some(pool) = pool else {
@@ -395,6 +406,7 @@ async fn project(
         group: None,
         max_payload_bytes: config.max_payload_bytes,
         dead_letters: None,
+        statistics: statistics.clone(),
     }
     .apply_isolating(batch)
     .await

@@ -304,10 +304,6 @@ async fn stored_events(
                 occurred_at, payload->>'timestamp'
          FROM ipp_events WHERE session_id = ANY($1)",
     )
-    // Planned for each batch: a prepared statement soon runs a generic plan, and one
-    // made while the table was nearly empty (the first minute of a rebuild or a new
-    // deployment) scans it whole until autovacuum analyzes it.
-    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;

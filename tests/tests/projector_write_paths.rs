@@ -266,6 +266,7 @@ async fn a_copy_that_collides_is_retried_with_on_conflict() {
         group: Some("write-paths"),
         max_payload_bytes: 0,
         dead_letters: None,
+        statistics: Default::default(),
     };
     let records: Vec<OwnedMessage> = events.iter().map(record).collect();
     let outcome = engine.apply(&records, None).await.unwrap();
