@@ -272,13 +272,26 @@ impl Projector {
         result
     }
 
+    /// Applies batch after batch; the next batch is gathered (and topped up once the
+    /// previous one committed) while the previous one is in PostgreSQL, so the
+    /// database and the broker work at the same time. A record gathered early for a
+    /// partition that is revoked meanwhile is harmless: the stored offsets decide.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), Error> {
+        let mut batch = Vec::new();
         while !shutdown.is_cancelled() {
-            let batch = self.next_batch(shutdown).await;
             if batch.is_empty() {
+                batch = self.next_batch(shutdown).await;
                 continue;
             }
-            self.apply_with_retries(&batch, shutdown).await?;
+            let (applied, mut next) = tokio::join!(
+                self.apply_with_retries(&batch, shutdown),
+                self.next_batch(shutdown)
+            );
+            applied?;
+            if !next.is_empty() {
+                self.gather(&mut next, tokio::time::Instant::now()).await;
+            }
+            batch = next;
         }
         Ok(())
     }
@@ -304,6 +317,13 @@ impl Projector {
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.batch_wait_ms);
+        self.gather(&mut batch, deadline).await;
+        batch
+    }
+
+    /// Adds records to `batch` until it is full or `deadline` passes; records already
+    /// received are taken even when the deadline is over.
+    async fn gather(&self, batch: &mut Vec<OwnedMessage>, deadline: tokio::time::Instant) {
         while batch.len() < self.config.batch_size as usize {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(message)) => batch.push(message.detach()),
@@ -314,7 +334,6 @@ impl Projector {
                 Err(_deadline) => break,
             }
         }
-        batch
     }
 
     async fn receive_error(&self, e: &KafkaError) {
