@@ -65,7 +65,7 @@ pub struct Config {
     pub actions_sessions: Option<usize>,
 
     /// Events per transaction in the apply-engine figure (the projector's default batch size).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     pub apply_batch: usize,
 
     /// Simulated Order Management latency, milliseconds.

@@ -361,3 +361,16 @@ pub async fn histogram(client: &reqwest::Client, metrics_url: &str, name: &str) 
     };
     (value("_sum"), value("_count"))
 }
+
+/// Flushes PostgreSQL's dirty buffers, so the next measurement does not pay for the
+/// previous one's writes; needs a superuser, and is skipped without one.
+pub async fn checkpoint(server: &str) {
+    let done = async {
+        let mut conn = PgConnection::connect(server).await?;
+        conn.execute("CHECKPOINT").await?;
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(e) = done.await {
+        crate::progress(&format!("CHECKPOINT skipped: {e}"));
+    }
+}

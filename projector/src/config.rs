@@ -89,7 +89,7 @@ pub struct Config {
     pub http: SocketAddr,
 
     /// Most records applied in one database transaction.
-    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500, global = true,
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 2000, global = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
 

@@ -97,8 +97,8 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
         format!(
             "{n} ipp.* records ({events} distinct events, {sessions} sessions, realistic mix with \
              duplicates and out-of-order delivery) prefilled in a {}-partition topic; clock from \
-             spawning ipp-projector (new group, fresh database already migrated, default batch \
-             settings) until ipp_projector_offsets covers every record (polled every 50 ms); \
+             ipp-projector's readiness (connected and subscribed; new group, fresh database \
+             already migrated, default batch settings) until ipp_projector_offsets covers every record (polled every 50 ms); \
              rows checked after. Ceiling: a BaseConsumer subscribing with a fresh group from \
              offset 0 and reading every record. Median of {rounds} rounds, each the ceiling then \
              the projector (ratios {})",
@@ -133,8 +133,29 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
         .connect(&db.url)
         .await?;
 
-    let started = Instant::now();
     let mut projector = bench.spawn("ipp-projector", &[], &env)?;
+    // The clock starts when the projector is ready (it has connected to PostgreSQL and
+    // subscribed), as the ceiling's starts at its subscribe: both include the group join
+    // and every fetch, neither the process start.
+    let client = crate::load::client(1);
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        projector.check_running()?;
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("ipp-projector was not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = Instant::now();
     let deadline = started + Duration::from_secs(60 + n as u64 / 50);
     let mut last_report = Instant::now();
     loop {
@@ -328,7 +349,7 @@ async fn apply_in_batches(
         .connect(&db.url)
         .await?;
     store::migrate(&pool).await?;
-    checkpoint(bench).await;
+    infra::checkpoint(&bench.config.database_url).await;
     let analyze = AutoAnalyze::default();
     let (mut reading, mut inserting, mut folding, mut committing) = (
         Duration::ZERO,
@@ -387,7 +408,7 @@ async fn copy_ceiling(bench: &Bench, events: &[NewEvent]) -> anyhow::Result<f64>
         .connect(&db.url)
         .await?;
     store::migrate(&pool).await?;
-    checkpoint(bench).await;
+    infra::checkpoint(&bench.config.database_url).await;
     let csv = copy_data(events);
     let mut conn = pool.acquire().await?;
     let started = Instant::now();
@@ -407,22 +428,6 @@ async fn copy_ceiling(bench: &Bench, events: &[NewEvent]) -> anyhow::Result<f64>
     pool.close().await;
     db.drop_now(bench.config.keep_databases).await?;
     Ok(ceiling)
-}
-
-/// Flushes PostgreSQL's dirty buffers; needs a superuser, and is skipped without one.
-async fn checkpoint(bench: &Bench) {
-    let done = async {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&bench.config.database_url)
-            .await?;
-        sqlx::query("CHECKPOINT").execute(&pool).await?;
-        pool.close().await;
-        Ok::<_, sqlx::Error>(())
-    };
-    if let Err(e) = done.await {
-        progress(&format!("CHECKPOINT skipped: {e}"));
-    }
 }
 
 fn csv_field(out: &mut Vec<u8>, value: Option<&str>) {
