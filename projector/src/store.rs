@@ -156,7 +156,7 @@ pub struct Stored<'a> {
     pub sessions: Vec<SessionRow>,
     /// How many of those sessions are new (their rows inserted, not updated).
     pub sessions_created: usize,
-    /// Where the time went, for the metrics and the benchmark.
+    /// Where the time went, for the projector's debug log and the benchmark.
     pub timings: StepTimings,
 }
 
@@ -176,10 +176,11 @@ pub struct StepTimings {
 pub enum WriteMode {
     /// `COPY` the events the session read showed to be new, and the rows of sessions
     /// that had no stored event (fewer than `COPY_MIN_ROWS` go in with `INSERT … ON
-    /// CONFLICT`, which cannot fail on a duplicate). Fails with a unique violation (SQLSTATE 23505, see
-    /// [`Error::is_unique_violation`]) if one of them was stored after all: an event id
-    /// reused by another session, or written by a concurrent writer. The transaction is
-    /// then aborted and the caller runs it again with [`WriteMode::OnConflict`].
+    /// CONFLICT`, which cannot fail on a duplicate). Fails with a unique violation
+    /// (SQLSTATE 23505, see [`Error::is_unique_violation`]) if one of them was stored
+    /// after all: an event id reused by another session, or written by a concurrent
+    /// writer. The transaction is then aborted and the caller runs it again with
+    /// [`WriteMode::OnConflict`].
     Copy,
     /// `INSERT … ON CONFLICT`: slower, never fails on a duplicate.
     OnConflict,
