@@ -2,7 +2,6 @@
 # Debian machine with the Rust toolchain. Every function is idempotent.
 # shellcheck shell=bash
 
-TANSU_VERSION=0.6.0
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -52,14 +51,6 @@ ensure_postgres() {
   die "PostgreSQL did not come up on 127.0.0.1:5432"
 }
 
-ensure_tansu() {
-  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    return 0
-  fi
-  log "installing tansu $TANSU_VERSION (a Kafka-protocol broker; about 9 minutes the first time)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --quiet
-}
-
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -72,40 +63,110 @@ wait_for_port() { # host port seconds what
   done
 }
 
-# start_tansu DATA_DIR PORT LOG_FILE: starts a broker in the background, prints its pid.
-start_tansu() {
-  mkdir -p "$1"
-  local dir
-  dir=$(cd "$1" && pwd)
-  # An absolute path in tansu's sqlite URL needs four slashes: sqlite:////abs/path.
-  tansu broker \
-    --storage-engine "sqlite:///$dir/tansu.db" \
-    --listener-url "tcp://127.0.0.1:$2" \
-    --advertised-listener-url "tcp://127.0.0.1:$2" >"$3" 2>&1 &
-  echo $!
-  wait_for_port 127.0.0.1 "$2" 60 tansu
-  index_tansu_headers "$dir/tansu.db"
+# stop_within SECONDS PID...: SIGTERM, then SIGKILL whatever still runs after SECONDS.
+# Polls rather than `wait`s, so it also stops processes that are not this shell's children.
+stop_within() {
+  local seconds=$1; shift
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  local deadline=$((SECONDS + seconds))
+  while [ $SECONDS -lt $deadline ]; do
+    local alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 1 ] || return 0
+    sleep 0.2
+  done
+  log "still running after ${seconds}s, killing: $*"
+  kill -KILL "$@" 2>/dev/null || true
 }
 
-# tansu 0.6.0's sqlite schema has no index on header(topition, offset_id): every fetched
-# record's headers are found by scanning every header stored, so consuming a topic costs
-# O(records²) and stalls beyond ~10k records with headers (ours carry six), long enough
-# for consumer-group heartbeats to be missed. The index changes no behaviour.
-index_tansu_headers() {
-  command -v sqlite3 >/dev/null || apt_install sqlite3
-  sqlite3 "$1" "CREATE INDEX IF NOT EXISTS header_topition_offset ON header (topition, offset_id)" \
-    || die "could not index the broker's header table in $1"
+# --- Apache Kafka -------------------------------------------------------------------
+# The broker is Apache Kafka itself, run from its Maven Central jars with `java` (no
+# tarball, no Docker). scripts/kafka/pom.xml pins the version; the jars are fetched once
+# into .local/kafka/<version>/libs and reused. scripts/kafka-broker runs one broker.
+
+KAFKA_POM=$ROOT/scripts/kafka/pom.xml
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
+KAFKA_CACHE=$ROOT/.local/kafka
+KAFKA_LIBS=$KAFKA_CACHE/$KAFKA_VERSION/libs
+
+# Java 17 (Kafka 4 brokers need 17 or newer) and Maven, from Debian's packages if missing.
+ensure_java() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+  [ "${major:-0}" -ge 17 ] 2>/dev/null || die "Kafka $KAFKA_VERSION needs Java 17 or newer; java is ${major:-unknown}"
 }
+
+ensure_kafka() {
+  ensure_java
+  [ -f "$KAFKA_LIBS/.complete" ] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into ${KAFKA_LIBS#"$ROOT"/} (once)"
+  mkdir -p "$KAFKA_CACHE"
+  local staging
+  staging=$(mktemp -d "$KAFKA_CACHE/staging.XXXXXX")
+  # A Maven repository of its own under .local: removing .local resets everything.
+  if ! mvn -B -q -f "$KAFKA_POM" -Dmaven.repo.local="$KAFKA_CACHE/m2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging/libs" \
+      >"$staging/mvn.log" 2>&1; then
+    tail -n 30 "$staging/mvn.log" >&2
+    rm -rf "$staging"
+    die "could not fetch Apache Kafka $KAFKA_VERSION with mvn"
+  fi
+  touch "$staging/libs/.complete"
+  mkdir -p "$(dirname "$KAFKA_LIBS")"
+  # Another process may have finished first: theirs is as good as ours.
+  mv -T "$staging/libs" "$KAFKA_LIBS" 2>/dev/null || true
+  rm -rf "$staging"
+}
+
+# kafka_tool MAIN_CLASS ARG...: one of Kafka's command-line tools, quietly.
+kafka_tool() {
+  local main=$1; shift
+  java -Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+    -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" -Dipp.kafka.log.level=WARN \
+    -cp "$KAFKA_LIBS/*" "$main" "$@"
+}
+
+# start_kafka DATA_DIR PORT LOG_FILE [KEY=VALUE...]: starts a broker in the background
+# (see scripts/kafka-broker) and sets KAFKA_PID; fails, with the broker's last log
+# lines, if it does not listen on PORT within 60 s.
+start_kafka() {
+  local data=$1 port=$2 logfile=$3; shift 3
+  ensure_kafka
+  "$ROOT/scripts/kafka-broker" "$data" "$port" "$@" >"$logfile" 2>&1 &
+  KAFKA_PID=$!
+  local deadline=$((SECONDS + 60))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$KAFKA_PID" 2>/dev/null || [ $SECONDS -ge "$deadline" ]; then
+      tail -n 40 "$logfile" >&2
+      stop_within 5 "$KAFKA_PID"
+      die "Apache Kafka did not listen on 127.0.0.1:$port within 60 s (log: $logfile)"
+    fi
+    sleep 0.2
+  done
+}
+
+# stop_kafka PID: a controlled shutdown, SIGKILL after 30 s.
+stop_kafka() { stop_within 30 "$1"; }
+
+# The settings the event log's topics need: nothing is ever deleted by age or size (a
+# rebuild replays the whole history), and no compaction (it would keep one record per
+# session key). Also in docker-compose.yml and the README.
+TOPIC_CONFIGS=(--config retention.ms=-1 --config retention.bytes=-1 --config cleanup.policy=delete)
 
 # create_topics BROKER PARTITIONS TOPIC...: creates those that do not exist yet.
 create_topics() {
   local broker=$1 partitions=$2; shift 2
   local existing
-  existing=$(tansu topic list --broker "tcp://$broker" 2>/dev/null || true)
+  existing=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$broker" --list) \
+    || die "could not list the topics on $broker"
   for topic in "$@"; do
-    if grep -qF -- "\"name\":\"$topic\"" <<<"$existing"; then continue; fi
-    tansu topic create --broker "tcp://$broker" --partitions "$partitions" "$topic" >/dev/null \
-      || die "could not create topic $topic"
-    log "created topic $topic ($partitions partitions)"
+    if grep -qxF -- "$topic" <<<"$existing"; then continue; fi
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$broker" --create \
+      --if-not-exists --topic "$topic" --partitions "$partitions" --replication-factor 1 \
+      "${TOPIC_CONFIGS[@]}" >/dev/null || die "could not create topic $topic"
+    log "created topic $topic ($partitions partitions, retention.ms=-1)"
   done
 }

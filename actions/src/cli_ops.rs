@@ -43,6 +43,7 @@ pub struct RetryArgs {
 fn kafka(config: &Config) -> KafkaSettings {
     KafkaSettings {
         brokers: config.kafka_brokers.clone(),
+        client_id: "ipp-actions-ops".to_owned(),
         properties: config.kafka_properties.clone(),
     }
 }

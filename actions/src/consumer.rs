@@ -24,6 +24,7 @@ use ipp_schemas::{
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
+    producer::Producer,
     ClientConfig,
 };
 use sqlx::PgPool;
@@ -39,14 +40,29 @@ use crate::{
     Error,
 };
 
-/// The librdkafka settings shared by the consumer and the DLQ producer.
-pub fn client_config(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.kafka_brokers);
-    for (key, value) in &config.kafka_properties {
-        client.set(key, value);
-    }
-    client
+/// The `client.id` of the service's Kafka clients.
+pub const CLIENT_ID: &str = "ipp-actions";
+
+/// How long the final commit and leaving the group may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the service: `settings`, then the operator's `KAFKA_PROPERTIES` except
+/// the `protected` keys, which the offset strategy depends on.
+pub fn client_config(
+    config: &Config,
+    settings: &[(&str, &str)],
+    protected: &[&str],
+) -> ClientConfig {
+    ipp_service::kafka::client_config(
+        &config.kafka_brokers,
+        CLIENT_ID,
+        settings,
+        config
+            .kafka_properties
+            .iter()
+            .filter(|(key, _)| !protected.contains(&key.as_str()))
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    )
 }
 
 pub struct ActionConsumer {
@@ -67,21 +83,22 @@ impl ActionConsumer {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Result<Self, Error> {
-        let mut client = client_config(config);
-        client
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
-        // Operator properties win over the defaults above.
-        for (key, value) in &config.kafka_properties {
-            if key != "enable.auto.offset.store" {
-                client.set(key, value);
-            }
-        }
+        let client = client_config(
+            config,
+            &[
+                ("group.id", &config.group),
+                // Incremental rebalances: a member joining or leaving moves only the
+                // partitions that change hands; the others keep flowing.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+            ],
+            // An offset is stored only once the record's effect is durable.
+            &["enable.auto.offset.store"],
+        );
         let consumer: StreamConsumer = client.create()?;
-        consumer.subscribe(&[&config.ipp_topic])?;
         Ok(Self {
             consumer,
             topic: config.ipp_topic.clone(),
@@ -93,7 +110,16 @@ impl ActionConsumer {
         })
     }
 
+    /// Consumes until `shutdown`. Subscribes only once the event topic and the
+    /// dead-letter topic exist (not ready until then).
     pub async fn run(self, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+        if !self.wait_for_topics(&shutdown).await {
+            return;
+        }
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            error!(error = %e, topic = %self.topic, "cannot subscribe");
+            return;
+        }
         info!(topic = %self.topic, "consuming");
         ready.store(true, Ordering::Relaxed);
         loop {
@@ -122,11 +148,26 @@ impl ActionConsumer {
             }
         }
         ready.store(false, Ordering::Relaxed);
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last auto commit, or no assignment: not a problem.
-            debug!(error = %e, "final offset commit");
-        }
+        let consumer = self.consumer;
+        let close = move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last auto commit, or no assignment: fine.
+                debug!(error = %e, "final offset commit");
+            }
+            drop(consumer); // leaves the group
+        };
+        ipp_service::kafka::close_within(close, CLOSE_TIMEOUT, CLIENT_ID).await;
         info!("consumer stopped");
+    }
+
+    async fn wait_for_topics(&self, shutdown: &CancellationToken) -> bool {
+        let producer = self.dlq.producer();
+        let topics = [self.topic.clone(), self.dlq.topic().to_owned()];
+        let check = move || {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            ipp_service::kafka::check_topics(producer.client(), &topics, Duration::from_secs(5))
+        };
+        ipp_service::kafka::wait_for_topics(check, Duration::from_secs(2), shutdown).await
     }
 
     /// Makes the record's effect durable. Returns false only when shutdown interrupted it.

@@ -1,7 +1,7 @@
 //! The dead-letter topic (`ipp.actions.dlq`): actions that failed for good, and consumed
 //! records that could not be parsed. Every record carries the `dlq-*` headers.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use ipp_schemas::record::{dlq, format_timestamp, kafka_header};
@@ -21,19 +21,33 @@ use crate::{
 pub const SERVICE: &str = "ipp-actions";
 
 pub struct Dlq {
-    producer: FutureProducer,
+    producer: Arc<FutureProducer>,
     topic: String,
 }
 
 impl Dlq {
+    /// The producer, for metadata requests (the topic checks) off the async workers.
+    pub fn producer(&self) -> Arc<FutureProducer> {
+        self.producer.clone()
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     pub fn new(config: &Config) -> Result<Self, KafkaError> {
-        let producer = client_config(config)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+        let producer = client_config(
+            config,
+            &[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("message.timeout.ms", "30000"),
+            ],
+            &[],
+        )
+        .create()?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             topic: config.dlq_topic.clone(),
         })
     }

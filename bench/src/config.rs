@@ -138,15 +138,9 @@ impl Config {
         }
     }
 
-    /// `KAFKA_PROPERTIES` for a service: the consumer properties plus `extra`.
-    pub fn kafka_properties(&self, extra: &[&str]) -> String {
-        let mut all: Vec<&str> = self
-            .consumer_properties
-            .iter()
-            .map(String::as_str)
-            .collect();
-        all.extend_from_slice(extra);
-        all.join(",")
+    /// `KAFKA_PROPERTIES` for a consuming service: the consumer properties.
+    pub fn kafka_properties(&self) -> String {
+        self.consumer_properties.join(",")
     }
 
     pub fn runs(&self, group: &str) -> bool {

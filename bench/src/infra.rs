@@ -205,6 +205,7 @@ pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> anyho
     let name = unique(prefix);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-bench")
         .create()?;
     let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
     let results = admin
@@ -219,16 +220,19 @@ pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> anyho
     Ok(name)
 }
 
-/// The producer settings ipp-ingest uses (acks=all, idempotent, linger 2 ms), plus `extra`
-/// KEY=VALUE properties.
+/// The producer settings ipp-ingest uses (acks=all, idempotent, linger 2 ms, its
+/// compression), plus `extra` KEY=VALUE properties.
 pub fn ingest_like_producer(brokers: &str, extra: &[String]) -> anyhow::Result<FutureProducer> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-bench")
+        .set("allow.auto.create.topics", "false")
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "60000")
-        .set("linger.ms", "2");
+        .set("linger.ms", "2")
+        .set("compression.type", ipp_ingest::log::COMPRESSION);
     for property in extra {
         if let Some((key, value)) = property.split_once('=') {
             config.set(key.trim(), value.trim());

@@ -115,8 +115,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         }
     };
     // Freshness, the figure most sensitive to the broker's state, runs first, on a
-    // fresh broker (tansu's sqlite slows as it fills); each group starts after a
-    // CHECKPOINT, so none pays for the previous one's writes.
+    // fresh broker; each group starts after a CHECKPOINT, so none pays for the previous
+    // one's writes.
     let server = bench.config.database_url.clone();
     if bench.config.runs("freshness") {
         infra::checkpoint(&server).await;

@@ -176,11 +176,11 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
         .to_owned()
 }
 
+/// Ready when a broker answers and both topics exist; otherwise 503 and why.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.log.is_reachable(Duration::from_secs(2)).await {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable")
+    match state.log.check_topics(Duration::from_secs(2)).await {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
     }
 }
 

@@ -7,12 +7,15 @@ pub mod log;
 pub mod metrics;
 pub mod verify;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// How long a broker may take to answer the metadata request of a topic check.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,17 +50,24 @@ pub async fn run(
             config.signature_tolerance_secs,
         )?)
     };
+    let metrics = metrics::Metrics::new();
     let log = log::EventLog::new(
         &config.kafka_brokers,
         &config.kafka_properties,
         config.ipp_topic.clone(),
         config.other_topic.clone(),
         config.produce_timeout(),
+        metrics.producer_replacements.clone(),
     )?;
+    // Not fatal: the topics may be created after ingest starts; /readyz says 503 and
+    // why until they exist, and requests get 503 meanwhile.
+    if let Err(error) = log.check_topics(TOPIC_CHECK_TIMEOUT).await {
+        tracing::error!(%error, "the event log is not usable yet");
+    }
     let state = Arc::new(http::AppState {
         log,
         verifier,
-        metrics: metrics::Metrics::new(),
+        metrics,
         max_body_bytes: config.max_body_bytes,
         retry_after_secs: config.retry_after_secs,
     });

@@ -8,8 +8,10 @@ use std::{
 };
 
 use ipp_schemas::{RecordHeaders, Route};
+use ipp_service::kafka::TopicsUnavailable;
+use prometheus::IntCounter;
 use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
     ClientConfig,
@@ -24,8 +26,65 @@ pub enum AppendError {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not create the kafka producer: {0}")]
-pub struct ProducerConfigError(#[source] KafkaError);
+pub enum ProducerConfigError {
+    #[error("could not create the kafka producer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("KAFKA_PROPERTIES sets {key}={value}, which would weaken what a 200 means: {why}")]
+    Weakening {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// The producer settings a 200 relies on. A `KAFKA_PROPERTIES` entry may repeat them but
+/// not weaken them: ingest refuses to start rather than acknowledge what a broker could
+/// lose (acks below all), store twice or out of order on a retry (no idempotence), or
+/// reorder (more in flight than idempotence keeps in order).
+const DURABILITY: &[(&str, &str)] = &[("acks", "all"), ("enable.idempotence", "true")];
+
+/// Batches are compressed (cheaply: JSON webhooks shrink several times); consumers
+/// read lz4, zstd, gzip and snappy alike. An operator may choose another codec with
+/// `KAFKA_PROPERTIES=compression.type=...`.
+pub const COMPRESSION: &str = "lz4";
+
+/// librdkafka keeps order and exactly-once per partition with idempotence for up to
+/// five requests in flight per connection.
+const MAX_IN_FLIGHT_WITH_IDEMPOTENCE: u32 = 5;
+
+fn check_properties(properties: &[(String, String)]) -> Result<(), ProducerConfigError> {
+    for (key, value) in properties {
+        let weakening = |why| ProducerConfigError::Weakening {
+            key: key.clone(),
+            value: value.clone(),
+            why,
+        };
+        let normalized = value.trim().to_ascii_lowercase();
+        match key.as_str() {
+            "acks" | "request.required.acks" if !matches!(normalized.as_str(), "all" | "-1") => {
+                return Err(weakening(
+                    "a 200 means every in-sync replica has the record (acks=all)",
+                ));
+            }
+            "enable.idempotence" if normalized != "true" => {
+                return Err(weakening(
+                    "the idempotent producer keeps retries from storing a record twice or out of order",
+                ));
+            }
+            "max.in.flight.requests.per.connection" | "max.in.flight"
+                if normalized
+                    .parse::<u32>()
+                    .map_or(true, |n| n > MAX_IN_FLIGHT_WITH_IDEMPOTENCE) =>
+            {
+                return Err(weakening(
+                    "the idempotent producer keeps order for at most 5 requests in flight",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy)]
@@ -36,11 +95,12 @@ pub struct Appended {
 
 pub struct EventLog {
     client_config: ClientConfig,
-    // Replaced when the broker keeps refusing it (see `recover_after`).
+    // Replaced only after a fatal error (see `replace_if_fatal`).
     producer: RwLock<Arc<FutureProducer>>,
     ipp_topic: String,
     other_topic: String,
     timeout: Duration,
+    replacements: IntCounter,
 }
 
 impl EventLog {
@@ -50,27 +110,35 @@ impl EventLog {
         ipp_topic: String,
         other_topic: String,
         timeout: Duration,
+        replacements: IntCounter,
     ) -> Result<Self, ProducerConfigError> {
+        check_properties(extra_properties)?;
         let timeout_ms = timeout.as_millis().max(1).to_string();
-        let mut client_config = ClientConfig::new();
-        client_config
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", &timeout_ms)
-            .set("request.timeout.ms", &timeout_ms)
-            .set("linger.ms", "2")
-            .set("client.id", "ipp-ingest");
-        for (key, value) in extra_properties {
-            client_config.set(key, value);
-        }
-        let producer = client_config.create().map_err(ProducerConfigError)?;
+        let mut settings = DURABILITY.to_vec();
+        settings.extend([
+            ("message.timeout.ms", timeout_ms.as_str()),
+            ("request.timeout.ms", timeout_ms.as_str()),
+            ("linger.ms", "2"),
+            ("compression.type", COMPRESSION),
+        ]);
+        let client_config = ipp_service::kafka::client_config(
+            brokers,
+            "ipp-ingest",
+            &settings,
+            extra_properties
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let producer = client_config
+            .create()
+            .map_err(ProducerConfigError::Create)?;
         Ok(Self {
             client_config,
             producer: RwLock::new(Arc::new(producer)),
             ipp_topic,
             other_topic,
             timeout,
+            replacements,
         })
     }
 
@@ -98,8 +166,6 @@ impl EventLog {
             .key(route.key())
             .payload(body)
             .headers(headers.to_kafka());
-        // librdkafka fails the delivery after message.timeout.ms; the outer timeout only
-        // guards against a report that never comes.
         let send = producer.send(record, Timeout::After(self.timeout));
         let result = tokio::time::timeout(self.timeout + Duration::from_secs(1), send).await;
         match result {
@@ -108,35 +174,35 @@ impl EventLog {
                 offset: delivery.offset,
             }),
             Ok(Err((error, _message))) => {
-                if error.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
-                    self.replace(&producer, &error);
-                }
+                self.replace_if_fatal(&producer);
                 Err(AppendError::Kafka(error))
             }
-            // The record may still be in flight: the producer is as suspect as after a
-            // failed delivery (a loaded machine can report later than the outer guard).
+            // librdkafka fails a delivery after message.timeout.ms; the outer guard only
+            // catches a report that never comes.
             Err(_) => {
-                let error = AppendError::TimedOut(self.timeout);
-                self.replace(&producer, &error);
-                Err(error)
+                self.replace_if_fatal(&producer);
+                Err(AppendError::TimedOut(self.timeout))
             }
         }
     }
 
-    /// After a failed or timed-out delivery, start over with a new producer (a new producer id).
-    /// An idempotent producer whose records timed out keeps sequence numbers the broker
-    /// never saw; Apache Kafka recovers from that by an epoch bump, but tansu's storage
-    /// panics on it and stops serving (seen with tansu 0.6.0). A fresh producer is
-    /// always safe. Only the current producer is replaced, and a producer fails only after
-    /// the produce timeout, so this happens at most once per timeout even under load.
-    fn replace(&self, failed: &Arc<FutureProducer>, error: &dyn std::fmt::Display) {
+    /// After a failed delivery, replaces the producer only if librdkafka reports a fatal
+    /// error, after which that instance can never produce again (for example a broker
+    /// that fenced its producer id). Anything else, a broker outage and timed-out
+    /// records included, the idempotent producer recovers from by itself (it bumps its
+    /// epoch and resets the sequence numbers), so the same producer is kept.
+    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
         let mut current = self.producer.write().expect("producer lock");
         if !Arc::ptr_eq(&current, failed) {
             return; // another request already replaced it
         }
-        tracing::warn!(%error, "delivery failed; replacing the kafka producer");
+        tracing::error!(?code, %reason, "fatal kafka producer error; replacing the producer");
         match self.client_config.create::<FutureProducer>() {
             Ok(producer) => {
+                self.replacements.inc();
                 let old = std::mem::replace(&mut *current, Arc::new(producer));
                 // Dropping a producer waits for its queue: keep that off the async workers.
                 tokio::task::spawn_blocking(move || drop(old));
@@ -145,12 +211,17 @@ impl EventLog {
         }
     }
 
-    /// Whether a broker answers a metadata request within `within`.
-    pub async fn is_reachable(&self, within: Duration) -> bool {
+    /// Whether the broker answers and both topics exist (blocking at most `within` per
+    /// topic).
+    pub async fn check_topics(&self, within: Duration) -> Result<(), TopicsUnavailable> {
         let producer = self.producer();
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, within).is_ok())
-            .await
-            .unwrap_or(false)
+        let topics = [self.ipp_topic.clone(), self.other_topic.clone()];
+        tokio::task::spawn_blocking(move || {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            ipp_service::kafka::check_topics(producer.client(), &topics, within)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("topic check panicked: {e}"))
     }
 
     /// Waits for every queued record to be delivered (or to fail) within `within`.

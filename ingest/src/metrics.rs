@@ -1,6 +1,8 @@
 //! Prometheus metrics of the ingest service.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -9,6 +11,8 @@ pub struct Metrics {
     /// Time from handing a record to the producer to its acknowledgement.
     pub produce_seconds: HistogramVec,
     pub in_flight: IntGauge,
+    /// Producers replaced after a fatal librdkafka error (0 through broker outages).
+    pub producer_replacements: IntCounter,
 }
 
 /// Event types used as label values; anything else is folded into `other` so that a
@@ -63,6 +67,14 @@ impl Metrics {
             "Webhook requests being handled right now",
         )
         .expect("valid metric");
+        let producer_replacements = IntCounter::new(
+            "ingest_producer_replacements_total",
+            "Kafka producers replaced after a fatal error",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(producer_replacements.clone()))
+            .expect("register");
         registry
             .register(Box::new(requests.clone()))
             .expect("register");
@@ -77,6 +89,7 @@ impl Metrics {
             requests,
             produce_seconds,
             in_flight,
+            producer_replacements,
         }
     }
 

@@ -17,21 +17,25 @@ use crate::Error;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How to reach the broker: the service's own `KAFKA_BROKERS` and `KAFKA_PROPERTIES`.
+/// How to reach the broker: the service's own `KAFKA_BROKERS` and `KAFKA_PROPERTIES`,
+/// and the `client.id` of the command (e.g. `ipp-projector-ops`).
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub properties: Vec<(String, String)>,
+    pub client_id: String,
 }
 
 impl KafkaSettings {
     pub fn client(&self) -> ClientConfig {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &self.brokers);
-        for (key, value) in &self.properties {
-            client.set(key, value);
-        }
-        client
+        ipp_service::kafka::client_config(
+            &self.brokers,
+            &self.client_id,
+            &[],
+            self.properties
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// A consumer that is only ever assigned partitions explicitly. librdkafka wants a

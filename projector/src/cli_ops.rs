@@ -18,6 +18,7 @@ use crate::config::Config;
 fn kafka(config: &Config) -> KafkaSettings {
     KafkaSettings {
         brokers: config.kafka_brokers.clone(),
+        client_id: "ipp-projector-ops".to_owned(),
         properties: config
             .kafka_properties()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))

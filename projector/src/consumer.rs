@@ -32,7 +32,7 @@ use rdkafka::{
     message::{Message, OwnedHeaders, OwnedMessage},
     statistics::Statistics,
     types::RDKafkaRespErr,
-    ClientConfig, ClientContext, Offset, TopicPartitionList,
+    ClientContext, Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,12 @@ use crate::{
     store::{self, NewEvent},
     Error,
 };
+
+/// The `client.id` of the projector's Kafka clients.
+pub const CLIENT_ID: &str = "ipp-projector";
+
+/// How long leaving the consumer group may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Next offset to apply per partition, as last read from or written to PostgreSQL.
 type OffsetCache = Arc<Mutex<HashMap<i32, i64>>>;
@@ -233,18 +239,22 @@ impl Projector {
             offsets: offsets.clone(),
             health: health.clone(),
         };
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000");
-        for (key, value) in config.kafka_properties() {
-            client.set(key, value);
-        }
+        let client = ipp_service::kafka::client_config(
+            &config.kafka_brokers,
+            CLIENT_ID,
+            &[
+                ("group.id", &config.group),
+                // Incremental rebalances: a member joining or leaving moves only the
+                // partitions that change hands; the others keep flowing.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", "5000"),
+            ],
+            config.kafka_properties(),
+        );
         let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;
         let dead_letters = DeadLetters::new(&config)?;
         Ok(Self {
@@ -259,17 +269,38 @@ impl Projector {
     }
 
     /// Consumes until `shutdown`; the batch in progress is finished and committed first.
+    /// Subscribes only once the event topic and the dead-letter topic exist (not ready
+    /// until then).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        if !self.wait_for_topics(&shutdown).await {
+            return Ok(());
+        }
         self.consumer.subscribe(&[&self.config.ipp_topic])?;
         info!(topic = %self.config.ipp_topic, group = %self.config.group, "projector subscribed");
         self.health.set_ready(true);
         let result = self.consume(&shutdown).await;
         self.health.set_ready(false);
-        // Leaves the group now rather than after the session timeout.
-        self.consumer.unsubscribe();
         self.dead_letters.flush();
+        // Leaves the group now rather than after the session timeout. The offsets that
+        // count are in PostgreSQL, so an abandoned close loses nothing.
+        let consumer = self.consumer;
+        ipp_service::kafka::close_within(move || drop(consumer), CLOSE_TIMEOUT, CLIENT_ID).await;
         info!("projector stopped");
         result
+    }
+
+    async fn wait_for_topics(&self, shutdown: &CancellationToken) -> bool {
+        let client = self.dead_letters.client();
+        let topics = [self.config.ipp_topic.clone(), self.config.dlq_topic.clone()];
+        let check = move || {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            ipp_service::kafka::check_topics(
+                rdkafka::producer::Producer::client(&*client),
+                &topics,
+                Duration::from_secs(5),
+            )
+        };
+        ipp_service::kafka::wait_for_topics(check, Duration::from_secs(2), shutdown).await
     }
 
     /// Applies batch after batch; the next batch is gathered (and topped up once the

@@ -1,14 +1,13 @@
 //! The dead-letter topic: records that can never be projected, parked with their
 //! provenance so an operator can inspect, fix and redrive them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use ipp_schemas::record::{dlq, format_timestamp};
 use rdkafka::{
     message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
-    ClientConfig,
 };
 
 use crate::{config::Config, Error};
@@ -16,24 +15,31 @@ use crate::{config::Config, Error};
 pub const SERVICE: &str = "ipp-projector";
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Arc<FutureProducer>,
     topic: String,
 }
 
 impl DeadLetters {
     pub fn new(config: &Config) -> Result<Self, Error> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000");
-        for (key, value) in config.kafka_properties() {
-            client.set(key, value);
-        }
+        let client = ipp_service::kafka::client_config(
+            &config.kafka_brokers,
+            crate::consumer::CLIENT_ID,
+            &[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("message.timeout.ms", "30000"),
+            ],
+            config.kafka_properties(),
+        );
         Ok(Self {
-            producer: client.create()?,
+            producer: Arc::new(client.create()?),
             topic: config.dlq_topic.clone(),
         })
+    }
+
+    /// The producer, for metadata requests (the topic checks) off the async workers.
+    pub fn client(&self) -> Arc<FutureProducer> {
+        self.producer.clone()
     }
 
     /// Produces every record and waits until the broker has acknowledged all of them.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    ClientConfig, Offset, TopicPartitionList,
+    Offset, TopicPartitionList,
 };
 
 use crate::{config::Config, Error};
@@ -15,21 +15,19 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A consumer that is only ever `assign`ed: no subscription, no commits.
 pub fn consumer(config: &Config, purpose: &str) -> Result<StreamConsumer, Error> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka_brokers)
-        // Required by librdkafka, never joined or committed (explicit assignment only).
-        .set(
-            "group.id",
-            format!("ipp-projector-{purpose}-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100");
-    for (key, value) in config.kafka_properties() {
-        client.set(key, value);
-    }
+    // Required by librdkafka, never joined or committed (explicit assignment only).
+    let group = format!("ipp-projector-{purpose}-{}", uuid::Uuid::new_v4().simple());
+    let client = ipp_service::kafka::client_config(
+        &config.kafka_brokers,
+        &format!("{}-{purpose}", crate::consumer::CLIENT_ID),
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+        config.kafka_properties(),
+    );
     Ok(client.create()?)
 }
 

@@ -4,9 +4,10 @@
 //! Where each partition starts comes from the broker's offsets-for-times lookup (the
 //! first record whose timestamp is at or after `--from`), not from a scan of the whole
 //! log. Each partition stops at the high watermark captured at the start, or at its
-//! first record whose timestamp is at or after `--to`. Records before `--from` are
-//! skipped as well, because some brokers (tansu) answer offset 0 for a time past their
-//! last record. The consumer is only assigned partitions and never commits offsets.
+//! first record whose timestamp is at or after `--to`. Records before `--from` that come
+//! after the start are skipped as well: record timestamps are the producer's
+//! (`CreateTime`), so they need not grow with the offset. The consumer is only assigned
+//! partitions and never commits offsets.
 
 use std::{
     collections::BTreeMap,

@@ -1,6 +1,8 @@
 //! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
 //! stop, report metrics and allocate the same way.
 
+pub mod kafka;
+
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,7 @@
 //! The broker side of the tests: which broker, fresh topics, and reading a topic back.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -30,6 +30,7 @@ pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> Strin
 pub async fn create_named_topic(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-tests")
         .create()
         .expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -43,6 +44,23 @@ pub async fn create_named_topic(brokers: &str, name: &str, partitions: i32) {
     for result in results {
         result.unwrap_or_else(|(topic, code)| panic!("create topic {topic}: {code}"));
     }
+}
+
+/// Whether the broker knows `topic` (asking never creates it).
+pub fn topic_exists(brokers: &str, topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-tests")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
 }
 
 /// One record as read back from the broker.
@@ -77,6 +95,8 @@ impl Record {
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-tests")
+        .set("allow.auto.create.topics", "false")
         .set("group.id", crate::unique_name("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -144,20 +164,28 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     records
 }
 
-/// A broker of the test's own, for tests that stop and restart it.
+/// An Apache Kafka broker of the test's own (`scripts/kafka-broker`), for tests that
+/// stop and restart the broker or need broker settings of their own.
 pub struct OwnBroker {
     pub port: u16,
     data_dir: PathBuf,
+    settings: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl OwnBroker {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A broker with extra `KEY=VALUE` broker properties (over scripts/kafka-broker's).
+    pub fn start_with(settings: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut broker = Self {
             port: crate::free_port(),
-            data_dir: dir.path().to_owned(),
+            data_dir: dir.path().join("kafka"),
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
             _dir: dir,
         };
@@ -169,6 +197,7 @@ impl OwnBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILLs the broker: a crash, as far as its clients can tell.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -176,26 +205,42 @@ impl OwnBroker {
         }
     }
 
-    /// Starts (again) on the same port with the same data.
+    /// Starts (again) on the same port with the same data directory, and waits until it
+    /// accepts connections (it opens its client port last, once started).
     pub fn restart(&mut self) {
         self.stop();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new("tansu")
-            .arg("broker")
-            .arg("--storage-engine")
-            // An absolute path needs four slashes: sqlite:////abs/path.
-            .arg(format!("sqlite:///{}/tansu.db", self.data_dir.display()))
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-broker");
+        let log_path = self.data_dir.with_extension("log");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("broker log file");
+        let mut child = Command::new(script)
+            .arg(&self.data_dir)
+            .arg(self.port.to_string())
+            .args(&self.settings)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
             .spawn()
-            .expect("tansu not found on PATH: scripts/test installs it");
+            .expect("scripts/kafka-broker");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = child.try_wait().expect("try_wait");
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "the test's Kafka broker did not listen on port {} ({exited:?}):\n{}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.child = Some(child);
-        crate::process::wait_for_tcp(self.port, Duration::from_secs(30));
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 }
 

@@ -21,9 +21,18 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(brokers: &str, topic: &str) -> Self {
+        Self::compressing(brokers, topic, "none")
+    }
+
+    /// A producer whose batches are compressed with `codec` (`none`, `gzip`, `snappy`,
+    /// `lz4`, `zstd`), as another system writing to the log might.
+    pub fn compressing(brokers: &str, topic: &str, codec: &str) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
+            .set("client.id", "ipp-tests")
+            .set("allow.auto.create.topics", "false")
             .set("acks", "all")
+            .set("compression.type", codec)
             .set("message.timeout.ms", "30000")
             .create()
             .expect("producer");

@@ -934,3 +934,56 @@ async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
     a.stop();
     b.stop();
 }
+
+/// Cooperative rebalancing under flow: a third replica joins while finalized sessions
+/// keep arriving, takes partitions of its own, and leaves again; every order is still
+/// recorded and captured exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_order_once() {
+    let fx = Fixture::new(6, &[("OM_SIM_LATENCY_MS", "20".into())]).await;
+    let finals = finalized(400);
+    let group = unique_name("actions");
+    let mut a = fx.start_actions(&group, &[]);
+    let mut b = fx.start_actions(&group, &[]);
+
+    let mut chunks = finals.chunks(4);
+    // Produces the next chunk, 200 ms apart; false once every event is produced.
+    let mut produce_next = async || {
+        let Some(chunk) = chunks.next() else {
+            return false;
+        };
+        fx.produce(chunk).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        true
+    };
+    const LASTS: &str = "the workload lasts until the third replica left";
+    for _ in 0..3 {
+        assert!(produce_next().await, "{LASTS}");
+    }
+    let mut c = fx.start_actions(&group, &[]);
+    let joined = std::time::Instant::now();
+    while c.metric("actions_records_total", "recorded").await == 0.0 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "the third replica was given no partition within 60 s"
+        );
+        assert!(produce_next().await, "{LASTS}");
+    }
+    for _ in 0..3 {
+        assert!(produce_next().await, "{LASTS}");
+    }
+    c.stop();
+    while produce_next().await {}
+
+    fx.wait_until_all_recorded(finals.len(), Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        fx.count("succeeded").await,
+        finals.len() as i64,
+        "{:?}",
+        fx.unfinished().await
+    );
+    fx.assert_captured_once(&finals).await;
+    a.stop();
+    b.stop();
+}

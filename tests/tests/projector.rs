@@ -75,7 +75,7 @@ const APPLIED_RECORDS: &str =
     "SELECT coalesce(sum(next_offset), 0)::int8 FROM ipp_projector_offsets";
 
 /// `IPP_TEST_KAFKA_PROPERTIES` adds librdkafka settings to every projector the tests
-/// start (e.g. `debug=cgrp` when chasing a group stall).
+/// start (e.g. `debug=cgrp` when chasing a rebalance).
 fn with_test_properties(properties: &str) -> String {
     let extra = std::env::var("IPP_TEST_KAFKA_PROPERTIES").unwrap_or_default();
     [properties, extra.as_str()]
@@ -144,35 +144,6 @@ async fn wait_for_count(
         assert!(
             Instant::now() < deadline,
             "`{sql}` is {seen} after {within:?}, expected at least {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `sql` (a single bigint) until it reaches `at_least` (`Some(value)`), or until
-/// it has not moved for 20 s (`None`: the projector is stuck). Bounded by 180 s.
-async fn wait_for_progress(
-    pool: &PgPool,
-    sql: &str,
-    at_least: i64,
-    projector: &mut Projector,
-) -> Option<i64> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut last = (-1, Instant::now());
-    loop {
-        assert_running(&mut [&mut *projector]);
-        let seen: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(0);
-        if seen >= at_least {
-            return Some(seen);
-        }
-        if seen != last.0 {
-            last = (seen, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(20) {
-            return None;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{sql}` is {seen} after 180 s, expected at least {at_least}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -256,38 +227,17 @@ fn ends_of(positions: &[(i32, i64)]) -> BTreeMap<i32, i64> {
     ends
 }
 
-/// SIGKILLs the projector and waits out its group session (6 s), so that the next
-/// member is not assigned around a dead one.
-async fn kill_and_wait_out_session(projector: &mut Projector) {
+/// SIGKILLs the projector: its group membership lives on until its session (6 s) expires,
+/// and the next member is assigned its partitions then.
+fn kill(projector: &mut Projector) {
     projector.service.signal("KILL");
     projector.service.wait(Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_secs(7)).await;
-}
-
-/// Counts one more restart of a projector that made no progress; at most five.
-fn count_stall(restarts: &mut u32) {
-    *restarts += 1;
-    assert!(*restarts <= 5, "the projector stalled {restarts} times");
-    eprintln!("the projector made no progress for 20 s: restarting it");
 }
 
 /// SIGTERMs the projector and asserts it shuts down gracefully (exit 0).
 fn stop_gracefully(projector: &mut Projector) {
     let status = projector.service.terminate(Duration::from_secs(30));
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
-}
-
-/// Waits (up to 60 s) until the projector stored its first event: a second member
-/// joins only then, as tansu 0.6 mishandles two members joining a new group at once.
-async fn wait_for_first_event(pool: &PgPool, projector: &mut Projector) {
-    wait_for_count(
-        pool,
-        STORED_EVENTS,
-        1,
-        Duration::from_secs(60),
-        &mut [projector],
-    )
-    .await;
 }
 
 /// The workload, produced at `positions`, ended exactly as one clean pass would:
@@ -527,13 +477,8 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
     let producer = Producer::new(&target.brokers, &target.topic);
     let pool = connect(&target.database_url).await;
 
-    // Four rounds: produce a quarter, let a projector get into it, SIGKILL it.
-    // A SIGKILLed member stays in the group until its session (6 s) expires, so each
-    // restart waits that out. tansu 0.6 still sometimes never assigns anything to a
-    // member that joins around such a death (Kafka would rebalance once the dead member
-    // expires); like an orchestrator's liveness probe, a projector that makes no
-    // progress for 20 s is killed and started again: one more crash, same assertions.
-    let mut restarts = 0;
+    // Four rounds: produce a quarter, let a projector get into it, SIGKILL it. The next
+    // one starts at once and joins the group while the killed member is still in it.
     let quarter = work.bodies.len().div_ceil(4);
     let mut positions = Vec::new();
     let mut produced = 0usize;
@@ -541,34 +486,22 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
         positions.extend(producer.send_events_at(chunk).await);
         produced += chunk.len();
         let halfway = (produced - chunk.len() / 2) as i64;
-        loop {
-            let mut projector = spawn_projector_with(&target, 20, SHORT_SESSION);
-            let seen = wait_for_progress(&pool, APPLIED_RECORDS, halfway, &mut projector).await;
-            kill_and_wait_out_session(&mut projector).await;
-            match seen {
-                Some(seen) => {
-                    eprintln!("killed the projector at {seen} of {produced} records");
-                    break;
-                }
-                None => count_stall(&mut restarts),
-            }
-        }
+        let mut projector = spawn_projector_with(&target, 20, SHORT_SESSION);
+        let seen = wait_for_count(
+            &pool,
+            APPLIED_RECORDS,
+            halfway,
+            Duration::from_secs(60),
+            &mut [&mut projector],
+        )
+        .await;
+        kill(&mut projector);
+        eprintln!("killed the projector at {seen} of {produced} records");
     }
 
     let ends = ends_of(&positions);
-    let total: i64 = ends.values().sum();
-    let mut last = loop {
-        let mut last = spawn_projector_with(&target, 20, SHORT_SESSION);
-        if wait_for_progress(&pool, APPLIED_RECORDS, total, &mut last)
-            .await
-            .is_some()
-        {
-            break last;
-        }
-        kill_and_wait_out_session(&mut last).await;
-        count_stall(&mut restarts);
-    };
-    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(10), &mut last).await;
+    let mut last = spawn_projector_with(&target, 20, SHORT_SESSION);
+    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(60), &mut last).await;
     stop_gracefully(&mut last);
     assert_exact(&pool, &work, &positions).await;
 }
@@ -582,37 +515,95 @@ async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
         .send_events_at(&work.bodies)
         .await;
     let ends = ends_of(&positions);
-    // The second joins once the first is consuming (one of two members joining a new
-    // group in the same instant is never assigned).
+    // Both join the new group at the same moment.
     let mut first = spawn_projector_with(&target, 5, SHORT_SESSION);
-    wait_for_first_event(&pool, &mut first).await;
     let mut second = spawn_projector_with(&target, 5, SHORT_SESSION);
 
     wait_for_count(
         &pool,
         STORED_EVENTS,
         work.distinct_events / 3,
-        Duration::from_secs(120),
+        Duration::from_secs(60),
         &mut [&mut first, &mut second],
     )
     .await;
     stop_gracefully(&mut first);
 
-    // The second takes over. tansu 0.6 sometimes leaves it without partitions; as in
-    // the SIGKILL test, a member that makes no progress for 20 s is restarted.
-    let total: i64 = ends.values().sum();
-    let mut restarts = 0;
-    while wait_for_progress(&pool, APPLIED_RECORDS, total, &mut second)
-        .await
-        .is_none()
-    {
-        kill_and_wait_out_session(&mut second).await;
-        count_stall(&mut restarts);
-        second = spawn_projector_with(&target, 5, SHORT_SESSION);
-    }
-    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(10), &mut second).await;
-    second.service.terminate(Duration::from_secs(30));
+    // The second takes over the partitions the first gave up.
+    wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(60), &mut second).await;
+    stop_gracefully(&mut second);
     assert_exact(&pool, &work, &positions).await;
+}
+
+/// Cooperative (incremental) rebalancing: a member joining takes partitions from the
+/// others without stopping them, and hands them back when it leaves; the stored offsets
+/// decide where each new owner starts, so nothing is applied twice or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_member_joining_and_leaving_while_records_flow_keeps_the_read_model_exact() {
+    let target = Target::new(6).await;
+    let work = workload(600, 31);
+    let producer = Producer::new(&target.brokers, &target.topic);
+    let pool = connect(&target.database_url).await;
+    let mut first = spawn_projector(&target, 20);
+    let mut second = spawn_projector(&target, 20);
+
+    // Records keep flowing, a chunk every 200 ms, while the third member joins, gets
+    // partitions of its own (a cooperative rebalance takes a few heartbeats) and leaves.
+    let mut chunks = work.bodies.chunks(work.bodies.len().div_ceil(100));
+    let mut positions = Vec::new();
+    // Produces the next chunk; false once the workload is all produced.
+    let mut produce_next = async || {
+        let Some(chunk) = chunks.next() else {
+            return false;
+        };
+        positions.extend(producer.send_events_at(chunk).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        true
+    };
+    const LASTS: &str = "the workload lasts until the third member left";
+    for _ in 0..3 {
+        assert!(produce_next().await, "{LASTS}");
+    }
+    let mut third = spawn_projector(&target, 20);
+    let joined = Instant::now();
+    while events_applied(&third).await == 0.0 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "the third member was given no partition within 60 s"
+        );
+        assert!(produce_next().await, "{LASTS}");
+    }
+    for _ in 0..3 {
+        assert!(produce_next().await, "{LASTS}");
+    }
+    stop_gracefully(&mut third);
+    while produce_next().await {}
+    let ends = ends_of(&positions);
+    wait_for_offsets(
+        &pool,
+        &target.group,
+        &target.topic,
+        &ends,
+        Duration::from_secs(60),
+        &mut [&mut first, &mut second],
+    )
+    .await;
+    stop_gracefully(&mut first);
+    stop_gracefully(&mut second);
+    assert_exact(&pool, &work, &positions).await;
+}
+
+/// The events a projector applied, from its `/metrics`.
+async fn events_applied(projector: &Projector) -> f64 {
+    let url = format!("http://127.0.0.1:{}/metrics", projector.http_port);
+    let Ok(response) = reqwest::get(&url).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with("ipp_projector_events_applied_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -839,8 +830,6 @@ async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
 
     let pool = connect(&target.database_url).await;
     let mut first = spawn_projector(&target, 5);
-    // Staggered, as in the test above.
-    wait_for_first_event(&pool, &mut first).await;
     let mut second = spawn_projector(&target, 5);
     wait_for_offsets(
         &pool,
@@ -1203,4 +1192,75 @@ mod arrival_order {
             });
         });
     }
+}
+
+/// Other producers may compress their batches: every codec librdkafka knows (zstd
+/// included) is read and projected like uncompressed records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_compressed_by_other_producers_are_projected() {
+    let target = Target::new(2).await;
+    let work = workload(120, 41);
+    let codecs = ["zstd", "lz4", "gzip", "snappy"];
+    let chunks = work.bodies.chunks(work.bodies.len().div_ceil(8));
+    let mut positions = Vec::new();
+    for (codec, chunk) in codecs.iter().cycle().zip(chunks) {
+        let producer = Producer::compressing(&target.brokers, &target.topic, codec);
+        positions.extend(producer.send_events_at(chunk).await);
+    }
+    let mut projector = spawn_projector(&target, 500);
+    let pool = connect(&target.database_url).await;
+    let ends = ends_of(&positions);
+    wait_until_caught_up(
+        &pool,
+        &target,
+        &ends,
+        Duration::from_secs(60),
+        &mut projector,
+    )
+    .await;
+    stop_gracefully(&mut projector);
+    assert_exact(&pool, &work, &positions).await;
+    assert!(
+        kafka::read_topic(&target.brokers, &target.dlq).is_empty(),
+        "nothing was parked"
+    );
+}
+
+/// A topic that does not exist is an error the operator sees (not ready, logged), never
+/// a new one-partition topic; once created, the projector starts by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_keeps_the_projector_not_ready_and_is_never_created() {
+    let mut target = Target::new(1).await;
+    target.topic = unique_name("ipp_events_not_created_yet");
+    let mut projector = spawn_projector(&target, 500);
+    let readyz = format!("http://127.0.0.1:{}/readyz", projector.http_port);
+    ipp_tests::process::wait_for_tcp(projector.http_port, Duration::from_secs(30));
+    for _ in 0..10 {
+        let status = reqwest::get(&readyz).await.expect("readyz").status();
+        assert_eq!(status, 503, "ready without its topic");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(projector.service.is_running(), "waits for the topic");
+    assert!(
+        !kafka::topic_exists(&target.brokers, &target.topic),
+        "the projector created its topic"
+    );
+
+    kafka::create_named_topic(&target.brokers, &target.topic, 2).await;
+    let producer = Producer::new(&target.brokers, &target.topic);
+    let ends = producer
+        .send_events(&[fixture("documented-session-activated.json")])
+        .await;
+    let pool = connect(&target.database_url).await;
+    wait_until_caught_up(
+        &pool,
+        &target,
+        &ends,
+        Duration::from_secs(60),
+        &mut projector,
+    )
+    .await;
+    let status = reqwest::get(&readyz).await.expect("readyz").status();
+    assert_eq!(status, 200);
+    stop_gracefully(&mut projector);
 }

@@ -88,7 +88,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("KUSTOM_API_URL", sim_url.clone()),
             ("KUSTOM_API_KEY", API_KEY.into()),
             ("ACTIONS_CONCURRENCY", concurrency.to_string()),
-            ("KAFKA_PROPERTIES", bench.config.kafka_properties(&[])),
+            ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
         ],
     )?;
     let pool = PgPoolOptions::new()

@@ -30,10 +30,6 @@ use crate::{
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const POLL: Duration = Duration::from_millis(5);
-/// tansu answers a fetch only when `fetch.wait.max.ms` (librdkafka default 500 ms) is
-/// over, not when a record arrives as Apache Kafka does; a caught-up consumer waits that
-/// long for each new record. Freshness is measured with a short fetch wait.
-pub const FETCH_WAIT: &str = "fetch.wait.max.ms=5";
 
 #[derive(Default)]
 struct Tracker {
@@ -87,10 +83,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("DATABASE_URL", db.url.clone()),
             ("PROJECTOR_GROUP", infra::unique("bench_fresh")),
             ("PROJECTOR_HTTP", format!("127.0.0.1:{projector_port}")),
-            (
-                "KAFKA_PROPERTIES",
-                bench.config.kafka_properties(&[FETCH_WAIT]),
-            ),
+            ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
         ],
     )?;
     let within = Duration::from_secs(60);
@@ -263,8 +256,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         format!(
             "{n} signed webhooks (realistic mix) posted open-loop at {rate}/s for {:.1} s \
              ({failed} not answered 200) through ipp-ingest into ipp-projector \
-             (KAFKA_PROPERTIES={FETCH_WAIT}, other settings \
-             default; clock started once warm-up events showed up); per distinct \
+             (default settings; clock started once warm-up events showed up); per distinct \
              ipp.* event, HTTP 200 → first poll of ipp_events that sees it (same transaction as \
              its ipp_sessions row), polled every {} ms: {} samples, p50 {:.1} ms, p99 {:.1} ms, \
              max {:.1} ms. Each sample is an upper bound with ≈{} ms resolution. Breakdown: ingest's \

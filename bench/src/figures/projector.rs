@@ -123,7 +123,7 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
         ("DATABASE_URL", db.url.clone()),
         ("PROJECTOR_GROUP", group.clone()),
         ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
-        ("KAFKA_PROPERTIES", bench.config.kafka_properties(&[])),
+        ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
     ];
     // Migrations first, so the clock measures the rebuild only.
     let mut migrate = bench.spawn("ipp-projector", &["migrate"], &env)?;
@@ -209,6 +209,8 @@ async fn bare_consumer(bench: &Bench, topic: &str, n: usize) -> anyhow::Result<f
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bench.brokers())
+        .set("client.id", "ipp-bench")
+        .set("allow.auto.create.topics", "false")
         .set("group.id", infra::unique("bench_bare"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest");

@@ -190,6 +190,8 @@ async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
 fn topic_size(brokers: &str, topic: &str) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-demo")
+        .set("allow.auto.create.topics", "false")
         .create()?;
     let timeout = Duration::from_secs(5);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;

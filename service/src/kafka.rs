@@ -1,0 +1,136 @@
+//! What every Kafka client of the services starts from, and the check that the topics a
+//! service needs exist. Topics are created by the operator (or `scripts/run`) with their
+//! partition counts and retention; a client never creates one by accident.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::{
+    client::{Client, ClientContext},
+    error::KafkaError,
+    ClientConfig,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The settings of one librdkafka client: `bootstrap.servers`, a `client.id` naming the
+/// service (what broker logs, quotas and ACLs see), no topic auto-creation, then the
+/// client's own `settings`, then the operator's `properties` (`KAFKA_PROPERTIES`), which
+/// win over everything before them.
+pub fn client_config<'a>(
+    brokers: &str,
+    client_id: &str,
+    settings: &[(&str, &str)],
+    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        // A missing or mistyped topic must be an error, not a new one-partition topic
+        // (librdkafka's producers ask the broker to auto-create by default).
+        .set("allow.auto.create.topics", "false");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Why a service's topics cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsUnavailable {
+    #[error("no broker answered a metadata request: {0}")]
+    Broker(#[source] KafkaError),
+    #[error("topic {} does not exist on the broker: create it with its partitions and retention (README: topics)", .0.join(", "))]
+    Missing(Vec<String>),
+}
+
+/// Checks that every topic of `topics` exists (blocking; at most `timeout` per topic).
+pub fn check_topics<C: ClientContext>(
+    client: &Client<C>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<(), TopicsUnavailable> {
+    let mut missing = Vec::new();
+    for &topic in topics {
+        let metadata = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(TopicsUnavailable::Broker)?;
+        let known = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !known {
+            missing.push(topic.to_owned());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(TopicsUnavailable::Missing(missing))
+    }
+}
+
+/// Waits until every topic of `topics` exists, checking every `interval` and logging
+/// why not (at once, then every 30 s). Returns `false` when `shutdown` came first.
+/// `check` runs on a blocking thread: it is [`check_topics`] on the caller's client.
+pub async fn wait_for_topics<F>(check: F, interval: Duration, shutdown: &CancellationToken) -> bool
+where
+    F: Fn() -> Result<(), TopicsUnavailable> + Clone + Send + 'static,
+{
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        let attempt = check.clone();
+        let checked = tokio::task::spawn_blocking(attempt)
+            .await
+            .unwrap_or_else(|e| panic!("topic check panicked: {e}"));
+        match checked {
+            Ok(()) => {
+                if last_logged.is_some() {
+                    tracing::info!("the topics exist now");
+                }
+                return true;
+            }
+            Err(error) => {
+                if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                    tracing::error!(%error, "waiting for the topics (not ready meanwhile)");
+                    last_logged = Some(Instant::now());
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Runs `close` (a consumer's final commit and its drop, which leaves the group) on a
+/// thread of its own and waits for it at most `within`. librdkafka 2.12 can wait for
+/// ever in a consumer's close when the member is in the middle of a cooperative
+/// rebalance: the commit of the revoked partitions never completes
+/// (confluentinc/librdkafka#4792, fixed in 2.14.1, which rust-rdkafka does not ship
+/// yet). Past the deadline the close is abandoned; that is safe for every consumer
+/// here: what its offsets cover is already durable, a record read again is applied
+/// once, and the broker drops the member when its session times out.
+pub async fn close_within(close: impl FnOnce() + Send + 'static, within: Duration, what: &str) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            close();
+            let _ = done.send(());
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, what, "no thread to close the kafka consumer on");
+        return;
+    }
+    if tokio::time::timeout(within, closed).await.is_err() {
+        tracing::warn!(
+            what,
+            ?within,
+            "the kafka consumer did not close in time (librdkafka mid-rebalance); leaving it"
+        );
+    }
+}
