@@ -20,6 +20,13 @@
 //!    cached statements against the moved tables (the tables it names are resolved
 //!    again through its `search_path`).
 //!
+//! A rebuild never swaps in a partial history: it refuses (nothing changed) when a
+//! partition of the topic has lost its oldest records (its low watermark is above 0:
+//! retention deleted segments, or records were deleted) or when the shadow would hold
+//! fewer events than the live table, unless `--allow-truncated-history` says the loss
+//! is known and accepted. The low watermarks are checked before the shadow is built
+//! and again inside the swap transaction.
+//!
 //! `--rollback` swaps `ipp_previous` back the same way, after catching it up to the
 //! live offsets. `--dry-run` builds the shadow up to exactly the live offsets and
 //! reports rows added, changed and missing. Rebuild writes only the projector's
@@ -94,6 +101,12 @@ pub struct RebuildArgs {
     /// Give up after this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub timeout_secs: u64,
+    /// Swap even though the topic has lost its oldest records (a partition's low
+    /// watermark is above 0) or the rebuilt tables hold fewer events than the live ones:
+    /// the history is knowingly truncated, and what the log no longer holds is dropped
+    /// from the read models.
+    #[arg(long, conflicts_with = "rollback")]
+    pub allow_truncated_history: bool,
 }
 
 /// Session-level advisory lock key: one rebuild (or rollback) at a time per database.
@@ -110,6 +123,8 @@ struct Follower<'a> {
     partitions: Vec<i32>,
     /// Next offset to apply per partition.
     positions: BTreeMap<i32, i64>,
+    /// Low watermarks when the rebuild started.
+    start_lows: BTreeMap<i32, i64>,
     /// Records read but held back by a limit (dry run), in order.
     pending: VecDeque<OwnedMessage>,
     batch_size: usize,
@@ -140,6 +155,7 @@ impl<'a> Follower<'a> {
                 dead_letters: None,
                 statistics: Arc::new(AutoAnalyze::default()),
             },
+            start_lows: marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
             topic,
             partitions,
             positions,
@@ -148,6 +164,16 @@ impl<'a> Follower<'a> {
             batch_wait: Duration::from_millis(config.batch_wait_ms.clamp(10, 200)),
             totals: Totals::default(),
         })
+    }
+
+    /// The low watermarks now, per partition.
+    fn lows(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        Ok(
+            log_reader::watermarks(&self.consumer, &self.topic, &self.partitions)?
+                .into_iter()
+                .map(|(p, (low, _))| (p, low))
+                .collect(),
+        )
     }
 
     fn highs(&self) -> Result<BTreeMap<i32, i64>, Error> {
@@ -380,6 +406,14 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
 
     let started = Instant::now();
     let mut follower = Follower::new(config, &pool).await?;
+    if !args.rollback && !args.allow_truncated_history {
+        if let Err(refused) = complete_history(&config.ipp_topic, &follower.start_lows) {
+            drop(follower);
+            pool.close().await;
+            discard(&admin, shadow).await?;
+            return Err(refused);
+        }
+    }
     let label = if args.rollback {
         "catching up the previous version"
     } else {
@@ -436,8 +470,16 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
             continue;
         }
         attempts += 1;
-        if swap(config, args, &admin, &mut follower, source).await? {
-            break;
+        match swap(config, args, &admin, &mut follower, source).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(refused @ Error::Operation(_)) if !args.rollback => {
+                drop(follower);
+                pool.close().await;
+                discard(&admin, shadow).await?;
+                return Err(refused);
+            }
+            Err(e) => return Err(e),
         }
         if attempts >= 10 {
             return Err(Error::Operation(
@@ -489,6 +531,14 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
         ))?;
     }
     drop(guard);
+    Ok(())
+}
+
+/// Drops a shadow schema that will not be swapped in.
+async fn discard(admin: &PgPool, shadow: &str) -> Result<(), Error> {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+        .execute(admin)
+        .await?;
     Ok(())
 }
 
@@ -576,6 +626,18 @@ async fn swap(
     ))
     .execute(&mut *tx)
     .await?;
+    if !args.rollback && !args.allow_truncated_history {
+        // Retention may have deleted a segment while the shadow was built.
+        let checked = complete_history(&config.ipp_topic, &follower.lows()?);
+        let checked = match checked {
+            Ok(()) => no_fewer_events(&mut tx, live, source).await,
+            refused => refused,
+        };
+        if let Err(refused) = checked {
+            tx.rollback().await?;
+            return Err(refused);
+        }
+    }
     // Privileges granted on the live tables (a read-only role for analysts, a BI
     // tool) go with the name, not with the rebuilt tables: grant them there too.
     let mut statements: Vec<String> = sqlx::query_scalar(
@@ -624,6 +686,49 @@ async fn swap(
         "swapped"
     );
     Ok(true)
+}
+
+/// Refuses a history that does not start at offset 0 on every partition.
+fn complete_history(topic: &str, lows: &BTreeMap<i32, i64>) -> Result<(), Error> {
+    let truncated: Vec<String> = lows
+        .iter()
+        .filter(|(_, &low)| low > 0)
+        .map(|(partition, low)| format!("partition {partition} starts at offset {low}"))
+        .collect();
+    if truncated.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Operation(format!(
+        "refusing to rebuild from a truncated log: topic {topic} has lost its oldest records \
+         ({}; the low watermark is above 0: retention.ms or retention.bytes deleted segments, \
+         or records were deleted), so the rebuilt read models would miss them. The event log \
+         needs retention.ms=-1 (or tiered storage). Nothing was changed; pass \
+         --allow-truncated-history to rebuild from what the log still holds",
+        truncated.join(", ")
+    )))
+}
+
+/// Refuses a rebuilt `ipp_events` that holds fewer events than the live one: the log no
+/// longer has some of what the live tables were built from.
+async fn no_fewer_events(
+    tx: &mut sqlx::PgConnection,
+    live: &str,
+    rebuilt: &str,
+) -> Result<(), Error> {
+    let count = |schema_name: &str| format!("SELECT count(*) FROM {schema_name}.ipp_events");
+    let live_events: i64 = sqlx::query_scalar(&count(live)).fetch_one(&mut *tx).await?;
+    let rebuilt_events: i64 = sqlx::query_scalar(&count(rebuilt))
+        .fetch_one(&mut *tx)
+        .await?;
+    if rebuilt_events >= live_events {
+        return Ok(());
+    }
+    Err(Error::Operation(format!(
+        "refusing to swap: the rebuilt ipp_events holds {rebuilt_events} events, fewer than \
+         the live table's {live_events}, so the log no longer holds part of the history the \
+         read models were built from. Nothing was changed; pass --allow-truncated-history \
+         to swap in what the log still holds"
+    )))
 }
 
 /// One table's differences, rebuilt versus live.

@@ -7,7 +7,9 @@ use std::{
 };
 
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    },
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     message::{Headers, Message},
@@ -28,12 +30,29 @@ pub async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> Strin
 }
 
 pub async fn create_named_topic(brokers: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    create_named_topic_with(brokers, name, partitions, &[]).await;
+}
+
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("client.id", "ipp-tests")
         .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        .expect("admin client")
+}
+
+/// Creates `name` with topic-level `configs` (e.g. `("segment.ms", "500")`).
+pub async fn create_named_topic_with(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    let admin = admin(brokers);
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
     let results = admin
         .create_topics(
             [&topic],
@@ -44,6 +63,38 @@ pub async fn create_named_topic(brokers: &str, name: &str, partitions: i32) {
     for result in results {
         result.unwrap_or_else(|(topic, code)| panic!("create topic {topic}: {code}"));
     }
+}
+
+/// Replaces the topic-level configuration of `name` with `configs` (what is not named
+/// goes back to the broker's default).
+pub async fn set_topic_configs(brokers: &str, name: &str, configs: &[(&str, &str)]) {
+    let mut config = AlterConfig::new(ResourceSpecifier::Topic(name));
+    for (key, value) in configs {
+        config = config.set(key, value);
+    }
+    let results = admin(brokers)
+        .alter_configs(
+            [&config],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("alter_configs request");
+    for result in results {
+        result.unwrap_or_else(|(resource, code)| panic!("alter {resource:?}: {code}"));
+    }
+}
+
+/// `(low, high)` watermarks of one partition.
+pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "ipp-tests")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
 }
 
 /// Whether the broker knows `topic` (asking never creates it).
@@ -247,5 +298,15 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            // What the broker said helps to understand a failed test.
+            let log = std::fs::read_to_string(self.data_dir.with_extension("log"));
+            let log = log.unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- the test's Kafka broker, last lines of its log ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

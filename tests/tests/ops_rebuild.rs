@@ -16,6 +16,10 @@ use std::{
 };
 
 use ipp_loadgen::{Workload, WorkloadSpec};
+use ipp_tests::{
+    kafka,
+    services::{projector_env, spawn_listening},
+};
 use rebuild_support::{assert_sessions, Pipeline};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -287,7 +291,7 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
     .unwrap();
     let highs: BTreeMap<i32, i64> = {
         let mut highs = BTreeMap::new();
-        for r in ipp_tests::kafka::read_topic(&pipeline.brokers, &pipeline.topic) {
+        for r in kafka::read_topic(&pipeline.brokers, &pipeline.topic) {
             let h = highs.entry(r.partition).or_insert(0);
             *h = (*h).max(r.offset + 1);
         }
@@ -497,4 +501,195 @@ async fn a_long_query_delays_the_swap_which_retries_instead_of_queueing_readers(
         out.stderr
     );
     assert_sessions(&pipeline.pool, "ipp_sessions", &workload.sessions).await;
+}
+
+/// A projector of its own on `brokers`, fed directly with events: enough to rebuild.
+struct SmallSetup {
+    env: Vec<(&'static str, String)>,
+    topic: String,
+    pool: sqlx::PgPool,
+    producer: ipp_tests::produce::Producer,
+    projector: ipp_tests::process::Service,
+}
+
+impl SmallSetup {
+    async fn start(brokers: &str, topic_configs: &[(&str, &str)]) -> Self {
+        let topic = ipp_tests::unique_name("ipp_events_history");
+        kafka::create_named_topic_with(brokers, &topic, 2, topic_configs).await;
+        let dlq = kafka::create_topic(brokers, "ipp_dlq", 1).await;
+        let database_url = ipp_tests::db::fresh_database().await;
+        let mut env = projector_env(
+            brokers,
+            &topic,
+            &dlq,
+            &database_url,
+            &ipp_tests::unique_name("projector"),
+        );
+        env.push((
+            "KAFKA_PROPERTIES",
+            std::env::var("IPP_TEST_KAFKA_PROPERTIES").unwrap_or_default(),
+        ));
+        let (projector, _) = spawn_listening(
+            "ipp-projector",
+            &env,
+            "PROJECTOR_HTTP",
+            Duration::from_secs(30),
+        );
+        Self {
+            pool: PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&database_url)
+                .await
+                .expect("connect"),
+            producer: ipp_tests::produce::Producer::new(brokers, &topic),
+            env,
+            topic,
+            projector,
+        }
+    }
+
+    /// Produces the IPP events of `sessions` new sessions and waits until the live
+    /// projector stored them; returns the workload.
+    async fn produce(&self, sessions: usize, seed: u64) -> Workload {
+        let work = Workload::generate(&WorkloadSpec {
+            sessions,
+            seed,
+            other_event_rate: 0.0,
+            ..WorkloadSpec::default()
+        });
+        let events = work
+            .deliveries
+            .iter()
+            .map(|d| d.event_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as i64;
+        let before = self.events().await;
+        let bodies: Vec<Vec<u8>> = work.deliveries.iter().map(|d| d.body.clone()).collect();
+        self.producer.send_events(&bodies).await;
+        wait_until("the live projector stored the events", async || {
+            self.events().await == before + events
+        })
+        .await;
+        work
+    }
+
+    async fn events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn sessions(&self) -> Vec<Value> {
+        sqlx::query_scalar(
+            "SELECT to_jsonb(s) - 'updated_at' FROM ipp_sessions s ORDER BY session_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("sessions")
+    }
+
+    async fn rebuild(&self, args: &[&str]) -> ipp_tests::cli::Output {
+        let mut all = vec!["rebuild"];
+        all.extend_from_slice(args);
+        ipp_tests::cli::run_async("ipp-projector", &all, &self.env, Duration::from_secs(120)).await
+    }
+}
+
+/// On a broker whose retention really deleted the oldest segment of the event topic, a
+/// rebuild refuses to swap and changes nothing; with --allow-truncated-history it swaps
+/// in what the log still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refuses_to_swap_in_a_log_whose_oldest_records_were_deleted() {
+    // Retention runs at once and then every 500 ms on this broker (the defaults: after
+    // 30 s, then every 5 min); the topic's segments roll every 500 ms.
+    let broker = kafka::OwnBroker::start_with(&[
+        "log.initial.task.delay.ms=0",
+        "log.retention.check.interval.ms=500",
+    ]);
+    let brokers = broker.brokers();
+    let mut setup = SmallSetup::start(&brokers, &[("segment.ms", "500")]).await;
+    let old = setup.produce(20, 1).await;
+    // The next records start a new segment: the old one holds only `old`.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let new = setup.produce(20, 2).await;
+    let live_events = setup.events().await;
+    // A retention of 3 s deletes the segments of `old` (5 s old) but not yet `new`'s;
+    // once it did, the operator puts the retention back (retention deletes even the
+    // active segment once all of it is older than retention.ms).
+    let configs = |retention: &'static str| [("segment.ms", "500"), ("retention.ms", retention)];
+    kafka::set_topic_configs(&brokers, &setup.topic, &configs("3000")).await;
+    wait_until("retention deleted the oldest segments", async || {
+        (0..2).all(|p| kafka::watermarks(&brokers, &setup.topic, p).0 > 0)
+    })
+    .await;
+    kafka::set_topic_configs(&brokers, &setup.topic, &configs("-1")).await;
+    for partition in 0..2 {
+        let (low, high) = kafka::watermarks(&brokers, &setup.topic, partition);
+        assert!(low < high, "partition {partition} kept the newest records");
+    }
+    let live_sessions = setup.sessions().await;
+    assert_eq!(live_sessions.len(), old.sessions.len() + new.sessions.len());
+
+    let refused = setup.rebuild(&[]).await;
+    assert!(!refused.status.success(), "swapped a truncated history");
+    assert!(
+        refused.stderr.contains("truncated log")
+            && refused.stderr.contains("starts at offset")
+            && refused.stderr.contains("--allow-truncated-history"),
+        "the error says why and what to do: {}",
+        refused.stderr
+    );
+    assert_eq!(setup.sessions().await, live_sessions, "nothing changed");
+    assert_eq!(setup.events().await, live_events);
+    assert!(!schema_exists(&setup.pool, "ipp_previous").await);
+    assert!(!schema_exists(&setup.pool, "ipp_rebuild").await);
+
+    // Knowingly truncated: the rebuilt tables hold exactly what the log still has.
+    setup
+        .rebuild(&["--allow-truncated-history"])
+        .await
+        .success();
+    assert_sessions(&setup.pool, "ipp_sessions", &new.sessions).await;
+    setup.projector.terminate(Duration::from_secs(30));
+}
+
+/// A live table holding an event the log does not have (here: written by hand) would
+/// lose it: the rebuild refuses the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refuses_to_swap_in_fewer_events_than_the_live_table() {
+    let mut setup = SmallSetup::start(&kafka::brokers(), &[]).await;
+    let work = setup.produce(10, 3).await;
+    sqlx::query(
+        "INSERT INTO ipp_events (event_id, session_id, event_type, occurred_at, received_at,
+                                 kafka_partition, kafka_offset, payload)
+         SELECT 'kevt_not_in_the_log', session_id, event_type, occurred_at, received_at,
+                kafka_partition, kafka_offset, payload
+         FROM ipp_events LIMIT 1",
+    )
+    .execute(&setup.pool)
+    .await
+    .expect("an event the log does not hold");
+    let live_events = setup.events().await;
+
+    let refused = setup.rebuild(&[]).await;
+    assert!(!refused.status.success(), "swapped in fewer events");
+    assert!(
+        refused.stderr.contains(&format!(
+            "holds {} events, fewer than the live table's {live_events}",
+            live_events - 1
+        )),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(setup.events().await, live_events, "nothing changed");
+    assert!(!schema_exists(&setup.pool, "ipp_previous").await);
+
+    setup
+        .rebuild(&["--allow-truncated-history"])
+        .await
+        .success();
+    assert_eq!(setup.events().await, live_events - 1);
+    assert_sessions(&setup.pool, "ipp_sessions", &work.sessions).await;
+    setup.projector.terminate(Duration::from_secs(30));
 }
