@@ -1,5 +1,5 @@
 # Multi-stage build of every ipp-pipeline binary. One image, several commands:
-#   docker run IMAGE ipp-ingest | ipp-projector | ipp-actions | ipp-om-sim
+#   docker run IMAGE ipp-ingest | ipp-projector | ipp-actions | ipp-om-sim | ipp-demo
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev zlib1g-dev python3 \
@@ -9,7 +9,7 @@ COPY . .
 RUN cargo build --release --locked --workspace --bins \
  && mkdir /out \
  && cp target/release/ipp-ingest target/release/ipp-projector target/release/ipp-actions \
-       target/release/ipp-om-sim /out/
+       target/release/ipp-om-sim target/release/ipp-demo /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

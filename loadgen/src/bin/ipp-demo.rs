@@ -45,6 +45,11 @@ struct Args {
     /// How long to wait for the pipeline to catch up.
     #[arg(long, default_value_t = 180)]
     wait_secs: u64,
+    /// After the report, check the outcome and exit 1 unless every webhook was
+    /// acknowledged, every session's row is what its events imply, and every finalized
+    /// order was captured exactly once, for its amount (what CI runs).
+    #[arg(long)]
+    check: bool,
 }
 
 fn rand_seed() -> u64 {
@@ -126,7 +131,119 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    print_report(&pool, &args).await
+    print_report(&pool, &args).await?;
+    if args.check {
+        let mut problems: Vec<String> = report
+            .gave_up
+            .iter()
+            .map(|&i| {
+                format!(
+                    "webhook {} was never acknowledged",
+                    workload.deliveries[i].event_id
+                )
+            })
+            .collect();
+        problems.extend(check_sessions(&pool, &workload).await?);
+        problems.extend(check_captures(&pool, &client, &args.om_sim_url, &workload).await?);
+        if !problems.is_empty() {
+            println!("check FAILED: {} problem(s)", problems.len());
+            for problem in problems.iter().take(20) {
+                println!("  {problem}");
+            }
+            std::process::exit(1);
+        }
+        println!(
+            "check passed: {} sessions exactly as sent, {} orders captured once each",
+            workload.sessions.len(),
+            workload.finalized_orders().count()
+        );
+    }
+    Ok(())
+}
+
+/// Every session of the workload has the row its events imply.
+async fn check_sessions(pool: &PgPool, workload: &Workload) -> anyhow::Result<Vec<String>> {
+    let ids: Vec<uuid::Uuid> = workload.sessions.keys().copied().collect();
+    let rows = sqlx::query(
+        "SELECT session_id, merchant_id, status, order_id, failed_attempts, event_count
+         FROM ipp_sessions WHERE session_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        let id: uuid::Uuid = row.get("session_id");
+        seen.insert(id);
+        let want = &workload.sessions[&id];
+        let got = (
+            row.get::<Option<String>, _>("merchant_id"),
+            row.get::<String, _>("status"),
+            row.get::<Option<uuid::Uuid>, _>("order_id"),
+            row.get::<i32, _>("failed_attempts"),
+            row.get::<i32, _>("event_count"),
+        );
+        let expected = (
+            Some(want.merchant_id.clone()),
+            want.status.to_owned(),
+            want.order_id,
+            want.failed_attempts,
+            want.event_count,
+        );
+        if got != expected {
+            problems.push(format!(
+                "session {id}: (merchant, status, order, failed attempts, events) is {got:?}, expected {expected:?}"
+            ));
+        }
+    }
+    for id in ids.iter().filter(|id| !seen.contains(id)) {
+        problems.push(format!("session {id} has no row in ipp_sessions"));
+    }
+    Ok(problems)
+}
+
+/// Every finalized order of the workload: one capture in the simulator, for the amount
+/// the ledger recorded, and its ledger row `succeeded`.
+async fn check_captures(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    om_sim_url: &str,
+    workload: &Workload,
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (_, order_id) in workload.finalized_orders() {
+        let ledger = sqlx::query(
+            "SELECT status, captured_amount FROM ipp_actions WHERE order_id = $1 AND action = 'capture'",
+        )
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+        let Some(ledger) = ledger else {
+            problems.push(format!("order {order_id} has no capture in ipp_actions"));
+            continue;
+        };
+        let status: String = ledger.get("status");
+        let amount: Option<i64> = ledger.get("captured_amount");
+        let order: serde_json::Value = client
+            .get(format!(
+                "{}/_sim/orders/{order_id}",
+                om_sim_url.trim_end_matches('/')
+            ))
+            .send()
+            .await
+            .with_context(|| format!("asking the simulator for order {order_id}"))?
+            .json()
+            .await?;
+        let captures = order["effects"]["captures"].as_i64();
+        let captured = order["captured_amount"].as_i64();
+        if status != "succeeded" || captures != Some(1) || amount.is_none() || captured != amount {
+            problems.push(format!(
+                "order {order_id}: ledger {status} for {amount:?}, the simulator applied {captures:?} capture(s) for {captured:?}"
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
