@@ -37,7 +37,7 @@ ensure_postgres() {
     apt_install postgresql postgresql-client
   fi
   local version
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
   [ -n "$version" ] || die "postgresql is installed but has no cluster"
   local hba=/etc/postgresql/$version/main/pg_hba.conf
   # A cluster this script installed uses password auth on TCP; development wants trust.

@@ -987,3 +987,33 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
     a.stop();
     b.stop();
 }
+
+/// A topic that does not exist keeps ipp-actions not ready, and asking for it never
+/// creates it; once an operator creates it, the service starts consuming by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
+    let mut fx = Fixture::new(1, &[]).await;
+    fx.topic = unique_name("ipp_events_not_created_yet");
+    let actions = fx.start_actions(&unique_name("actions"), &[]);
+    let readyz = actions.metrics_url.replace("/metrics", "/readyz");
+    for _ in 0..10 {
+        let status = reqwest::get(&readyz).await.expect("readyz").status();
+        assert_eq!(status, 503, "ready without its topic");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !kafka::topic_exists(&fx.brokers, &fx.topic),
+        "ipp-actions created its topic"
+    );
+
+    kafka::create_named_topic(&fx.brokers, &fx.topic, 1).await;
+    fx.producer = Producer::new(&fx.brokers, &fx.topic);
+    let finals = finalized(3);
+    fx.produce(&finals).await;
+    fx.wait_until_all_recorded(3, Duration::from_secs(60)).await;
+    fx.assert_captured_once(&finals).await;
+    let status = reqwest::get(&readyz).await.expect("readyz").status();
+    assert_eq!(status, 200);
+    let mut actions = actions;
+    actions.stop();
+}
