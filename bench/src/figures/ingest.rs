@@ -57,12 +57,13 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             "{n} signed webhooks (realistic mix, pre-signed), {concurrency} in flight over pooled \
              HTTP/1 connections; ingest answered 200 to {} ({} failed), p50 {:.1} ms, p99 {:.1} ms. \
              Ceiling: one rdkafka producer with ipp-ingest's settings (acks=all, idempotent, \
-             linger.ms=2) sending the same records (key, headers) with {concurrency} awaiting \
-             their acks: {:.0}/s, ack p50 {:.1} ms, p99 {:.1} ms",
+             linger.ms=2, compression {}) sending the same records (key, headers) with \
+             {concurrency} awaiting their acks: {:.0}/s, ack p50 {:.1} ms, p99 {:.1} ms",
             measured.latency.count,
             measured.failed,
             measured.latency.p50_ms,
             measured.latency.p99_ms,
+            ipp_ingest::log::COMPRESSION,
             ceiling.throughput,
             ceiling.latency.p50_ms,
             ceiling.latency.p99_ms,
