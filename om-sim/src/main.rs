@@ -7,12 +7,14 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
+        // with eprintln!, which panics the task that logged: drop the line instead.
+        .log_internal_errors(false)
+        .with_env_filter(filter);
     match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
     config.faults.validate().map_err(anyhow::Error::msg)?;
 

@@ -35,12 +35,14 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
+        // with eprintln!, which panics the task that logged: drop the line instead.
+        .log_internal_errors(false)
+        .with_env_filter(filter);
     match config.log_format {
-        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
     tracing::info!(?config, "starting ipp-projector");
 

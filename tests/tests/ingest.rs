@@ -827,3 +827,54 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
         "the signature leaked into the logs"
     );
 }
+
+/// Its log pipe gone (the reader died), ingest keeps serving and still stops on SIGTERM:
+/// a log line that cannot be written is dropped, never a panic in the task that logs.
+#[tokio::test]
+async fn a_dead_log_pipe_neither_breaks_requests_nor_shutdown() {
+    let port = free_port();
+    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
+    let other = kafka::create_topic(&kafka::brokers(), "kustom_events", 1).await;
+    let secret = Signer::random_secret();
+    let mut child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .env_clear()
+        .env("KAFKA_BROKERS", kafka::brokers())
+        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("IPP_TOPIC", &topic)
+        .env("KUSTOM_OTHER_TOPIC", &other)
+        .env("KUSTOM_WEBHOOK_SECRETS", &secret)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_tcp(port, Duration::from_secs(20));
+    // The reader of both pipes goes away, as a log shipper that crashed would.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+
+    let body = fixture("session-created.json");
+    let signed = Signer::new(&secret).sign(&body);
+    let mut request = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
+        .body(body.clone());
+    for (name, value) in signed.headers() {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    assert_eq!(kafka::read_topic(&kafka::brokers(), &topic)[0].value, body);
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
