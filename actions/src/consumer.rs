@@ -83,21 +83,10 @@ impl ActionConsumer {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Result<Self, Error> {
-        let client = client_config(
-            config,
-            &[
-                ("group.id", &config.group),
-                // Incremental rebalances: a member joining or leaving moves only the
-                // partitions that change hands; the others keep flowing.
-                ("partition.assignment.strategy", "cooperative-sticky"),
-                ("enable.auto.commit", "true"),
-                ("auto.commit.interval.ms", "1000"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-            ],
-            // An offset is stored only once the record's effect is durable.
-            &["enable.auto.offset.store"],
-        );
+        let mut settings = vec![("group.id", config.group.as_str())];
+        settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
+        // An offset is stored only once the record's effect is durable.
+        let client = client_config(config, &settings, &["enable.auto.offset.store"]);
         let consumer: StreamConsumer = client.create()?;
         Ok(Self {
             consumer,

@@ -239,20 +239,15 @@ impl Projector {
             offsets: offsets.clone(),
             health: health.clone(),
         };
+        let mut settings = vec![
+            ("group.id", config.group.as_str()),
+            ("statistics.interval.ms", "5000"),
+        ];
+        settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
         let client = ipp_service::kafka::client_config(
             &config.kafka_brokers,
             CLIENT_ID,
-            &[
-                ("group.id", &config.group),
-                // Incremental rebalances: a member joining or leaving moves only the
-                // partitions that change hands; the others keep flowing.
-                ("partition.assignment.strategy", "cooperative-sticky"),
-                ("enable.auto.commit", "true"),
-                ("auto.commit.interval.ms", "1000"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("statistics.interval.ms", "5000"),
-            ],
+            &settings,
             config.kafka_properties(),
         );
         let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;

@@ -37,6 +37,18 @@ pub fn client_config<'a>(
     config
 }
 
+/// A consumer of a group that stores each record's offset itself, once the record's
+/// effect is durable, and lets librdkafka commit what was stored once a second. The
+/// `cooperative-sticky` assignor makes rebalances incremental: a member joining or
+/// leaving moves only the partitions that change hands, the others keep flowing.
+pub const GROUP_CONSUMER: &[(&str, &str)] = &[
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("enable.auto.commit", "true"),
+    ("auto.commit.interval.ms", "1000"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+];
+
 /// Why a service's topics cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicsUnavailable {

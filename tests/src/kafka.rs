@@ -41,6 +41,10 @@ fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
         .expect("admin client")
 }
 
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
 /// Creates `name` with topic-level `configs` (e.g. `("segment.ms", "500")`).
 pub async fn create_named_topic_with(
     brokers: &str,
@@ -54,10 +58,7 @@ pub async fn create_named_topic_with(
         topic = topic.set(key, value);
     }
     let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .create_topics([&topic], &admin_options())
         .await
         .expect("create_topics request");
     for result in results {
@@ -73,10 +74,7 @@ pub async fn set_topic_configs(brokers: &str, name: &str, configs: &[(&str, &str
         config = config.set(key, value);
     }
     let results = admin(brokers)
-        .alter_configs(
-            [&config],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .alter_configs([&config], &admin_options())
         .await
         .expect("alter_configs request");
     for result in results {
@@ -84,14 +82,19 @@ pub async fn set_topic_configs(brokers: &str, name: &str, configs: &[(&str, &str
     }
 }
 
-/// `(low, high)` watermarks of one partition.
-pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A client for metadata and watermark requests, which never create a topic.
+fn metadata_client(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("client.id", "ipp-tests")
         .set("allow.auto.create.topics", "false")
         .create()
-        .expect("consumer");
+        .expect("consumer")
+}
+
+/// `(low, high)` watermarks of one partition.
+pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer = metadata_client(brokers);
     consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .expect("watermarks")
@@ -99,12 +102,7 @@ pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
 
 /// Whether the broker knows `topic` (asking never creates it).
 pub fn topic_exists(brokers: &str, topic: &str) -> bool {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "ipp-tests")
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("consumer");
+    let consumer = metadata_client(brokers);
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");

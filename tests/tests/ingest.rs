@@ -773,19 +773,7 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
     let port = free_port();
     let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
     let secret = Signer::random_secret();
-    let child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
-        .args(["--log-format", "json"])
-        .env_clear()
-        .env("KAFKA_BROKERS", kafka::brokers())
-        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("IPP_TOPIC", &topic)
-        .env("KUSTOM_WEBHOOK_SECRETS", &secret)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_tcp(port, Duration::from_secs(20));
+    let child = spawn_piped(port, &topic, &secret, &["--log-format", "json"], "debug");
     let marker = "do-not-log-this-reason";
     let body = serde_json::to_vec(&json!({
         "id": "kevt_logcheck", "merchant_id": "M1", "timestamp": "2026-06-05T18:00:00Z",
@@ -794,13 +782,7 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
     }))
     .unwrap();
     let signed = Signer::new(&secret).sign(&body);
-    let mut request = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
-        .body(body.clone());
-    for (name, value) in signed.headers() {
-        request = request.header(name, value);
-    }
-    assert_eq!(request.send().await.unwrap().status(), 200);
+    assert_eq!(post_to(port, &signed, &body).await.status(), 200);
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -834,34 +816,15 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
 async fn a_dead_log_pipe_neither_breaks_requests_nor_shutdown() {
     let port = free_port();
     let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
-    let other = kafka::create_topic(&kafka::brokers(), "kustom_events", 1).await;
     let secret = Signer::random_secret();
-    let mut child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
-        .env_clear()
-        .env("KAFKA_BROKERS", kafka::brokers())
-        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("IPP_TOPIC", &topic)
-        .env("KUSTOM_OTHER_TOPIC", &other)
-        .env("KUSTOM_WEBHOOK_SECRETS", &secret)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_tcp(port, Duration::from_secs(20));
+    let mut child = spawn_piped(port, &topic, &secret, &[], "info");
     // The reader of both pipes goes away, as a log shipper that crashed would.
     drop(child.stdout.take());
     drop(child.stderr.take());
 
     let body = fixture("session-created.json");
     let signed = Signer::new(&secret).sign(&body);
-    let mut request = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
-        .body(body.clone());
-    for (name, value) in signed.headers() {
-        request = request.header(name, value);
-    }
-    assert_eq!(request.send().await.unwrap().status(), 200);
+    assert_eq!(post_to(port, &signed, &body).await.status(), 200);
     assert_eq!(kafka::read_topic(&kafka::brokers(), &topic)[0].value, body);
 
     std::process::Command::new("kill")
@@ -877,4 +840,40 @@ async fn a_dead_log_pipe_neither_breaks_requests_nor_shutdown() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
+/// ipp-ingest as a plain child process with both outputs piped, for the tests that read
+/// or break its logs; returns once it listens on `port`.
+fn spawn_piped(
+    port: u16,
+    ipp_topic: &str,
+    secret: &str,
+    args: &[&str],
+    rust_log: &str,
+) -> std::process::Child {
+    let child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+        .args(args)
+        .env_clear()
+        .env("KAFKA_BROKERS", kafka::brokers())
+        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("IPP_TOPIC", ipp_topic)
+        .env("KUSTOM_WEBHOOK_SECRETS", secret)
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_tcp(port, Duration::from_secs(20));
+    child
+}
+
+/// Posts `body` with the headers of `signed` to an ingest listening on `port`.
+async fn post_to(port: u16, signed: &Signed, body: &[u8]) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
+        .body(body.to_vec());
+    for (name, value) in signed.headers() {
+        request = request.header(name, value);
+    }
+    request.send().await.expect("request")
 }
