@@ -263,8 +263,8 @@ pub struct Config {
     #[arg(long, env = "ACTIONS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate: bool,
 
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    /// Log format: `pretty` (for people; `text` is accepted too) or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
 }
 
@@ -276,7 +276,9 @@ pub enum OnFinalized {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    Text,
+    /// `text` was this service's own spelling before the services agreed on `pretty`.
+    #[value(alias = "text")]
+    Pretty,
     Json,
 }
 
@@ -340,6 +342,18 @@ mod tests {
         let cli = Cli::parse_from(["ipp-actions", "--kustom-api-key", "kco_test_abc"]);
         assert_eq!(cli.config.kustom_api_key.expose(), "kco_test_abc");
         assert!(!format!("{cli:?}").contains("kco_test_abc"));
+    }
+
+    #[test]
+    fn log_format_takes_pretty_like_the_other_services_and_text_as_before() {
+        for (given, expected) in [
+            ("pretty", LogFormat::Pretty),
+            ("text", LogFormat::Pretty),
+            ("json", LogFormat::Json),
+        ] {
+            let cli = Cli::parse_from(["ipp-actions", "--log-format", given]);
+            assert_eq!(cli.config.log_format, expected, "{given}");
+        }
     }
 
     #[test]

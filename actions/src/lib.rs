@@ -38,7 +38,7 @@ pub fn init_tracing(format: LogFormat) {
         .log_internal_errors(false)
         .with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -300,7 +300,7 @@ pub async fn prefill(brokers: &str, topic: &str, bodies: &[&[u8]]) -> anyhow::Re
                 .await?
                 .map_err(|(e, _)| anyhow::anyhow!("prefill {topic}: {e}"))?;
             done += 1;
-            if done % 10_000 == 0 {
+            if done.is_multiple_of(10_000) {
                 crate::progress(&format!(
                     "prefill {topic}: {done}/{} records ({:.0}/s)",
                     bodies.len(),

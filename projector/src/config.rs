@@ -52,11 +52,13 @@ pub struct Config {
     #[arg(long, env = "IPP_DLQ_TOPIC", default_value = ipp_schemas::topics::IPP_EVENTS_DLQ, global = true)]
     pub dlq_topic: String,
 
-    /// PostgreSQL URL of the read models.
+    /// PostgreSQL URL of the read models (the same database as ipp-actions' ledger is
+    /// fine). `--help` never shows the value from the environment: it may hold a password.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = "postgres://postgres@127.0.0.1:5432/ipp",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: DatabaseUrl,
@@ -130,6 +132,7 @@ pub struct Config {
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
         value_delimiter = ',',
+        hide_env_values = true,
         global = true
     )]
     kafka_property: Vec<KafkaProperty>,

@@ -424,3 +424,57 @@ async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
         );
     }
 }
+
+/// `--help` of every binary and subcommand shows which variables it reads but never a
+/// value from the environment that may be secret.
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let secrets = [
+        (
+            "DATABASE_URL",
+            "postgres://ipp:hunter2-db@db.example:5432/ipp",
+            "hunter2-db",
+        ),
+        (
+            "KAFKA_PROPERTIES",
+            "sasl.username=ipp,sasl.password=hunter2-kafka",
+            "hunter2-kafka",
+        ),
+        ("KUSTOM_API_KEY", "kco_live_hunter2-api", "hunter2-api"),
+        (
+            "KUSTOM_WEBHOOK_SECRETS",
+            "whsec_aHVudGVyMi13ZWJob29r",
+            "aHVudGVyMi13ZWJob29r",
+        ),
+        ("OM_SIM_API_KEY", "hunter2-sim", "hunter2-sim"),
+    ];
+    let commands: &[(&str, &[&str])] = &[
+        ("ipp-ingest", &["--help"]),
+        ("ipp-projector", &["--help"]),
+        ("ipp-projector", &["rebuild", "--help"]),
+        ("ipp-projector", &["replay", "--help"]),
+        ("ipp-projector", &["status", "--help"]),
+        ("ipp-projector", &["dlq", "list", "--help"]),
+        ("ipp-actions", &["--help"]),
+        ("ipp-actions", &["retry", "--help"]),
+        ("ipp-actions", &["dlq", "redrive", "--help"]),
+        ("ipp-om-sim", &["--help"]),
+    ];
+    for (binary, args) in commands {
+        let output = std::process::Command::new(ipp_tests::process::bin_path(binary))
+            .args(*args)
+            .env_clear()
+            .envs(secrets.iter().map(|(name, value, _)| (name, value)))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{binary} {args:?}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for (name, _, secret) in &secrets {
+            assert!(
+                !help.contains(secret),
+                "`{binary} {}` prints {name}'s value",
+                args.join(" ")
+            );
+        }
+    }
+}
