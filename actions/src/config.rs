@@ -4,6 +4,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipp_schemas::topics;
+use ipp_service::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -272,14 +273,6 @@ pub struct Config {
 pub enum OnFinalized {
     Capture,
     None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// `text` was this service's own spelling before the services agreed on `pretty`.
-    #[value(alias = "text")]
-    Pretty,
-    Json,
 }
 
 impl Config {

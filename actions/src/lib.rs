@@ -23,25 +23,11 @@ use std::{
     time::Duration,
 };
 
-pub use config::{Cli, Command, Config, LogFormat};
+pub use config::{Cli, Command, Config};
 pub use error::Error;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
-        // with eprintln!, which panics the task that logged: drop the line instead.
-        .log_internal_errors(false)
-        .with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 /// Applies the ledger migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), Error> {

@@ -8,10 +8,10 @@ async fn main() -> anyhow::Result<()> {
     let Cli { command, config } = Cli::parse();
     let command = command.unwrap_or(Command::Run);
     if matches!(command, Command::Run | Command::Migrate) {
-        ipp_actions::init_tracing(config.log_format);
+        ipp_service::telemetry::init_tracing(config.log_format);
     } else {
         // Operator commands: stdout is their output, logs go to stderr.
-        ipp_ops::init_cli_tracing();
+        ipp_service::telemetry::init_cli_tracing();
     }
     match command {
         Command::Dlq(dlq) => ops_exit(ipp_actions::cli_ops::dlq(&config, &dlq).await),

@@ -2,8 +2,9 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ipp_schemas::topics;
+use ipp_service::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -79,7 +80,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
-    /// Log format.
+    /// Log format: `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 }
@@ -92,12 +93,6 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// A secret whose `Debug` never shows it.

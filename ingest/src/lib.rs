@@ -94,18 +94,3 @@ pub async fn run(
     tracing::info!("ipp-ingest stopped");
     Ok(())
 }
-
-/// Sets up `tracing` for a service: pretty for people, JSON for log pipelines.
-pub fn init_tracing(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
-        // with eprintln!, which panics the task that logged: drop the line instead.
-        .log_internal_errors(false)
-        .with_env_filter(filter);
-    match format {
-        config::LogFormat::Pretty => builder.init(),
-        config::LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}

@@ -2,7 +2,8 @@
 
 use std::{fmt, net::SocketAddr};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
+use ipp_service::LogFormat;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Parser)]
@@ -127,12 +128,6 @@ impl Faults {
         }
         Ok(())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// The API key; `Debug` never shows it.

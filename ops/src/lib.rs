@@ -100,17 +100,3 @@ pub fn exit(program: &str, result: Result<(), Error>) -> ! {
         }
     }
 }
-
-/// Logs of the operator commands go to stderr (stdout is the command's output, often
-/// parsed by scripts), at `warn` unless `RUST_LOG` says otherwise.
-pub fn init_cli_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
-        // with eprintln!, which panics the task that logged: drop the line instead.
-        .log_internal_errors(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}

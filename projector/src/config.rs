@@ -1,6 +1,7 @@
 use std::{fmt, net::SocketAddr, str::FromStr};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use ipp_service::LogFormat;
 
 /// Projects Kustom In-Person Payments events from Kafka into PostgreSQL read models
 /// (`ipp_events`, `ipp_sessions`), exactly once whatever the order, duplicates or crashes.
@@ -140,12 +141,6 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// A database URL whose `Debug` output hides the password.

@@ -1,8 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
-use ipp_projector::config::{Cli, Command, LogFormat};
+use ipp_projector::config::{Cli, Command};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -11,39 +10,30 @@ async fn main() -> anyhow::Result<()> {
     // Operator commands: stdout is their output, logs go to stderr.
     match &cli.command {
         Some(Command::Dlq(dlq)) => {
-            ipp_ops::init_cli_tracing();
+            ipp_service::telemetry::init_cli_tracing();
             ipp_ops::exit(
                 "ipp-projector",
                 ipp_projector::cli_ops::dlq(&config, dlq).await,
             );
         }
         Some(Command::Status(args)) => {
-            ipp_ops::init_cli_tracing();
+            ipp_service::telemetry::init_cli_tracing();
             ipp_ops::exit(
                 "ipp-projector",
                 ipp_projector::cli_ops::status(&config, args).await,
             );
         }
         Some(Command::Rebuild(args)) => {
-            ipp_ops::init_cli_tracing();
+            ipp_service::telemetry::init_cli_tracing();
             exit(ipp_projector::rebuild::run(&config, args).await);
         }
         Some(Command::Replay(args)) => {
-            ipp_ops::init_cli_tracing();
+            ipp_service::telemetry::init_cli_tracing();
             exit(ipp_projector::replay::run(&config, args).await);
         }
         _ => {}
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        // With stdout or stderr gone (a dead log pipe) a failed write would be reported
-        // with eprintln!, which panics the task that logged: drop the line instead.
-        .log_internal_errors(false)
-        .with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    ipp_service::telemetry::init_tracing(config.log_format);
     tracing::info!(?config, "starting ipp-projector");
 
     if cli.command == Some(Command::Migrate) {

@@ -2,6 +2,9 @@
 //! stop, report metrics and allocate the same way.
 
 pub mod kafka;
+pub mod telemetry;
+
+pub use telemetry::LogFormat;
 
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
