@@ -24,7 +24,6 @@ use ipp_schemas::{
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
-    producer::Producer,
     ClientConfig,
 };
 use sqlx::PgPool;
@@ -102,7 +101,8 @@ impl ActionConsumer {
     /// Consumes until `shutdown`. Subscribes only once the event topic and the
     /// dead-letter topic exist (not ready until then).
     pub async fn run(self, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
-        if !self.wait_for_topics(&shutdown).await {
+        let topics = vec![self.topic.clone(), self.dlq.topic().to_owned()];
+        if !ipp_service::kafka::wait_for_topics(self.dlq.producer(), topics, &shutdown).await {
             return;
         }
         if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
@@ -147,16 +147,6 @@ impl ActionConsumer {
         };
         ipp_service::kafka::close_within(close, CLOSE_TIMEOUT, CLIENT_ID).await;
         info!("consumer stopped");
-    }
-
-    async fn wait_for_topics(&self, shutdown: &CancellationToken) -> bool {
-        let producer = self.dlq.producer();
-        let topics = [self.topic.clone(), self.dlq.topic().to_owned()];
-        let check = move || {
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            ipp_service::kafka::check_topics(producer.client(), &topics, Duration::from_secs(5))
-        };
-        ipp_service::kafka::wait_for_topics(check, Duration::from_secs(2), shutdown).await
     }
 
     /// Makes the record's effect durable. Returns false only when shutdown interrupted it.

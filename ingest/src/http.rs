@@ -1,6 +1,6 @@
 //! The HTTP contract: `POST /webhooks/kustom`, `/healthz`, `/readyz`, `/metrics`.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     body::{Body, Bytes},
@@ -178,7 +178,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
 
 /// Ready when a broker answers and both topics exist; otherwise 503 and why.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    match state.log.check_topics(Duration::from_secs(2)).await {
+    match state.log.check_topics().await {
         Ok(()) => (StatusCode::OK, "ready".to_owned()),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
     }

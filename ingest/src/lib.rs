@@ -7,15 +7,12 @@ pub mod log;
 pub mod metrics;
 pub mod verify;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-
-/// How long a broker may take to answer the metadata request of a topic check.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,7 +58,7 @@ pub async fn run(
     )?;
     // Not fatal: the topics may be created after ingest starts; /readyz says 503 and
     // why until they exist, and requests get 503 meanwhile.
-    if let Err(error) = log.check_topics(TOPIC_CHECK_TIMEOUT).await {
+    if let Err(error) = log.check_topics().await {
         tracing::error!(%error, "the event log is not usable yet");
     }
     let state = Arc::new(http::AppState {

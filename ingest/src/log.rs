@@ -211,14 +211,13 @@ impl EventLog {
         }
     }
 
-    /// Whether the broker answers and both topics exist (blocking at most `within` per
-    /// topic).
-    pub async fn check_topics(&self, within: Duration) -> Result<(), TopicsUnavailable> {
+    /// Whether the broker answers and both topics exist (at most 2 s per topic).
+    pub async fn check_topics(&self) -> Result<(), TopicsUnavailable> {
+        const WITHIN: Duration = Duration::from_secs(2);
         let producer = self.producer();
         let topics = [self.ipp_topic.clone(), self.other_topic.clone()];
         tokio::task::spawn_blocking(move || {
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            ipp_service::kafka::check_topics(producer.client(), &topics, within)
+            ipp_service::kafka::check_topics(producer.client(), &topics, WITHIN)
         })
         .await
         .unwrap_or_else(|e| panic!("topic check panicked: {e}"))

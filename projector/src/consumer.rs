@@ -267,7 +267,9 @@ impl Projector {
     /// Subscribes only once the event topic and the dead-letter topic exist (not ready
     /// until then).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        if !self.wait_for_topics(&shutdown).await {
+        let topics = vec![self.config.ipp_topic.clone(), self.config.dlq_topic.clone()];
+        let producer = self.dead_letters.producer();
+        if !ipp_service::kafka::wait_for_topics(producer, topics, &shutdown).await {
             return Ok(());
         }
         self.consumer.subscribe(&[&self.config.ipp_topic])?;
@@ -282,20 +284,6 @@ impl Projector {
         ipp_service::kafka::close_within(move || drop(consumer), CLOSE_TIMEOUT, CLIENT_ID).await;
         info!("projector stopped");
         result
-    }
-
-    async fn wait_for_topics(&self, shutdown: &CancellationToken) -> bool {
-        let client = self.dead_letters.client();
-        let topics = [self.config.ipp_topic.clone(), self.config.dlq_topic.clone()];
-        let check = move || {
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            ipp_service::kafka::check_topics(
-                rdkafka::producer::Producer::client(&*client),
-                &topics,
-                Duration::from_secs(5),
-            )
-        };
-        ipp_service::kafka::wait_for_topics(check, Duration::from_secs(2), shutdown).await
     }
 
     /// Applies batch after batch; the next batch is gathered (and topped up once the

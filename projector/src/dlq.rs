@@ -38,7 +38,7 @@ impl DeadLetters {
     }
 
     /// The producer, for metadata requests (the topic checks) off the async workers.
-    pub fn client(&self) -> Arc<FutureProducer> {
+    pub fn producer(&self) -> Arc<FutureProducer> {
         self.producer.clone()
     }
 

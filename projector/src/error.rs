@@ -24,6 +24,9 @@ pub enum Error {
     Output(#[source] std::io::Error),
     #[error("{0}")]
     Operation(String),
+    /// A rebuild would swap in less history than the live tables hold.
+    #[error("{0}")]
+    TruncatedHistory(String),
 }
 
 impl Error {
@@ -73,7 +76,8 @@ impl Error {
             | Self::Http(_)
             | Self::Config(_)
             | Self::Output(_)
-            | Self::Operation(_) => false,
+            | Self::Operation(_)
+            | Self::TruncatedHistory(_) => false,
         }
     }
 }

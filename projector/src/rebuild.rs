@@ -109,6 +109,14 @@ pub struct RebuildArgs {
     pub allow_truncated_history: bool,
 }
 
+impl RebuildArgs {
+    /// Whether the swapped-in version must hold the whole history: a rebuild does unless
+    /// the operator accepted a truncated one; a rollback swaps back what was live before.
+    fn checks_history(&self) -> bool {
+        !self.rollback && !self.allow_truncated_history
+    }
+}
+
 /// Session-level advisory lock key: one rebuild (or rollback) at a time per database.
 const REBUILD_LOCK: i64 = 0x6970_705f_7265_6275; // "ipp_rebu"
 /// Scratch schema used inside the swap transaction only.
@@ -123,8 +131,6 @@ struct Follower<'a> {
     partitions: Vec<i32>,
     /// Next offset to apply per partition.
     positions: BTreeMap<i32, i64>,
-    /// Low watermarks when the rebuild started.
-    start_lows: BTreeMap<i32, i64>,
     /// Records read but held back by a limit (dry run), in order.
     pending: VecDeque<OwnedMessage>,
     batch_size: usize,
@@ -155,7 +161,6 @@ impl<'a> Follower<'a> {
                 dead_letters: None,
                 statistics: Arc::new(AutoAnalyze::default()),
             },
-            start_lows: marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
             topic,
             partitions,
             positions,
@@ -406,12 +411,10 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
 
     let started = Instant::now();
     let mut follower = Follower::new(config, &pool).await?;
-    if !args.rollback && !args.allow_truncated_history {
-        if let Err(refused) = complete_history(&config.ipp_topic, &follower.start_lows) {
+    if args.checks_history() {
+        if let Err(refused) = complete_history(&config.ipp_topic, &follower.lows()?) {
             drop(follower);
-            pool.close().await;
-            discard(&admin, shadow).await?;
-            return Err(refused);
+            return Err(discard(&admin, pool, shadow, refused).await);
         }
     }
     let label = if args.rollback {
@@ -473,11 +476,9 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
         match swap(config, args, &admin, &mut follower, source).await {
             Ok(true) => break,
             Ok(false) => {}
-            Err(refused @ Error::Operation(_)) if !args.rollback => {
+            Err(refused @ Error::TruncatedHistory(_)) => {
                 drop(follower);
-                pool.close().await;
-                discard(&admin, shadow).await?;
-                return Err(refused);
+                return Err(discard(&admin, pool, shadow, refused).await);
             }
             Err(e) => return Err(e),
         }
@@ -534,12 +535,17 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Drops a shadow schema that will not be swapped in.
-async fn discard(admin: &PgPool, shadow: &str) -> Result<(), Error> {
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+/// Drops the shadow of a refused rebuild (closing its pool first) and returns the
+/// refusal, or the error that kept the shadow from being dropped.
+async fn discard(admin: &PgPool, pool: PgPool, shadow: &str, refused: Error) -> Error {
+    pool.close().await;
+    match sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
         .execute(admin)
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => refused,
+        Err(e) => e.into(),
+    }
 }
 
 async fn row_counts(pool: &PgPool, schema_name: &str) -> Result<HashMap<String, i64>, Error> {
@@ -626,7 +632,7 @@ async fn swap(
     ))
     .execute(&mut *tx)
     .await?;
-    if !args.rollback && !args.allow_truncated_history {
+    if args.checks_history() {
         // Retention may have deleted a segment while the shadow was built.
         let checked = complete_history(&config.ipp_topic, &follower.lows()?);
         let checked = match checked {
@@ -698,7 +704,7 @@ fn complete_history(topic: &str, lows: &BTreeMap<i32, i64>) -> Result<(), Error>
     if truncated.is_empty() {
         return Ok(());
     }
-    Err(Error::Operation(format!(
+    Err(Error::TruncatedHistory(format!(
         "refusing to rebuild from a truncated log: topic {topic} has lost its oldest records \
          ({}; the low watermark is above 0: retention.ms or retention.bytes deleted segments, \
          or records were deleted), so the rebuilt read models would miss them. The event log \
@@ -723,7 +729,7 @@ async fn no_fewer_events(
     if rebuilt_events >= live_events {
         return Ok(());
     }
-    Err(Error::Operation(format!(
+    Err(Error::TruncatedHistory(format!(
         "refusing to swap: the rebuilt ipp_events holds {rebuilt_events} events, fewer than \
          the live table's {live_events}, so the log no longer holds part of the history the \
          read models were built from. Nothing was changed; pass --allow-truncated-history \

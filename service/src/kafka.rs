@@ -2,11 +2,15 @@
 //! service needs exist. Topics are created by the operator (or `scripts/run`) with their
 //! partition counts and retention; a client never creates one by accident.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     client::{Client, ClientContext},
     error::KafkaError,
+    producer::{FutureProducer, Producer},
     ClientConfig,
 };
 use tokio_util::sync::CancellationToken;
@@ -61,11 +65,12 @@ pub enum TopicsUnavailable {
 /// Checks that every topic of `topics` exists (blocking; at most `timeout` per topic).
 pub fn check_topics<C: ClientContext>(
     client: &Client<C>,
-    topics: &[&str],
+    topics: &[impl AsRef<str>],
     timeout: Duration,
 ) -> Result<(), TopicsUnavailable> {
     let mut missing = Vec::new();
-    for &topic in topics {
+    for topic in topics {
+        let topic = topic.as_ref();
         let metadata = client
             .fetch_metadata(Some(topic), timeout)
             .map_err(TopicsUnavailable::Broker)?;
@@ -84,19 +89,23 @@ pub fn check_topics<C: ClientContext>(
     }
 }
 
-/// Waits until every topic of `topics` exists, checking every `interval` and logging
-/// why not (at once, then every 30 s). Returns `false` when `shutdown` came first.
-/// `check` runs on a blocking thread: it is [`check_topics`] on the caller's client.
-pub async fn wait_for_topics<F>(check: F, interval: Duration, shutdown: &CancellationToken) -> bool
-where
-    F: Fn() -> Result<(), TopicsUnavailable> + Clone + Send + 'static,
-{
+/// Waits until every topic of `topics` exists, asking through `producer` every 2 s (on
+/// a blocking thread) and logging why not, at once and then every 30 s. Returns
+/// `false` when `shutdown` came first.
+pub async fn wait_for_topics(
+    producer: Arc<FutureProducer>,
+    topics: Vec<String>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let topics = Arc::new(topics);
     let mut last_logged: Option<Instant> = None;
     loop {
-        let attempt = check.clone();
-        let checked = tokio::task::spawn_blocking(attempt)
-            .await
-            .unwrap_or_else(|e| panic!("topic check panicked: {e}"));
+        let (producer, topics) = (producer.clone(), topics.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            check_topics(producer.client(), &topics, Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("topic check panicked: {e}"));
         match checked {
             Ok(()) => {
                 if last_logged.is_some() {
@@ -113,7 +122,7 @@ where
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }

@@ -89,6 +89,16 @@ impl Ingest {
         }
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        let response = reqwest::get(format!("{}/metrics", self.url)).await;
+        response
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     fn signer(&self) -> Signer {
         Signer::new(&self.secrets[0])
     }
@@ -472,12 +482,7 @@ async fn broker_outage_answers_503_never_200_and_the_same_producer_recovers() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let metrics = reqwest::get(format!("{}/metrics", ingest.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains("ingest_producer_replacements_total 0"),
         "the producer was replaced: {metrics}"
@@ -722,12 +727,7 @@ async fn health_readiness_and_metrics() {
             .status(),
         401
     );
-    let metrics = reqwest::get(format!("{}/metrics", ingest.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(
             r#"ingest_requests_total{event_type="ipp.session.created",outcome="accepted"} 1"#

@@ -39,6 +39,14 @@ struct Projector {
     http_port: u16,
 }
 
+impl Projector {
+    /// The `/metrics` text, or the error of a projector that does not answer (yet).
+    async fn metrics(&self) -> reqwest::Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
+        reqwest::get(url).await?.text().await
+    }
+}
+
 /// What a projector consumes and writes: an event topic, its DLQ topic, a fresh
 /// database and a consumer group of its own.
 struct Target {
@@ -593,13 +601,9 @@ async fn a_third_member_joining_and_leaving_while_records_flow_keeps_the_read_mo
     assert_exact(&pool, &work, &positions).await;
 }
 
-/// The events a projector applied, from its `/metrics`.
+/// The events a projector applied, from its `/metrics` (0 while it does not answer).
 async fn events_applied(projector: &Projector) -> f64 {
-    let url = format!("http://127.0.0.1:{}/metrics", projector.http_port);
-    let Ok(response) = reqwest::get(&url).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
+    let text = projector.metrics().await.unwrap_or_default();
     text.lines()
         .filter(|line| line.starts_with("ipp_projector_events_applied_total"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -789,12 +793,7 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
         .unwrap()
         .contains("rejected by PostgreSQL"));
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", projector.http_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = projector.metrics().await.expect("GET /metrics");
     assert!(
         metrics.contains("ipp_projector_dead_letters_total 6"),
         "{metrics}"
