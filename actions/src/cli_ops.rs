@@ -42,9 +42,8 @@ pub struct RetryArgs {
 
 fn kafka(config: &Config) -> KafkaSettings {
     KafkaSettings {
-        brokers: config.kafka_brokers.clone(),
+        kafka: config.kafka.clone(),
         client_id: "ipp-actions-ops".to_owned(),
-        properties: config.kafka_properties.clone(),
     }
 }
 
@@ -56,11 +55,11 @@ pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
     };
     match command {
         DlqCommand::List(args) => {
-            ipp_ops::dlq::list(&source, &Database::new(&config.database_url), args).await
+            ipp_ops::dlq::list(&source, &Database::new(&config.database.url), args).await
         }
         DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
         DlqCommand::Redrive(args) => {
-            ipp_ops::redrive::run(&source, &Database::new(&config.database_url), args).await
+            ipp_ops::redrive::run(&source, &Database::new(&config.database.url), args).await
         }
     }
 }
@@ -75,7 +74,7 @@ pub async fn retry(config: &Config, args: &RetryArgs) -> Result<(), Error> {
         merchant: args.merchant.clone(),
         action: None,
     };
-    let pool = ipp_ops::connect(&Database::new(&config.database_url)).await?;
+    let pool = ipp_ops::connect(&Database::new(&config.database.url)).await?;
     let rows = if args.dry_run {
         let mut conn = pool.acquire().await?;
         ledger::failed(&mut conn, &selection).await?
@@ -135,7 +134,7 @@ pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     )
     .await?;
     let partitions = status::partitions(&marks, &committed);
-    let pool = ipp_ops::connect(&Database::new(&config.database_url)).await?;
+    let pool = ipp_ops::connect(&Database::new(&config.database.url)).await?;
     let ledger_exists = ipp_ops::table_exists(&pool, "ipp_actions").await?;
     let mut counts = serde_json::Map::new();
     for state in ["pending", "succeeded", "skipped", "failed"] {

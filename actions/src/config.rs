@@ -1,10 +1,10 @@
 //! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipp_schemas::topics;
-use ipp_service::LogFormat;
+use ipp_service::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -45,27 +45,14 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Kafka bootstrap servers, comma-separated.
-    #[arg(
-        long,
-        env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
-    /// Extra librdkafka property for the consumer and the DLQ producer, as KEY=VALUE (TLS,
-    /// SASL, ...). Repeat the flag, or separate pairs with commas in the environment variable.
-    #[arg(
-        long = "kafka-property",
-        env = "KAFKA_PROPERTIES",
-        value_name = "KEY=VALUE",
-        value_delimiter = ',',
-        value_parser = parse_property,
-        hide_env_values = true,
-        global = true
-    )]
-    pub kafka_properties: Vec<(String, String)>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub listen: ListenArgs<Actions>,
 
     /// Topic of ipp.* events (written by ipp-ingest).
     #[arg(long, env = "IPP_TOPIC", default_value = topics::IPP_EVENTS, global = true)]
@@ -83,25 +70,6 @@ pub struct Config {
         global = true
     )]
     pub group: String,
-
-    /// PostgreSQL URL of the ledger (the same database as the projector is fine).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/ipp",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: String,
-
-    /// Largest number of PostgreSQL connections.
-    #[arg(
-        long,
-        env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub database_max_connections: u32,
 
     /// What to do when a session is finalized: `capture` the remaining authorized amount,
     /// or `none` (record the action as skipped; the merchant captures from its own systems).
@@ -145,15 +113,6 @@ pub struct Config {
         global = true
     )]
     pub connect_timeout_ms: u64,
-
-    /// Address of the operations server (/healthz, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "ACTIONS_HTTP",
-        default_value = "0.0.0.0:9102",
-        global = true
-    )]
-    pub http: SocketAddr,
 
     /// Most actions in flight at once, across all partitions.
     #[arg(long, env = "ACTIONS_CONCURRENCY", default_value_t = 32, global = true)]
@@ -264,9 +223,8 @@ pub struct Config {
     #[arg(long, env = "ACTIONS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate: bool,
 
-    /// Log format: `pretty` (for people; `text` is accepted too) or `json`.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,41 +251,20 @@ impl Config {
     }
 }
 
-/// A secret that `Debug` and `Display` never print.
-#[derive(Clone, Default)]
-pub struct Secret(String);
+/// ipp-actions' address: the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct Actions;
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    let (key, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-    Ok((key.trim().to_owned(), value.trim().to_owned()))
+impl Listens for Actions {
+    const ENV: &'static str = "ACTIONS_HTTP";
+    const DEFAULT: &'static str = "0.0.0.0:9102";
+    const SERVES: &'static str = "/healthz, /readyz, /metrics";
 }
 
 #[cfg(test)]
 mod tests {
+    use ipp_service::LogFormat;
+
     use super::*;
 
     #[test]
@@ -345,7 +282,7 @@ mod tests {
             ("json", LogFormat::Json),
         ] {
             let cli = Cli::parse_from(["ipp-actions", "--log-format", given]);
-            assert_eq!(cli.config.log_format, expected, "{given}");
+            assert_eq!(cli.config.log.format, expected, "{given}");
         }
     }
 
@@ -353,6 +290,6 @@ mod tests {
     fn migrate_subcommand_takes_global_flags() {
         let cli = Cli::parse_from(["ipp-actions", "migrate", "--database-url", "postgres://x/y"]);
         assert!(matches!(cli.command, Some(Command::Migrate)));
-        assert_eq!(cli.config.database_url, "postgres://x/y");
+        assert_eq!(cli.config.database.url.expose(), "postgres://x/y");
     }
 }

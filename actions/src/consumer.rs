@@ -45,23 +45,9 @@ pub const CLIENT_ID: &str = "ipp-actions";
 /// How long the final commit and leaving the group may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client of the service: `settings`, then the operator's `KAFKA_PROPERTIES` except
-/// the `protected` keys, which the offset strategy depends on.
-pub fn client_config(
-    config: &Config,
-    settings: &[(&str, &str)],
-    protected: &[&str],
-) -> ClientConfig {
-    ipp_service::kafka::client_config(
-        &config.kafka_brokers,
-        CLIENT_ID,
-        settings,
-        config
-            .kafka_properties
-            .iter()
-            .filter(|(key, _)| !protected.contains(&key.as_str()))
-            .map(|(key, value)| (key.as_str(), value.as_str())),
-    )
+/// A client of the service: `settings`, then the operator's `KAFKA_PROPERTIES`.
+pub fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
+    ipp_service::kafka::client_config(&config.kafka, CLIENT_ID, settings)
 }
 
 pub struct ActionConsumer {
@@ -85,7 +71,7 @@ impl ActionConsumer {
         let mut settings = vec![("group.id", config.group.as_str())];
         settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
         // An offset is stored only once the record's effect is durable.
-        let client = client_config(config, &settings, &["enable.auto.offset.store"]);
+        let client = client_config(config, &settings);
         let consumer: StreamConsumer = client.create()?;
         Ok(Self {
             consumer,

@@ -43,7 +43,6 @@ impl Dlq {
                 ("enable.idempotence", "true"),
                 ("message.timeout.ms", "30000"),
             ],
-            &[],
         )
         .create()?;
         Ok(Self {

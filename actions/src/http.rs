@@ -8,14 +8,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-#[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
@@ -23,11 +22,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    ipp_service::probe::router(Arc::new(state))
 }
 
 pub async fn serve(
@@ -41,24 +36,23 @@ pub async fn serve(
 }
 
 /// Ready when the ledger answers and the consumer is running.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await;
-    if !matches!(db, Ok(Ok(_))) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable");
+impl ipp_service::probe::Probe for AppState {
+    async fn ready(&self) -> Result<(), String> {
+        let db = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await;
+        if !matches!(db, Ok(Ok(_))) {
+            return Err("database unreachable".into());
+        }
+        if !self.consumer_ready.load(Ordering::Relaxed) {
+            return Err("consumer not running".into());
+        }
+        Ok(())
     }
-    if !state.consumer_ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "consumer not running");
-    }
-    (StatusCode::OK, "ready")
-}
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
 }

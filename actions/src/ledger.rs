@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Error;
@@ -91,14 +91,6 @@ pub struct Outcome {
     pub captured_amount: Option<i64>,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
-}
-
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await?)
 }
 
 /// Applies the ledger migrations (numbered 2001+). The projector owns 1001+ in the same

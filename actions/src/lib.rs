@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 /// Applies the ledger migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), Error> {
-    let pool = ledger::connect(&config.database_url, 2).await?;
+    let pool = ipp_service::postgres::connect(&config.database, None).await?;
     ledger::migrate(&pool).await?;
     info!("ledger migrations applied");
     Ok(())
@@ -44,7 +44,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let pool = ledger::connect(&config.database_url, config.database_max_connections).await?;
+    let pool = ipp_service::postgres::connect(&config.database, None).await?;
     if config.migrate {
         ledger::migrate(&pool).await?;
     }

@@ -1,4 +1,3 @@
-use anyhow::Context;
 use clap::Parser;
 use ipp_actions::{Cli, Command};
 use tokio_util::sync::CancellationToken;
@@ -8,7 +7,7 @@ async fn main() -> anyhow::Result<()> {
     let Cli { command, config } = Cli::parse();
     let command = command.unwrap_or(Command::Run);
     if matches!(command, Command::Run | Command::Migrate) {
-        ipp_service::telemetry::init_tracing(config.log_format);
+        ipp_service::telemetry::init_tracing(config.log.format);
     } else {
         // Operator commands: stdout is their output, logs go to stderr.
         ipp_service::telemetry::init_cli_tracing();
@@ -19,9 +18,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => ops_exit(ipp_actions::cli_ops::status(&config, &args).await),
         Command::Migrate => ipp_actions::migrate(&config).await?,
         Command::Run => {
-            let listener = tokio::net::TcpListener::bind(config.http)
-                .await
-                .with_context(|| format!("binding {}", config.http))?;
+            let listener = config.listen.bind().await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(ipp_service::cancel_on_signal(
                 shutdown.clone(),

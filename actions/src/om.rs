@@ -7,7 +7,9 @@ use reqwest::{header, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{config::Secret, error::OmError};
+use ipp_service::Secret;
+
+use crate::error::OmError;
 
 pub const GET_ORDER: &str = "get_order";
 pub const CAPTURE: &str = "capture";

@@ -1,10 +1,10 @@
 //! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use ipp_schemas::topics;
-use ipp_service::LogFormat;
+use ipp_service::{KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -17,25 +17,11 @@ producer); any broker trouble answers 503 with Retry-After so that Kustom delive
 HTTP: POST /webhooks/kustom, GET /healthz (alive), GET /readyz (broker reachable), GET /metrics."
 )]
 pub struct Config {
-    /// Address the HTTP server listens on.
-    #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub listen: ListenArgs<Ingest>,
 
-    /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-
-    /// Extra librdkafka producer property as KEY=VALUE (TLS, SASL for a managed Kafka, ...).
-    /// Repeat the flag, or separate pairs with commas in the environment variable.
-    #[arg(
-        long = "kafka-property",
-        env = "KAFKA_PROPERTIES",
-        value_name = "KEY=VALUE",
-        value_delimiter = ',',
-        value_parser = parse_property,
-        hide_env_values = true
-    )]
-    pub kafka_properties: Vec<(String, String)>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// Topic for ipp.* events, keyed by data.session_id.
     #[arg(long, env = "IPP_TOPIC", default_value = topics::IPP_EVENTS)]
@@ -52,6 +38,7 @@ pub struct Config {
         env = "KUSTOM_WEBHOOK_SECRETS",
         value_name = "WHSEC",
         value_delimiter = ',',
+        value_parser = Secret::non_empty,
         hide_env_values = true
     )]
     pub webhook_secrets: Vec<Secret>,
@@ -80,9 +67,8 @@ pub struct Config {
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
-    /// Log format: `pretty` or `json`.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Config {
@@ -95,37 +81,12 @@ impl Config {
     }
 }
 
-/// A secret whose `Debug` never shows it.
-#[derive(Clone)]
-pub struct Secret(String);
+/// ipp-ingest's address: the webhook endpoint and the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct Ingest;
 
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty secret".into());
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    let (key, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-    Ok((key.trim().to_owned(), value.trim().to_owned()))
+impl Listens for Ingest {
+    const ENV: &'static str = "INGEST_LISTEN";
+    const DEFAULT: &'static str = "0.0.0.0:8080";
+    const SERVES: &'static str = "POST /webhooks/kustom, /healthz, /readyz, /metrics";
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::{
     body::{Body, Bytes},
     extract::State,
-    http::{header, HeaderMap, StatusCode},
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
     Json, Router,
 };
 use chrono::Utc;
@@ -29,10 +29,19 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/kustom", post(receive_webhook))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(ipp_service::probe::router(state))
+}
+
+/// Ready when the broker answers and both topics exist.
+impl ipp_service::probe::Probe for AppState {
+    async fn ready(&self) -> Result<(), String> {
+        self.log.check_topics().await.map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 async fn receive_webhook(
@@ -174,19 +183,4 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
-}
-
-/// Ready when a broker answers and both topics exist; otherwise 503 and why.
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    match state.log.check_topics().await {
-        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
-    }
-}
-
-async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
 }

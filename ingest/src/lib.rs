@@ -49,8 +49,7 @@ pub async fn run(
     };
     let metrics = metrics::Metrics::new();
     let log = log::EventLog::new(
-        &config.kafka_brokers,
-        &config.kafka_properties,
+        &config.kafka,
         config.ipp_topic.clone(),
         config.other_topic.clone(),
         config.produce_timeout(),
@@ -70,7 +69,7 @@ pub async fn run(
     });
     tracing::info!(
         listen = %listener.local_addr().map_err(StartError::Serve)?,
-        brokers = %config.kafka_brokers,
+        brokers = %config.kafka.brokers,
         ipp_topic = %config.ipp_topic,
         other_topic = %config.other_topic,
         "ipp-ingest listening"

@@ -8,7 +8,7 @@ use std::{
 };
 
 use ipp_schemas::{RecordHeaders, Route};
-use ipp_service::kafka::TopicsUnavailable;
+use ipp_service::{kafka::TopicsUnavailable, KafkaArgs};
 use prometheus::IntCounter;
 use rdkafka::{
     error::KafkaError,
@@ -52,15 +52,15 @@ pub const COMPRESSION: &str = "lz4";
 /// five requests in flight per connection.
 const MAX_IN_FLIGHT_WITH_IDEMPOTENCE: u32 = 5;
 
-fn check_properties(properties: &[(String, String)]) -> Result<(), ProducerConfigError> {
-    for (key, value) in properties {
+fn check_properties(kafka: &KafkaArgs) -> Result<(), ProducerConfigError> {
+    for (key, value) in kafka.properties() {
         let weakening = |why| ProducerConfigError::Weakening {
-            key: key.clone(),
-            value: value.clone(),
+            key: key.to_owned(),
+            value: value.to_owned(),
             why,
         };
         let normalized = value.trim().to_ascii_lowercase();
-        match key.as_str() {
+        match key {
             "acks" | "request.required.acks" if !matches!(normalized.as_str(), "all" | "-1") => {
                 return Err(weakening(
                     "a 200 means every in-sync replica has the record (acks=all)",
@@ -105,14 +105,13 @@ pub struct EventLog {
 
 impl EventLog {
     pub fn new(
-        brokers: &str,
-        extra_properties: &[(String, String)],
+        kafka: &KafkaArgs,
         ipp_topic: String,
         other_topic: String,
         timeout: Duration,
         replacements: IntCounter,
     ) -> Result<Self, ProducerConfigError> {
-        check_properties(extra_properties)?;
+        check_properties(kafka)?;
         let timeout_ms = timeout.as_millis().max(1).to_string();
         let mut settings = DURABILITY.to_vec();
         settings.extend([
@@ -121,14 +120,7 @@ impl EventLog {
             ("linger.ms", "2"),
             ("compression.type", COMPRESSION),
         ]);
-        let client_config = ipp_service::kafka::client_config(
-            brokers,
-            "ipp-ingest",
-            &settings,
-            extra_properties
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        let client_config = ipp_service::kafka::client_config(kafka, "ipp-ingest", &settings);
         let producer = client_config
             .create()
             .map_err(ProducerConfigError::Create)?;

@@ -1,9 +1,7 @@
 //! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
 
-use std::{fmt, net::SocketAddr};
-
 use clap::{Args, Parser};
-use ipp_service::LogFormat;
+use ipp_service::{ListenArgs, Listens, LogArgs, Secret};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Parser)]
@@ -20,9 +18,8 @@ Control endpoints (no auth): PUT/GET /_sim/orders/{order_id}, GET/DELETE /_sim/c
 GET/DELETE /_sim/stats, PUT/GET /_sim/faults, GET /healthz."
 )]
 pub struct Config {
-    /// Address the HTTP server listens on.
-    #[arg(long, env = "OM_SIM_LISTEN", default_value = "127.0.0.1:9200")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub listen: ListenArgs<OmSim>,
 
     /// The API key clients must send, as `Authorization: Basic <key>` or
     /// `Basic base64(<any user>:<key>)`.
@@ -30,9 +27,10 @@ pub struct Config {
         long,
         env = "OM_SIM_API_KEY",
         default_value = "kco_test_simulator",
+        value_parser = Secret::non_empty,
         hide_env_values = true
     )]
-    pub api_key: ApiKey,
+    pub api_key: Secret,
 
     /// ISO 4217 currency of every order.
     #[arg(long, env = "OM_SIM_CURRENCY", default_value = "EUR")]
@@ -49,9 +47,8 @@ pub struct Config {
     #[command(flatten)]
     pub faults: Faults,
 
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Fault injection, applied to the Order Management endpoints only (never to `/_sim`).
@@ -130,30 +127,12 @@ impl Faults {
     }
 }
 
-/// The API key; `Debug` never shows it.
-#[derive(Clone)]
-pub struct ApiKey(String);
+/// ipp-om-sim's address: the Order Management API, its control endpoints and /healthz.
+#[derive(Debug, Clone, Copy)]
+pub struct OmSim;
 
-impl ApiKey {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(***)")
-    }
-}
-
-impl std::str::FromStr for ApiKey {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty API key".into());
-        }
-        Ok(Self(s.to_owned()))
-    }
+impl Listens for OmSim {
+    const ENV: &'static str = "OM_SIM_LISTEN";
+    const DEFAULT: &'static str = "127.0.0.1:9200";
+    const SERVES: &'static str = "the Order Management API, /_sim control endpoints, /healthz";
 }

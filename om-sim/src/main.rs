@@ -5,10 +5,10 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    ipp_service::telemetry::init_tracing(config.log_format);
+    ipp_service::telemetry::init_tracing(config.log.format);
     config.faults.validate().map_err(anyhow::Error::msg)?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = config.listen.bind().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(ipp_service::cancel_on_signal(shutdown.clone(), "stopping"));
     ipp_om_sim::run(config, listener, shutdown).await?;

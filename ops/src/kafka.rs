@@ -13,6 +13,8 @@ use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
 };
 
+use ipp_service::KafkaArgs;
+
 use crate::Error;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,37 +23,23 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// and the `client.id` of the command (e.g. `ipp-projector-ops`).
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
-    pub brokers: String,
-    pub properties: Vec<(String, String)>,
+    pub kafka: KafkaArgs,
     pub client_id: String,
 }
 
 impl KafkaSettings {
     pub fn client(&self) -> ClientConfig {
-        ipp_service::kafka::client_config(
-            &self.brokers,
-            &self.client_id,
-            &[],
-            self.properties
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+        ipp_service::kafka::client_config(&self.kafka, &self.client_id, &[])
     }
 
-    /// A consumer that is only ever assigned partitions explicitly. librdkafka wants a
-    /// group id; a unique one is never registered with the broker since this consumer
-    /// neither subscribes nor commits.
+    /// A consumer that is only ever assigned partitions explicitly, and says when it
+    /// reached the end of one.
     pub fn reader(&self) -> Result<BaseConsumer, Error> {
-        Ok(self
-            .client()
-            .set(
-                "group.id",
-                format!("ipp-ops-{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .create()?)
+        Ok(
+            ipp_service::kafka::assign_only_config(&self.kafka, &self.client_id)
+                .set("enable.partition.eof", "true")
+                .create()?,
+        )
     }
 
     /// A consumer carrying `group` only to ask for its committed offsets.

@@ -22,12 +22,8 @@ pub mod status;
 pub use args::{DlqCommand, StatusArgs};
 pub use error::Error;
 
-use std::{str::FromStr, time::Duration};
-
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
+use ipp_service::DatabaseUrl;
+use sqlx::PgPool;
 
 /// Applies the ops migrations (3001+). Versions of the services (1001+, 2001+) in the
 /// shared `_sqlx_migrations` table are ignored, as they ignore these.
@@ -40,24 +36,24 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 /// Where a command finds its tables: the service's `DATABASE_URL` and, for the
 /// projector, its `PROJECTOR_SCHEMA` (set as every connection's `search_path`, as the
-/// projector itself does). No `Debug`: the URL may hold a password.
-#[derive(Clone)]
+/// projector itself does).
+#[derive(Debug, Clone)]
 pub struct Database {
-    pub url: String,
+    pub url: DatabaseUrl,
     pub schema: Option<String>,
 }
 
 impl Database {
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &DatabaseUrl) -> Self {
         Self {
-            url: url.to_owned(),
+            url: url.clone(),
             schema: None,
         }
     }
 
-    pub fn in_schema(url: &str, schema: &str) -> Self {
+    pub fn in_schema(url: &DatabaseUrl, schema: &str) -> Self {
         Self {
-            url: url.to_owned(),
+            url: url.clone(),
             schema: Some(schema.to_owned()),
         }
     }
@@ -65,15 +61,10 @@ impl Database {
 
 /// A small pool for a one-shot command.
 pub async fn connect(database: &Database) -> Result<PgPool, Error> {
-    let mut options = PgConnectOptions::from_str(&database.url)?;
-    if let Some(schema) = &database.schema {
-        options = options.options([("search_path", schema.as_str())]);
-    }
-    Ok(PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await?)
+    Ok(
+        ipp_service::postgres::connect_for_command(&database.url, database.schema.as_deref())
+            .await?,
+    )
 }
 
 /// Whether a table exists (a dry run must not create the ops tables to look at them).

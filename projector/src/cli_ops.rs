@@ -17,18 +17,14 @@ use crate::config::Config;
 
 fn kafka(config: &Config) -> KafkaSettings {
     KafkaSettings {
-        brokers: config.kafka_brokers.clone(),
+        kafka: config.kafka.clone(),
         client_id: "ipp-projector-ops".to_owned(),
-        properties: config
-            .kafka_properties()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
     }
 }
 
 /// The projector's tables are in `PROJECTOR_SCHEMA`; so are the ops tables it uses.
 fn database(config: &Config) -> Database {
-    Database::in_schema(config.database_url.expose(), &config.schema)
+    Database::in_schema(&config.database.url, &config.schema)
 }
 
 /// `ipp-projector dlq …`.

@@ -244,12 +244,7 @@ impl Projector {
             ("statistics.interval.ms", "5000"),
         ];
         settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
-        let client = ipp_service::kafka::client_config(
-            &config.kafka_brokers,
-            CLIENT_ID,
-            &settings,
-            config.kafka_properties(),
-        );
+        let client = ipp_service::kafka::client_config(&config.kafka, CLIENT_ID, &settings);
         let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;
         let dead_letters = DeadLetters::new(&config)?;
         Ok(Self {

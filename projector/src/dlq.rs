@@ -22,14 +22,13 @@ pub struct DeadLetters {
 impl DeadLetters {
     pub fn new(config: &Config) -> Result<Self, Error> {
         let client = ipp_service::kafka::client_config(
-            &config.kafka_brokers,
+            &config.kafka,
             crate::consumer::CLIENT_ID,
             &[
                 ("acks", "all"),
                 ("enable.idempotence", "true"),
                 ("message.timeout.ms", "30000"),
             ],
-            config.kafka_properties(),
         );
         Ok(Self {
             producer: Arc::new(client.create()?),

@@ -5,7 +5,7 @@ use std::sync::{
     Arc,
 };
 
-use axum::{extract::State, http::StatusCode, routing::get, Router};
+use axum::Router;
 
 use crate::metrics::Metrics;
 
@@ -33,22 +33,21 @@ impl Health {
     }
 }
 
-pub fn router(health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health)
-}
+/// Ready when migrated, subscribed, and the last batch (if any) committed.
+impl ipp_service::probe::Probe for Health {
+    async fn ready(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not ready".into())
+        }
+    }
 
-async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if health.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    fn metrics(&self) -> String {
+        self.metrics.render()
     }
 }
 
-async fn metrics(State(health): State<Arc<Health>>) -> String {
-    health.metrics.render()
+pub fn router(health: Arc<Health>) -> Router {
+    ipp_service::probe::router(health)
 }

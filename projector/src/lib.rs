@@ -2,6 +2,7 @@
 //! (`ipp_events`, `ipp_sessions`) whatever the order, duplicates or crashes.
 //! See `consumer.rs` for the offset strategy and `session.rs` for the status rule.
 
+pub mod cli;
 pub mod cli_ops;
 pub mod config;
 pub mod consumer;
@@ -35,12 +36,7 @@ use crate::{consumer::Projector, http::Health, metrics::Metrics};
 /// to `PROJECTOR_SCHEMA`. A database that is still starting (the usual case when
 /// everything starts together) gets up to 30 seconds.
 pub async fn connect(config: &Config) -> Result<PgPool, Error> {
-    schema::connect(
-        config.database_url.expose(),
-        &config.schema,
-        config.db_connections,
-    )
-    .await
+    schema::connect(&config.database, &config.schema).await
 }
 
 /// `ipp-projector migrate`.

@@ -15,20 +15,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A consumer that is only ever `assign`ed: no subscription, no commits.
 pub fn consumer(config: &Config, purpose: &str) -> Result<StreamConsumer, Error> {
-    // Required by librdkafka, never joined or committed (explicit assignment only).
-    let group = format!("ipp-projector-{purpose}-{}", uuid::Uuid::new_v4().simple());
-    let client = ipp_service::kafka::client_config(
-        &config.kafka_brokers,
-        &format!("{}-{purpose}", crate::consumer::CLIENT_ID),
-        &[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-        ],
-        config.kafka_properties(),
-    );
-    Ok(client.create()?)
+    let client_id = format!("{}-{purpose}", crate::consumer::CLIENT_ID);
+    Ok(ipp_service::kafka::assign_only_config(&config.kafka, &client_id).create()?)
 }
 
 pub fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, Error> {

@@ -1,10 +1,14 @@
 use anyhow::Context;
 use clap::Parser;
-use ipp_projector::config::{Cli, Command};
+use ipp_projector::{
+    cli::{Cli, Command},
+    config::RENAMED_ENV,
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let renamed = ipp_service::args::accept_renamed_env(RENAMED_ENV);
     let cli = Cli::parse();
     let config = cli.config;
     // Operator commands: stdout is their output, logs go to stderr.
@@ -33,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    ipp_service::telemetry::init_tracing(config.log_format);
+    ipp_service::telemetry::init_tracing(config.log.format);
+    ipp_service::args::warn_renamed_env(&renamed, RENAMED_ENV);
     tracing::info!(?config, "starting ipp-projector");
 
     if cli.command == Some(Command::Migrate) {
@@ -42,9 +47,7 @@ async fn main() -> anyhow::Result<()> {
             .context("ipp-projector migrate");
     }
 
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("bind {}", config.http))?;
+    let listener = config.listen.bind().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(ipp_service::cancel_on_signal(
         shutdown.clone(),

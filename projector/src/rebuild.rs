@@ -45,6 +45,7 @@ use std::{
 };
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ipp_service::DatabaseArgs;
 use rdkafka::{
     consumer::StreamConsumer,
     message::{Message, OwnedMessage},
@@ -372,8 +373,11 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
             "the live, rebuild and previous schemas must be three different schemas".into(),
         ));
     }
-    let url = config.database_url.expose();
-    let admin = schema::connect(url, live, 3).await?;
+    let admin_database = DatabaseArgs {
+        max_connections: 3,
+        ..config.database.clone()
+    };
+    let admin = schema::connect(&admin_database, live).await?;
     // One rebuild at a time: held by this connection until the command ends.
     let mut guard = admin.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -404,7 +408,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
             .await?;
         shadow
     };
-    let pool = schema::connect(url, source, config.db_connections).await?;
+    let pool = schema::connect(&config.database, source).await?;
     if !args.rollback {
         schema::prepare(&pool, shadow).await?;
     }

@@ -276,8 +276,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
 
     let pool = match &args.into_schema {
         Some(name) => {
-            let pool =
-                schema::connect(config.database_url.expose(), name, config.db_connections).await?;
+            let pool = schema::connect(&config.database, name).await?;
             schema::prepare(&pool, name).await?;
             Some(pool)
         }

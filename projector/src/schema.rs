@@ -4,12 +4,8 @@
 //! to one schema, so the same unqualified SQL (and the same migrations, with their own
 //! `_sqlx_migrations` in that schema) serves all of them.
 
-use std::{str::FromStr, time::Duration};
-
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
-};
+use ipp_service::DatabaseArgs;
+use sqlx::PgPool;
 
 use crate::{store, Error};
 
@@ -34,28 +30,9 @@ pub fn validate(name: &str) -> Result<(), Error> {
 
 /// A pool whose connections resolve unqualified names in `schema` only (plus
 /// `pg_catalog`). A database that is still starting gets up to 30 seconds.
-pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, Error> {
+pub async fn connect(database: &DatabaseArgs, schema: &str) -> Result<PgPool, Error> {
     validate(schema)?;
-    let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await;
-        match attempt {
-            Ok(pool) => return Ok(pool),
-            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    "postgresql not reachable yet, retrying"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(ipp_service::postgres::connect(database, Some(schema)).await?)
 }
 
 pub async fn exists(pool: &PgPool, schema: &str) -> Result<bool, Error> {

@@ -15,19 +15,20 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::args::KafkaArgs;
+
 /// The settings of one librdkafka client: `bootstrap.servers`, a `client.id` naming the
 /// service (what broker logs, quotas and ACLs see), no topic auto-creation, then the
-/// client's own `settings`, then the operator's `properties` (`KAFKA_PROPERTIES`), which
-/// win over everything before them.
-pub fn client_config<'a>(
-    brokers: &str,
+/// client's own `settings`, then the operator's `KAFKA_PROPERTIES`, which win over
+/// everything before them except the [`PROTECTED`] keys a client sets itself.
+pub fn client_config(
+    kafka: &KafkaArgs,
     client_id: &str,
     settings: &[(&str, &str)],
-    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", client_id)
         // A missing or mistyped topic must be an error, not a new one-partition topic
         // (librdkafka's producers ask the broker to auto-create by default).
@@ -35,10 +36,39 @@ pub fn client_config<'a>(
     for (key, value) in settings {
         config.set(*key, *value);
     }
-    for (key, value) in properties {
+    for (key, value) in kafka.properties() {
+        if PROTECTED.contains(&key) && settings.iter().any(|(own, _)| *own == key) {
+            tracing::warn!(
+                key,
+                client_id,
+                "KAFKA_PROPERTIES may not change {key}: ignored"
+            );
+            continue;
+        }
         config.set(key, value);
     }
     config
+}
+
+/// Settings an offset strategy depends on: when a client sets one, `KAFKA_PROPERTIES`
+/// cannot change it (storing offsets before the effect is durable would lose records).
+pub const PROTECTED: &[&str] = &["enable.auto.offset.store"];
+
+/// A consumer that is only ever `assign`ed partitions: it never joins a group nor
+/// commits, so it cannot disturb the services' groups. librdkafka wants a group id
+/// anyway; a unique one is never registered with the broker.
+pub fn assign_only_config(kafka: &KafkaArgs, client_id: &str) -> ClientConfig {
+    let group = format!("{client_id}-{}", uuid::Uuid::new_v4().simple());
+    client_config(
+        kafka,
+        client_id,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )
 }
 
 /// A consumer of a group that stores each record's offset itself, once the record's

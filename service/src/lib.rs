@@ -1,9 +1,15 @@
 //! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
-//! stop, report metrics and allocate the same way.
+//! are configured, connect, log, probe, stop and allocate the same way.
 
+pub mod args;
 pub mod kafka;
+pub mod postgres;
+pub mod probe;
+pub mod secret;
 pub mod telemetry;
 
+pub use args::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs};
+pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;
 
 use prometheus::{Encoder, Registry, TextEncoder};

@@ -1,0 +1,268 @@
+//! The settings every service shares, defined once and flattened into each service's
+//! `Config` with `#[command(flatten)]`: the same flag, environment variable, default
+//! and `--help` text everywhere. All of them are `global`, so an operator subcommand
+//! (`ipp-projector status --kafka-brokers …`) takes them after its name too.
+
+use std::{fmt, marker::PhantomData, net::SocketAddr};
+
+use clap::{Arg, ArgMatches, Command};
+use tokio::net::TcpListener;
+
+use crate::{
+    secret::{DatabaseUrl, KafkaProperty},
+    LogFormat,
+};
+
+/// Where the brokers are and how to talk to them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub brokers: String,
+
+    /// Extra librdkafka property for every Kafka client of the service, as KEY=VALUE
+    /// (TLS, SASL for a managed Kafka, ...). Repeat the flag, or separate pairs with
+    /// commas in the environment variable. Values of keys naming a password or a
+    /// secret are never logged.
+    #[arg(
+        long = "kafka-property",
+        env = "KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    pub properties: Vec<KafkaProperty>,
+}
+
+impl KafkaArgs {
+    /// The `key=value` settings given, in order (empty items skipped).
+    pub fn properties(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.properties.iter().filter_map(KafkaProperty::pair)
+    }
+}
+
+/// The PostgreSQL database of the read models and the ledger.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (the projector and ipp-actions may share one database). `--help`
+    /// never shows the value from the environment: it may hold a password.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true,
+        global = true
+    )]
+    pub url: DatabaseUrl,
+
+    /// Largest number of PostgreSQL connections of the service (formerly
+    /// PROJECTOR_DB_CONNECTIONS / --db-connections for the projector, still accepted).
+    #[arg(
+        long = "database-max-connections",
+        alias = "db-connections",
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub max_connections: u32,
+}
+
+/// The database `scripts/run` creates: a binary started without settings talks to it.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ipp";
+
+/// How the service logs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: `pretty` (for people; `text` is accepted too) or `json` (one object
+    /// per line).
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub format: LogFormat,
+}
+
+/// The HTTP address of one service. Each service names its own variable
+/// (`INGEST_LISTEN`, `PROJECTOR_HTTP`, ...) so that one environment can configure the
+/// whole stack; the flag is `--listen` everywhere.
+pub trait Listens {
+    /// The environment variable.
+    const ENV: &'static str;
+    const DEFAULT: &'static str;
+    /// What is served there, for `--help`.
+    const SERVES: &'static str;
+}
+
+/// `--listen` / `<SERVICE>_LISTEN`: see [`Listens`].
+pub struct ListenArgs<S> {
+    pub addr: SocketAddr,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> ListenArgs<S> {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            service: PhantomData,
+        }
+    }
+
+    /// Binds the listener that the service's `run` serves on.
+    pub async fn bind(&self) -> Result<TcpListener, BindError> {
+        TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| BindError {
+                addr: self.addr,
+                source,
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+impl<S> Clone for ListenArgs<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.addr)
+    }
+}
+
+impl<S> fmt::Debug for ListenArgs<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+const LISTEN_ID: &str = "listen";
+
+impl<S: Listens> clap::Args for ListenArgs<S> {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.arg(
+            Arg::new(LISTEN_ID)
+                .long("listen")
+                // ipp-projector's and ipp-actions' former flag.
+                .alias("http")
+                .env(S::ENV)
+                .value_name("ADDR")
+                .default_value(S::DEFAULT)
+                .value_parser(clap::value_parser!(SocketAddr))
+                .global(true)
+                .help(format!("Address of the HTTP server ({}).", S::SERVES)),
+        )
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl<S: Listens> clap::FromArgMatches for ListenArgs<S> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let addr = matches
+            .get_one::<SocketAddr>(LISTEN_ID)
+            .copied()
+            .expect("--listen has a default");
+        Ok(Self::new(addr))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(addr) = matches.get_one::<SocketAddr>(LISTEN_ID) {
+            self.addr = *addr;
+        }
+        Ok(())
+    }
+}
+
+/// Environment variables that were renamed, as (old, new). Call before parsing: an old
+/// name that is set, while its new name is not, is carried over to the new name.
+/// Returns the old names found, for a warning once logging is up.
+pub fn accept_renamed_env(renames: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    let mut used = Vec::new();
+    for &(old, new) in renames {
+        if let Some(value) = std::env::var_os(old) {
+            if std::env::var_os(new).is_none() {
+                std::env::set_var(new, value);
+            }
+            used.push(old);
+        }
+    }
+    used
+}
+
+/// Logs a warning for each old variable name [`accept_renamed_env`] found.
+pub fn warn_renamed_env(used: &[&str], renames: &[(&str, &str)]) {
+    for old in used {
+        if let Some((_, new)) = renames.iter().find(|(o, _)| o == old) {
+            tracing::warn!("{old} is deprecated: set {new} instead");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    struct Probe;
+    impl Listens for Probe {
+        const ENV: &'static str = "IPP_SERVICE_TEST_LISTEN";
+        const DEFAULT: &'static str = "127.0.0.1:9999";
+        const SERVES: &'static str = "tests";
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(flatten)]
+        listen: ListenArgs<Probe>,
+    }
+
+    #[test]
+    fn defaults_are_the_local_stack() {
+        let cli = Cli::try_parse_from(["test"]).unwrap();
+        assert_eq!(cli.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(cli.database.url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(cli.database.max_connections, 10);
+        assert_eq!(cli.log.format, LogFormat::Pretty);
+        assert_eq!(cli.listen.addr, "127.0.0.1:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn flags_and_old_spellings() {
+        let cli = Cli::try_parse_from([
+            "test",
+            "--kafka-property",
+            "security.protocol=ssl",
+            "--kafka-property",
+            "",
+            "--db-connections",
+            "3",
+            "--http",
+            "0.0.0.0:1",
+            "--log-format",
+            "text",
+        ])
+        .unwrap();
+        let properties: Vec<_> = cli.kafka.properties().collect();
+        assert_eq!(properties, vec![("security.protocol", "ssl")]);
+        assert_eq!(cli.database.max_connections, 3);
+        assert_eq!(cli.listen.addr, "0.0.0.0:1".parse().unwrap());
+        assert_eq!(cli.log.format, LogFormat::Pretty);
+        assert!(Cli::try_parse_from(["test", "--kafka-property", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["test", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! Connecting to PostgreSQL: the same options, bounds and start-up patience for every
+//! process.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+
+use crate::{args::DatabaseArgs, secret::DatabaseUrl};
+
+/// How long a connection may wait for a free slot in the pool before the query fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a service waits for a database that is still starting (the usual case when
+/// a whole stack starts at once).
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A service's pool: up to `max_connections`, each connection's `search_path` set to
+/// `search_path` when given (the projector keeps its tables in `PROJECTOR_SCHEMA`).
+/// Refused connections are retried for up to 30 seconds.
+pub async fn connect(
+    database: &DatabaseArgs,
+    search_path: Option<&str>,
+) -> Result<PgPool, sqlx::Error> {
+    connect_with(
+        &database.url,
+        search_path,
+        database.max_connections,
+        STARTUP_PATIENCE,
+    )
+    .await
+}
+
+/// A small pool for a one-shot operator command, which fails at once when the
+/// database is not there: an operator wants to know now.
+pub async fn connect_for_command(
+    url: &DatabaseUrl,
+    search_path: Option<&str>,
+) -> Result<PgPool, sqlx::Error> {
+    connect_with(url, search_path, 2, Duration::ZERO).await
+}
+
+async fn connect_with(
+    url: &DatabaseUrl,
+    search_path: Option<&str>,
+    max_connections: u32,
+    patience: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url.expose())?;
+    if let Some(schema) = search_path {
+        options = options.options([("search_path", schema)]);
+    }
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let attempt = PgPoolOptions::new()
+            // One connection for the work and one for probes and gauges, at least.
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "postgresql not reachable yet, retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

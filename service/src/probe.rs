@@ -1,0 +1,45 @@
+//! `/healthz`, `/readyz` and `/metrics`, the same on every service: alive is "the
+//! process answers", ready is the service's own check (503 with the reason), metrics are
+//! the service's registry in Prometheus' text format.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+
+/// What a service reports on its probes.
+pub trait Probe: Send + Sync + 'static {
+    /// `Ok` when the service can do its work, else why not (the body of the 503).
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// The metrics in Prometheus' text format (see [`crate::render_metrics`]).
+    fn metrics(&self) -> String;
+}
+
+/// The three probe routes over `probe`; merge the service's own routes into it.
+pub fn router<P: Probe>(probe: Arc<P>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<P>))
+        .route("/metrics", get(metrics::<P>))
+        .with_state(probe)
+}
+
+async fn readyz<P: Probe>(State(probe): State<Arc<P>>) -> impl IntoResponse {
+    match probe.ready().await {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn metrics<P: Probe>(State(probe): State<Arc<P>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        probe.metrics(),
+    )
+}
