@@ -33,16 +33,23 @@ pub enum Error {
     Task(String),
 }
 
+impl crate::CommandFailure for Error {
+    fn exit_code(&self) -> i32 {
+        if matches!(self, Self::Usage(_)) {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn is_broken_pipe(&self) -> bool {
+        matches!(self, Self::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
 impl Error {
     /// The message with every cause, for the operator.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        ipp_service::error_chain(self)
     }
 }

@@ -76,18 +76,25 @@ pub async fn table_exists(pool: &PgPool, table: &str) -> Result<bool, Error> {
     Ok(found.is_some())
 }
 
-/// Ends an operator command: exit 0, or print the error with its causes on stderr and
-/// exit 1 (2 for a usage error). Operators get one line, not a backtrace.
-pub fn exit(program: &str, result: Result<(), Error>) -> ! {
+/// What an operator command's error says about how the command ends.
+pub trait CommandFailure: std::error::Error {
+    /// 2 for a usage or configuration error, 1 for everything else.
+    fn exit_code(&self) -> i32;
+
+    /// The reader of the output went away (`… | head`), which is not an error of the
+    /// command.
+    fn is_broken_pipe(&self) -> bool;
+}
+
+/// Ends an operator command of either binary: exit 0, or print the error with its
+/// causes on stderr and exit with its code. Operators get one line, not a backtrace.
+pub fn exit<E: CommandFailure>(program: &str, result: Result<(), E>) -> ! {
     match result {
         Ok(()) => std::process::exit(0),
-        // `… | head`: the reader is gone, which is not an error of the command.
-        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            std::process::exit(0)
-        }
+        Err(e) if e.is_broken_pipe() => std::process::exit(0),
         Err(e) => {
-            eprintln!("{program}: error: {}", e.chain());
-            std::process::exit(if matches!(e, Error::Usage(_)) { 2 } else { 1 })
+            eprintln!("{program}: error: {}", ipp_service::error_chain(&e));
+            std::process::exit(e.exit_code())
         }
     }
 }

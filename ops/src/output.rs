@@ -66,24 +66,32 @@ impl Table {
 
 /// One JSON object per line.
 pub fn json_lines(values: impl IntoIterator<Item = Value>) -> Result<(), Error> {
+    Ok(write_json_lines(values)?)
+}
+
+/// A line of text (a trailing newline is added when missing).
+pub fn line(text: &str) -> Result<(), Error> {
+    Ok(write_line(text)?)
+}
+
+/// [`json_lines`] for commands with an error type of their own.
+pub fn write_json_lines(values: impl IntoIterator<Item = Value>) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     for value in values {
         serde_json::to_writer(&mut out, &value).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
     }
-    out.flush()?;
-    Ok(())
+    out.flush()
 }
 
-/// A line of text (a trailing newline is added when missing).
-pub fn line(text: &str) -> Result<(), Error> {
+/// [`line`] for commands with an error type of their own.
+pub fn write_line(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     if !text.ends_with('\n') {
         out.write_all(b"\n")?;
     }
-    out.flush()?;
-    Ok(())
+    out.flush()
 }
 
 pub fn time(at: Option<DateTime<Utc>>) -> String {

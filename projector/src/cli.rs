@@ -1,9 +1,14 @@
 //! The `ipp-projector` command line: the service (the default) and its operator
 //! commands, which all take the service's own settings.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, rebuild::RebuildArgs, replay::ReplayArgs};
+use crate::{
+    commands::{self, rebuild::RebuildArgs, replay::ReplayArgs},
+    config::{Config, RENAMED_ENV},
+};
 
 /// Projects Kustom In-Person Payments events from Kafka into PostgreSQL read models
 /// (`ipp_events`, `ipp_sessions`), exactly once whatever the order, duplicates or crashes.
@@ -34,6 +39,52 @@ pub enum Command {
     /// Export the events of a time range as JSON Lines or CSV, or project them into a
     /// schema of your choosing (`--into-schema`). Never commits consumer offsets.
     Replay(ReplayArgs),
+}
+
+/// `ipp-projector`: the service, or one of its operator commands (which exit).
+pub async fn main() -> anyhow::Result<()> {
+    let renamed = ipp_service::args::accept_renamed_env(RENAMED_ENV);
+    let cli = Cli::parse();
+    let config = cli.config;
+    // Operator commands: stdout is their output, logs go to stderr.
+    match &cli.command {
+        Some(Command::Dlq(dlq)) => {
+            ipp_service::telemetry::init_cli_tracing();
+            ipp_ops::exit("ipp-projector", commands::dlq::run(&config, dlq).await);
+        }
+        Some(Command::Status(args)) => {
+            ipp_service::telemetry::init_cli_tracing();
+            ipp_ops::exit("ipp-projector", commands::status::run(&config, args).await);
+        }
+        Some(Command::Rebuild(args)) => {
+            ipp_service::telemetry::init_cli_tracing();
+            ipp_ops::exit("ipp-projector", commands::rebuild::run(&config, args).await);
+        }
+        Some(Command::Replay(args)) => {
+            ipp_service::telemetry::init_cli_tracing();
+            ipp_ops::exit("ipp-projector", commands::replay::run(&config, args).await);
+        }
+        _ => {}
+    }
+    ipp_service::telemetry::init_tracing(config.log.format);
+    ipp_service::args::warn_renamed_env(&renamed, RENAMED_ENV);
+    tracing::info!(?config, "starting ipp-projector");
+
+    if cli.command == Some(Command::Migrate) {
+        return crate::migrate(&config)
+            .await
+            .context("ipp-projector migrate");
+    }
+
+    let listener = config.listen.bind().await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ipp_service::cancel_on_signal(
+        shutdown.clone(),
+        "finishing the current batch",
+    ));
+    crate::run(config, listener, shutdown)
+        .await
+        .context("ipp-projector")
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// The `client.id` of the projector's Kafka clients (the commands' readers add their
+/// purpose: `ipp-projector-rebuild`, ...).
+pub const CLIENT_ID: &str = "ipp-projector";
+
 /// ipp-projector's address: the probes.
 #[derive(Debug, Clone, Copy)]
 pub struct Projector;

@@ -1,49 +1,86 @@
 //! The apply engine: one batch of `ipp.events` records into one PostgreSQL transaction.
 //!
 //! The live projector, `rebuild` (into a shadow schema) and `replay --into-schema` all
-//! apply records through [`Engine::apply`], so a rebuilt or replayed schema holds
-//! exactly what the live projector would have written. The target schema is chosen by
-//! the pool (`crate::schema::connect` sets the connections' `search_path`), never by
-//! the SQL, which names tables unqualified.
+//! apply records through [`Engine::apply_isolating`], so a rebuilt or replayed schema
+//! holds exactly what the live projector would have written; [`EngineMode`] says what
+//! differs between them. The target schema is chosen by the pool
+//! (`crate::schema::connect` sets the connections' `search_path`), never by the SQL,
+//! which names tables unqualified.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    ops::AddAssign,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
 
-use crate::{
-    consumer::{decode, within_limit},
-    dlq::DeadLetters,
-    statistics::AutoAnalyze,
-    store::{self, WriteMode},
-    Error,
+use crate::{dead_letters::DeadLetters, record, store::offsets, Error};
+
+/// The write path beneath the engine, public on purpose: the benchmark measures it
+/// in-process and the crate's white-box tests check it, without a broker.
+pub use crate::{
+    record::{decode, NewEvent},
+    store::{
+        migrate, project, statistics::AutoAnalyze, store_batch, StepTimings, Stored, WriteMode,
+    },
 };
 
-/// Where and how a batch is applied.
+/// Who applies, which decides what happens to offsets and poison records.
+#[derive(Clone, Copy)]
+pub enum EngineMode<'a> {
+    /// The live projector: offsets of `group` kept with the data, poison records parked
+    /// in the dead-letter topic.
+    Live {
+        group: &'a str,
+        dead_letters: &'a DeadLetters,
+    },
+    /// `rebuild` into a shadow schema: offsets kept under the live `group`'s name so the
+    /// swap can hand them over; poison records skipped (the live projector parked them
+    /// when it first met them).
+    Shadow { group: &'a str },
+    /// `replay --into-schema`: no offsets (every record given is applied, duplicates
+    /// still stored once), poison records skipped.
+    Analyst,
+}
+
+impl<'a> EngineMode<'a> {
+    fn group(&self) -> Option<&'a str> {
+        match *self {
+            Self::Live { group, .. } | Self::Shadow { group } => Some(group),
+            Self::Analyst => None,
+        }
+    }
+
+    fn dead_letters(&self) -> Option<&'a DeadLetters> {
+        match *self {
+            Self::Live { dead_letters, .. } => Some(dead_letters),
+            Self::Shadow { .. } | Self::Analyst => None,
+        }
+    }
+}
+
+/// Where and how batches are applied.
 pub struct Engine<'a> {
     /// Connections whose `search_path` is the target schema.
-    pub pool: &'a PgPool,
-    pub topic: &'a str,
-    /// The key of the stored offsets (`ipp_projector_offsets`). With `None` (replay into
-    /// an analyst's schema) no offsets are kept: every record given is applied, and
-    /// duplicates are still stored once.
-    pub group: Option<&'a str>,
-    pub max_payload_bytes: usize,
-    /// Where poison records are parked. `None` (rebuild, replay) skips them: the live
-    /// projector already parked them when it first met them.
-    pub dead_letters: Option<&'a DeadLetters>,
+    pool: &'a PgPool,
+    topic: &'a str,
+    mode: EngineMode<'a>,
+    max_payload_bytes: usize,
     /// Keeps the planner's statistics of fast-growing read models fresh.
-    pub statistics: Arc<AutoAnalyze>,
+    statistics: Arc<AutoAnalyze>,
 }
 
 /// What one committed batch did.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct BatchOutcome {
+    /// Records in the batch.
+    pub records: usize,
     /// `(event_type, received_at)` of each newly stored event.
     pub applied: Vec<(String, DateTime<Utc>)>,
     pub sessions: usize,
@@ -54,10 +91,12 @@ pub struct Outcome {
     pub next: BTreeMap<i32, i64>,
     /// Every stored next offset of the group on the topic after the commit.
     pub all_offsets: HashMap<i32, i64>,
-    /// Where the time of the store step went.
-    pub timings: store::StepTimings,
+    /// Where the time of the store step went (for the debug log and the benchmark).
+    pub timings: StepTimings,
     /// From the start of the transaction to the end of its commit.
-    pub transaction: std::time::Duration,
+    pub transaction: Duration,
+    /// The whole apply, a second pass with `ON CONFLICT` included.
+    pub elapsed: Duration,
 }
 
 /// Totals over several batches, for the one-shot commands.
@@ -70,13 +109,54 @@ pub struct Totals {
     pub poison: u64,
 }
 
-impl Totals {
-    fn add(&mut self, records: usize, outcome: &Outcome) {
-        self.records += records as u64;
+impl AddAssign<&BatchOutcome> for Totals {
+    fn add_assign(&mut self, outcome: &BatchOutcome) {
+        self.records += outcome.records as u64;
         self.applied += outcome.applied.len() as u64;
         self.duplicates += outcome.duplicates;
         self.stale += outcome.stale;
         self.poison += outcome.poison as u64;
+    }
+}
+
+impl AddAssign for Totals {
+    fn add_assign(&mut self, other: Totals) {
+        self.records += other.records;
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.stale += other.stale;
+        self.poison += other.poison;
+    }
+}
+
+/// What [`Engine::apply_isolating`] does when a batch fails for a reason that may pass
+/// (the database or the broker is down).
+pub enum Retry<'a> {
+    /// Fail: a one-shot command stops and is run again.
+    Never,
+    /// Retry with backoff (100 ms doubling to 10 s) until it works or `shutdown`
+    /// fires; `on_failure(error, attempt)` runs before each wait.
+    UntilShutdown {
+        shutdown: &'a CancellationToken,
+        on_failure: &'a (dyn Fn(&Error, u32) + Sync),
+    },
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        pool: &'a PgPool,
+        topic: &'a str,
+        mode: EngineMode<'a>,
+        max_payload_bytes: usize,
+        statistics: Arc<AutoAnalyze>,
+    ) -> Self {
+        Self {
+            pool,
+            topic,
+            mode,
+            max_payload_bytes,
+            statistics,
+        }
     }
 }
 
@@ -93,8 +173,9 @@ impl Engine<'_> {
         &self,
         batch: &[OwnedMessage],
         rejected: Option<&str>,
-    ) -> Result<Outcome, Error> {
-        match self.apply_with(batch, rejected, WriteMode::Copy).await {
+    ) -> Result<BatchOutcome, Error> {
+        let started = Instant::now();
+        let outcome = match self.apply_with(batch, rejected, WriteMode::Copy).await {
             Err(e) if e.is_unique_violation() => {
                 debug!(
                     "a row of the batch was stored meanwhile, applying it again with ON CONFLICT"
@@ -103,7 +184,11 @@ impl Engine<'_> {
                     .await
             }
             outcome => outcome,
-        }
+        };
+        outcome.map(|outcome| BatchOutcome {
+            elapsed: started.elapsed(),
+            ..outcome
+        })
     }
 
     async fn apply_with(
@@ -111,12 +196,14 @@ impl Engine<'_> {
         batch: &[OwnedMessage],
         rejected: Option<&str>,
         mode: WriteMode,
-    ) -> Result<Outcome, Error> {
-        let started = std::time::Instant::now();
+    ) -> Result<BatchOutcome, Error> {
+        let started = Instant::now();
+        let group = self.mode.group();
+        let dead_letters = self.mode.dead_letters();
         let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
         let mut tx = self.pool.begin().await?;
-        let mut next: BTreeMap<i32, i64> = match self.group {
-            Some(group) => store::lock_offsets(&mut tx, group, self.topic, &partitions).await?,
+        let mut next: BTreeMap<i32, i64> = match group {
+            Some(group) => offsets::lock(&mut tx, group, self.topic, &partitions).await?,
             None => BTreeMap::new(),
         };
 
@@ -124,7 +211,7 @@ impl Engine<'_> {
         let mut poison = Vec::new();
         let mut stale = 0u64;
         for message in batch {
-            if self.group.is_some() {
+            if group.is_some() {
                 let next_offset = next.entry(message.partition()).or_insert(0);
                 if message.offset() < *next_offset {
                     stale += 1;
@@ -134,9 +221,8 @@ impl Engine<'_> {
             }
             let decoded = match rejected {
                 Some(reason) => Err(reason.to_owned()),
-                None => {
-                    within_limit(message, self.max_payload_bytes).and_then(|()| decode(message))
-                }
+                None => record::within_limit(message, self.max_payload_bytes)
+                    .and_then(|()| decode(message)),
             };
             match decoded {
                 Ok(event) => events.push(event),
@@ -144,7 +230,7 @@ impl Engine<'_> {
             }
         }
         for (message, reason) in &poison {
-            if self.dead_letters.is_some() {
+            if dead_letters.is_some() {
                 warn!(
                     topic = message.topic(),
                     partition = message.partition(),
@@ -162,21 +248,22 @@ impl Engine<'_> {
                 );
             }
         }
-        let stored = store::store_batch(&mut tx, &events, mode).await?;
+        let stored = store_batch(&mut tx, &events, mode).await?;
         let mut all_offsets = HashMap::new();
-        if let Some(group) = self.group {
+        if let Some(group) = group {
             // Includes what other replicas committed, so a later assignment of their
             // partitions starts close to where they stopped.
-            all_offsets = store::save_offsets(&mut tx, group, self.topic, &next).await?;
+            all_offsets = offsets::save(&mut tx, group, self.topic, &next).await?;
         }
         // Last before the commit, so a batch the database rejects parks nothing.
-        if let (Some(dead_letters), false) = (self.dead_letters, poison.is_empty()) {
+        if let (Some(dead_letters), false) = (dead_letters, poison.is_empty()) {
             dead_letters.send_all(&poison).await?;
         }
         tx.commit().await?;
         self.statistics
             .note_applied(stored.inserted.len() as u64, self.pool);
-        Ok(Outcome {
+        Ok(BatchOutcome {
+            records: batch.len(),
             applied: stored
                 .inserted
                 .iter()
@@ -190,30 +277,75 @@ impl Engine<'_> {
             all_offsets,
             timings: stored.timings,
             transaction: started.elapsed(),
+            elapsed: Duration::ZERO,
         })
     }
 
-    /// Applies a batch without retrying (a one-shot command fails instead and is run
-    /// again). A batch PostgreSQL rejects is split in halves until the record at fault
-    /// is alone, which is then treated as poison, exactly as the live projector does.
-    pub async fn apply_isolating(&self, batch: &[OwnedMessage]) -> Result<Totals, Error> {
-        let mut totals = Totals::default();
+    /// Applies a batch, isolating what PostgreSQL rejects: a rejected batch is split in
+    /// halves until the record at fault is alone, which is then treated as poison (parked
+    /// by the live projector, skipped otherwise) with the database's error. Parts are
+    /// applied in offset order; `applied` sees each committed part. Failures that may
+    /// pass are handled as `retry` says; a batch abandoned at shutdown committed nothing
+    /// of its current part, so whoever owns the partitions next replays it.
+    pub async fn apply_isolating(
+        &self,
+        batch: &[OwnedMessage],
+        retry: Retry<'_>,
+        mut applied: impl FnMut(BatchOutcome),
+    ) -> Result<(), Error> {
         let mut work: Vec<(&[OwnedMessage], Option<String>)> = vec![(batch, None)];
         while let Some((part, rejected)) = work.pop() {
-            match self.apply(part, rejected.as_deref()).await {
-                Ok(outcome) => totals.add(part.len(), &outcome),
-                Err(e) if rejected.is_none() && e.is_rejected_data() => {
-                    if part.len() > 1 {
-                        let (first, second) = part.split_at(part.len() / 2);
-                        work.push((second, None));
-                        work.push((first, None));
-                    } else {
-                        work.push((part, Some(format!("rejected by PostgreSQL: {}", e.chain()))));
+            let mut delay = Duration::from_millis(100);
+            let mut attempt = 1u32;
+            loop {
+                match self.apply(part, rejected.as_deref()).await {
+                    Ok(outcome) => {
+                        applied(outcome);
+                        break;
                     }
+                    Err(e) if rejected.is_none() && e.is_rejected_data() => {
+                        warn!(
+                            error = %e.chain(),
+                            records = part.len(),
+                            "postgresql rejected the batch, isolating the record at fault"
+                        );
+                        if part.len() > 1 {
+                            let (first, second) = part.split_at(part.len() / 2);
+                            // Last in, first out: `first` runs next, keeping offset order.
+                            work.push((second, None));
+                            work.push((first, None));
+                        } else {
+                            let reason = format!("rejected by PostgreSQL: {}", e.chain());
+                            work.push((part, Some(reason)));
+                        }
+                        break;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        let Retry::UntilShutdown {
+                            shutdown,
+                            on_failure,
+                        } = &retry
+                        else {
+                            return Err(e);
+                        };
+                        on_failure(&e, attempt);
+                        error!(
+                            error = %e.chain(),
+                            attempt,
+                            records = part.len(),
+                            "batch failed and was rolled back, retrying"
+                        );
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
-        Ok(totals)
+        Ok(())
     }
 }

@@ -29,6 +29,20 @@ pub enum Error {
     TruncatedHistory(String),
 }
 
+impl ipp_ops::CommandFailure for Error {
+    fn exit_code(&self) -> i32 {
+        if matches!(self, Self::Config(_)) {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn is_broken_pipe(&self) -> bool {
+        matches!(self, Self::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
 impl Error {
     /// PostgreSQL rejected the data itself (a data exception, a constraint, a size
     /// limit such as an oversized index entry): retrying the same records cannot help,
@@ -50,14 +64,7 @@ impl Error {
 
     /// The message with every cause, for logs and dead-letter headers.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        ipp_service::error_chain(self)
     }
 
     /// Whether retrying the same batch later may succeed. A batch that hits a

@@ -1,42 +1,23 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics` (ipp_service's probes over the projector's
+//! readiness and metrics).
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use axum::Router;
+use ipp_service::probe::{Probe, Readiness};
 
 use crate::metrics::Metrics;
 
-/// What the HTTP endpoints report on.
-pub struct Health {
-    pub metrics: Metrics,
+/// What the probes report on.
+pub struct ProbeState {
+    pub metrics: Arc<Metrics>,
     /// Migrated, subscribed, and the last batch (if any) committed.
-    ready: AtomicBool,
+    pub ready: Readiness,
 }
 
-impl Health {
-    pub fn new(metrics: Metrics) -> Self {
-        Self {
-            metrics,
-            ready: AtomicBool::new(false),
-        }
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
-
-/// Ready when migrated, subscribed, and the last batch (if any) committed.
-impl ipp_service::probe::Probe for Health {
+impl Probe for ProbeState {
     async fn ready(&self) -> Result<(), String> {
-        if self.is_ready() {
+        if self.ready.get() {
             Ok(())
         } else {
             Err("not ready".into())
@@ -48,6 +29,6 @@ impl ipp_service::probe::Probe for Health {
     }
 }
 
-pub fn router(health: Arc<Health>) -> Router {
-    ipp_service::probe::router(health)
+pub fn router(state: ProbeState) -> Router {
+    ipp_service::probe::router(Arc::new(state))
 }

@@ -42,6 +42,19 @@ pub async fn cancel_on_signal(shutdown: CancellationToken, what_happens_next: &'
     shutdown.cancel();
 }
 
+/// An error's message followed by each of its causes, `: `-separated: one line for an
+/// operator or a log field.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The registry in Prometheus' text exposition format, for `GET /metrics`.
 pub fn render_metrics(registry: &Registry) -> String {
     let mut buffer = Vec::new();

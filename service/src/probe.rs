@@ -2,7 +2,13 @@
 //! process answers", ready is the service's own check (503 with the reason), metrics are
 //! the service's registry in Prometheus' text format.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use axum::{
     extract::State,
@@ -42,4 +48,19 @@ async fn metrics<P: Probe>(State(probe): State<Arc<P>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         probe.metrics(),
     )
+}
+
+/// A readiness flag shared between the part of a service that knows (its consumer)
+/// and its `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }

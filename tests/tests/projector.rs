@@ -1003,8 +1003,8 @@ mod arrival_order {
 
     use super::*;
     use ipp_projector::{
+        engine::{self as store, NewEvent},
         session::{fold, SessionEvent},
-        store::{self, NewEvent},
     };
     use proptest::prelude::*;
 

@@ -4,9 +4,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use ipp_projector::{
-    engine::Engine,
+    engine::{self as store, Engine, EngineMode, NewEvent, WriteMode},
     session::SessionEvent,
-    store::{self, NewEvent, WriteMode},
 };
 use ipp_schemas::RecordHeaders;
 use ipp_tests::{db, produce::ipp_body};
@@ -260,14 +259,15 @@ async fn a_copy_that_collides_is_retried_with_on_conflict() {
     assert!(error.is_unique_violation(), "{}", error.chain());
     drop(tx);
 
-    let engine = Engine {
-        pool: &pool,
-        topic: "ipp.events",
-        group: Some("write-paths"),
-        max_payload_bytes: 0,
-        dead_letters: None,
-        statistics: Default::default(),
-    };
+    let engine = Engine::new(
+        &pool,
+        "ipp.events",
+        EngineMode::Shadow {
+            group: "write-paths",
+        },
+        0,
+        Default::default(),
+    );
     let records: Vec<OwnedMessage> = events.iter().map(record).collect();
     let outcome = engine.apply(&records, None).await.unwrap();
     assert_eq!(outcome.applied.len(), events.len() - 1);

@@ -9,9 +9,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use ipp_projector::{
+    engine::{self as store, AutoAnalyze, NewEvent},
     session::SessionEvent,
-    statistics::AutoAnalyze,
-    store::{self, NewEvent},
 };
 use ipp_schemas::KustomEvent;
 use rdkafka::{

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A consumer that is only ever `assign`ed: no subscription, no commits.
 pub fn consumer(config: &Config, purpose: &str) -> Result<StreamConsumer, Error> {
-    let client_id = format!("{}-{purpose}", crate::consumer::CLIENT_ID);
+    let client_id = format!("{}-{purpose}", crate::config::CLIENT_ID);
     Ok(ipp_service::kafka::assign_only_config(&config.kafka, &client_id).create()?)
 }
 

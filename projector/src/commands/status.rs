@@ -1,48 +1,19 @@
-//! The operator subcommands of `ipp-projector`: `dlq list|show|redrive` (on
-//! `ipp.events.dlq`) and `status`. They run once and exit; output goes to stdout (a
-//! table, or JSON with `--json`), logs to stderr. The shared machinery lives in the
-//! `ipp-ops` crate.
+//! `ipp-projector status`: lag and checkpoint per partition, age of the newest applied
+//! event, DLQ size.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use ipp_ops::{
-    args::StatusArgs, dlq::DlqSource, kafka::KafkaSettings, output, status, Database, DlqCommand,
-    Error,
-};
+use ipp_ops::{args::StatusArgs, output, status, Error};
 use serde_json::json;
 use sqlx::Row;
 
+use super::dlq::{database, kafka};
 use crate::config::Config;
-
-fn kafka(config: &Config) -> KafkaSettings {
-    KafkaSettings {
-        kafka: config.kafka.clone(),
-        client_id: "ipp-projector-ops".to_owned(),
-    }
-}
-
-/// The projector's tables are in `PROJECTOR_SCHEMA`; so are the ops tables it uses.
-fn database(config: &Config) -> Database {
-    Database::in_schema(&config.database.url, &config.schema)
-}
-
-/// `ipp-projector dlq …`.
-pub async fn dlq(config: &Config, command: &DlqCommand) -> Result<(), Error> {
-    let source = DlqSource {
-        kafka: kafka(config),
-        topic: config.dlq_topic.clone(),
-    };
-    match command {
-        DlqCommand::List(args) => ipp_ops::dlq::list(&source, &database(config), args).await,
-        DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
-        DlqCommand::Redrive(args) => ipp_ops::redrive::run(&source, &database(config), args).await,
-    }
-}
 
 /// `ipp-projector status`: the checkpoint is `ipp_projector_offsets` (where the projector
 /// resumes), not the Kafka group's informational commits.
-pub async fn status(config: &Config, args: &StatusArgs) -> Result<(), Error> {
+pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let kafka = kafka(config);
     let marks = status::watermarks(&kafka, &config.ipp_topic).await?;
     let pool = ipp_ops::connect(&database(config)).await?;

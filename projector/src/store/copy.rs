@@ -8,18 +8,53 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::{session::SessionRow, store::NewEvent};
+use sqlx::PgConnection;
+
+use crate::{record::NewEvent, session::SessionRow, Error};
 
 /// The OID of `text`, the element type of `ipp_sessions.anomalies`.
 const TEXT_OID: i32 = 25;
 /// The only `jsonb` binary format version.
 const JSONB_VERSION: u8 = 1;
 
-/// The `COPY` data of `events`, in the column order of `store::EVENT_COLUMNS`.
-pub(crate) fn events(events: &[&NewEvent]) -> Vec<u8> {
+/// The columns of `ipp_events` that [`events`] writes, in its order.
+pub(super) const EVENT_COLUMNS: [&str; 11] = [
+    "event_id",
+    "event_type",
+    "merchant_id",
+    "session_id",
+    "order_id",
+    "failure_reason",
+    "occurred_at",
+    "received_at",
+    "kafka_partition",
+    "kafka_offset",
+    "payload",
+];
+
+/// The columns of `ipp_sessions` that [`sessions`] writes, in its order.
+pub(super) const SESSION_COLUMNS: [&str; 14] = [
+    "session_id",
+    "merchant_id",
+    "status",
+    "order_id",
+    "created_at",
+    "activated_at",
+    "finalized_at",
+    "cancelled_at",
+    "failed_attempts",
+    "last_failure_reason",
+    "last_event_id",
+    "last_event_at",
+    "event_count",
+    "anomalies",
+];
+
+/// The `COPY` data of `events`, in the order of [`EVENT_COLUMNS`].
+pub(super) fn events(events: &[&NewEvent]) -> Vec<u8> {
     let mut rows = Rows::new(events.iter().map(|e| e.payload.len() + 200).sum());
     for e in events {
-        rows.start_row(11);
+        rows.start_row(EVENT_COLUMNS.len());
         rows.text(Some(&e.event.event_id));
         rows.text(Some(&e.event.event_type));
         rows.text(e.event.merchant_id.as_deref());
@@ -35,11 +70,11 @@ pub(crate) fn events(events: &[&NewEvent]) -> Vec<u8> {
     rows.finish()
 }
 
-/// The `COPY` data of session rows, in the column order of `store::SESSION_COLUMNS`.
-pub(crate) fn sessions(sessions: &[SessionRow]) -> Vec<u8> {
+/// The `COPY` data of session rows, in the order of [`SESSION_COLUMNS`].
+pub(super) fn sessions(sessions: &[SessionRow]) -> Vec<u8> {
     let mut rows = Rows::new(sessions.len() * 300);
     for s in sessions {
-        rows.start_row(14);
+        rows.start_row(SESSION_COLUMNS.len());
         rows.uuid(Some(s.session_id));
         rows.text(s.merchant_id.as_deref());
         rows.text(Some(s.status.as_str()));
@@ -56,6 +91,30 @@ pub(crate) fn sessions(sessions: &[SessionRow]) -> Vec<u8> {
         rows.text_array(&s.anomalies);
     }
     rows.finish()
+}
+
+/// `COPY`s `rows` (made by [`events`] or [`sessions`]) into `table`, whose `columns`
+/// are one of the lists above: the only SQL here made at run time, from constants.
+pub(super) async fn copy_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &[u8],
+) -> Result<(), Error> {
+    let columns = columns.join(", ");
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {table} ({columns}) FROM STDIN WITH (FORMAT binary)"
+        ))
+        .await?;
+    for chunk in rows.chunks(1 << 20) {
+        if let Err(e) = copy.send(chunk).await {
+            copy.abort("sending the rows failed").await.ok();
+            return Err(e.into());
+        }
+    }
+    copy.finish().await?;
+    Ok(())
 }
 
 /// A binary `COPY` stream being written.
@@ -75,7 +134,8 @@ impl Rows {
         self.0
     }
 
-    fn start_row(&mut self, fields: i16) {
+    fn start_row(&mut self, fields: usize) {
+        let fields = i16::try_from(fields).expect("a row has fewer than 2^15 columns");
         self.0.extend_from_slice(&fields.to_be_bytes());
     }
 

@@ -23,7 +23,7 @@ impl DeadLetters {
     pub fn new(config: &Config) -> Result<Self, Error> {
         let client = ipp_service::kafka::client_config(
             &config.kafka,
-            crate::consumer::CLIENT_ID,
+            crate::config::CLIENT_ID,
             &[
                 ("acks", "all"),
                 ("enable.idempotence", "true"),

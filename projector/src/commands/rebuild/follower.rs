@@ -1,0 +1,182 @@
+//! Reading the topic into one schema through the apply engine, from the schema's own
+//! stored offsets (or the low watermarks): what builds the shadow and what catches up
+//! the previous version for a rollback.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::StreamConsumer,
+    message::{Message, OwnedMessage},
+};
+use sqlx::PgPool;
+
+use crate::{
+    config::Config,
+    engine::{Engine, EngineMode, Retry, Totals},
+    kafka::reader,
+    store::{offsets, statistics::AutoAnalyze},
+    Error,
+};
+
+/// Reads the topic into one schema through the engine, from the schema's own stored
+/// offsets (or the low watermarks).
+pub(super) struct Follower<'a> {
+    consumer: StreamConsumer,
+    engine: Engine<'a>,
+    topic: String,
+    partitions: Vec<i32>,
+    /// Next offset to apply per partition.
+    positions: BTreeMap<i32, i64>,
+    /// Records read but held back by a limit (dry run), in order.
+    pending: VecDeque<OwnedMessage>,
+    batch_size: usize,
+    /// Longest wait for the next record once a batch has its first one.
+    batch_wait: Duration,
+    pub(super) totals: Totals,
+}
+
+impl<'a> Follower<'a> {
+    pub(super) async fn new(config: &'a Config, pool: &'a PgPool) -> Result<Self, Error> {
+        let topic = config.ipp_topic.clone();
+        let consumer = reader::consumer(config, "rebuild")?;
+        let partitions = reader::partitions(&consumer, &topic)?;
+        let marks = reader::watermarks(&consumer, &topic, &partitions)?;
+        let stored = offsets::load(pool, &config.group, &topic).await?;
+        let positions: BTreeMap<i32, i64> = marks
+            .iter()
+            .map(|(&p, &(low, _))| (p, stored.get(&p).copied().unwrap_or(0).max(low)))
+            .collect();
+        reader::assign(&consumer, &topic, &positions)?;
+        Ok(Self {
+            consumer,
+            engine: Engine::new(
+                pool,
+                &config.ipp_topic,
+                EngineMode::Shadow {
+                    group: &config.group,
+                },
+                config.max_payload_bytes,
+                Arc::new(AutoAnalyze::default()),
+            ),
+            topic,
+            partitions,
+            positions,
+            pending: VecDeque::new(),
+            batch_size: config.batch_size as usize,
+            batch_wait: Duration::from_millis(config.batch_wait_ms.clamp(10, 200)),
+            totals: Totals::default(),
+        })
+    }
+
+    /// The low watermarks now, per partition.
+    pub(super) fn lows(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        Ok(
+            reader::watermarks(&self.consumer, &self.topic, &self.partitions)?
+                .into_iter()
+                .map(|(p, (low, _))| (p, low))
+                .collect(),
+        )
+    }
+
+    pub(super) fn highs(&self) -> Result<BTreeMap<i32, i64>, Error> {
+        Ok(
+            reader::watermarks(&self.consumer, &self.topic, &self.partitions)?
+                .into_iter()
+                .map(|(p, (_, high))| (p, high))
+                .collect(),
+        )
+    }
+
+    pub(super) fn lag(&self, targets: &BTreeMap<i32, i64>) -> i64 {
+        targets
+            .iter()
+            .map(|(p, t)| (t - self.positions.get(p).copied().unwrap_or(0)).max(0))
+            .sum()
+    }
+
+    /// Reads one batch (waiting up to `wait` for its first record) and applies the
+    /// records below `limit` (all without a limit); returns how many were applied.
+    pub(super) async fn step(
+        &mut self,
+        limit: Option<&BTreeMap<i32, i64>>,
+        wait: Duration,
+    ) -> Result<usize, Error> {
+        let allowed = |m: &OwnedMessage| {
+            limit.is_none_or(|l| m.offset() < l.get(&m.partition()).copied().unwrap_or(0))
+        };
+        let mut batch = Vec::new();
+        let mut held = VecDeque::new();
+        for message in self.pending.drain(..) {
+            // Per partition, the allowed records are a prefix of the held ones.
+            if allowed(&message) && batch.len() < self.batch_size {
+                batch.push(message);
+            } else {
+                held.push_back(message);
+            }
+        }
+        self.pending = held;
+        if batch.is_empty() {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut first = true;
+            while batch.len() < self.batch_size {
+                let until = if first {
+                    deadline
+                } else {
+                    tokio::time::Instant::now() + self.batch_wait
+                };
+                match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                    Ok(Ok(message)) => {
+                        let message = message.detach();
+                        let blocked = self
+                            .pending
+                            .iter()
+                            .any(|m| m.partition() == message.partition());
+                        if !blocked && allowed(&message) {
+                            first = false;
+                            batch.push(message);
+                        } else {
+                            self.pending.push_back(message);
+                        }
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => break,
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let totals = &mut self.totals;
+        self.engine
+            .apply_isolating(&batch, Retry::Never, |outcome| *totals += &outcome)
+            .await?;
+        for message in &batch {
+            let position = self.positions.entry(message.partition()).or_insert(0);
+            *position = (*position).max(message.offset() + 1);
+        }
+        Ok(batch.len())
+    }
+
+    /// Applies until every partition is at or past `targets` (exactly at them with
+    /// `exact`), or fails after `within`.
+    pub(super) async fn catch_up(
+        &mut self,
+        targets: &BTreeMap<i32, i64>,
+        exact: bool,
+        within: Duration,
+    ) -> Result<bool, Error> {
+        let deadline = Instant::now() + within;
+        while self.lag(targets) > 0 {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.step(exact.then_some(targets), Duration::from_millis(200))
+                .await?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,274 @@
+//! The group consumer: batches records and applies them through the engine, with the
+//! offset strategy of [`super`].
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ipp_service::probe::Readiness;
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    error::KafkaError,
+    message::OwnedMessage,
+    Offset, TopicPartitionList,
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::rebalance::{OffsetCache, ProjectorContext};
+use crate::{
+    config::{Config, CLIENT_ID},
+    dead_letters::DeadLetters,
+    engine::{BatchOutcome, Engine, EngineMode, Retry},
+    metrics::Metrics,
+    store::{offsets, statistics::AutoAnalyze},
+    Error,
+};
+
+/// How long leaving the consumer group may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Projector {
+    config: Config,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    consumer: StreamConsumer<ProjectorContext>,
+    dead_letters: DeadLetters,
+    offsets: OffsetCache,
+    statistics: Arc<AutoAnalyze>,
+}
+
+impl Projector {
+    pub async fn new(
+        config: Config,
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+        ready: Readiness,
+    ) -> Result<Self, Error> {
+        let stored = offsets::load(&pool, &config.group, &config.ipp_topic).await?;
+        let offsets: OffsetCache = Arc::new(Mutex::new(stored));
+        let context = ProjectorContext {
+            topic: config.ipp_topic.clone(),
+            offsets: offsets.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut settings = vec![
+            ("group.id", config.group.as_str()),
+            ("statistics.interval.ms", "5000"),
+        ];
+        settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
+        let client = ipp_service::kafka::client_config(&config.kafka, CLIENT_ID, &settings);
+        let consumer: StreamConsumer<ProjectorContext> = client.create_with_context(context)?;
+        let dead_letters = DeadLetters::new(&config)?;
+        Ok(Self {
+            config,
+            pool,
+            metrics,
+            ready,
+            consumer,
+            dead_letters,
+            offsets,
+            statistics: Arc::new(AutoAnalyze::default()),
+        })
+    }
+
+    /// Consumes until `shutdown`; the batch in progress is finished and committed first.
+    /// Subscribes only once the event topic and the dead-letter topic exist (not ready
+    /// until then).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let topics = vec![self.config.ipp_topic.clone(), self.config.dlq_topic.clone()];
+        let producer = self.dead_letters.producer();
+        if !ipp_service::kafka::wait_for_topics(producer, topics, &shutdown).await {
+            return Ok(());
+        }
+        self.consumer.subscribe(&[&self.config.ipp_topic])?;
+        info!(topic = %self.config.ipp_topic, group = %self.config.group, "projector subscribed");
+        self.ready.set(true);
+        let result = self.consume(&shutdown).await;
+        self.ready.set(false);
+        self.dead_letters.flush();
+        // Leaves the group now rather than after the session timeout. The offsets that
+        // count are in PostgreSQL, so an abandoned close loses nothing.
+        let consumer = self.consumer;
+        ipp_service::kafka::close_within(move || drop(consumer), CLOSE_TIMEOUT, CLIENT_ID).await;
+        info!("projector stopped");
+        result
+    }
+
+    /// Applies batch after batch; the next batch is gathered (and topped up once the
+    /// previous one committed) while the previous one is in PostgreSQL, so the
+    /// database and the broker work at the same time. A record gathered early for a
+    /// partition that is revoked meanwhile is harmless: the stored offsets decide.
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), Error> {
+        let engine = Engine::new(
+            &self.pool,
+            &self.config.ipp_topic,
+            EngineMode::Live {
+                group: &self.config.group,
+                dead_letters: &self.dead_letters,
+            },
+            self.config.max_payload_bytes,
+            self.statistics.clone(),
+        );
+        let mut batch = Vec::new();
+        while !shutdown.is_cancelled() {
+            if batch.is_empty() {
+                batch = self.next_batch(shutdown).await;
+                continue;
+            }
+            let (applied, mut next) = tokio::join!(
+                self.apply(&engine, &batch, shutdown),
+                self.next_batch(shutdown)
+            );
+            applied?;
+            if !next.is_empty() {
+                self.gather(&mut next, tokio::time::Instant::now()).await;
+            }
+            batch = next;
+        }
+        Ok(())
+    }
+
+    /// Waits for a first record, then gathers more until the batch is full or the
+    /// batch wait is over. Empty when shutting down or idle for a second.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return batch,
+            received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
+        };
+        match first {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(e)) => {
+                self.receive_error(&e).await;
+                return batch;
+            }
+            Err(_idle) => {
+                self.refresh_offsets().await;
+                return batch;
+            }
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.batch_wait_ms);
+        self.gather(&mut batch, deadline).await;
+        batch
+    }
+
+    /// Adds records to `batch` until it is full or `deadline` passes; records already
+    /// received are taken even when the deadline is over.
+    async fn gather(&self, batch: &mut Vec<OwnedMessage>, deadline: tokio::time::Instant) {
+        while batch.len() < self.config.batch_size as usize {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Err(e)) => {
+                    self.receive_error(&e).await;
+                    break;
+                }
+                Err(_deadline) => break,
+            }
+        }
+    }
+
+    async fn receive_error(&self, e: &KafkaError) {
+        warn!(error = e as &dyn std::error::Error, "kafka receive error");
+        // Errors such as a missing topic repeat at once: do not spin on them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// Picks up offsets other replicas committed, so a later assignment starts closer.
+    async fn refresh_offsets(&self) {
+        match offsets::load(&self.pool, &self.config.group, &self.config.ipp_topic).await {
+            Ok(stored) => self.remember_offsets(stored.into_iter()),
+            Err(e) => debug!(
+                error = &e as &dyn std::error::Error,
+                "offset refresh failed"
+            ),
+        }
+    }
+
+    fn remember_offsets(&self, offsets: impl Iterator<Item = (i32, i64)>) {
+        let mut cache = self.offsets.lock().expect("offset cache poisoned");
+        for (partition, next) in offsets {
+            let entry = cache.entry(partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+    }
+
+    /// Applies a batch (see [`Engine::apply_isolating`]), retrying with backoff while
+    /// the database or the broker is down (not ready meanwhile).
+    async fn apply(
+        &self,
+        engine: &Engine<'_>,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let on_failure = |_: &Error, _attempt: u32| {
+            self.metrics.batch_failures.inc();
+            self.ready.set(false);
+        };
+        let retry = Retry::UntilShutdown {
+            shutdown,
+            on_failure: &on_failure,
+        };
+        engine
+            .apply_isolating(batch, retry, |outcome| self.committed(outcome))
+            .await
+    }
+
+    /// Reports a committed batch and remembers where it left the offsets.
+    fn committed(&self, outcome: BatchOutcome) {
+        let metrics = &self.metrics;
+        metrics.batch_seconds.observe(outcome.elapsed.as_secs_f64());
+        metrics.dead_letters.inc_by(outcome.poison as u64);
+        metrics.stale_records.inc_by(outcome.stale);
+        metrics.duplicate_events.inc_by(outcome.duplicates);
+        for (event_type, received_at) in &outcome.applied {
+            metrics
+                .events_applied
+                .with_label_values(&[event_type])
+                .inc();
+            metrics.applied_received_at(*received_at);
+        }
+        debug!(
+            records = outcome.records,
+            applied = outcome.applied.len(),
+            sessions = outcome.sessions,
+            dead_letters = outcome.poison,
+            stale = outcome.stale,
+            transaction_ms = outcome.transaction.as_secs_f64() * 1e3,
+            read_ms = outcome.timings.read.as_secs_f64() * 1e3,
+            insert_ms = outcome.timings.insert.as_secs_f64() * 1e3,
+            fold_ms = outcome.timings.fold.as_secs_f64() * 1e3,
+            "batch committed"
+        );
+        self.ready.set(true);
+        self.remember_offsets(outcome.all_offsets.into_iter());
+        self.commit_to_kafka(&outcome.next);
+    }
+
+    /// Informational only: lets Kafka tooling show the group's progress. librdkafka's
+    /// auto commit sends what is stored here once a second (and on a rebalance or
+    /// close), rather than one commit request per batch.
+    fn commit_to_kafka(&self, next: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            if tpl
+                .add_partition_offset(&self.config.ipp_topic, *partition, Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        // Fails for a partition no longer assigned, which is not a problem here.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            debug!(
+                error = &e as &dyn std::error::Error,
+                "informational kafka offset store failed"
+            );
+        }
+    }
+}

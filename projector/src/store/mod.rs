@@ -1,0 +1,187 @@
+//! The SQL side: migrations, the event log, the session rows and the stored offsets.
+//!
+//! Timestamps: PostgreSQL `timestamptz` keeps microseconds, so `occurred_at` and the
+//! `*_at` columns are truncated to the microsecond; the raw payload (`payload->>'timestamp'`)
+//! keeps Kustom's nanoseconds, and the fold orders events by those nanoseconds.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    time::{Duration, Instant},
+};
+
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{
+    record::NewEvent,
+    session::{self, SessionEvent, SessionRow},
+    Error,
+};
+
+mod copy;
+mod events;
+pub mod offsets;
+mod sessions;
+pub mod statistics;
+
+/// Applies the projector's migrations.
+///
+/// sqlx's migrator takes `pg_advisory_lock` (keyed by the database name) before it
+/// touches `_sqlx_migrations` and holds it until done, so replicas starting at once
+/// serialize and only the first applies anything. Projector migrations are numbered
+/// 1001+, ipp-actions' 2001+, and both ignore applied versions they do not know, so the
+/// two services share one database and one `_sqlx_migrations` table.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// What storing one batch did.
+#[derive(Debug, Default)]
+pub struct Stored<'a> {
+    /// The events whose id was new (the first copy in the batch wins), in batch order.
+    pub inserted: Vec<&'a NewEvent>,
+    /// The refolded rows of the sessions that gained an event.
+    pub sessions: Vec<SessionRow>,
+    /// How many of those sessions are new (their rows inserted, not updated).
+    pub sessions_created: usize,
+    /// Where the time went, for the projector's debug log and the benchmark.
+    pub timings: StepTimings,
+}
+
+/// Time spent in each step of [`store_batch`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepTimings {
+    /// Session locks plus the read of the sessions' stored events.
+    pub read: Duration,
+    /// Writing the new events.
+    pub insert: Duration,
+    /// Folding the touched sessions and upserting their rows.
+    pub fold: Duration,
+}
+
+/// How [`store_batch`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `COPY` the events the session read showed to be new, and the rows of sessions
+    /// that had no stored event (fewer than `COPY_MIN_ROWS` go in with `INSERT … ON
+    /// CONFLICT`, which cannot fail on a duplicate). Fails with a unique violation
+    /// (SQLSTATE 23505, see [`Error::is_unique_violation`]) if one of them was stored
+    /// after all: an event id reused by another session, or written by a concurrent
+    /// writer. The transaction is then aborted and the caller runs it again with
+    /// [`WriteMode::OnConflict`].
+    Copy,
+    /// `INSERT … ON CONFLICT`: slower, never fails on a duplicate.
+    OnConflict,
+}
+
+/// Stores the events whose id is new and refolds the sessions that gained one.
+///
+/// A transaction-scoped advisory lock per session (taken in a fixed order) serializes
+/// writers of one session, so a session whose events sit in several partitions still
+/// ends up folded over all of them: the read of the sessions' stored events starts
+/// after the locks are held and, under READ COMMITTED, sees every event committed
+/// before. That read also tells which events of the batch are already stored and which
+/// sessions have no row yet, which lets [`WriteMode::Copy`] write both with `COPY`
+/// (several times cheaper than `INSERT`). Sessions are folded in memory from their
+/// stored events plus the new ones.
+pub async fn store_batch<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &'a [NewEvent],
+    mode: WriteMode,
+) -> Result<Stored<'a>, Error> {
+    let mut timings = StepTimings::default();
+    let mut seen = HashSet::new();
+    let distinct: Vec<&NewEvent> = events
+        .iter()
+        .filter(|e| seen.insert(e.event.event_id.as_str()))
+        .collect();
+    if distinct.is_empty() {
+        return Ok(Stored::default());
+    }
+
+    let step = Instant::now();
+    let sessions: BTreeSet<Uuid> = distinct.iter().map(|e| e.session_id).collect();
+    sessions::lock(tx, &sessions).await?;
+    let stored = events::of_sessions(tx, &sessions).await?;
+    timings.read = step.elapsed();
+
+    let step = Instant::now();
+    let stored_ids: HashSet<&str> = stored
+        .values()
+        .flatten()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    let candidates: Vec<&NewEvent> = distinct
+        .into_iter()
+        .filter(|e| !stored_ids.contains(e.event.event_id.as_str()))
+        .collect();
+    drop(stored_ids);
+    let inserted = match mode {
+        WriteMode::Copy if candidates.len() >= COPY_MIN_ROWS => {
+            let rows = copy::events(&candidates);
+            copy::copy_rows(tx, "ipp_events", &copy::EVENT_COLUMNS, &rows).await?;
+            candidates
+        }
+        WriteMode::Copy | WriteMode::OnConflict => events::insert(tx, candidates).await?,
+    };
+    timings.insert = step.elapsed();
+
+    let step = Instant::now();
+    // Sessions without stored events have no row yet (a row is a fold of its events).
+    let mut touched: BTreeMap<Uuid, Vec<&SessionEvent>> = BTreeMap::new();
+    for event in &inserted {
+        touched
+            .entry(event.session_id)
+            .or_default()
+            .push(&event.event);
+    }
+    let (mut created, mut changed) = (Vec::new(), Vec::new());
+    for (id, new_events) in &touched {
+        let prior = stored.get(id).map(Vec::as_slice).unwrap_or_default();
+        if let Some(row) = session::fold(*id, prior.iter().chain(new_events.iter().copied())) {
+            if prior.is_empty() {
+                created.push(row);
+            } else {
+                changed.push(row);
+            }
+        }
+    }
+    let sessions_created = created.len();
+    if mode == WriteMode::Copy && created.len() >= COPY_MIN_ROWS {
+        let rows = copy::sessions(&created);
+        copy::copy_rows(tx, "ipp_sessions", &copy::SESSION_COLUMNS, &rows).await?;
+    } else {
+        changed.append(&mut created);
+    }
+    sessions::upsert(tx, &changed).await?;
+    created.append(&mut changed);
+    timings.fold = step.elapsed();
+    Ok(Stored {
+        inserted,
+        sessions: created,
+        sessions_created,
+        timings,
+    })
+}
+
+/// Fewer rows than this go in with one `INSERT`: a `COPY` costs an extra round trip,
+/// which only pays off for more rows.
+const COPY_MIN_ROWS: usize = 32;
+
+/// Stores events and refolds their sessions in one transaction, without offsets: the
+/// projection step on its own, for tools and tests.
+pub async fn project(pool: &PgPool, events: &[NewEvent]) -> Result<(), Error> {
+    for mode in [WriteMode::Copy, WriteMode::OnConflict] {
+        let mut tx = pool.begin().await?;
+        match store_batch(&mut tx, events, mode).await {
+            Err(e) if e.is_unique_violation() && mode == WriteMode::Copy => continue,
+            stored => stored?,
+        };
+        tx.commit().await?;
+        break;
+    }
+    Ok(())
+}
