@@ -2,46 +2,9 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
 use ipp_schemas::topics;
 use ipp_service::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
-
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ipp-actions",
-    version,
-    about = "Captures finalized Kustom IPP sessions through the Order Management API, exactly once.",
-    long_about = "Consumes ipp.events with its own consumer group. Every ipp.session.finalized \
-(or ipp.payment.finalized) event becomes one row of the ipp_actions ledger in PostgreSQL; a \
-worker pool then reads the order and captures what remains authorized, with a deterministic \
-Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and connection \
-errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
-the dead-letter topic.\n\n\
-Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits; \
-`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see the README, Operations).\n\
-HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub config: Config,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the service (the default).
-    Run,
-    /// Apply the ledger migrations to DATABASE_URL and exit.
-    Migrate,
-    /// Inspect and redrive the dead letters of ACTIONS_DLQ_TOPIC (list, show, redrive).
-    #[command(subcommand)]
-    Dlq(ipp_ops::DlqCommand),
-    /// Re-queue failed actions (all, by order or by merchant) after fixing their cause.
-    Retry(crate::cli_ops::RetryArgs),
-    /// Lag and committed offsets per partition, pending and failed actions, DLQ size.
-    Status(ipp_ops::StatusArgs),
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -259,37 +222,4 @@ impl Listens for Actions {
     const ENV: &'static str = "ACTIONS_HTTP";
     const DEFAULT: &'static str = "0.0.0.0:9102";
     const SERVES: &'static str = "/healthz, /readyz, /metrics";
-}
-
-#[cfg(test)]
-mod tests {
-    use ipp_service::LogFormat;
-
-    use super::*;
-
-    #[test]
-    fn secret_is_not_printed() {
-        let cli = Cli::parse_from(["ipp-actions", "--kustom-api-key", "kco_test_abc"]);
-        assert_eq!(cli.config.kustom_api_key.expose(), "kco_test_abc");
-        assert!(!format!("{cli:?}").contains("kco_test_abc"));
-    }
-
-    #[test]
-    fn log_format_takes_pretty_like_the_other_services_and_text_as_before() {
-        for (given, expected) in [
-            ("pretty", LogFormat::Pretty),
-            ("text", LogFormat::Pretty),
-            ("json", LogFormat::Json),
-        ] {
-            let cli = Cli::parse_from(["ipp-actions", "--log-format", given]);
-            assert_eq!(cli.config.log.format, expected, "{given}");
-        }
-    }
-
-    #[test]
-    fn migrate_subcommand_takes_global_flags() {
-        let cli = Cli::parse_from(["ipp-actions", "migrate", "--database-url", "postgres://x/y"]);
-        assert!(matches!(cli.command, Some(Command::Migrate)));
-        assert_eq!(cli.config.database.url.expose(), "postgres://x/y");
-    }
 }

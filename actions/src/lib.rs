@@ -1,147 +1,25 @@
 //! `ipp-actions`: captures finalized Kustom IPP sessions through the Order Management
 //! API, exactly once.
 //!
-//! The consumer ([`consumer`]) turns each finalized session into one row of the
-//! `ipp_actions` ledger ([`ledger`]) and only then stores the record's offset. The worker
-//! pool ([`worker`]) claims due rows and executes them with the OM client ([`om`]), with
-//! the retry policy of [`retry`]; what fails for good goes to the DLQ ([`dlq`]).
+//! The consumer (`kafka/consumer.rs`) turns each finalized session into one row of the
+//! `ipp_actions` ledger (`ledger/`) and only then stores the record's offset. The worker
+//! pool (`worker.rs`) claims due rows and executes them with the OM client (`om.rs`),
+//! with the retry policy of `retry.rs`; what fails for good goes to the dead-letter topic
+//! (`kafka/dead_letters.rs`). The API is [`Config`], [`run`] and [`cli`].
 
-pub mod cli_ops;
+pub mod cli;
+mod commands;
 pub mod config;
-pub mod consumer;
-pub mod dlq;
-pub mod error;
-pub mod http;
-pub mod ledger;
-pub mod metrics;
-pub mod om;
-pub mod retry;
-pub mod worker;
+mod error;
+mod http;
+mod kafka;
+mod ledger;
+mod metrics;
+mod om;
+mod retry;
+mod service;
+mod worker;
 
-use std::{
-    sync::{atomic::AtomicBool, Arc},
-    time::Duration,
-};
-
-pub use config::{Cli, Command, Config};
+pub use config::Config;
 pub use error::Error;
-use tokio::{net::TcpListener, sync::Notify};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-/// Applies the ledger migrations and returns.
-pub async fn migrate(config: &Config) -> Result<(), Error> {
-    let pool = ipp_service::postgres::connect(&config.database, None).await?;
-    ledger::migrate(&pool).await?;
-    info!("ledger migrations applied");
-    Ok(())
-}
-
-/// Runs the service until `shutdown`: stop consuming and claiming, let in-flight actions
-/// finish (bounded), commit offsets, return.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let pool = ipp_service::postgres::connect(&config.database, None).await?;
-    if config.migrate {
-        ledger::migrate(&pool).await?;
-    }
-    let metrics = Arc::new(metrics::Metrics::new());
-    let dlq = Arc::new(dlq::Dlq::new(&config)?);
-    let om = om::OmClient::new(
-        &config.kustom_api_url,
-        &config.kustom_api_key,
-        config.http_timeout(),
-        config.connect_timeout(),
-    )
-    .map_err(|e| Error::Config(format!("http client: {e}")))?;
-    if config.kustom_api_key.expose().is_empty() {
-        warn!("KUSTOM_API_KEY is empty: Order Management will answer 401");
-    }
-    let wake = Arc::new(Notify::new());
-    let consumer_ready = Arc::new(AtomicBool::new(false));
-    let consumer = consumer::ActionConsumer::new(
-        &config,
-        pool.clone(),
-        dlq.clone(),
-        metrics.clone(),
-        wake.clone(),
-    )?;
-    let worker = Arc::new(worker::Worker {
-        pool: pool.clone(),
-        om,
-        policy: retry::RetryPolicy::from_config(&config),
-        dlq,
-        metrics: metrics.clone(),
-        pacer: worker::Pacer::per_second(config.max_calls_per_sec),
-        concurrency: config.concurrency,
-        lease: config.lease(),
-        poll_interval: config.poll_interval(),
-        shutdown_timeout: config.shutdown_timeout(),
-    });
-
-    // The operations server outlives the rest so that /metrics works during shutdown.
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(http::serve(
-        listener,
-        http::AppState {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            consumer_ready: consumer_ready.clone(),
-        },
-        http_stop.clone(),
-    ));
-    let gauges = tokio::spawn(update_gauges(
-        pool.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    info!(
-        topic = %config.ipp_topic,
-        group = %config.group,
-        on_finalized = ?config.on_finalized,
-        kustom_api_url = %config.kustom_api_url,
-        "ipp-actions started"
-    );
-    let consuming = tokio::spawn(consumer.run(consumer_ready, shutdown.clone()));
-    let working = tokio::spawn(worker.run(wake, shutdown.clone()));
-    let (consumed, worked) = tokio::join!(consuming, working);
-    for joined in [consumed, worked] {
-        if let Err(e) = joined {
-            warn!(error = %e, "task ended abnormally");
-        }
-    }
-    let _ = gauges.await;
-    http_stop.cancel();
-    match http.await {
-        Ok(result) => result?,
-        Err(e) => warn!(error = %e, "http server task ended abnormally"),
-    }
-    pool.close().await;
-    info!("ipp-actions stopped");
-    Ok(())
-}
-
-/// Pending actions and the age of the oldest, refreshed every few seconds.
-async fn update_gauges(
-    pool: sqlx::PgPool,
-    metrics: Arc<metrics::Metrics>,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match ledger::pending_stats(&pool).await {
-            Ok((count, oldest)) => {
-                metrics.pending.set(count);
-                metrics.oldest_pending_seconds.set(oldest);
-            }
-            Err(e) => warn!(error = %e, "reading pending actions failed"),
-        }
-    }
-}
+pub use service::{migrate, run};

@@ -18,16 +18,11 @@ pub const IDEMPOTENCY_HEADER: &str = "Klarna-Idempotency-Key";
 /// The fields of an order this service reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Order {
-    pub order_id: Option<String>,
     pub status: String,
-    #[serde(default)]
-    pub order_amount: i64,
     #[serde(default)]
     pub captured_amount: i64,
     #[serde(default)]
     pub remaining_authorized_amount: i64,
-    #[serde(default)]
-    pub purchase_currency: Option<String>,
 }
 
 impl Order {

@@ -29,8 +29,8 @@ use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::{
-    dlq::Dlq,
     error::OmError,
+    kafka::dead_letters::DeadLetters,
     ledger::{self, Action, Outcome, Status},
     metrics::Metrics,
     om::{self, OmClient},
@@ -41,7 +41,7 @@ pub struct Worker {
     pub pool: PgPool,
     pub om: OmClient,
     pub policy: RetryPolicy,
-    pub dlq: Arc<Dlq>,
+    pub dlq: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
     pub pacer: Option<Pacer>,
     pub concurrency: usize,

@@ -1,5 +1,6 @@
 -- Tables of the operator tools (crate ipp-ops, migrations 3001+). ipp-projector (1001+)
 -- and ipp-actions (2001+) share `_sqlx_migrations` with these and ignore them.
+-- (It also created ipp_action_retries before that table moved to ipp-actions' 2002.)
 
 -- One row per dead-letter record that was redriven: a second `dlq redrive` of the same
 -- record finds it here and does nothing (the loop guard's first half; the second is the
@@ -24,18 +25,3 @@ CREATE TABLE IF NOT EXISTS ipp_dlq_redrives (
 
 CREATE INDEX IF NOT EXISTS ipp_dlq_redrives_order_idx
     ON ipp_dlq_redrives (order_id, action) WHERE order_id IS NOT NULL;
-
--- Audit of failed actions put back to `pending` by `ipp-actions retry` or by a redrive
--- of their dead-letter record: what the row said before.
-CREATE TABLE IF NOT EXISTS ipp_action_retries (
-    id                bigserial   PRIMARY KEY,
-    order_id          uuid        NOT NULL,
-    action            text        NOT NULL,
-    retried_at        timestamptz NOT NULL DEFAULT now(),
-    via               text        NOT NULL,
-    previous_reason   text,
-    previous_attempts integer,
-    previous_error    text
-);
-
-CREATE INDEX IF NOT EXISTS ipp_action_retries_order_idx ON ipp_action_retries (order_id, action);

@@ -1,10 +1,12 @@
 //! Parked records: what each one says about itself, filters, `dlq list` and `dlq show`.
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::record::{dlq, header};
+use ipp_schemas::{
+    dlq::{header as dlq, FailedActionRecord},
+    record::header,
+};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use crate::{
     args::{Filters, ListArgs, RecordRef, ShowArgs},
@@ -32,13 +34,6 @@ pub struct DlqRecord {
     pub value: Option<Vec<u8>>,
     /// In order, duplicates kept.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// A failed action parked by ipp-actions (value: JSON of the ledger row).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedAction {
-    pub order_id: Uuid,
-    pub action: String,
 }
 
 impl DlqRecord {
@@ -153,18 +148,8 @@ impl DlqRecord {
 
     /// Some when this is ipp-actions' record of an action that ended `failed` (redriven
     /// by re-queuing the ledger row, not by producing anything).
-    pub fn failed_action(&self) -> Option<FailedAction> {
-        if self.service().as_deref() != Some("ipp-actions") {
-            return None;
-        }
-        let value = self.value_json()?;
-        if value["status"] != "failed" || value["idempotency_key"].is_null() {
-            return None;
-        }
-        Some(FailedAction {
-            order_id: value["order_id"].as_str()?.parse().ok()?,
-            action: value["action"].as_str()?.to_owned(),
-        })
+    pub fn failed_action(&self) -> Option<FailedActionRecord> {
+        FailedActionRecord::from_dead_letter(self.service().as_deref(), self.value.as_deref())
     }
 
     pub fn matches(&self, filters: &Filters) -> bool {
@@ -384,6 +369,8 @@ pub async fn show(source: &DlqSource, args: &ShowArgs) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     fn record(value: &str, headers: &[(&str, &str)]) -> DlqRecord {
@@ -442,21 +429,28 @@ mod tests {
 
     #[test]
     fn recognizes_a_failed_action() {
-        let order = Uuid::new_v4();
-        let r = record(
-            &json!({"order_id": order, "action": "capture", "status": "failed",
-                    "idempotency_key": Uuid::new_v4(), "event_id": "kevt_9"})
-            .to_string(),
-            &[("dlq-service", "ipp-actions")],
-        );
-        assert_eq!(
-            r.failed_action(),
-            Some(FailedAction {
-                order_id: order,
-                action: "capture".into()
-            })
-        );
+        let action = FailedActionRecord {
+            order_id: Uuid::new_v4(),
+            action: "capture".into(),
+            session_id: Uuid::new_v4(),
+            merchant_id: None,
+            event_id: "kevt_9".into(),
+            status: ipp_schemas::dlq::FailedStatus::Failed,
+            reason: "order cancelled".into(),
+            attempts: 1,
+            idempotency_key: Uuid::new_v4(),
+            requested_amount: None,
+            last_status_code: Some(403),
+            last_error: None,
+            created_at: Utc::now(),
+            failed_at: Utc::now(),
+        };
+        let value = serde_json::to_string(&action).unwrap();
+        let r = record(&value, &[("dlq-service", "ipp-actions")]);
+        assert_eq!(r.failed_action(), Some(action));
         assert_eq!(r.event_type().as_deref(), Some("action:capture"));
         assert_eq!(r.event_id().as_deref(), Some("kevt_9"));
+        let parked_by_the_projector = record(&value, &[("dlq-service", "ipp-projector")]);
+        assert_eq!(parked_by_the_projector.failed_action(), None);
     }
 }

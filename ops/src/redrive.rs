@@ -19,24 +19,66 @@
 //! commit leaves the copy produced but unrecorded: a later redrive produces it again,
 //! which both consumers absorb (the projector keys events by id, ipp-actions by order).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::record::dlq as dlq_header;
+use ipp_schemas::dlq::{header as dlq_header, FailedActionRecord};
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{json, Value};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{
     args::{RecordRef, RedriveArgs},
-    dlq::{self, DlqRecord, DlqSource, FailedAction},
-    ledger::{self, Selection},
+    dlq::{self, DlqRecord, DlqSource},
     output::{self, Table},
     Error,
 };
+
+/// The ledger a failed action's dead letter points at, implemented by ipp-actions: a
+/// failed action is redriven by re-queuing its row, inside the transaction that records
+/// the redrive in `ipp_dlq_redrives`.
+pub trait ActionLedger: Sync {
+    /// The action's status in the ledger (`None`: no such row).
+    fn status(
+        &self,
+        conn: &mut PgConnection,
+        action: &FailedActionRecord,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send;
+
+    /// Puts the failed action back to `pending` with its idempotency key, recording
+    /// `via`; `false` when it is no longer `failed`.
+    fn requeue(
+        &self,
+        conn: &mut PgConnection,
+        action: &FailedActionRecord,
+        via: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+}
+
+/// For a dead-letter topic without failed actions (the projector's).
+pub enum NoLedger {}
+
+impl ActionLedger for NoLedger {
+    async fn status(
+        &self,
+        _: &mut PgConnection,
+        _: &FailedActionRecord,
+    ) -> Result<Option<String>, sqlx::Error> {
+        match *self {}
+    }
+
+    async fn requeue(
+        &self,
+        _: &mut PgConnection,
+        _: &FailedActionRecord,
+        _: &str,
+    ) -> Result<bool, sqlx::Error> {
+        match *self {}
+    }
+}
 
 /// What happened to one selected record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +141,7 @@ impl Outcome {
 
 enum Target {
     Topic(String),
-    Ledger(FailedAction),
+    Ledger(FailedActionRecord),
 }
 
 /// An earlier redrive of a DLQ record (a row of `ipp_dlq_redrives`).
@@ -136,10 +178,11 @@ pub async fn redriven(
 
 /// `dlq redrive`: prints one line per selected record and a summary. Errors when a
 /// record could not be redriven (after trying the others).
-pub async fn run(
+pub async fn run<L: ActionLedger>(
     source: &DlqSource,
     database: &crate::Database,
     args: &RedriveArgs,
+    ledger: Option<&L>,
 ) -> Result<(), Error> {
     if args.records.is_empty() && !args.all && args.filters.is_empty() {
         return Err(Error::Usage(
@@ -195,6 +238,7 @@ pub async fn run(
         let outcome = decide_and_apply(
             record,
             args,
+            ledger,
             &pool,
             ops_tables,
             &previous,
@@ -291,9 +335,11 @@ async fn previous_redrives(
     Ok(previous)
 }
 
-async fn decide_and_apply(
+#[allow(clippy::too_many_arguments)]
+async fn decide_and_apply<L: ActionLedger>(
     record: &DlqRecord,
     args: &RedriveArgs,
+    ledger: Option<&L>,
     pool: &PgPool,
     ops_tables: bool,
     previous: &HashMap<RecordRef, Previous>,
@@ -314,7 +360,12 @@ async fn decide_and_apply(
         return outcome;
     }
     let target = match (record.failed_action(), record.source_topic()) {
-        (Some(action), _) => Target::Ledger(action),
+        (Some(action), _) if ledger.is_some() => Target::Ledger(action),
+        (Some(_), _) => {
+            outcome.decision = Decision::NotRedrivable;
+            outcome.detail = "a failed action: redrive it with `ipp-actions dlq redrive`".into();
+            return outcome;
+        }
         (None, Some(topic)) => Target::Topic(topic),
         (None, None) => {
             outcome.decision = Decision::NotRedrivable;
@@ -329,9 +380,11 @@ async fn decide_and_apply(
         }
         Target::Ledger(action) => {
             outcome.target = format!("ledger:{}:{}", action.action, action.order_id);
+            let ledger = ledger.expect("a ledger target needs a ledger");
             redrive_action(
                 record,
                 action,
+                ledger,
                 args,
                 pool,
                 ops_tables,
@@ -461,9 +514,11 @@ pub fn redriven_headers(
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn redrive_action(
     record: &DlqRecord,
-    action: &FailedAction,
+    action: &FailedActionRecord,
+    ledger: &impl ActionLedger,
     args: &RedriveArgs,
     pool: &PgPool,
     ops_tables: bool,
@@ -486,7 +541,7 @@ async fn redrive_action(
         .max(u32::try_from(earlier).unwrap_or(u32::MAX));
     outcome.redrive_count = count;
     let mut conn = pool.acquire().await?;
-    let status = ledger::status(&mut conn, action.order_id, &action.action).await?;
+    let status = ledger.status(&mut conn, action).await?;
     drop(conn);
     if status.as_deref() != Some("failed") {
         outcome.decision = Decision::NothingToDo;
@@ -528,18 +583,8 @@ async fn redrive_action(
         outcome.detail = "redriven meanwhile by someone else".into();
         return Ok(());
     }
-    let selection = Selection {
-        orders: vec![action.order_id],
-        action: Some(action.action.clone()),
-        ..Selection::default()
-    };
-    let requeued = ledger::requeue(
-        &mut tx,
-        &selection,
-        &format!("dlq redrive {dlq_topic} {}", record.position()),
-    )
-    .await?;
-    if requeued.is_empty() {
+    let via = format!("dlq redrive {dlq_topic} {}", record.position());
+    if !ledger.requeue(&mut tx, action, &via).await? {
         // Retried by someone else meanwhile: record nothing.
         tx.rollback().await?;
         outcome.decision = Decision::NothingToDo;

@@ -4,7 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use ipp_schemas::record::{dlq, format_timestamp};
+use ipp_schemas::{
+    dlq::{header as dlq, DlqService},
+    record::format_timestamp,
+};
 use rdkafka::{
     message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
@@ -12,7 +15,7 @@ use rdkafka::{
 
 use crate::{config::Config, Error};
 
-pub const SERVICE: &str = "ipp-projector";
+const SERVICE: &str = DlqService::Projector.as_str();
 
 pub struct DeadLetters {
     producer: Arc<FutureProducer>,

@@ -2,11 +2,13 @@
 //! minimal routing view the ingest service needs, and the Kafka record format that the
 //! ingest service writes and every consumer reads.
 
+pub mod dlq;
 pub mod event;
 pub mod record;
 pub mod route;
 pub mod topics;
 
+pub use dlq::{DlqService, FailedActionRecord};
 pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
 pub use record::{RecordHeaders, RecordHeadersError};
 pub use route::{Route, RouteError};

@@ -22,19 +22,6 @@ pub mod header {
     pub const RECEIVED_AT: &str = "ipp-received-at";
 }
 
-/// Header names added to dead-letter records.
-pub mod dlq {
-    pub const SOURCE_TOPIC: &str = "dlq-source-topic";
-    pub const SOURCE_PARTITION: &str = "dlq-source-partition";
-    pub const SOURCE_OFFSET: &str = "dlq-source-offset";
-    pub const ERROR: &str = "dlq-error";
-    pub const FAILED_AT: &str = "dlq-failed-at";
-    /// Which service parked the record (`ipp-projector`, `ipp-actions`).
-    pub const SERVICE: &str = "dlq-service";
-    /// How many times the record was already redriven (the loop guard).
-    pub const REDRIVE_COUNT: &str = "dlq-redrive-count";
-}
-
 /// What ingest records beside the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordHeaders {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::record::{dlq, header};
+use ipp_schemas::{dlq::header as dlq, record::header};
 use ipp_tests::{
     kafka,
     process::Service,

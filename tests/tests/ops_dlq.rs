@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::Utc;
-use ipp_schemas::record::dlq;
+use ipp_schemas::dlq::header as dlq;
 use ipp_tests::{
     cli, free_port, kafka,
     process::Service,

@@ -8,10 +8,7 @@ use std::{
 
 use chrono::{DateTime, TimeZone, Utc};
 use ipp_projector::session::{fold, SessionEvent, SessionRow, Status};
-use ipp_schemas::{
-    record::{dlq, header},
-    IppEvent,
-};
+use ipp_schemas::{dlq::header as dlq, record::header, IppEvent};
 use ipp_tests::{
     db, free_port, kafka,
     process::Service,

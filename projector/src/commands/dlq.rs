@@ -1,6 +1,8 @@
 //! `ipp-projector dlq list|show|redrive`, on `ipp.events.dlq`, with ipp-ops' commands.
 
-use ipp_ops::{dlq::DlqSource, kafka::KafkaSettings, Database, DlqCommand, Error};
+use ipp_ops::{
+    dlq::DlqSource, kafka::KafkaSettings, redrive::NoLedger, Database, DlqCommand, Error,
+};
 
 use crate::config::Config;
 
@@ -25,6 +27,9 @@ pub async fn run(config: &Config, command: &DlqCommand) -> Result<(), Error> {
     match command {
         DlqCommand::List(args) => ipp_ops::dlq::list(&source, &database(config), args).await,
         DlqCommand::Show(args) => ipp_ops::dlq::show(&source, args).await,
-        DlqCommand::Redrive(args) => ipp_ops::redrive::run(&source, &database(config), args).await,
+        // The projector parks only records, which are redriven to their topic.
+        DlqCommand::Redrive(args) => {
+            ipp_ops::redrive::run::<NoLedger>(&source, &database(config), args, None).await
+        }
     }
 }

@@ -1,14 +1,15 @@
-//! Re-queuing `failed` rows of ipp-actions' `ipp_actions` ledger (a documented public
-//! contract, see the README), for `ipp-actions retry` and for redriving a failed
-//! action's dead letter. The row keeps its idempotency key, so a retried capture that had
+//! Re-queuing `failed` rows of the ledger, for `ipp-actions retry` and for redriving a
+//! failed action's dead letter (ipp-ops calls [`Requeue`] through its `ActionLedger`
+//! trait, in the transaction that records the redrive). The row keeps its idempotency key, so a retried capture that had
 //! already been applied is replayed by Kustom, not applied twice; `succeeded` and
 //! `skipped` rows are never touched. What the row said before goes to
 //! `ipp_action_retries`.
 
+use std::future::Future;
+
+use ipp_schemas::FailedActionRecord;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
-
-use crate::Error;
 
 /// Which failed actions.
 #[derive(Debug, Clone, Default)]
@@ -33,9 +34,6 @@ pub struct Requeued {
     pub capture_requested: bool,
 }
 
-const SELECTED: &str = "status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3) \
-     AND ($4::text IS NULL OR action = $4)";
-
 fn requeued(row: &sqlx::postgres::PgRow) -> Result<Requeued, sqlx::Error> {
     Ok(Requeued {
         order_id: row.try_get("order_id")?,
@@ -51,19 +49,22 @@ fn requeued(row: &sqlx::postgres::PgRow) -> Result<Requeued, sqlx::Error> {
 pub async fn failed(
     conn: &mut PgConnection,
     selection: &Selection,
-) -> Result<Vec<Requeued>, Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT order_id, action, merchant_id, reason, attempts, \
-             capture_requested_at IS NOT NULL AS capture_requested \
-         FROM ipp_actions WHERE {SELECTED} ORDER BY created_at, order_id"
-    ))
+) -> Result<Vec<Requeued>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT order_id, action, merchant_id, reason, attempts,
+             capture_requested_at IS NOT NULL AS capture_requested
+         FROM ipp_actions
+         WHERE status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3)
+             AND ($4::text IS NULL OR action = $4)
+         ORDER BY created_at, order_id",
+    )
     .bind(selection.all)
     .bind(&selection.orders)
     .bind(&selection.merchant)
     .bind(&selection.action)
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(requeued).collect::<Result<_, _>>()?)
+    rows.iter().map(requeued).collect()
 }
 
 /// Puts the selected `failed` actions back to `pending`, due now, with a fresh attempt
@@ -74,12 +75,15 @@ pub async fn requeue(
     conn: &mut PgConnection,
     selection: &Selection,
     via: &str,
-) -> Result<Vec<Requeued>, Error> {
-    let rows = sqlx::query(&format!(
+) -> Result<Vec<Requeued>, sqlx::Error> {
+    let rows = sqlx::query(
         "WITH previous AS ( \
              SELECT order_id, action, merchant_id, reason, attempts, last_error, \
                  capture_requested_at IS NOT NULL AS capture_requested \
-             FROM ipp_actions WHERE {SELECTED} FOR UPDATE), \
+             FROM ipp_actions \
+             WHERE status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3) \
+                 AND ($4::text IS NULL OR action = $4) \
+             FOR UPDATE), \
          updated AS ( \
              UPDATE ipp_actions a SET status = 'pending', next_attempt_at = now(), \
                  attempts = 0, reason = NULL, updated_at = now() \
@@ -90,8 +94,8 @@ pub async fn requeue(
                  (order_id, action, via, previous_reason, previous_attempts, previous_error) \
              SELECT order_id, action, $5, reason, attempts, last_error FROM previous) \
          SELECT order_id, action, merchant_id, reason, attempts, capture_requested \
-         FROM previous ORDER BY order_id"
-    ))
+         FROM previous ORDER BY order_id",
+    )
     .bind(selection.all)
     .bind(&selection.orders)
     .bind(&selection.merchant)
@@ -99,7 +103,7 @@ pub async fn requeue(
     .bind(via)
     .fetch_all(conn)
     .await?;
-    Ok(rows.iter().map(requeued).collect::<Result<_, _>>()?)
+    rows.iter().map(requeued).collect()
 }
 
 /// The current status of one action, if the ledger has it.
@@ -107,12 +111,37 @@ pub async fn status(
     conn: &mut PgConnection,
     order_id: Uuid,
     action: &str,
-) -> Result<Option<String>, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT status FROM ipp_actions WHERE order_id = $1 AND action = $2")
-            .bind(order_id)
-            .bind(action)
-            .fetch_optional(conn)
-            .await?,
-    )
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM ipp_actions WHERE order_id = $1 AND action = $2")
+        .bind(order_id)
+        .bind(action)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The ledger as `ipp-ops dlq redrive` sees it.
+pub struct Requeue;
+
+impl ipp_ops::redrive::ActionLedger for Requeue {
+    fn status(
+        &self,
+        conn: &mut PgConnection,
+        action: &FailedActionRecord,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send {
+        status(conn, action.order_id, &action.action)
+    }
+
+    async fn requeue(
+        &self,
+        conn: &mut PgConnection,
+        action: &FailedActionRecord,
+        via: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let selection = Selection {
+            orders: vec![action.order_id],
+            action: Some(action.action.clone()),
+            ..Selection::default()
+        };
+        Ok(!requeue(conn, &selection, via).await?.is_empty())
+    }
 }

@@ -4,28 +4,30 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use ipp_schemas::record::{dlq, format_timestamp, kafka_header};
+use ipp_schemas::{
+    dlq::{header as dlq, DlqService, FailedActionRecord, FailedStatus},
+    record::{format_timestamp, kafka_header},
+};
 use rdkafka::{
     error::KafkaError,
     message::{BorrowedMessage, Headers, Message, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use serde_json::json;
 
+use super::client_config;
 use crate::{
     config::Config,
-    consumer::client_config,
     ledger::{Action, Outcome},
 };
 
-pub const SERVICE: &str = "ipp-actions";
+const SERVICE: &str = DlqService::Actions.as_str();
 
-pub struct Dlq {
+pub struct DeadLetters {
     producer: Arc<FutureProducer>,
     topic: String,
 }
 
-impl Dlq {
+impl DeadLetters {
     /// The producer, for metadata requests (the topic checks) off the async workers.
     pub fn producer(&self) -> Arc<FutureProducer> {
         self.producer.clone()
@@ -59,23 +61,23 @@ impl Dlq {
         reason: &str,
         outcome: &Outcome,
     ) -> Result<(), KafkaError> {
-        let value = json!({
-            "order_id": action.order_id,
-            "action": action.action,
-            "session_id": action.session_id,
-            "merchant_id": action.merchant_id,
-            "event_id": action.event_id,
-            "status": "failed",
-            "reason": reason,
-            "attempts": action.attempts,
-            "idempotency_key": action.idempotency_key,
-            "requested_amount": action.requested_amount,
-            "last_status_code": outcome.last_status_code,
-            "last_error": outcome.last_error,
-            "created_at": action.created_at,
-            "failed_at": Utc::now(),
+        let value = serde_json::to_string(&FailedActionRecord {
+            order_id: action.order_id,
+            action: action.action.clone(),
+            session_id: action.session_id,
+            merchant_id: action.merchant_id.clone(),
+            event_id: action.event_id.clone(),
+            status: FailedStatus::Failed,
+            reason: reason.to_owned(),
+            attempts: action.attempts,
+            idempotency_key: action.idempotency_key,
+            requested_amount: action.requested_amount,
+            last_status_code: outcome.last_status_code,
+            last_error: outcome.last_error.clone(),
+            created_at: action.created_at,
+            failed_at: Utc::now(),
         })
-        .to_string();
+        .expect("a failed action serializes");
         let key = action.order_id.to_string();
         let failed_at = format_timestamp(Utc::now());
         let partition = action.source_partition.map(|p| p.to_string());

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::Error;
+pub mod requeue;
 
 /// Namespace of the idempotency keys: `key = UUIDv5(IDEMPOTENCY_NAMESPACE,
 /// "{action}:{order_id}")` (UUIDv5 of the URL
@@ -70,13 +70,10 @@ pub struct Action {
     pub session_id: Uuid,
     pub merchant_id: Option<String>,
     pub event_id: String,
-    pub status: String,
     pub attempts: i32,
     pub idempotency_key: Uuid,
     pub capture_requested_at: Option<DateTime<Utc>>,
     pub requested_amount: Option<i64>,
-    pub last_status_code: Option<i32>,
-    pub last_error: Option<String>,
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
@@ -96,11 +93,10 @@ pub struct Outcome {
 /// Applies the ledger migrations (numbered 2001+). The projector owns 1001+ in the same
 /// database with its own migrator, so each ignores the other's versions; sqlx's advisory
 /// lock serializes them.
-pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let mut migrator = sqlx::migrate!();
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
-    Ok(())
+    migrator.run(pool).await
 }
 
 /// Records an action once; a second call for the same (order, action) changes nothing.

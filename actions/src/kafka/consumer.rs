@@ -24,38 +24,29 @@ use ipp_schemas::{
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
-    ClientConfig,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::{client_config, dead_letters::DeadLetters, CLIENT_ID};
 use crate::{
     config::{Config, OnFinalized},
-    dlq::Dlq,
     ledger::{self, NewAction},
     metrics::Metrics,
     Error,
 };
 
-/// The `client.id` of the service's Kafka clients.
-pub const CLIENT_ID: &str = "ipp-actions";
-
 /// How long the final commit and leaving the group may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A client of the service: `settings`, then the operator's `KAFKA_PROPERTIES`.
-pub fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
-    ipp_service::kafka::client_config(&config.kafka, CLIENT_ID, settings)
-}
 
 pub struct ActionConsumer {
     consumer: StreamConsumer,
     topic: String,
     on_finalized: OnFinalized,
     pool: PgPool,
-    dlq: Arc<Dlq>,
+    dlq: Arc<DeadLetters>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
 }
@@ -64,7 +55,7 @@ impl ActionConsumer {
     pub fn new(
         config: &Config,
         pool: PgPool,
-        dlq: Arc<Dlq>,
+        dlq: Arc<DeadLetters>,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Result<Self, Error> {

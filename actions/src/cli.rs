@@ -1,0 +1,109 @@
+//! The `ipp-actions` command line: the service (the default) and its operator commands,
+//! which all take the service's own settings.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    commands::{self, retry::RetryArgs},
+    config::Config,
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ipp-actions",
+    version,
+    about = "Captures finalized Kustom IPP sessions through the Order Management API, exactly once.",
+    long_about = "Consumes ipp.events with its own consumer group. Every ipp.session.finalized \
+(or ipp.payment.finalized) event becomes one row of the ipp_actions ledger in PostgreSQL; a \
+worker pool then reads the order and captures what remains authorized, with a deterministic \
+Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and connection \
+errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
+the dead-letter topic.\n\n\
+Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits; \
+`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see the README, Operations).\n\
+HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Apply the ledger migrations to DATABASE_URL and exit.
+    Migrate,
+    /// Inspect and redrive the dead letters of ACTIONS_DLQ_TOPIC (list, show, redrive).
+    #[command(subcommand)]
+    Dlq(ipp_ops::DlqCommand),
+    /// Re-queue failed actions (all, by order or by merchant) after fixing their cause.
+    Retry(RetryArgs),
+    /// Lag and committed offsets per partition, pending and failed actions, DLQ size.
+    Status(ipp_ops::StatusArgs),
+}
+
+/// `ipp-actions`: the service, or one of its operator commands (which exit).
+pub async fn main() -> anyhow::Result<()> {
+    let Cli { command, config } = Cli::parse();
+    let command = command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run | Command::Migrate) {
+        ipp_service::telemetry::init_tracing(config.log.format);
+    } else {
+        // Operator commands: stdout is their output, logs go to stderr.
+        ipp_service::telemetry::init_cli_tracing();
+    }
+    let exit = |result| ipp_ops::exit("ipp-actions", result);
+    match command {
+        Command::Dlq(dlq) => exit(commands::dlq::run(&config, &dlq).await),
+        Command::Retry(args) => exit(commands::retry::run(&config, &args).await),
+        Command::Status(args) => exit(commands::status::run(&config, &args).await),
+        Command::Migrate => crate::migrate(&config).await?,
+        Command::Run => {
+            let listener = config.listen.bind().await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(ipp_service::cancel_on_signal(
+                shutdown.clone(),
+                "finishing in-flight actions",
+            ));
+            crate::run(config, listener, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ipp_service::LogFormat;
+
+    use super::*;
+
+    #[test]
+    fn secret_is_not_printed() {
+        let cli = Cli::parse_from(["ipp-actions", "--kustom-api-key", "kco_test_abc"]);
+        assert_eq!(cli.config.kustom_api_key.expose(), "kco_test_abc");
+        assert!(!format!("{cli:?}").contains("kco_test_abc"));
+    }
+
+    #[test]
+    fn log_format_takes_pretty_like_the_other_services_and_text_as_before() {
+        for (given, expected) in [
+            ("pretty", LogFormat::Pretty),
+            ("text", LogFormat::Pretty),
+            ("json", LogFormat::Json),
+        ] {
+            let cli = Cli::parse_from(["ipp-actions", "--log-format", given]);
+            assert_eq!(cli.config.log.format, expected, "{given}");
+        }
+    }
+
+    #[test]
+    fn migrate_subcommand_takes_global_flags() {
+        let cli = Cli::parse_from(["ipp-actions", "migrate", "--database-url", "postgres://x/y"]);
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.config.database.url.expose(), "postgres://x/y");
+    }
+}

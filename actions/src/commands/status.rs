@@ -1,0 +1,94 @@
+//! `ipp-actions status`: lag and committed offsets per partition, pending and failed
+//! actions, DLQ size.
+
+use chrono::{DateTime, Utc};
+use ipp_ops::{args::StatusArgs, output, status, Database, Error};
+use serde_json::json;
+use sqlx::Row;
+
+use super::dlq::kafka;
+use crate::config::Config;
+
+/// `ipp-actions status`.
+pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
+    let kafka = kafka(config);
+    let marks = status::watermarks(&kafka, &config.ipp_topic).await?;
+    let committed = status::committed(
+        &kafka,
+        &config.group,
+        &config.ipp_topic,
+        marks.iter().map(|m| m.partition).collect(),
+    )
+    .await?;
+    let partitions = status::partitions(&marks, &committed);
+    let pool = ipp_ops::connect(&Database::new(&config.database.url)).await?;
+    let ledger_exists = ipp_ops::table_exists(&pool, "ipp_actions").await?;
+    let mut counts = serde_json::Map::new();
+    for state in ["pending", "succeeded", "skipped", "failed"] {
+        counts.insert(state.into(), json!(0));
+    }
+    let mut oldest_pending: Option<f64> = None;
+    let mut newest_action: Option<DateTime<Utc>> = None;
+    if ledger_exists {
+        for row in sqlx::query("SELECT status, count(*) AS n FROM ipp_actions GROUP BY status")
+            .fetch_all(&pool)
+            .await?
+        {
+            let state: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            counts.insert(state, json!(n));
+        }
+        oldest_pending = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - min(created_at))::float8 \
+             FROM ipp_actions WHERE status = 'pending'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        newest_action = sqlx::query_scalar("SELECT max(created_at) FROM ipp_actions")
+            .fetch_one(&pool)
+            .await?;
+    }
+    let dlq = status::dlq(&kafka, &config.dlq_topic, Some(&pool)).await?;
+    pool.close().await;
+    let newest_age = newest_action.map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+
+    if args.json {
+        return output::json_lines([json!({
+            "service": "ipp-actions",
+            "topic": config.ipp_topic,
+            "group": config.group,
+            "checkpoint_source": "kafka committed offsets of the group",
+            "partitions": partitions,
+            "total_lag": status::total_lag(&partitions),
+            "ledger_exists": ledger_exists,
+            "actions": counts,
+            "oldest_pending_age_seconds": oldest_pending,
+            "newest_action_at": newest_action,
+            "newest_action_age_seconds": newest_age,
+            "dlq": dlq,
+        })]);
+    }
+    let mut text = format!(
+        "ipp-actions  topic {}  group {}  (checkpoint: the group's committed offsets)\n",
+        config.ipp_topic, config.group
+    );
+    text.push_str(&status::partitions_table(&partitions));
+    text.push_str(&format!(
+        "total lag       {}\n",
+        status::total_lag(&partitions)
+    ));
+    let count = |s: &str| counts.get(s).cloned().unwrap_or(json!(0));
+    text.push_str(&format!(
+        "actions         pending {}  succeeded {}  skipped {}  failed {}\n",
+        count("pending"),
+        count("succeeded"),
+        count("skipped"),
+        count("failed"),
+    ));
+    text.push_str(&status::age_line("oldest pending", oldest_pending));
+    text.push('\n');
+    text.push_str(&status::age_line("newest action", newest_age));
+    text.push('\n');
+    text.push_str(&status::dlq_line(&dlq));
+    output::line(&text)
+}

@@ -1,0 +1,132 @@
+//! The service: migrate, serve the probes, consume and work until shut down.
+
+use std::{
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config, http, kafka::consumer, kafka::dead_letters::DeadLetters, ledger, metrics, om,
+    retry, worker, Error,
+};
+
+/// Applies the ledger migrations and returns.
+pub async fn migrate(config: &Config) -> Result<(), Error> {
+    let pool = ipp_service::postgres::connect(&config.database, None).await?;
+    ledger::migrate(&pool).await?;
+    info!("ledger migrations applied");
+    Ok(())
+}
+
+/// Runs the service until `shutdown`: stop consuming and claiming, let in-flight actions
+/// finish (bounded), commit offsets, return.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let pool = ipp_service::postgres::connect(&config.database, None).await?;
+    if config.migrate {
+        ledger::migrate(&pool).await?;
+    }
+    let metrics = Arc::new(metrics::Metrics::new());
+    let dead_letters = Arc::new(DeadLetters::new(&config)?);
+    let om = om::OmClient::new(
+        &config.kustom_api_url,
+        &config.kustom_api_key,
+        config.http_timeout(),
+        config.connect_timeout(),
+    )
+    .map_err(|e| Error::Config(format!("http client: {e}")))?;
+    if config.kustom_api_key.expose().is_empty() {
+        warn!("KUSTOM_API_KEY is empty: Order Management will answer 401");
+    }
+    let wake = Arc::new(Notify::new());
+    let consumer_ready = Arc::new(AtomicBool::new(false));
+    let consumer = consumer::ActionConsumer::new(
+        &config,
+        pool.clone(),
+        dead_letters.clone(),
+        metrics.clone(),
+        wake.clone(),
+    )?;
+    let worker = Arc::new(worker::Worker {
+        pool: pool.clone(),
+        om,
+        policy: retry::RetryPolicy::from_config(&config),
+        dlq: dead_letters,
+        metrics: metrics.clone(),
+        pacer: worker::Pacer::per_second(config.max_calls_per_sec),
+        concurrency: config.concurrency,
+        lease: config.lease(),
+        poll_interval: config.poll_interval(),
+        shutdown_timeout: config.shutdown_timeout(),
+    });
+
+    // The operations server outlives the rest so that /metrics works during shutdown.
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(http::serve(
+        listener,
+        http::AppState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            consumer_ready: consumer_ready.clone(),
+        },
+        http_stop.clone(),
+    ));
+    let gauges = tokio::spawn(update_gauges(
+        pool.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    info!(
+        topic = %config.ipp_topic,
+        group = %config.group,
+        on_finalized = ?config.on_finalized,
+        kustom_api_url = %config.kustom_api_url,
+        "ipp-actions started"
+    );
+    let consuming = tokio::spawn(consumer.run(consumer_ready, shutdown.clone()));
+    let working = tokio::spawn(worker.run(wake, shutdown.clone()));
+    let (consumed, worked) = tokio::join!(consuming, working);
+    for joined in [consumed, worked] {
+        if let Err(e) = joined {
+            warn!(error = %e, "task ended abnormally");
+        }
+    }
+    let _ = gauges.await;
+    http_stop.cancel();
+    match http.await {
+        Ok(result) => result?,
+        Err(e) => warn!(error = %e, "http server task ended abnormally"),
+    }
+    pool.close().await;
+    info!("ipp-actions stopped");
+    Ok(())
+}
+
+/// Pending actions and the age of the oldest, refreshed every few seconds.
+async fn update_gauges(
+    pool: sqlx::PgPool,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ledger::pending_stats(&pool).await {
+            Ok((count, oldest)) => {
+                metrics.pending.set(count);
+                metrics.oldest_pending_seconds.set(oldest);
+            }
+            Err(e) => warn!(error = %e, "reading pending actions failed"),
+        }
+    }
+}
