@@ -1,7 +1,9 @@
 //! The settings every service shares, defined once and flattened into each service's
 //! `Config` with `#[command(flatten)]`: the same flag, environment variable, default
 //! and `--help` text everywhere. All of them are `global`, so an operator subcommand
-//! (`ipp-projector status --kafka-brokers …`) takes them after its name too.
+//! (`ipp-projector status --kafka-brokers …`) takes them after its name too. Each has an
+//! explicit id, so that no service argument of the same field name (`format`, `url`)
+//! collides with it.
 
 use std::{fmt, marker::PhantomData, net::SocketAddr};
 
@@ -18,6 +20,7 @@ use crate::{
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
     #[arg(
+        id = "kafka_brokers",
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
         default_value = "127.0.0.1:9092",
@@ -30,6 +33,7 @@ pub struct KafkaArgs {
     /// commas in the environment variable. Values of keys naming a password or a
     /// secret are never logged.
     #[arg(
+        id = "kafka_properties",
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
         value_name = "KEY=VALUE",
@@ -53,6 +57,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL (the projector and ipp-actions may share one database). `--help`
     /// never shows the value from the environment: it may hold a password.
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
@@ -64,6 +69,7 @@ pub struct DatabaseArgs {
     /// Largest number of PostgreSQL connections of the service (formerly
     /// PROJECTOR_DB_CONNECTIONS / --db-connections for the projector, still accepted).
     #[arg(
+        id = "database_max_connections",
         long = "database-max-connections",
         alias = "db-connections",
         env = "DATABASE_MAX_CONNECTIONS",
@@ -81,7 +87,14 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ipp";
 pub struct LogArgs {
     /// Log format: `pretty` (for people; `text` is accepted too) or `json` (one object
     /// per line).
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    #[arg(
+        id = "log_format",
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Pretty,
+        global = true
+    )]
     pub format: LogFormat,
 }
 
@@ -141,7 +154,7 @@ impl<S> fmt::Debug for ListenArgs<S> {
     }
 }
 
-const LISTEN_ID: &str = "listen";
+const LISTEN_ID: &str = "listen_address";
 
 impl<S: Listens> clap::Args for ListenArgs<S> {
     fn augment_args(cmd: Command) -> Command {
@@ -231,14 +244,38 @@ mod tests {
         listen: ListenArgs<Probe>,
     }
 
+    /// The defaults as declared (parsing would read this machine's environment:
+    /// scripts/test exports KAFKA_BROKERS).
     #[test]
     fn defaults_are_the_local_stack() {
-        let cli = Cli::try_parse_from(["test"]).unwrap();
-        assert_eq!(cli.kafka.brokers, "127.0.0.1:9092");
-        assert_eq!(cli.database.url.expose(), DEFAULT_DATABASE_URL);
-        assert_eq!(cli.database.max_connections, 10);
-        assert_eq!(cli.log.format, LogFormat::Pretty);
-        assert_eq!(cli.listen.addr, "127.0.0.1:9999".parse().unwrap());
+        let command = <Cli as clap::CommandFactory>::command();
+        let default = |id: &str| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_default_values()[0].to_string_lossy().into_owned()
+        };
+        assert_eq!(default("kafka_brokers"), "127.0.0.1:9092");
+        assert_eq!(default("database_url"), DEFAULT_DATABASE_URL);
+        assert_eq!(default("database_max_connections"), "10");
+        assert_eq!(default("log_format"), "pretty");
+        assert_eq!(default("listen_address"), "127.0.0.1:9999");
+    }
+
+    /// A service argument named like a shared field does not collide with it.
+    #[test]
+    fn service_fields_may_share_names_with_shared_ones() {
+        #[derive(Debug, Parser)]
+        struct Service {
+            #[command(flatten)]
+            shared: Cli,
+            #[arg(long, default_value = "csv")]
+            format: String,
+            #[arg(long, default_value = "x")]
+            url: String,
+        }
+        let parsed =
+            Service::try_parse_from(["test", "--format", "jsonl", "--log-format", "json"]).unwrap();
+        assert_eq!(parsed.format, "jsonl");
+        assert_eq!(parsed.shared.log.format, LogFormat::Json);
     }
 
     #[test]
