@@ -21,6 +21,7 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
     #[arg(
         id = "kafka_brokers",
+        value_name = "BROKERS",
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
         default_value = "127.0.0.1:9092",
@@ -58,6 +59,7 @@ pub struct DatabaseArgs {
     /// never shows the value from the environment: it may hold a password.
     #[arg(
         id = "database_url",
+        value_name = "URL",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
@@ -70,6 +72,7 @@ pub struct DatabaseArgs {
     /// PROJECTOR_DB_CONNECTIONS / --db-connections for the projector, still accepted).
     #[arg(
         id = "database_max_connections",
+        value_name = "N",
         long = "database-max-connections",
         alias = "db-connections",
         env = "DATABASE_MAX_CONNECTIONS",
@@ -89,6 +92,7 @@ pub struct LogArgs {
     /// per line).
     #[arg(
         id = "log_format",
+        value_name = "FORMAT",
         long = "log-format",
         env = "LOG_FORMAT",
         value_enum,

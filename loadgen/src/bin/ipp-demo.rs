@@ -38,8 +38,9 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     sessions: usize,
     /// Different seeds give different sessions; the same seed resends the same events.
-    #[arg(long, default_value_t = rand_seed())]
-    seed: u64,
+    /// Without one, a new seed per run (printed in the report).
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// How long to wait for the pipeline to catch up.
@@ -59,11 +60,12 @@ fn rand_seed() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(rand_seed);
     let secret = args.secrets.split(',').next().unwrap_or_default();
     let signer = WebhookSigner::new(secret).context("KUSTOM_WEBHOOK_SECRETS")?;
     let workload = Workload::generate(&WorkloadSpec {
         sessions: args.sessions,
-        seed: args.seed,
+        seed,
         ..WorkloadSpec::default()
     });
     let ipp_events: std::collections::BTreeSet<&str> = workload
@@ -79,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .count();
     let others = workload.deliveries.iter().filter(|d| !d.is_ipp()).count();
     println!(
-        "\nsending {} webhooks for {} sessions ({} redeliveries, {} other Kustom events, shuffled) to {}",
+        "\nsending {} webhooks for {} sessions ({} redeliveries, {} other Kustom events, shuffled, seed {seed}) to {}",
         workload.deliveries.len(), args.sessions, duplicates, others, args.ingest_url
     );
     let client = reqwest::Client::new();
