@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! `ipp-actions`: captures finalized Kustom IPP sessions through the Order Management
 //! API, exactly once.
 //!

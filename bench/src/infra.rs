@@ -232,7 +232,7 @@ pub fn ingest_like_producer(brokers: &str, extra: &[String]) -> anyhow::Result<F
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "60000")
         .set("linger.ms", "2")
-        .set("compression.type", ipp_ingest::log::COMPRESSION);
+        .set("compression.type", ipp_ingest::COMPRESSION);
     for property in extra {
         if let Some((key, value)) = property.split_once('=') {
             config.set(key.trim(), value.trim());

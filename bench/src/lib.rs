@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! `ipp-bench`: each stage of the pipeline measured next to its ceiling, in the same run,
 //! on the same broker and database (figures on shared machines drift, ratios hold).
 //!

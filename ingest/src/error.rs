@@ -8,7 +8,7 @@ use axum::{
 use ipp_schemas::RouteError;
 use serde_json::json;
 
-use crate::{log::AppendError, verify::VerifyError};
+use crate::{kafka::AppendError, verify::VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -15,7 +15,7 @@ use ipp_schemas::{RecordHeaders, Route};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::{error::IngestError, log::EventLog, metrics, metrics::Metrics, verify::Verifier};
+use crate::{error::IngestError, kafka::EventLog, metrics, metrics::Metrics, verify::Verifier};
 
 pub struct AppState {
     pub log: EventLog,

@@ -1,10 +1,11 @@
+#![doc = include_str!("../README.md")]
 //! `ipp-ingest`: signed Kustom webhooks in, raw records in Kafka out.
 
 pub mod config;
-pub mod error;
-pub mod http;
-pub mod log;
-pub mod metrics;
+mod error;
+mod http;
+mod kafka;
+mod metrics;
 pub mod verify;
 
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+/// The producer's compression codec, which the benchmark's raw-producer ceiling uses too.
+pub use kafka::COMPRESSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -21,7 +24,7 @@ pub enum StartError {
     #[error(transparent)]
     InvalidSecret(#[from] verify::InvalidSecret),
     #[error(transparent)]
-    Producer(#[from] log::ProducerConfigError),
+    Producer(#[from] kafka::ProducerConfigError),
     #[error("http server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -48,7 +51,7 @@ pub async fn run(
         )?)
     };
     let metrics = metrics::Metrics::new();
-    let log = log::EventLog::new(
+    let log = kafka::EventLog::new(
         &config.kafka,
         config.ipp_topic.clone(),
         config.other_topic.clone(),

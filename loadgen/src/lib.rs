@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! Realistic webhook traffic: a seeded mix of IPP sessions (most finalized, some
 //! cancelled, some with failed payment attempts, a few abandoned), duplicates,
 //! out-of-order deliveries and other Kustom events, each delivery signed like Kustom

@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! `ipp-om-sim`: a local simulator of the Kustom Order Management API for tests, demos
 //! and benchmarks. Orders are AUTHORIZED on first reference (or seeded), the documented
 //! 403s are enforced, `Klarna-Idempotency-Key` gives one effect per key, every call is
@@ -5,11 +6,11 @@
 //! a seeded RNG.
 
 pub mod config;
-pub mod error;
-pub mod http;
-pub mod orders;
-pub mod reply;
-pub mod sim;
+mod error;
+mod http;
+mod orders;
+mod reply;
+mod sim;
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::{Config, Faults};
-pub use error::OmError;
 pub use orders::authorized_amount_for;
-pub use sim::Sim;
+
+use crate::sim::Sim;
 
 /// How long open connections get to finish once shutdown starts; a hanging request is
 /// cut off after it.

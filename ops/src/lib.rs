@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! ipp-ops: the operator commands that `ipp-projector` and `ipp-actions` share.
 //!
 //! - [`dlq`]: read a dead-letter topic (explicit partition assignment from the low to the

@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! ipp-projector: consumes `ipp.events` and keeps exact PostgreSQL read models
 //! (`ipp_events`, `ipp_sessions`) whatever the order, duplicates or crashes.
 //! See `kafka/mod.rs` for the offset strategy and `session.rs` for the status rule.

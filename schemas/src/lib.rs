@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The shared vocabulary of ipp-pipeline: Kustom webhook events as Rust types, the
 //! minimal routing view the ingest service needs, and the Kafka record format that the
 //! ingest service writes and every consumer reads.

@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
 //! are configured, connect, log, probe, stop and allocate the same way.
 

@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! Helpers for the black-box tests: a broker to talk to, unique topics, the real
 //! service binaries as child processes, and an independent webhook signer.
 

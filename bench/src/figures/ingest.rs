@@ -63,7 +63,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             measured.failed,
             measured.latency.p50_ms,
             measured.latency.p99_ms,
-            ipp_ingest::log::COMPRESSION,
+            ipp_ingest::COMPRESSION,
             ceiling.throughput,
             ceiling.latency.p50_ms,
             ceiling.latency.p99_ms,

@@ -3,6 +3,9 @@
 //! caught up, and prints what a merchant wants to see.
 #![allow(clippy::print_stdout, reason = "a command-line report")]
 
+// Linked for its global allocator: every binary of the workspace runs on mimalloc.
+use ipp_service as _;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
