@@ -21,7 +21,7 @@ Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and 
 errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
 the dead-letter topic.\n\n\
 Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits; \
-`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see the README, Operations).\n\
+`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see the book, Operations).\n\
 HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
 )]
 pub struct Cli {
