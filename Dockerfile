@@ -1,6 +1,7 @@
 # Multi-stage build of every ipp-pipeline binary. One image, several commands:
 #   docker run IMAGE ipp-ingest | ipp-projector | ipp-actions | ipp-om-sim | ipp-demo
-FROM rust:1.95-bookworm AS build
+# The same toolchain as rust-toolchain.toml.
+FROM rust:1.95.0-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev zlib1g-dev python3 \
  && rm -rf /var/lib/apt/lists/*

@@ -218,7 +218,7 @@ async fn project(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use clap::Parser;
 
     use super::*;
@@ -229,7 +229,8 @@ mod tests {
         args: ReplayArgs,
     }
 
-    fn args(extra: &[&str]) -> ReplayArgs {
+    /// `ReplayArgs` of one hour, plus `extra` flags.
+    pub(in crate::commands::replay) fn args(extra: &[&str]) -> ReplayArgs {
         let mut argv = vec![
             "replay",
             "--from",

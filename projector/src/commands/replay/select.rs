@@ -73,28 +73,8 @@ pub(super) fn record_time(message: &OwnedMessage) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::commands::replay::ReplayArgs;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ReplayArgs,
-    }
-
-    fn args(extra: &[&str]) -> ReplayArgs {
-        let mut argv = vec![
-            "replay",
-            "--from",
-            "2026-06-05T18:00:00Z",
-            "--to",
-            "2026-06-05T19:00:00.5+02:00",
-        ];
-        argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().args
-    }
+    use crate::commands::replay::tests::args;
 
     const BODY: &str = r#"{"id":"kevt_1","merchant_id":"M1","timestamp":"2026-06-05T18:37:41.232733416Z","type":"ipp.session.activated","data":{"session_id":"c749c48d-df11-4ae3-8e5f-2c8491b16214","order_id":null,"failure_reason":null}}"#;
 
