@@ -170,3 +170,27 @@ create_topics() {
     log "created topic $topic ($partitions partitions, retention.ms=-1)"
   done
 }
+
+# --- Compile-time checked SQL -----------------------------------------------------
+# sqlx_database: creates a fresh database holding every crate's migrations (projector
+# 1001+, actions 2001+, ops 3001+, one shared `_sqlx_migrations`, each applied with
+# --ignore-missing so it accepts the others' versions) and prints its URL. The
+# `sqlx::query!` macros are checked against it by `cargo sqlx prepare`; drop it with
+# drop_database.
+sqlx_database() {
+  local name=ipp_sqlx_$$_$RANDOM
+  local url=postgres://postgres@127.0.0.1:5432/$name
+  psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE \"$name\"" >/dev/null \
+    || die "could not create database $name"
+  local crate
+  for crate in projector actions ops; do
+    cargo sqlx migrate run --source "$ROOT/$crate/migrations" --ignore-missing \
+      --database-url "$url" >/dev/null || die "could not apply $crate/migrations to $name"
+  done
+  printf '%s\n' "$url"
+}
+
+# drop_database URL: drops the database a URL names (one of ours, on 127.0.0.1).
+drop_database() {
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"${1##*/}\"" >/dev/null
+}

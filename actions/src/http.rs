@@ -40,7 +40,7 @@ impl ipp_service::probe::Probe for AppState {
     async fn ready(&self) -> Result<(), String> {
         let db = tokio::time::timeout(
             Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&self.pool),
+            sqlx::query_scalar!("SELECT 1 AS ping").fetch_one(&self.pool),
         )
         .await;
         if !matches!(db, Ok(Ok(_))) {

@@ -54,12 +54,12 @@ async fn accept_3001_before_the_move(
     if !table_exists(pool, "_sqlx_migrations").await? {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE _sqlx_migrations SET checksum = $1 \
          WHERE version = 3001 AND encode(checksum, 'hex') = $2",
+        current.checksum.as_ref(),
+        OPS_3001_BEFORE_THE_MOVE,
     )
-    .bind(current.checksum.as_ref())
-    .bind(OPS_3001_BEFORE_THE_MOVE)
     .execute(pool)
     .await?;
     Ok(())
@@ -100,8 +100,7 @@ pub async fn connect(database: &Database) -> Result<PgPool, Error> {
 
 /// Whether a table exists (a dry run must not create the ops tables to look at them).
 pub async fn table_exists(pool: &PgPool, table: &str) -> Result<bool, Error> {
-    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(table)
+    let found = sqlx::query_scalar!("SELECT to_regclass($1)::text", table)
         .fetch_one(pool)
         .await?;
     Ok(found.is_some())

@@ -28,7 +28,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     args::{RecordRef, RedriveArgs},
@@ -292,42 +292,38 @@ async fn previous_redrives(
     pool: &PgPool,
     dlq_topic: &str,
 ) -> Result<HashMap<RecordRef, Previous>, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT dlq_partition, dlq_offset, redriven_at, target_kind, target_topic, \
              target_partition, target_offset, order_id, action \
          FROM ipp_dlq_redrives WHERE dlq_topic = $1",
+        dlq_topic,
     )
-    .bind(dlq_topic)
     .fetch_all(pool)
     .await?;
     let mut previous = HashMap::new();
     for row in rows {
         let position = RecordRef {
-            partition: row.try_get("dlq_partition")?,
-            offset: row.try_get("dlq_offset")?,
+            partition: row.dlq_partition,
+            offset: row.dlq_offset,
         };
-        let kind: String = row.try_get("target_kind")?;
-        let target = if kind == "ledger" {
-            let order: Option<uuid::Uuid> = row.try_get("order_id")?;
-            let action: Option<String> = row.try_get("action")?;
+        let target = if row.target_kind == "ledger" {
             format!(
                 "ledger:{}:{}",
-                action.unwrap_or_default(),
-                output::opt(order)
+                row.action.unwrap_or_default(),
+                output::opt(row.order_id)
             )
         } else {
             format!(
                 "{}[{}]@{}",
-                row.try_get::<Option<String>, _>("target_topic")?
-                    .unwrap_or_default(),
-                output::opt(row.try_get::<Option<i32>, _>("target_partition")?),
-                output::opt(row.try_get::<Option<i64>, _>("target_offset")?),
+                row.target_topic.unwrap_or_default(),
+                output::opt(row.target_partition),
+                output::opt(row.target_offset),
             )
         };
         previous.insert(
             position,
             Previous {
-                redriven_at: row.try_get("redriven_at")?,
+                redriven_at: row.redriven_at,
                 target,
             },
         );
@@ -437,17 +433,17 @@ async fn redrive_to_topic(
         return Ok(());
     };
     let mut tx = pool.begin().await?;
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "INSERT INTO ipp_dlq_redrives (dlq_topic, dlq_partition, dlq_offset, target_kind, \
              target_topic, redrive_count, forced) \
          VALUES ($1, $2, $3, 'topic', $4, $5, $6) ON CONFLICT DO NOTHING",
+        dlq_topic,
+        record.partition,
+        record.offset,
+        topic,
+        i32::try_from(count + 1).unwrap_or(i32::MAX),
+        args.force && count >= args.max_redrives,
     )
-    .bind(dlq_topic)
-    .bind(record.partition)
-    .bind(record.offset)
-    .bind(topic)
-    .bind(i32::try_from(count + 1).unwrap_or(i32::MAX))
-    .bind(args.force && count >= args.max_redrives)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -475,15 +471,15 @@ async fn redrive_to_topic(
         .send(copy, Duration::from_secs(30))
         .await
         .map_err(|(e, _)| Error::Kafka(e))?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE ipp_dlq_redrives SET target_partition = $4, target_offset = $5 \
          WHERE dlq_topic = $1 AND dlq_partition = $2 AND dlq_offset = $3",
+        dlq_topic,
+        record.partition,
+        record.offset,
+        delivered.partition,
+        delivered.offset,
     )
-    .bind(dlq_topic)
-    .bind(record.partition)
-    .bind(record.offset)
-    .bind(delivered.partition)
-    .bind(delivered.offset)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -526,11 +522,11 @@ async fn redrive_action(
     outcome: &mut Outcome,
 ) -> Result<(), Error> {
     let earlier: i64 = if ops_tables {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM ipp_dlq_redrives WHERE order_id = $1 AND action = $2",
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM ipp_dlq_redrives WHERE order_id = $1 AND action = $2"#,
+            action.order_id,
+            action.action,
         )
-        .bind(action.order_id)
-        .bind(&action.action)
         .fetch_one(pool)
         .await?
     } else {
@@ -563,18 +559,18 @@ async fn redrive_action(
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "INSERT INTO ipp_dlq_redrives (dlq_topic, dlq_partition, dlq_offset, target_kind, \
              order_id, action, redrive_count, forced) \
          VALUES ($1, $2, $3, 'ledger', $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        dlq_topic,
+        record.partition,
+        record.offset,
+        action.order_id,
+        action.action,
+        i32::try_from(count + 1).unwrap_or(i32::MAX),
+        args.force && count >= args.max_redrives,
     )
-    .bind(dlq_topic)
-    .bind(record.partition)
-    .bind(record.offset)
-    .bind(action.order_id)
-    .bind(&action.action)
-    .bind(i32::try_from(count + 1).unwrap_or(i32::MAX))
-    .bind(args.force && count >= args.max_redrives)
     .execute(&mut *tx)
     .await?
     .rows_affected();

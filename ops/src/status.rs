@@ -97,10 +97,12 @@ pub async fn dlq(
     };
     let redriven = match pool {
         Some(pool) if crate::table_exists(pool, "ipp_dlq_redrives").await? => Some(
-            sqlx::query_scalar("SELECT count(*) FROM ipp_dlq_redrives WHERE dlq_topic = $1")
-                .bind(topic)
-                .fetch_one(pool)
-                .await?,
+            sqlx::query_scalar!(
+                r#"SELECT count(*) AS "count!" FROM ipp_dlq_redrives WHERE dlq_topic = $1"#,
+                topic,
+            )
+            .fetch_one(pool)
+            .await?,
         ),
         _ => None,
     };

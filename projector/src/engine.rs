@@ -28,6 +28,7 @@ pub use crate::{
     record::{decode, NewEvent},
     store::{
         migrate, project, statistics::AutoAnalyze, store_batch, StepTimings, Stored, WriteMode,
+        EVENT_COLUMNS, SESSION_COLUMNS,
     },
 };
 

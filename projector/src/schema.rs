@@ -36,21 +36,21 @@ pub async fn connect(database: &DatabaseArgs, schema: &str) -> Result<PgPool, Er
 }
 
 pub async fn exists(pool: &PgPool, schema: &str) -> Result<bool, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema)
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS "exists!""#,
+        schema,
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Whether `schema` holds the three read-model tables.
 pub async fn has_tables(pool: &PgPool, schema: &str) -> Result<bool, Error> {
-    let count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)",
+    let count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)"#,
+        schema,
+        TABLES.as_slice() as &[&str],
     )
-    .bind(schema)
-    .bind(TABLES.as_slice())
     .fetch_one(pool)
     .await?;
     Ok(count == TABLES.len() as i64)
@@ -61,6 +61,7 @@ pub async fn has_tables(pool: &PgPool, schema: &str) -> Result<bool, Error> {
 pub async fn prepare(pool: &PgPool, schema: &str) -> Result<(), Error> {
     validate(schema)?;
     if !exists(pool, schema).await? {
+        // Runtime SQL: the schema is an identifier (validated above).
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .execute(pool)
             .await?;

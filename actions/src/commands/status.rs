@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use ipp_ops::{args::StatusArgs, output, status, Database, Error};
 use serde_json::json;
-use sqlx::Row;
 
 use super::dlq::kafka;
 use crate::config::Config;
@@ -30,21 +29,20 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let mut oldest_pending: Option<f64> = None;
     let mut newest_action: Option<DateTime<Utc>> = None;
     if ledger_exists {
-        for row in sqlx::query("SELECT status, count(*) AS n FROM ipp_actions GROUP BY status")
-            .fetch_all(&pool)
-            .await?
+        for row in
+            sqlx::query!(r#"SELECT status, count(*) AS "n!" FROM ipp_actions GROUP BY status"#)
+                .fetch_all(&pool)
+                .await?
         {
-            let state: String = row.try_get("status")?;
-            let n: i64 = row.try_get("n")?;
-            counts.insert(state, json!(n));
+            counts.insert(row.status, json!(row.n));
         }
-        oldest_pending = sqlx::query_scalar(
+        oldest_pending = sqlx::query_scalar!(
             "SELECT extract(epoch FROM now() - min(created_at))::float8 \
              FROM ipp_actions WHERE status = 'pending'",
         )
         .fetch_one(&pool)
         .await?;
-        newest_action = sqlx::query_scalar("SELECT max(created_at) FROM ipp_actions")
+        newest_action = sqlx::query_scalar!("SELECT max(created_at) FROM ipp_actions")
             .fetch_one(&pool)
             .await?;
     }

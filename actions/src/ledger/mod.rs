@@ -63,7 +63,7 @@ pub struct NewAction {
 }
 
 /// One ledger row, as the worker sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Action {
     pub order_id: Uuid,
     pub action: String,
@@ -107,23 +107,23 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     } else {
         Status::Pending
     };
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "INSERT INTO ipp_actions (order_id, action, session_id, merchant_id, event_id, status, \
              reason, idempotency_key, source_topic, source_partition, source_offset) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (order_id, action) DO NOTHING",
+        new.order_id,
+        new.action,
+        new.session_id,
+        new.merchant_id,
+        new.event_id,
+        status.as_str(),
+        new.skip_reason,
+        idempotency_key(new.action, new.order_id),
+        new.source_topic,
+        new.source_partition,
+        new.source_offset,
     )
-    .bind(new.order_id)
-    .bind(new.action)
-    .bind(new.session_id)
-    .bind(&new.merchant_id)
-    .bind(&new.event_id)
-    .bind(status.as_str())
-    .bind(&new.skip_reason)
-    .bind(idempotency_key(new.action, new.order_id))
-    .bind(&new.source_topic)
-    .bind(new.source_partition)
-    .bind(new.source_offset)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -137,20 +137,20 @@ pub async fn claim_due(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Action>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE ipp_actions a SET attempts = a.attempts + 1, \
-             next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
-         FROM (SELECT order_id, action FROM ipp_actions \
-               WHERE status = 'pending' AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-         WHERE a.order_id = due.order_id AND a.action = due.action \
-         RETURNING a.order_id, a.action, a.session_id, a.merchant_id, a.event_id, a.status, \
-             a.attempts, a.idempotency_key, a.capture_requested_at, a.requested_amount, \
-             a.last_status_code, a.last_error, a.source_topic, a.source_partition, \
-             a.source_offset, a.created_at",
+    sqlx::query_as!(
+        Action,
+        r#"UPDATE ipp_actions a SET attempts = a.attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+         FROM (SELECT order_id, action FROM ipp_actions
+               WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+         WHERE a.order_id = due.order_id AND a.action = due.action
+         RETURNING a.order_id, a.action, a.session_id, a.merchant_id, a.event_id,
+             a.attempts, a.idempotency_key, a.capture_requested_at, a.requested_amount,
+             a.source_topic, a.source_partition, a.source_offset, a.created_at"#,
+        limit,
+        lease.as_secs_f64(),
     )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await
 }
@@ -164,14 +164,14 @@ pub async fn capture_requested(
     action: &str,
     amount: i64,
 ) -> Result<i64, sqlx::Error> {
-    let (amount,): (i64,) = sqlx::query_as(
-        "UPDATE ipp_actions SET capture_requested_at = coalesce(capture_requested_at, now()), \
-             requested_amount = coalesce(requested_amount, $3), updated_at = now() \
-         WHERE order_id = $1 AND action = $2 RETURNING requested_amount",
+    let amount = sqlx::query_scalar!(
+        r#"UPDATE ipp_actions SET capture_requested_at = coalesce(capture_requested_at, now()),
+             requested_amount = coalesce(requested_amount, $3), updated_at = now()
+         WHERE order_id = $1 AND action = $2 RETURNING requested_amount AS "requested_amount!""#,
+        order_id,
+        action,
+        amount,
     )
-    .bind(order_id)
-    .bind(action)
-    .bind(amount)
     .fetch_one(pool)
     .await?;
     Ok(amount)
@@ -185,20 +185,20 @@ pub async fn finish(
     status: Status,
     outcome: &Outcome,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE ipp_actions SET status = $3, reason = $4, \
              capture_id = coalesce($5, capture_id), captured_amount = coalesce($6, captured_amount), \
              last_status_code = coalesce($7, last_status_code), last_error = $8, updated_at = now() \
          WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+        order_id,
+        action,
+        status.as_str(),
+        outcome.reason,
+        outcome.capture_id,
+        outcome.captured_amount,
+        outcome.last_status_code,
+        outcome.last_error,
     )
-    .bind(order_id)
-    .bind(action)
-    .bind(status.as_str())
-    .bind(&outcome.reason)
-    .bind(&outcome.capture_id)
-    .bind(outcome.captured_amount)
-    .bind(outcome.last_status_code)
-    .bind(&outcome.last_error)
     .execute(pool)
     .await?;
     Ok(())
@@ -213,16 +213,16 @@ pub async fn reschedule(
     last_status_code: Option<i32>,
     last_error: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE ipp_actions SET next_attempt_at = now() + make_interval(secs => $3), \
              last_status_code = coalesce($4, last_status_code), last_error = $5, updated_at = now() \
          WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+        order_id,
+        action,
+        delay.as_secs_f64(),
+        last_status_code,
+        last_error,
     )
-    .bind(order_id)
-    .bind(action)
-    .bind(delay.as_secs_f64())
-    .bind(last_status_code)
-    .bind(last_error)
     .execute(pool)
     .await?;
     Ok(())
@@ -230,12 +230,13 @@ pub async fn reschedule(
 
 /// Pending actions and the age of the oldest, in seconds.
 pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let (count, oldest): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
-         FROM ipp_actions WHERE status = 'pending'",
+    let stats = sqlx::query!(
+        r#"SELECT count(*) AS "count!", extract(epoch FROM now() - min(created_at))::float8 AS oldest
+         FROM ipp_actions WHERE status = 'pending'"#,
     )
     .fetch_one(pool)
     .await?;
+    let (count, oldest) = (stats.count, stats.oldest);
     Ok((count, oldest.unwrap_or(0.0)))
 }
 

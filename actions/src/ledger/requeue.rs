@@ -8,7 +8,7 @@
 use std::future::Future;
 
 use ipp_schemas::FailedActionRecord;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Which failed actions.
@@ -34,37 +34,27 @@ pub struct Requeued {
     pub capture_requested: bool,
 }
 
-fn requeued(row: &sqlx::postgres::PgRow) -> Result<Requeued, sqlx::Error> {
-    Ok(Requeued {
-        order_id: row.try_get("order_id")?,
-        action: row.try_get("action")?,
-        merchant_id: row.try_get("merchant_id")?,
-        previous_reason: row.try_get("reason")?,
-        previous_attempts: row.try_get("attempts")?,
-        capture_requested: row.try_get("capture_requested")?,
-    })
-}
-
 /// The failed actions `selection` names (nothing changes).
 pub async fn failed(
     conn: &mut PgConnection,
     selection: &Selection,
 ) -> Result<Vec<Requeued>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT order_id, action, merchant_id, reason, attempts,
-             capture_requested_at IS NOT NULL AS capture_requested
+    sqlx::query_as!(
+        Requeued,
+        r#"SELECT order_id, action, merchant_id, reason AS previous_reason,
+             attempts AS previous_attempts,
+             capture_requested_at IS NOT NULL AS "capture_requested!"
          FROM ipp_actions
          WHERE status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3)
              AND ($4::text IS NULL OR action = $4)
-         ORDER BY created_at, order_id",
+         ORDER BY created_at, order_id"#,
+        selection.all,
+        &selection.orders[..],
+        selection.merchant,
+        selection.action,
     )
-    .bind(selection.all)
-    .bind(&selection.orders)
-    .bind(&selection.merchant)
-    .bind(&selection.action)
     .fetch_all(conn)
-    .await?;
-    rows.iter().map(requeued).collect()
+    .await
 }
 
 /// Puts the selected `failed` actions back to `pending`, due now, with a fresh attempt
@@ -76,34 +66,36 @@ pub async fn requeue(
     selection: &Selection,
     via: &str,
 ) -> Result<Vec<Requeued>, sqlx::Error> {
-    let rows = sqlx::query(
-        "WITH previous AS ( \
-             SELECT order_id, action, merchant_id, reason, attempts, last_error, \
-                 capture_requested_at IS NOT NULL AS capture_requested \
-             FROM ipp_actions \
-             WHERE status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3) \
-                 AND ($4::text IS NULL OR action = $4) \
-             FOR UPDATE), \
-         updated AS ( \
-             UPDATE ipp_actions a SET status = 'pending', next_attempt_at = now(), \
-                 attempts = 0, reason = NULL, updated_at = now() \
-             FROM previous p WHERE a.order_id = p.order_id AND a.action = p.action \
-             RETURNING a.order_id), \
-         audit AS ( \
-             INSERT INTO ipp_action_retries \
-                 (order_id, action, via, previous_reason, previous_attempts, previous_error) \
-             SELECT order_id, action, $5, reason, attempts, last_error FROM previous) \
-         SELECT order_id, action, merchant_id, reason, attempts, capture_requested \
-         FROM previous ORDER BY order_id",
+    sqlx::query_as!(
+        Requeued,
+        r#"WITH previous AS (
+             SELECT order_id, action, merchant_id, reason, attempts, last_error,
+                 capture_requested_at IS NOT NULL AS capture_requested
+             FROM ipp_actions
+             WHERE status = 'failed' AND ($1 OR order_id = ANY($2) OR merchant_id = $3)
+                 AND ($4::text IS NULL OR action = $4)
+             FOR UPDATE),
+         updated AS (
+             UPDATE ipp_actions a SET status = 'pending', next_attempt_at = now(),
+                 attempts = 0, reason = NULL, updated_at = now()
+             FROM previous p WHERE a.order_id = p.order_id AND a.action = p.action
+             RETURNING a.order_id),
+         audit AS (
+             INSERT INTO ipp_action_retries
+                 (order_id, action, via, previous_reason, previous_attempts, previous_error)
+             SELECT order_id, action, $5, reason, attempts, last_error FROM previous)
+         SELECT order_id AS "order_id!", action AS "action!", merchant_id,
+             reason AS previous_reason, attempts AS "previous_attempts!",
+             capture_requested AS "capture_requested!"
+         FROM previous ORDER BY order_id"#,
+        selection.all,
+        &selection.orders[..],
+        selection.merchant,
+        selection.action,
+        via,
     )
-    .bind(selection.all)
-    .bind(&selection.orders)
-    .bind(&selection.merchant)
-    .bind(&selection.action)
-    .bind(via)
     .fetch_all(conn)
-    .await?;
-    rows.iter().map(requeued).collect()
+    .await
 }
 
 /// The current status of one action, if the ledger has it.
@@ -112,11 +104,13 @@ pub async fn status(
     order_id: Uuid,
     action: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM ipp_actions WHERE order_id = $1 AND action = $2")
-        .bind(order_id)
-        .bind(action)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_scalar!(
+        "SELECT status FROM ipp_actions WHERE order_id = $1 AND action = $2",
+        order_id,
+        action,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// The ledger as `ipp-ops dlq redrive` sees it.

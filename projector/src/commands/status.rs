@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use ipp_ops::{args::StatusArgs, output, status, Error};
 use serde_json::json;
-use sqlx::Row;
 
 use super::dlq::{database, kafka};
 use crate::config::Config;
@@ -22,20 +21,19 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let mut last_commit: Option<DateTime<Utc>> = None;
     let mut newest: Option<DateTime<Utc>> = None;
     if migrated {
-        for row in sqlx::query(
+        for row in sqlx::query!(
             "SELECT partition, next_offset, updated_at FROM ipp_projector_offsets \
              WHERE consumer_group = $1 AND topic = $2",
+            config.group,
+            config.ipp_topic,
         )
-        .bind(&config.group)
-        .bind(&config.ipp_topic)
         .fetch_all(&pool)
         .await?
         {
-            checkpoints.insert(row.try_get("partition")?, Some(row.try_get("next_offset")?));
-            let at: DateTime<Utc> = row.try_get("updated_at")?;
-            last_commit = last_commit.max(Some(at));
+            checkpoints.insert(row.partition, Some(row.next_offset));
+            last_commit = last_commit.max(Some(row.updated_at));
         }
-        newest = sqlx::query_scalar("SELECT max(received_at) FROM ipp_events")
+        newest = sqlx::query_scalar!("SELECT max(received_at) FROM ipp_events")
             .fetch_one(&pool)
             .await?;
     }

@@ -17,8 +17,9 @@ const TEXT_OID: i32 = 25;
 /// The only `jsonb` binary format version.
 const JSONB_VERSION: u8 = 1;
 
-/// The columns of `ipp_events` that [`events`] writes, in its order.
-pub(super) const EVENT_COLUMNS: [&str; 11] = [
+/// The columns of `ipp_events` that [`events`] writes, in its order (checked against the
+/// migrations by `projector/tests/copy_columns.rs`).
+pub const EVENT_COLUMNS: [&str; 11] = [
     "event_id",
     "event_type",
     "merchant_id",
@@ -32,8 +33,9 @@ pub(super) const EVENT_COLUMNS: [&str; 11] = [
     "payload",
 ];
 
-/// The columns of `ipp_sessions` that [`sessions`] writes, in its order.
-pub(super) const SESSION_COLUMNS: [&str; 14] = [
+/// The columns of `ipp_sessions` that [`sessions`] writes, in its order (checked against
+/// the migrations by `projector/tests/copy_columns.rs`).
+pub const SESSION_COLUMNS: [&str; 14] = [
     "session_id",
     "merchant_id",
     "status",

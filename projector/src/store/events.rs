@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{record::NewEvent, session::SessionEvent, Error};
@@ -14,31 +14,30 @@ pub(super) async fn of_sessions(
     sessions: &BTreeSet<Uuid>,
 ) -> Result<HashMap<Uuid, Vec<SessionEvent>>, Error> {
     let ids: Vec<Uuid> = sessions.iter().copied().collect();
-    let rows = sqlx::query(
-        "SELECT session_id, event_id, event_type, merchant_id, order_id, failure_reason,
-                occurred_at, payload->>'timestamp'
-         FROM ipp_events WHERE session_id = ANY($1)",
+    let rows = sqlx::query!(
+        r#"SELECT session_id, event_id, event_type, merchant_id, order_id, failure_reason,
+                occurred_at, payload->>'timestamp' AS "payload_timestamp?"
+         FROM ipp_events WHERE session_id = ANY($1)"#,
+        &ids[..],
     )
-    .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
     let mut by_session: HashMap<Uuid, Vec<SessionEvent>> = HashMap::new();
-    for row in &rows {
-        let stored_at: DateTime<Utc> = row.try_get(6)?;
-        let raw: Option<String> = row.try_get(7)?;
+    for row in rows {
         // The payload keeps the nanoseconds PostgreSQL drops.
-        let occurred_at = raw
+        let occurred_at = row
+            .payload_timestamp
             .and_then(|raw| DateTime::parse_from_rfc3339(&raw).ok())
-            .map_or(stored_at, |t| t.with_timezone(&Utc));
+            .map_or(row.occurred_at, |t| t.with_timezone(&Utc));
         by_session
-            .entry(row.try_get(0)?)
+            .entry(row.session_id)
             .or_default()
             .push(SessionEvent {
-                event_id: row.try_get(1)?,
-                event_type: row.try_get(2)?,
-                merchant_id: row.try_get(3)?,
-                order_id: row.try_get(4)?,
-                failure_reason: row.try_get(5)?,
+                event_id: row.event_id,
+                event_type: row.event_type,
+                merchant_id: row.merchant_id,
+                order_id: row.order_id,
+                failure_reason: row.failure_reason,
                 occurred_at,
             });
     }
@@ -56,7 +55,7 @@ pub(super) async fn insert<'a>(
     let column = |f: &dyn Fn(&NewEvent) -> Option<String>| -> Vec<Option<String>> {
         distinct.iter().map(|e| f(e)).collect()
     };
-    let rows = sqlx::query(
+    let inserted: HashSet<String> = sqlx::query_scalar!(
         "INSERT INTO ipp_events (event_id, event_type, merchant_id, session_id, order_id,
              failure_reason, occurred_at, received_at, kafka_partition, kafka_offset, payload)
          SELECT e, t, m, s, o, f, oc, r, p, k, pl::jsonb
@@ -65,39 +64,31 @@ pub(super) async fn insert<'a>(
               AS u(e, t, m, s, o, f, oc, r, p, k, pl)
          ON CONFLICT (event_id) DO NOTHING
          RETURNING event_id",
-    )
-    .bind(column(&|e| Some(e.event.event_id.clone())))
-    .bind(column(&|e| Some(e.event.event_type.clone())))
-    .bind(column(&|e| e.event.merchant_id.clone()))
-    .bind(distinct.iter().map(|e| e.session_id).collect::<Vec<_>>())
-    .bind(
-        distinct
+        &column(&|e| Some(e.event.event_id.clone()))[..] as &[Option<String>],
+        &column(&|e| Some(e.event.event_type.clone()))[..] as &[Option<String>],
+        &column(&|e| e.event.merchant_id.clone())[..] as &[Option<String>],
+        &distinct.iter().map(|e| e.session_id).collect::<Vec<_>>()[..],
+        &distinct
             .iter()
             .map(|e| e.event.order_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(&|e| e.event.failure_reason.clone()))
-    .bind(
-        distinct
+            .collect::<Vec<_>>()[..] as &[Option<Uuid>],
+        &column(&|e| e.event.failure_reason.clone())[..] as &[Option<String>],
+        &distinct
             .iter()
             .map(|e| e.event.occurred_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(distinct.iter().map(|e| e.received_at).collect::<Vec<_>>())
-    .bind(
-        distinct
+            .collect::<Vec<_>>()[..],
+        &distinct.iter().map(|e| e.received_at).collect::<Vec<_>>()[..],
+        &distinct
             .iter()
             .map(|e| e.kafka_partition)
-            .collect::<Vec<_>>(),
+            .collect::<Vec<_>>()[..],
+        &distinct.iter().map(|e| e.kafka_offset).collect::<Vec<_>>()[..],
+        &column(&|e| Some(e.payload.clone()))[..] as &[Option<String>],
     )
-    .bind(distinct.iter().map(|e| e.kafka_offset).collect::<Vec<_>>())
-    .bind(column(&|e| Some(e.payload.clone())))
     .fetch_all(&mut **tx)
-    .await?;
-    let inserted: HashSet<String> = rows
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
+    .await?
+    .into_iter()
+    .collect();
     Ok(distinct
         .into_iter()
         .filter(|e| inserted.contains(&e.event.event_id))

@@ -24,6 +24,8 @@ pub mod offsets;
 mod sessions;
 pub mod statistics;
 
+pub use copy::{EVENT_COLUMNS, SESSION_COLUMNS};
+
 /// Applies the projector's migrations.
 ///
 /// sqlx's migrator takes `pg_advisory_lock` (keyed by the database name) before it
@@ -122,7 +124,7 @@ pub async fn store_batch<'a>(
     let inserted = match mode {
         WriteMode::Copy if candidates.len() >= COPY_MIN_ROWS => {
             let rows = copy::events(&candidates);
-            copy::copy_rows(tx, "ipp_events", &copy::EVENT_COLUMNS, &rows).await?;
+            copy::copy_rows(tx, "ipp_events", &EVENT_COLUMNS, &rows).await?;
             candidates
         }
         WriteMode::Copy | WriteMode::OnConflict => events::insert(tx, candidates).await?,
@@ -152,7 +154,7 @@ pub async fn store_batch<'a>(
     let sessions_created = created.len();
     if mode == WriteMode::Copy && created.len() >= COPY_MIN_ROWS {
         let rows = copy::sessions(&created);
-        copy::copy_rows(tx, "ipp_sessions", &copy::SESSION_COLUMNS, &rows).await?;
+        copy::copy_rows(tx, "ipp_sessions", &SESSION_COLUMNS, &rows).await?;
     } else {
         changed.append(&mut created);
     }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::Error;
 
@@ -22,14 +22,14 @@ pub async fn lock(
         return Ok(locked);
     }
     // A partition met for the first time: give it a row, then lock them all.
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ipp_projector_offsets (consumer_group, topic, partition, next_offset)
          SELECT $1, $2, p, 0 FROM UNNEST($3::int4[]) AS p
          ON CONFLICT DO NOTHING",
+        group,
+        topic,
+        &partitions[..],
     )
-    .bind(group)
-    .bind(topic)
-    .bind(&partitions)
     .execute(&mut **tx)
     .await?;
     select_offsets_for_update(tx, group, topic, &partitions).await
@@ -41,20 +41,21 @@ async fn select_offsets_for_update(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT partition, next_offset FROM ipp_projector_offsets
          WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
          ORDER BY partition
          FOR UPDATE",
+        group,
+        topic,
+        partitions,
     )
-    .bind(group)
-    .bind(topic)
-    .bind(partitions)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.partition, row.next_offset))
+        .collect())
 }
 
 /// Moves stored offsets forward (never back) and returns every stored next offset of
@@ -66,28 +67,29 @@ pub async fn save(
     offsets: &BTreeMap<i32, i64>,
 ) -> Result<HashMap<i32, i64>, Error> {
     let (partitions, next): (Vec<i32>, Vec<i64>) = offsets.iter().unzip();
-    let rows = sqlx::query(
-        "WITH saved AS (
+    let rows = sqlx::query!(
+        r#"WITH saved AS (
              UPDATE ipp_projector_offsets AS o
              SET next_offset = GREATEST(o.next_offset, u.n), updated_at = now()
              FROM UNNEST($3::int4[], $4::int8[]) AS u(p, n)
              WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = u.p
              RETURNING o.partition, o.next_offset
          )
-         SELECT partition, next_offset FROM saved
+         SELECT partition AS "partition!", next_offset AS "next_offset!" FROM saved
          UNION ALL
          SELECT partition, next_offset FROM ipp_projector_offsets
-         WHERE consumer_group = $1 AND topic = $2 AND partition <> ALL($3)",
+         WHERE consumer_group = $1 AND topic = $2 AND partition <> ALL($3)"#,
+        group,
+        topic,
+        &partitions[..],
+        &next[..],
     )
-    .bind(group)
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&next)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.partition, row.next_offset))
+        .collect())
 }
 
 /// Every stored next offset of a group on a topic.
@@ -96,15 +98,16 @@ pub async fn load<'e>(
     group: &str,
     topic: &str,
 ) -> Result<HashMap<i32, i64>, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT partition, next_offset FROM ipp_projector_offsets
          WHERE consumer_group = $1 AND topic = $2",
+        group,
+        topic,
     )
-    .bind(group)
-    .bind(topic)
     .fetch_all(executor)
     .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.partition, row.next_offset))
+        .collect())
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -15,12 +16,12 @@ pub(super) async fn lock(
     let mut keys: Vec<i64> = sessions.iter().map(|s| lock_key(*s)).collect();
     keys.sort_unstable();
     keys.dedup();
-    sqlx::query(
+    sqlx::query!(
         "SELECT count(pg_advisory_xact_lock(k))
          FROM UNNEST($1::int8[]) WITH ORDINALITY AS t(k, i)",
+        &keys[..],
     )
-    .bind(&keys)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
     Ok(())
 }
@@ -28,6 +29,11 @@ pub(super) async fn lock(
 fn lock_key(session: Uuid) -> i64 {
     let bytes = session.as_bytes();
     i64::from_be_bytes(bytes[..8].try_into().expect("uuid has 16 bytes"))
+}
+
+/// One column of `rows`, as an array for `UNNEST`.
+fn column<'a, T>(rows: &'a [SessionRow], f: impl Fn(&'a SessionRow) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
 }
 
 pub(super) async fn upsert(
@@ -38,7 +44,7 @@ pub(super) async fn upsert(
         return Ok(());
     }
     // `updated_at` only moves when the row's content does.
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ipp_sessions (session_id, merchant_id, status, order_id, created_at,
              activated_at, finalized_at, cancelled_at, failed_attempts, last_failure_reason,
              last_event_id, last_event_at, event_count, anomalies, updated_at)
@@ -74,36 +80,20 @@ pub(super) async fn upsert(
                 EXCLUDED.cancelled_at, EXCLUDED.failed_attempts,
                 EXCLUDED.last_failure_reason, EXCLUDED.last_event_id,
                 EXCLUDED.last_event_at, EXCLUDED.event_count, EXCLUDED.anomalies)",
-    )
-    .bind(rows.iter().map(|r| r.session_id).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.merchant_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.activated_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.finalized_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.cancelled_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.failed_attempts).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.last_failure_reason.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.last_event_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.anomalies.join(","))
-            .collect::<Vec<_>>(),
+        &column(rows, |r| r.session_id)[..],
+        &column(rows, |r| r.merchant_id.clone())[..] as &[Option<String>],
+        &column(rows, |r| r.status.as_str())[..] as &[&str],
+        &column(rows, |r| r.order_id)[..] as &[Option<Uuid>],
+        &column(rows, |r| r.created_at)[..] as &[Option<DateTime<Utc>>],
+        &column(rows, |r| r.activated_at)[..] as &[Option<DateTime<Utc>>],
+        &column(rows, |r| r.finalized_at)[..] as &[Option<DateTime<Utc>>],
+        &column(rows, |r| r.cancelled_at)[..] as &[Option<DateTime<Utc>>],
+        &column(rows, |r| r.failed_attempts)[..],
+        &column(rows, |r| r.last_failure_reason.clone())[..] as &[Option<String>],
+        &column(rows, |r| r.last_event_id.clone())[..],
+        &column(rows, |r| r.last_event_at)[..],
+        &column(rows, |r| r.event_count)[..],
+        &column(rows, |r| r.anomalies.join(","))[..],
     )
     .execute(&mut **tx)
     .await?;

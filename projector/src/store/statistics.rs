@@ -54,7 +54,7 @@ impl AutoAnalyze {
         tokio::spawn(async move {
             // Only the columns the engine's plans depend on: statistics of the payload
             // (jsonb) are the expensive part, and autovacuum computes them later anyway.
-            match sqlx::query("ANALYZE ipp_events (session_id), ipp_sessions (session_id)")
+            match sqlx::query!("ANALYZE ipp_events (session_id), ipp_sessions (session_id)")
                 .execute(&pool)
                 .await
             {

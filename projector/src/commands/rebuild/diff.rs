@@ -1,5 +1,6 @@
 //! `--dry-run`: the shadow built up to exactly the live offsets, then compared with the
-//! live tables row by row (rows added, changed and missing).
+//! live tables row by row (rows added, changed and missing). Its SQL is built at run
+//! time: it names the live and shadow schemas (checked by `schema::validate`).
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -134,10 +134,12 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
     let admin = schema::connect(&admin_database, live).await?;
     // One rebuild at a time: held by this connection until the command ends.
     let mut guard = admin.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(REBUILD_LOCK)
-        .fetch_one(&mut *guard)
-        .await?;
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1) AS "locked!""#,
+        REBUILD_LOCK
+    )
+    .fetch_one(&mut *guard)
+    .await?;
     if !locked {
         return Err(Error::Operation(
             "another rebuild or rollback is running on this database".into(),
@@ -157,6 +159,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
         }
         previous
     } else {
+        // Runtime SQL: schema names are identifiers (checked by `schema::validate`).
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
             .execute(&admin)
             .await?;
@@ -279,6 +282,7 @@ async fn discard(admin: &PgPool, pool: PgPool, shadow: &str, refused: Error) -> 
 async fn row_counts(pool: &PgPool, schema_name: &str) -> Result<HashMap<String, i64>, Error> {
     let mut counts = HashMap::new();
     for table in ["ipp_events", "ipp_sessions"] {
+        // Runtime SQL: a schema-qualified name (the schema was validated).
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema_name}.{table}"))
             .fetch_one(pool)
             .await?;

@@ -35,7 +35,7 @@ pub(super) async fn swap(
         .collect::<Vec<_>>()
         .join(", ");
     // Readers queue behind a waiting lock request: do not wait long for a long query
-    // or a stuck batch, try again later instead.
+    // or a stuck batch, try again later instead. (Runtime SQL: SET takes no parameters.)
     sqlx::query(&format!("SET LOCAL lock_timeout = {}", args.lock_wait_ms))
         .execute(&mut *tx)
         .await?;
@@ -50,9 +50,10 @@ pub(super) async fn swap(
         }
         Err(e) => return Err(e.into()),
     }
-    sqlx::query("SET LOCAL lock_timeout = 0")
+    sqlx::query!("SET LOCAL lock_timeout = 0")
         .execute(&mut *tx)
         .await?;
+    // Runtime SQL from here on where a schema name is in the text (see the module header).
     let live_offsets: BTreeMap<i32, i64> = sqlx::query(&format!(
         "SELECT partition, next_offset FROM {live}.ipp_projector_offsets
          WHERE consumer_group = $1 AND topic = $2"
@@ -101,19 +102,19 @@ pub(super) async fn swap(
     }
     // Privileges granted on the live tables (a read-only role for analysts, a BI
     // tool) go with the name, not with the rebuilt tables: grant them there too.
-    let mut statements: Vec<String> = sqlx::query_scalar(
-        "SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, $2::text, c.relname,
+    let mut statements: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, $2::text, c.relname,
                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
-                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+                       CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) AS "grant!"
          FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          CROSS JOIN LATERAL aclexplode(c.relacl) a
          LEFT JOIN pg_roles r ON r.oid = a.grantee
-         WHERE n.nspname = $1 AND c.relname = ANY($3) AND a.grantee <> c.relowner",
+         WHERE n.nspname = $1 AND c.relname = ANY($3) AND a.grantee <> c.relowner"#,
+        live,
+        source,
+        schema::TABLES.as_slice() as &[&str],
     )
-    .bind(live)
-    .bind(source)
-    .bind(schema::TABLES.as_slice())
     .fetch_all(&mut *tx)
     .await?;
     statements.extend([
