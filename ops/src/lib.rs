@@ -19,6 +19,7 @@ pub mod error;
 pub mod kafka;
 pub mod output;
 pub mod redrive;
+pub mod redrives;
 pub mod status;
 
 pub use args::{DlqCommand, StatusArgs};

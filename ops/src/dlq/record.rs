@@ -1,4 +1,5 @@
-//! Parked records: what each one says about itself, filters, `dlq list` and `dlq show`.
+//! One parked record and what it says about itself: provenance, error, redrive count,
+//! the event or failed action it holds, and the filters of `dlq list|redrive`.
 
 use chrono::{DateTime, Utc};
 use ipp_schemas::{
@@ -8,19 +9,7 @@ use ipp_schemas::{
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde_json::{json, Value};
 
-use crate::{
-    args::{Filters, ListArgs, RecordRef, ShowArgs},
-    kafka::{self, KafkaSettings},
-    output::{self, Table},
-    Error,
-};
-
-/// Where a command finds the dead letters of one service.
-#[derive(Debug, Clone)]
-pub struct DlqSource {
-    pub kafka: KafkaSettings,
-    pub topic: String,
-}
+use crate::args::{Filters, RecordRef};
 
 /// One record of a dead-letter topic.
 #[derive(Debug, Clone)]
@@ -208,163 +197,6 @@ impl DlqRecord {
         );
         value
     }
-}
-
-/// Every parked record, oldest offset first per partition.
-pub async fn read(source: &DlqSource) -> Result<Vec<DlqRecord>, Error> {
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer = source.kafka.reader()?;
-        let messages = kafka::read_all(&consumer, &source.topic)?;
-        Ok(messages.iter().map(DlqRecord::from_message).collect())
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
-}
-
-/// One parked record.
-pub async fn read_one(source: &DlqSource, at: RecordRef) -> Result<DlqRecord, Error> {
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer = source.kafka.reader()?;
-        kafka::partitions(&consumer, &source.topic)?;
-        kafka::read_one(&consumer, &source.topic, at.partition, at.offset)?
-            .map(|m| DlqRecord::from_message(&m))
-            .ok_or(Error::NoSuchRecord {
-                topic: source.topic.clone(),
-                partition: at.partition,
-                offset: at.offset,
-            })
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
-}
-
-/// `dlq list`. With the database, each record also says whether (and where to) it was
-/// redriven already.
-pub async fn list(
-    source: &DlqSource,
-    database: &crate::Database,
-    args: &ListArgs,
-) -> Result<(), Error> {
-    let records: Vec<DlqRecord> = read(source)
-        .await?
-        .into_iter()
-        .filter(|r| r.matches(&args.filters))
-        .take(args.limit.unwrap_or(usize::MAX))
-        .collect();
-    let redriven = crate::redrive::redriven(database, &source.topic).await;
-    let redriven_of = |record: &DlqRecord| {
-        redriven
-            .as_ref()
-            .and_then(|found| found.get(&record.position()))
-    };
-    if args.json {
-        return output::json_lines(records.iter().map(|record| {
-            let mut line = record.summary();
-            line["redriven"] = match (&redriven, redriven_of(record)) {
-                (None, _) => Value::Null,
-                (Some(_), None) => json!(false),
-                (Some(_), Some(_)) => json!(true),
-            };
-            if let Some(previous) = redriven_of(record) {
-                line["redriven_at"] = json!(previous.redriven_at);
-                line["redriven_to"] = json!(previous.target);
-            }
-            line
-        }));
-    }
-    let mut table = Table::new([
-        "DLQ",
-        "PARKED AT",
-        "SOURCE",
-        "EVENT ID",
-        "TYPE",
-        "REDRIVES",
-        "REDRIVEN TO",
-        "ERROR",
-    ]);
-    for record in &records {
-        table.row([
-            record.position().to_string(),
-            output::time(record.parked_at()),
-            format!(
-                "{}[{}]@{}",
-                record.source_topic().unwrap_or_else(|| "?".into()),
-                output::opt(record.source_partition()),
-                output::opt(record.source_offset()),
-            ),
-            record.event_id().unwrap_or_else(|| "-".into()),
-            record.event_type().unwrap_or_else(|| "-".into()),
-            record.redrive_count().to_string(),
-            match (&redriven, redriven_of(record)) {
-                (None, _) => "?".into(),
-                (Some(_), None) => "-".into(),
-                (Some(_), Some(previous)) => previous.target.clone(),
-            },
-            output::truncate(&record.error().unwrap_or_default(), 80),
-        ]);
-    }
-    table.print()?;
-    let outstanding = redriven
-        .as_ref()
-        .map(|_| records.iter().filter(|r| redriven_of(r).is_none()).count());
-    output::line(&format!(
-        "{} record(s) in {}{}",
-        records.len(),
-        source.topic,
-        outstanding
-            .map(|n| format!(", {n} not redriven yet"))
-            .unwrap_or_default()
-    ))
-}
-
-/// `dlq show`.
-pub async fn show(source: &DlqSource, args: &ShowArgs) -> Result<(), Error> {
-    let record = read_one(source, args.record).await?;
-    if args.json {
-        return output::json_lines([record.full()]);
-    }
-    let full = record.full();
-    let mut text = String::new();
-    for field in [
-        "position",
-        "parked_at",
-        "service",
-        "source_topic",
-        "source_partition",
-        "source_offset",
-        "event_id",
-        "event_type",
-        "session_id",
-        "order_id",
-        "redrive_count",
-        "error",
-        "timestamp",
-        "key",
-    ] {
-        let value = match &full[field] {
-            Value::String(s) => s.clone(),
-            Value::Null => "-".into(),
-            other => other.to_string(),
-        };
-        text.push_str(&format!("{field:<17} {value}\n"));
-    }
-    text.push_str("headers:\n");
-    for (key, value) in &record.headers {
-        let value = value
-            .as_deref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| "(null)".into());
-        text.push_str(&format!("  {key}: {value}\n"));
-    }
-    text.push_str("value:\n");
-    match (&full["value_json"], &full["value"]) {
-        (Value::Null, Value::String(raw)) => text.push_str(raw),
-        (Value::Null, _) => text.push_str("(null)"),
-        (parsed, _) => text.push_str(&serde_json::to_string_pretty(parsed).unwrap_or_default()),
-    }
-    output::line(&text)
 }
 
 #[cfg(test)]
