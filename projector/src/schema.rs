@@ -12,6 +12,16 @@ use crate::{store, Error};
 /// The tables a rebuild swaps, in the order the live projector locks them.
 pub const TABLES: [&str; 3] = ["ipp_projector_offsets", "ipp_events", "ipp_sessions"];
 
+/// The read-model tables of `schema`, qualified and in [`TABLES`] order (the order the
+/// live projector locks them), for a `LOCK TABLE`. `schema` was checked by [`validate`].
+pub fn qualified_tables(schema: &str) -> String {
+    TABLES
+        .iter()
+        .map(|t| format!("{schema}.{t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Schema names are plain lowercase identifiers, so they never need quoting.
 pub fn validate(name: &str) -> Result<(), Error> {
     let mut chars = name.chars();

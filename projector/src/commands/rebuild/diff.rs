@@ -62,11 +62,7 @@ pub(super) async fn dry_run(
     }
     // Freeze the live tables for writers (readers go on), reach exactly their offsets, compare.
     let mut tx = admin.begin().await?;
-    let tables = schema::TABLES
-        .iter()
-        .map(|t| format!("{live}.{t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tables = schema::qualified_tables(live);
     sqlx::query(&format!("LOCK TABLE {tables} IN SHARE MODE"))
         .execute(&mut *tx)
         .await?;

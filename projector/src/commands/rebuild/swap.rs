@@ -29,11 +29,7 @@ pub(super) async fn swap(
     // The live projector locks ipp_projector_offsets first, then ipp_events and
     // ipp_sessions: the same order here means its batch in flight commits first and
     // its next one waits for us.
-    let tables = schema::TABLES
-        .iter()
-        .map(|t| format!("{live}.{t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let tables = schema::qualified_tables(live);
     // Readers queue behind a waiting lock request: do not wait long for a long query
     // or a stuck batch, try again later instead. (Runtime SQL: SET takes no parameters.)
     sqlx::query(&format!("SET LOCAL lock_timeout = {}", args.lock_wait_ms))
@@ -78,11 +74,7 @@ pub(super) async fn swap(
         info!("the rebuild did not reach the live offsets in time, retrying the swap");
         return Ok(false);
     }
-    let source_tables = schema::TABLES
-        .iter()
-        .map(|t| format!("{source}.{t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let source_tables = schema::qualified_tables(source);
     sqlx::query(&format!(
         "LOCK TABLE {source_tables} IN ACCESS EXCLUSIVE MODE"
     ))
