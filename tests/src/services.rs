@@ -170,6 +170,7 @@ pub struct Wiring {
     pub topic: String,
     pub dlq_topic: String,
     pub database_url: String,
+    pub database: crate::db::TestDatabase,
 }
 
 impl Wiring {
@@ -179,12 +180,13 @@ impl Wiring {
         let brokers = crate::kafka::brokers();
         let topic = crate::kafka::create_topic(&brokers, "ipp_events", partitions).await;
         let dlq_topic = crate::kafka::create_topic(&brokers, dlq_prefix, 1).await;
-        let database_url = crate::db::fresh_database().await;
+        let database = crate::db::fresh_database().await;
         Self {
             brokers,
             topic,
             dlq_topic,
-            database_url,
+            database_url: database.url().to_owned(),
+            database,
         }
     }
 }

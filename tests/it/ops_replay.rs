@@ -5,7 +5,6 @@
 //! the window, byte-identical to what ingest stored; the analyst's schema equals the
 //! live projection of the same events; and Order Management sees no call.
 
-mod rebuild_support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +17,7 @@ use ipp_tests::{
     cli,
     kafka::{self, Record},
 };
-use rebuild_support::Pipeline;
+use crate::rebuild_support::Pipeline;
 use serde_json::Value;
 
 fn rfc3339(ms: i64) -> String {

@@ -4,7 +4,6 @@
 //! going down, and the live projector carries on; `--rollback` brings the previous
 //! version back; and none of it calls Order Management or touches `ipp_actions`.
 
-mod rebuild_support;
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +19,7 @@ use ipp_tests::{
     kafka,
     services::{projector_env, spawn_listening},
 };
-use rebuild_support::{assert_sessions, Pipeline};
+use crate::rebuild_support::{assert_sessions, Pipeline};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -510,6 +509,7 @@ struct SmallSetup {
     pool: sqlx::PgPool,
     producer: ipp_tests::produce::Producer,
     projector: ipp_tests::process::Service,
+    _database: ipp_tests::db::TestDatabase,
 }
 
 impl SmallSetup {
@@ -517,7 +517,8 @@ impl SmallSetup {
         let topic = ipp_tests::unique_name("ipp_events_history");
         kafka::create_named_topic_with(brokers, &topic, 2, topic_configs).await;
         let dlq = kafka::create_topic(brokers, "ipp_dlq", 1).await;
-        let database_url = ipp_tests::db::fresh_database().await;
+        let database = ipp_tests::db::fresh_database().await;
+        let database_url = database.url().to_owned();
         let mut env = projector_env(
             brokers,
             &topic,
@@ -545,6 +546,7 @@ impl SmallSetup {
             env,
             topic,
             projector,
+            _database: database,
         }
     }
 

@@ -35,6 +35,7 @@ struct Pipeline {
     ipp_dlq: String,
     actions_dlq: String,
     _sim: Service,
+    _database: db::TestDatabase,
 }
 
 impl Pipeline {
@@ -50,12 +51,14 @@ impl Pipeline {
             ],
         );
         wait_for_tcp(sim_port, Duration::from_secs(20));
+        let database = db::fresh_database().await;
         Self {
             ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
             other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
             ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
             actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
-            database_url: db::fresh_database().await,
+            database_url: database.url().to_owned(),
+            _database: database,
             secret: Signer::random_secret(),
             ingest_port: free_port(),
             sim_url: format!("http://127.0.0.1:{sim_port}"),

@@ -46,6 +46,7 @@ struct Fixture {
     pool: PgPool,
     sim: OmSim,
     producer: Producer,
+    _database: ipp_tests::db::TestDatabase,
 }
 
 impl Fixture {
@@ -55,6 +56,7 @@ impl Fixture {
             topic,
             dlq_topic,
             database_url,
+            database,
         } = Wiring::create(partitions, "ipp_actions_dlq").await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
         let sim = OmSim::start(API_KEY, sim_env, Duration::from_secs(20));
@@ -67,6 +69,7 @@ impl Fixture {
             pool,
             sim,
             producer,
+            _database: database,
         }
     }
 

@@ -57,6 +57,7 @@ struct ActionsFixture {
     group: String,
     pool: PgPool,
     sim: OmSim,
+    _database: ipp_tests::db::TestDatabase,
 }
 
 impl ActionsFixture {
@@ -66,6 +67,7 @@ impl ActionsFixture {
             topic,
             dlq_topic,
             database_url,
+            database,
         } = Wiring::create(1, "ipp_actions_dlq").await;
         let pool = PgPool::connect(&database_url).await.expect("connect");
         let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
@@ -77,6 +79,7 @@ impl ActionsFixture {
             group: unique_name("actions"),
             pool,
             sim,
+            _database: database,
         }
     }
 
@@ -378,6 +381,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
         topic,
         dlq_topic,
         database_url,
+        database: _database,
     } = Wiring::create(2, "ipp_events_dlq").await;
     let pool = PgPool::connect(&database_url).await.expect("connect");
     let env = projector_env(
@@ -666,6 +670,7 @@ async fn two_operators_redriving_at_once_produce_each_copy_once() {
         topic,
         dlq_topic,
         database_url,
+        database: _database,
     } = Wiring::create(2, "ipp_events_dlq").await;
     let env = vec![
         ("KAFKA_BROKERS", brokers.clone()),

@@ -2,7 +2,7 @@
 //! ipp-projector, ipp-actions and the Order Management simulator as processes on fresh
 //! topics and a fresh database, fed with signed webhooks from `ipp_loadgen`.
 
-#![allow(dead_code, reason = "shared by two test binaries that each use a part")]
+#![allow(dead_code, reason = "not every helper is used by both the rebuild and the replay tests")]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,12 +39,15 @@ pub struct Pipeline {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub services: Vec<Service>,
+    /// Last: dropped after the services that use it.
+    pub database: db::TestDatabase,
 }
 
 impl Pipeline {
     pub async fn start(prefix: &str) -> Self {
         let brokers = kafka::brokers();
-        let database_url = db::fresh_database().await;
+        let database = db::fresh_database().await;
+        let database_url = database.url().to_owned();
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&database_url)
@@ -67,6 +70,7 @@ impl Pipeline {
                 .build()
                 .expect("client"),
             services: Vec::new(),
+            database,
             brokers,
         };
         let (sim, sim_port) = spawn_listening(

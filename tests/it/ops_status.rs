@@ -77,6 +77,7 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         topic,
         dlq_topic,
         database_url,
+        database: _database,
     } = Wiring::create(3, "ipp_events_dlq").await;
     let mut env = projector_env(
         &brokers,
@@ -150,6 +151,7 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
         topic,
         dlq_topic,
         database_url,
+        database: _database,
     } = Wiring::create(2, "ipp_actions_dlq").await;
     let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
     let env = actions_env(
