@@ -1,8 +1,10 @@
-//! Helpers for the black-box tests: a broker to talk to, unique topics, the real
-//! service binaries as child processes, and an independent webhook signer.
+//! Helpers for the black-box tests: a broker to talk to, unique topics, fresh
+//! databases, the services in-process (most tests) or as child processes (signals, exit
+//! codes, CLI output), and an independent webhook signer.
 
 pub mod cli;
 pub mod db;
+pub mod inprocess;
 pub mod kafka;
 pub mod process;
 pub mod produce;
