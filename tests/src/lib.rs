@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod db;
+pub mod eventually;
+pub mod ingest;
 pub mod inprocess;
 pub mod kafka;
 pub mod process;
@@ -24,4 +26,15 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
+}
+
+/// A webhook body from `schemas/fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../schemas/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The JSON body of `response`.
+pub async fn json_of(response: reqwest::Response) -> serde_json::Value {
+    response.json().await.expect("json body")
 }

@@ -74,6 +74,8 @@ pub struct Service {
     child: Option<Child>,
     /// What the process printed so far, when its output is watched.
     logs: Option<Arc<Mutex<String>>>,
+    /// The threads reading the output; they end when the process closed it.
+    watchers: Vec<thread::JoinHandle<()>>,
 }
 
 impl Service {
@@ -87,6 +89,7 @@ impl Service {
             name: binary.to_owned(),
             child: Some(child),
             logs: None,
+            watchers: Vec::new(),
         }
     }
 
@@ -107,12 +110,15 @@ impl Service {
         let logs = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        watch(binary, stdout, logs.clone());
-        watch(binary, stderr, logs.clone());
+        let watchers = vec![
+            watch(binary, stdout, logs.clone()),
+            watch(binary, stderr, logs.clone()),
+        ];
         Self {
             name: binary.to_owned(),
             child: Some(child),
             logs: Some(logs),
+            watchers,
         }
     }
 
@@ -167,6 +173,10 @@ impl Service {
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.child = None;
+                // The last lines it printed, read to the end of its output.
+                for watcher in self.watchers.drain(..) {
+                    let _ = watcher.join();
+                }
                 return status;
             }
             assert!(
@@ -201,7 +211,11 @@ impl Service {
 
 /// Reads `pipe` line by line on a thread of its own: each line to the test's output
 /// (prefixed with `name`) and to `logs`.
-fn watch(name: &str, pipe: impl Read + Send + 'static, logs: Arc<Mutex<String>>) {
+fn watch(
+    name: &str,
+    pipe: impl Read + Send + 'static,
+    logs: Arc<Mutex<String>>,
+) -> thread::JoinHandle<()> {
     let name = name.to_owned();
     thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
@@ -212,7 +226,7 @@ fn watch(name: &str, pipe: impl Read + Send + 'static, logs: Arc<Mutex<String>>)
             logs.lock().expect("logs").push_str(&text);
             line.clear();
         }
-    });
+    })
 }
 
 /// The listen address in one log line of a service's start-up ("… listening"), pretty
@@ -252,6 +266,16 @@ fn strip_ansi(line: &str) -> String {
     plain
 }
 
+/// `config`'s binary with both outputs piped and left to the caller (for the tests that
+/// read or break its logs), on the environment that configures it plus `args`.
+pub fn spawn_piped<C: ChildConfig>(config: &C, args: &[&str]) -> Child {
+    command(C::BINARY, args, &config.env(), "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", C::BINARY))
+}
+
 /// Reads `pipe` until the service logs its listen address; returns it. For a test that
 /// then closes the pipe itself.
 pub fn read_listen_addr(pipe: impl Read, within: Duration) -> SocketAddr {
@@ -284,7 +308,7 @@ pub trait ChildConfig {
     fn env(&self) -> Vec<(&'static str, String)>;
 }
 
-fn kafka_env(kafka: &ipp_service::KafkaArgs) -> [(&'static str, String); 2] {
+fn kafka_env(kafka: &ipp_service::KafkaArgs) -> Vec<(&'static str, String)> {
     let ipp_service::KafkaArgs {
         brokers,
         properties,
@@ -294,10 +318,11 @@ fn kafka_env(kafka: &ipp_service::KafkaArgs) -> [(&'static str, String); 2] {
         .filter_map(ipp_service::KafkaProperty::pair)
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    [
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("KAFKA_PROPERTIES", properties.join(",")),
-    ]
+    let mut env = vec![("KAFKA_BROKERS", brokers.clone())];
+    if !properties.is_empty() {
+        env.push(("KAFKA_PROPERTIES", properties.join(",")));
+    }
+    env
 }
 
 fn database_env(database: &ipp_service::DatabaseArgs) -> [(&'static str, String); 2] {
@@ -345,11 +370,14 @@ impl ChildConfig for ipp_ingest::Config {
             log,
         } = self;
         let secrets: Vec<&str> = webhook_secrets.iter().map(|s| s.expose()).collect();
-        let mut env = vec![
+        let mut env = Vec::new();
+        if !secrets.is_empty() {
+            env.push(("KUSTOM_WEBHOOK_SECRETS", secrets.join(",")));
+        }
+        env.extend([
             ("INGEST_LISTEN", listen.addr.to_string()),
             ("IPP_TOPIC", ipp_topic.clone()),
             ("KUSTOM_OTHER_TOPIC", other_topic.clone()),
-            ("KUSTOM_WEBHOOK_SECRETS", secrets.join(",")),
             (
                 "INGEST_SIGNATURE_TOLERANCE_SECS",
                 signature_tolerance_secs.to_string(),
@@ -362,7 +390,7 @@ impl ChildConfig for ipp_ingest::Config {
                 shutdown_timeout_secs.to_string(),
             ),
             log_env(log),
-        ];
+        ]);
         env.extend(kafka_env(kafka));
         env
     }

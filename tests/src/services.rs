@@ -1,15 +1,12 @@
 //! Starting the service binaries with the environment they need and waiting until they
 //! listen, and waiting for what they do to settle.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::eventually::eventually;
 use crate::{
     free_port,
     process::{wait_for_tcp, Service},
@@ -94,25 +91,6 @@ impl OmSim {
             .iter()
             .map(|(k, v)| (k.parse().expect("uuid"), v.as_u64().expect("count")))
             .collect()
-    }
-}
-
-/// Polls `check` every 200 ms until it holds; fails the test with `what` after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
