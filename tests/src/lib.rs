@@ -8,6 +8,7 @@ pub mod eventually;
 pub mod ingest;
 pub mod inprocess;
 pub mod kafka;
+pub mod om_sim;
 pub mod process;
 pub mod produce;
 pub mod services;
