@@ -3,15 +3,15 @@
 //! store (PostgreSQL), equal to the fold over the distinct events.
 
 use chrono::{TimeZone, Utc};
-use ipp_tests::{db, produce::ipp_body};
-use serde_json::Value;
-use sqlx::PgPool;
-use uuid::Uuid;
 use ipp_projector::{
     session::{fold, SessionEvent},
     store::{self, NewEvent},
 };
+use ipp_tests::{db, produce::ipp_body};
 use proptest::prelude::*;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
 
 const CREATED: &str = "ipp.session.created";
 const ACTIVATED: &str = "ipp.session.activated";
@@ -78,8 +78,7 @@ fn events(session: Uuid, specs: &[Spec]) -> Vec<NewEvent> {
             let order_id = event_type
                 .ends_with("finalized")
                 .then(|| Uuid::from_u128(u128::from(spec.order == 0)));
-            let failure_reason =
-                (event_type == FAILED).then(|| format!("reason-{}", spec.order));
+            let failure_reason = (event_type == FAILED).then(|| format!("reason-{}", spec.order));
             let event_id = format!("kevt_{}_{i}", session.simple());
             let payload = String::from_utf8(ipp_body(
                 &event_id,
@@ -142,12 +141,7 @@ async fn row(pool: &PgPool, session: Uuid) -> Value {
     .unwrap()
 }
 
-async fn project_in_order(
-    pool: &PgPool,
-    distinct: &[NewEvent],
-    order: &[usize],
-    cuts: &[usize],
-) {
+async fn project_in_order(pool: &PgPool, distinct: &[NewEvent], order: &[usize], cuts: &[usize]) {
     let mut cuts: Vec<usize> = cuts.to_vec();
     cuts.push(order.len());
     cuts.sort_unstable();

@@ -1,18 +1,24 @@
-//! The whole pipeline as separate processes: ipp-ingest, ipp-projector, ipp-actions and
-//! the Order Management simulator against the test broker and a fresh database. A
+//! The whole pipeline as separate processes: ipp-ingest, ipp-projector and ipp-actions
+//! (the Order Management simulator in-process) against the test broker and a fresh
+//! database. A
 //! generated workload goes in over signed HTTP while each service is SIGKILLed and
 //! restarted once; what comes out must be exactly what the workload implies.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
+use ipp_service::ListenArgs;
 use ipp_tests::{
-    db, free_port,
+    db::{self, TestDatabase},
+    free_port,
+    inprocess::{actions_config, ingest_config, projector_config, OrderManagement},
     kafka::{self, Record},
-    process::{wait_for_tcp, Service},
+    om_sim::OmSim,
+    process::{wait_for_tcp, ChildConfig, Service},
     signer::Signer,
     unique_name,
 };
@@ -26,42 +32,33 @@ struct Pipeline {
     brokers: String,
     ipp_topic: String,
     other_topic: String,
-    database_url: String,
     secret: String,
+    /// Ingest's port, the same across its restart: the senders keep their URL. Free a
+    /// moment ago (the one port race left in this test).
     ingest_port: u16,
     sim_url: String,
     projector_group: String,
     actions_group: String,
     ipp_dlq: String,
     actions_dlq: String,
-    _sim: Service,
-    _database: db::TestDatabase,
+    _sim: OmSim,
+    /// Last: dropped after the services that use it.
+    database: TestDatabase,
 }
 
 impl Pipeline {
     async fn start() -> Self {
         let brokers = kafka::brokers();
-        let sim_port = free_port();
-        let sim = Service::spawn(
-            "ipp-om-sim",
-            &[],
-            &[
-                ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
-                ("OM_SIM_API_KEY", API_KEY.into()),
-            ],
-        );
-        wait_for_tcp(sim_port, Duration::from_secs(20));
-        let database = db::fresh_database().await;
+        let sim = OmSim::start(API_KEY);
         Self {
             ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
             other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
             ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
             actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
-            database_url: database.url().to_owned(),
-            _database: database,
+            database: db::fresh_database().await,
             secret: Signer::random_secret(),
             ingest_port: free_port(),
-            sim_url: format!("http://127.0.0.1:{sim_port}"),
+            sim_url: sim.url.clone(),
             projector_group: unique_name("e2e_projector"),
             actions_group: unique_name("e2e_actions"),
             brokers,
@@ -69,61 +66,60 @@ impl Pipeline {
         }
     }
 
+    /// `config`'s binary as a child process (these tests SIGKILL them), logging warnings
+    /// only.
+    fn spawn<C: ChildConfig>(config: &C) -> Service {
+        let mut env = config.env();
+        env.push(("RUST_LOG", "warn".into()));
+        Service::spawn(C::BINARY, &[], &env)
+    }
+
     fn ingest(&self) -> Service {
-        let service = Service::spawn(
-            "ipp-ingest",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("INGEST_LISTEN", format!("127.0.0.1:{}", self.ingest_port)),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("KUSTOM_OTHER_TOPIC", self.other_topic.clone()),
-                ("KUSTOM_WEBHOOK_SECRETS", self.secret.clone()),
-                ("INGEST_MAX_BODY_BYTES", "16384".into()),
-            ],
+        let mut config = ingest_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.other_topic,
+            std::slice::from_ref(&self.secret),
         );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], self.ingest_port)));
+        config.max_body_bytes = 16384;
+        let service = Service::start(&config, &[]);
         wait_for_tcp(self.ingest_port, Duration::from_secs(20));
         service
     }
 
     fn projector(&self) -> Service {
         let port = free_port();
-        let service = Service::spawn(
-            "ipp-projector",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("IPP_DLQ_TOPIC", self.ipp_dlq.clone()),
-                ("DATABASE_URL", self.database_url.clone()),
-                ("PROJECTOR_GROUP", self.projector_group.clone()),
-                ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
-                ("RUST_LOG", "warn".into()),
-            ],
+        let mut config = projector_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.ipp_dlq,
+            self.database.url(),
+            &self.projector_group,
         );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        let service = Self::spawn(&config);
         wait_for_tcp(port, Duration::from_secs(30));
         service
     }
 
     fn actions(&self) -> Service {
         let port = free_port();
-        let service = Service::spawn(
-            "ipp-actions",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("ACTIONS_DLQ_TOPIC", self.actions_dlq.clone()),
-                ("DATABASE_URL", self.database_url.clone()),
-                ("ACTIONS_GROUP", self.actions_group.clone()),
-                ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
-                ("KUSTOM_API_URL", self.sim_url.clone()),
-                ("KUSTOM_API_KEY", API_KEY.into()),
-                ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
-                ("ACTIONS_LEASE_MS", "5000".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
+        let mut config = actions_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.actions_dlq,
+            self.database.url(),
+            &self.actions_group,
+            OrderManagement {
+                url: &self.sim_url,
+                api_key: API_KEY,
+            },
         );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        config.retry_min_delay_ms = 200;
+        config.lease_ms = 5000;
+        let service = Self::spawn(&config);
         wait_for_tcp(port, Duration::from_secs(30));
         service
     }
@@ -287,7 +283,7 @@ async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
 
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&pipeline.database_url)
+        .connect(pipeline.database.url())
         .await
         .unwrap();
     wait_until_quiet(&pool, &workload).await;

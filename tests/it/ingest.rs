@@ -11,8 +11,8 @@ use ipp_service::{ListenArgs, LogFormat};
 use ipp_tests::{
     eventually::eventually,
     fixture,
-    inprocess::{add_properties, chain, TestIngest},
     ingest::{post_webhook, Ingest, Options},
+    inprocess::{add_properties, chain, TestIngest},
     json_of,
     kafka::{self, OwnBroker},
     process::{self, Service},

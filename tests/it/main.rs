@@ -12,4 +12,3 @@ mod ops_rebuild;
 mod ops_replay;
 mod ops_status;
 mod projector;
-mod rebuild_support;

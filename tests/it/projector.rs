@@ -1,492 +1,42 @@
 //! ipp-projector against a real broker and a real PostgreSQL: exact read models under
 //! any arrival order, duplicates, SIGKILLs, a shared consumer group and poison records.
+//! In-process, except the SIGKILLs and the `migrate` command (child processes).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, TimeZone, Utc};
-use ipp_projector::session::{fold, SessionEvent, SessionRow, Status};
 use ipp_schemas::{
     record::{dlq, header},
     IppEvent,
 };
 use ipp_tests::{
-    db, free_port, kafka,
-    process::Service,
+    db, fixture,
+    inprocess::projector_config,
+    kafka,
+    process::{ChildConfig, Service},
     produce::{ipp_body, Producer},
-    services::{projector_env, Wiring},
+    projector::{
+        assert_exact, ends_of, sessions_json, wait_for_count, wait_for_offsets,
+        wait_until_caught_up, workload, Projector, Target, ACTIVATED, APPLIED_RECORDS, CREATED,
+        FINALIZED, SHORT_SESSION, STORED_EVENTS,
+    },
     unique_name,
 };
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use rand::Rng;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use uuid::Uuid;
-
-const CREATED: &str = "ipp.session.created";
-const ACTIVATED: &str = "ipp.session.activated";
-const FINALIZED: &str = "ipp.session.finalized";
-const CANCELLED: &str = "ipp.session.cancelled";
-const FAILED: &str = "ipp.payment.failed";
-
-/// A SIGKILLed member must leave the group quickly for the test to stay short.
-const SHORT_SESSION: &str = "session.timeout.ms=6000,heartbeat.interval.ms=500";
-
-struct Projector {
-    service: Service,
-    http_port: u16,
-}
-
-impl Projector {
-    /// The `/metrics` text, or the error of a projector that does not answer (yet).
-    async fn metrics(&self) -> reqwest::Result<String> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
-        reqwest::get(url).await?.text().await
-    }
-}
-
-/// What a projector consumes and writes: an event topic, its DLQ topic, a fresh
-/// database and a consumer group of its own.
-struct Target {
-    brokers: String,
-    topic: String,
-    dlq: String,
-    database_url: String,
-    group: String,
-    _database: db::TestDatabase,
-}
-
-impl Target {
-    /// Creates an event topic with `partitions` partitions, a DLQ topic and a database.
-    async fn new(partitions: i32) -> Self {
-        let Wiring {
-            brokers,
-            topic,
-            dlq_topic,
-            database_url,
-            database,
-        } = Wiring::create(partitions, "ipp_dlq").await;
-        Self {
-            group: unique_name("projector"),
-            brokers,
-            topic,
-            dlq: dlq_topic,
-            database_url,
-            _database: database,
-        }
-    }
-}
-
-/// How many distinct events the projector has stored.
-const STORED_EVENTS: &str = "SELECT count(*) FROM ipp_events";
-/// How many records the projector has applied, over all partitions.
-const APPLIED_RECORDS: &str =
-    "SELECT coalesce(sum(next_offset), 0)::int8 FROM ipp_projector_offsets";
-
-/// `IPP_TEST_KAFKA_PROPERTIES` adds librdkafka settings to every projector the tests
-/// start (e.g. `debug=cgrp` when chasing a rebalance).
-fn with_test_properties(properties: &str) -> String {
-    let extra = std::env::var("IPP_TEST_KAFKA_PROPERTIES").unwrap_or_default();
-    [properties, extra.as_str()]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn spawn_projector(target: &Target, batch_size: u32) -> Projector {
-    spawn_projector_with(target, batch_size, "")
-}
-
-/// `kafka_properties`: extra librdkafka settings, comma-separated.
-fn spawn_projector_with(target: &Target, batch_size: u32, kafka_properties: &str) -> Projector {
-    let http_port = free_port();
-    let mut env = projector_env(
-        &target.brokers,
-        &target.topic,
-        &target.dlq,
-        &target.database_url,
-        &target.group,
-    );
-    env.extend([
-        ("PROJECTOR_HTTP", format!("127.0.0.1:{http_port}")),
-        ("PROJECTOR_BATCH_SIZE", batch_size.to_string()),
-        ("PROJECTOR_BATCH_WAIT_MS", "50".to_owned()),
-        ("KAFKA_PROPERTIES", with_test_properties(kafka_properties)),
-    ]);
-    let service = Service::spawn("ipp-projector", &[], &env);
-    Projector { service, http_port }
-}
-
-async fn connect(url: &str) -> PgPool {
-    PgPool::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
-}
-
-/// Fails at once, rather than at a deadline, when a projector died on its own.
-fn assert_running(projectors: &mut [&mut Projector]) {
-    for projector in projectors {
-        assert!(
-            projector.service.is_running(),
-            "ipp-projector exited unexpectedly"
-        );
-    }
-}
-
-/// Polls `sql` (a single bigint) until it reaches `at_least`; returns the value seen.
-async fn wait_for_count(
-    pool: &PgPool,
-    sql: &str,
-    at_least: i64,
-    within: Duration,
-    running: &mut [&mut Projector],
-) -> i64 {
-    let deadline = Instant::now() + within;
-    loop {
-        assert_running(running);
-        // The table appears once the projector has migrated.
-        let seen: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(0);
-        if seen >= at_least {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{sql}` is {seen} after {within:?}, expected at least {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn stored_offsets(pool: &PgPool, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    sqlx::query(
-        "SELECT partition, next_offset FROM ipp_projector_offsets
-         WHERE consumer_group = $1 AND topic = $2",
-    )
-    .bind(group)
-    .bind(topic)
-    .fetch_all(pool)
-    .await
-    // Before the projector has migrated, the table does not exist: nothing stored yet.
-    .unwrap_or_default()
-    .iter()
-    .map(|row| (row.get(0), row.get(1)))
-    .collect()
-}
-
-/// Waits until the stored offsets of `group` reach `ends` on every partition.
-async fn wait_for_offsets(
-    pool: &PgPool,
-    group: &str,
-    topic: &str,
-    ends: &BTreeMap<i32, i64>,
-    within: Duration,
-    running: &mut [&mut Projector],
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        assert_running(running);
-        let stored = stored_offsets(pool, group, topic).await;
-        if ends.iter().all(|(p, end)| stored.get(p) >= Some(end)) {
-            assert_eq!(&stored, ends, "stored offsets overshoot the topic");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "offsets {stored:?} did not reach {ends:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the projector (the only one running) stored the `ends` of every
-/// partition of the target's topic.
-async fn wait_until_caught_up(
-    pool: &PgPool,
-    target: &Target,
-    ends: &BTreeMap<i32, i64>,
-    within: Duration,
-    projector: &mut Projector,
-) {
-    wait_for_offsets(
-        pool,
-        &target.group,
-        &target.topic,
-        ends,
-        within,
-        &mut [projector],
-    )
-    .await;
-}
-
-async fn sessions_json(pool: &PgPool) -> Vec<Value> {
-    sqlx::query_scalar("SELECT to_jsonb(s) - 'updated_at' FROM ipp_sessions s ORDER BY session_id")
-        .fetch_all(pool)
-        .await
-        .expect("sessions")
-}
-
-/// Each partition's end offset (last offset + 1) among the `positions` produced.
-fn ends_of(positions: &[(i32, i64)]) -> BTreeMap<i32, i64> {
-    let mut ends = BTreeMap::new();
-    for &(partition, offset) in positions {
-        let end = ends.entry(partition).or_insert(0);
-        *end = (*end).max(offset + 1);
-    }
-    ends
-}
-
-/// SIGKILLs the projector: its group membership lives on until its session (6 s) expires,
-/// and the next member is assigned its partitions then.
-fn kill(projector: &mut Projector) {
-    projector.service.signal("KILL");
-    projector.service.wait(Duration::from_secs(10));
-}
-
-/// SIGTERMs the projector and asserts it shuts down gracefully (exit 0).
-fn stop_gracefully(projector: &mut Projector) {
-    let status = projector.service.terminate(Duration::from_secs(30));
-    assert!(status.success(), "graceful shutdown exits 0, got {status}");
-}
-
-/// The workload, produced at `positions`, ended exactly as one clean pass would:
-/// each event stored once, every status and row as expected.
-async fn assert_exact(pool: &PgPool, work: &Workload, positions: &[(i32, i64)]) {
-    let distinct: i64 = sqlx::query_scalar(STORED_EVENTS)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(distinct, work.distinct_events, "each event stored once");
-    assert_statuses(pool, &work.expected_status).await;
-    assert_clean_pass(pool, &clean_pass(&work.bodies, positions)).await;
-}
-
-/// A workload: bodies in production order (shuffled, with duplicates) and what each
-/// session's status must end up as.
-struct Workload {
-    bodies: Vec<Vec<u8>>,
-    distinct_events: i64,
-    expected_status: HashMap<Uuid, &'static str>,
-}
-
-fn workload(sessions: usize, seed: u64) -> Workload {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let run = Uuid::new_v4().simple().to_string();
-    let base = Utc.with_ymd_and_hms(2026, 6, 5, 18, 0, 0).unwrap();
-    let mut events: Vec<Vec<u8>> = Vec::new();
-    let mut expected_status = HashMap::new();
-    for s in 0..sessions {
-        let session = Uuid::new_v4();
-        let merchant = format!("M{}", s % 7);
-        let t0 = base + chrono::Duration::seconds(s as i64 * 10);
-        let at = |rng: &mut StdRng, offset: i64| {
-            t0 + chrono::Duration::seconds(offset)
-                + chrono::Duration::nanoseconds(rng.random_range(0..1_000_000_000))
-        };
-        let mut plan: Vec<(&str, DateTime<Utc>)> = vec![(CREATED, at(&mut rng, 0))];
-        if rng.random_bool(0.85) {
-            plan.push((ACTIVATED, at(&mut rng, 1)));
-        }
-        for k in 0..rng.random_range(0..3) {
-            plan.push((FAILED, at(&mut rng, 2 + k)));
-        }
-        let roll: f64 = rng.random();
-        let status = if roll < 0.03 {
-            plan.push((FINALIZED, at(&mut rng, 6)));
-            plan.push((CANCELLED, at(&mut rng, 5)));
-            "finalized"
-        } else if roll < 0.6 {
-            plan.push((FINALIZED, at(&mut rng, 6)));
-            "finalized"
-        } else if roll < 0.85 {
-            plan.push((CANCELLED, at(&mut rng, 6)));
-            "cancelled"
-        } else if plan.iter().any(|(t, _)| *t == ACTIVATED) {
-            "activated"
-        } else {
-            "created"
-        };
-        expected_status.insert(session, status);
-        let order = Uuid::new_v4();
-        for (k, (event_type, when)) in plan.into_iter().enumerate() {
-            events.push(ipp_body(
-                &format!("kevt_{run}_{s}_{k}"),
-                event_type,
-                &merchant,
-                session,
-                when,
-                (event_type == FINALIZED).then_some(order),
-                (event_type == FAILED).then_some("card_declined"),
-            ));
-        }
-    }
-    let distinct_events = events.len() as i64;
-    events.shuffle(&mut rng);
-    // Webhook retries: about one event in ten arrives again later.
-    let mut duplicates: Vec<(usize, Vec<u8>)> = Vec::new();
-    for (i, body) in events.iter().enumerate() {
-        if rng.random_bool(0.1) {
-            duplicates.push((rng.random_range(i + 1..=events.len()), body.clone()));
-        }
-    }
-    duplicates.sort_by_key(|(position, _)| *position);
-    for (position, body) in duplicates.into_iter().rev() {
-        let position = position.min(events.len());
-        events.insert(position, body);
-    }
-    Workload {
-        bodies: events,
-        distinct_events,
-        expected_status,
-    }
-}
-
-async fn assert_statuses(pool: &PgPool, expected: &HashMap<Uuid, &'static str>) {
-    let rows = sqlx::query("SELECT session_id, status FROM ipp_sessions")
-        .fetch_all(pool)
-        .await
-        .expect("sessions");
-    assert_eq!(rows.len(), expected.len(), "one row per session");
-    for row in rows {
-        let session: Uuid = row.get(0);
-        let status: String = row.get(1);
-        assert_eq!(status, expected[&session], "status of session {session}");
-    }
-}
-
-/// The result of a single clean pass, computed in the test: every session folded
-/// over its distinct events (timestamps at PostgreSQL's microseconds), and every event
-/// id stored once with its first copy's payload and position.
-struct CleanPass {
-    sessions: BTreeMap<Uuid, SessionRow>,
-    events: BTreeMap<String, (Value, i32, i64)>,
-}
-
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap()
-}
-
-fn clean_pass(bodies: &[Vec<u8>], positions: &[(i32, i64)]) -> CleanPass {
-    let mut by_session: BTreeMap<Uuid, Vec<SessionEvent>> = BTreeMap::new();
-    let mut events: BTreeMap<String, (Value, i32, i64)> = BTreeMap::new();
-    for (body, &(partition, offset)) in bodies.iter().zip(positions) {
-        let event = IppEvent::parse(body).unwrap();
-        let first = events.entry(event.id().to_owned()).or_insert((
-            serde_json::from_slice(body).unwrap(),
-            partition,
-            offset,
-        ));
-        if (partition, offset) < (first.1, first.2) {
-            *first = (serde_json::from_slice(body).unwrap(), partition, offset);
-        }
-        let envelope = event.envelope;
-        by_session
-            .entry(envelope.data.session_id)
-            .or_default()
-            .push(SessionEvent {
-                event_id: envelope.id,
-                event_type: envelope.event_type,
-                merchant_id: envelope.merchant_id,
-                order_id: envelope.data.order_id,
-                failure_reason: envelope.data.failure_reason,
-                occurred_at: envelope.timestamp,
-            });
-    }
-    let sessions = by_session
-        .iter()
-        .map(|(id, events)| {
-            let mut row = fold(*id, events).unwrap();
-            for at in [
-                &mut row.created_at,
-                &mut row.activated_at,
-                &mut row.finalized_at,
-                &mut row.cancelled_at,
-            ] {
-                *at = at.map(micros);
-            }
-            row.last_event_at = micros(row.last_event_at);
-            (*id, row)
-        })
-        .collect();
-    CleanPass { sessions, events }
-}
-
-async fn assert_clean_pass(pool: &PgPool, expected: &CleanPass) {
-    let rows = sqlx::query(
-        "SELECT session_id, merchant_id, status, order_id, created_at, activated_at,
-                finalized_at, cancelled_at, failed_attempts, last_failure_reason,
-                last_event_id, last_event_at, event_count, anomalies
-         FROM ipp_sessions",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("sessions");
-    let sessions: BTreeMap<Uuid, SessionRow> = rows
-        .iter()
-        .map(|row| {
-            let status = match row.get::<String, _>(2).as_str() {
-                "created" => Status::Created,
-                "activated" => Status::Activated,
-                "finalized" => Status::Finalized,
-                "cancelled" => Status::Cancelled,
-                other => panic!("unknown status {other}"),
-            };
-            let session = SessionRow {
-                session_id: row.get(0),
-                merchant_id: row.get(1),
-                status,
-                order_id: row.get(3),
-                created_at: row.get(4),
-                activated_at: row.get(5),
-                finalized_at: row.get(6),
-                cancelled_at: row.get(7),
-                failed_attempts: row.get(8),
-                last_failure_reason: row.get(9),
-                last_event_id: row.get(10),
-                last_event_at: row.get(11),
-                event_count: row.get(12),
-                anomalies: row.get(13),
-            };
-            (session.session_id, session)
-        })
-        .collect();
-    assert_eq!(
-        sessions.len(),
-        expected.sessions.len(),
-        "one row per session"
-    );
-    for (id, row) in &expected.sessions {
-        assert_eq!(sessions.get(id), Some(row), "session {id}");
-    }
-
-    let rows =
-        sqlx::query("SELECT event_id, payload, kafka_partition, kafka_offset FROM ipp_events")
-            .fetch_all(pool)
-            .await
-            .expect("events");
-    let events: BTreeMap<String, (Value, i32, i64)> = rows
-        .iter()
-        .map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3))))
-        .collect();
-    assert_eq!(
-        events.len(),
-        expected.events.len(),
-        "each event stored once"
-    );
-    assert!(
-        events == expected.events,
-        "ipp_events holds each event's first copy"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
     let target = Target::new(4).await;
     let work = workload(400, 7);
-    let producer = Producer::new(&target.brokers, &target.topic);
-    let pool = connect(&target.database_url).await;
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
+    let pool = target.pool().await;
 
     // Four rounds: produce a quarter, let a projector get into it, SIGKILL it. The next
     // one starts at once and joins the group while the killed member is still in it.
@@ -497,7 +47,7 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
         positions.extend(producer.send_events_at(chunk).await);
         produced += chunk.len();
         let halfway = (produced - chunk.len() / 2) as i64;
-        let mut projector = spawn_projector_with(&target, 20, SHORT_SESSION);
+        let mut projector = Projector::spawn_process(target.config(20, SHORT_SESSION));
         let seen = wait_for_count(
             &pool,
             APPLIED_RECORDS,
@@ -506,14 +56,14 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
             &mut [&mut projector],
         )
         .await;
-        kill(&mut projector);
+        projector.kill();
         eprintln!("killed the projector at {seen} of {produced} records");
     }
 
     let ends = ends_of(&positions);
-    let mut last = spawn_projector_with(&target, 20, SHORT_SESSION);
+    let mut last = Projector::spawn_process(target.config(20, SHORT_SESSION));
     wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(60), &mut last).await;
-    stop_gracefully(&mut last);
+    last.stop().await;
     assert_exact(&pool, &work, &positions).await;
 }
 
@@ -521,14 +71,14 @@ async fn sigkilled_repeatedly_the_projector_still_ends_exact() {
 async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
     let target = Target::new(4).await;
     let work = workload(400, 11);
-    let pool = connect(&target.database_url).await;
-    let positions = Producer::new(&target.brokers, &target.topic)
+    let pool = target.pool().await;
+    let positions = Producer::new(&target.wiring.brokers, &target.wiring.topic)
         .send_events_at(&work.bodies)
         .await;
     let ends = ends_of(&positions);
     // Both join the new group at the same moment.
-    let mut first = spawn_projector_with(&target, 5, SHORT_SESSION);
-    let mut second = spawn_projector_with(&target, 5, SHORT_SESSION);
+    let mut first = Projector::spawn(target.config(5, SHORT_SESSION));
+    let mut second = Projector::spawn(target.config(5, SHORT_SESSION));
 
     wait_for_count(
         &pool,
@@ -538,11 +88,11 @@ async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
         &mut [&mut first, &mut second],
     )
     .await;
-    stop_gracefully(&mut first);
+    first.stop().await;
 
     // The second takes over the partitions the first gave up.
     wait_until_caught_up(&pool, &target, &ends, Duration::from_secs(60), &mut second).await;
-    stop_gracefully(&mut second);
+    second.stop().await;
     assert_exact(&pool, &work, &positions).await;
 }
 
@@ -553,10 +103,10 @@ async fn two_projectors_in_one_group_one_stopped_midway_stay_exact() {
 async fn a_third_member_joining_and_leaving_while_records_flow_keeps_the_read_model_exact() {
     let target = Target::new(6).await;
     let work = workload(600, 31);
-    let producer = Producer::new(&target.brokers, &target.topic);
-    let pool = connect(&target.database_url).await;
-    let mut first = spawn_projector(&target, 20);
-    let mut second = spawn_projector(&target, 20);
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
+    let pool = target.pool().await;
+    let mut first = Projector::spawn(target.config(20, &[]));
+    let mut second = Projector::spawn(target.config(20, &[]));
 
     // Records keep flowing, a chunk every 200 ms, while the third member joins, gets
     // partitions of its own (a cooperative rebalance takes a few heartbeats) and leaves.
@@ -575,9 +125,9 @@ async fn a_third_member_joining_and_leaving_while_records_flow_keeps_the_read_mo
     for _ in 0..3 {
         assert!(produce_next().await, "{LASTS}");
     }
-    let mut third = spawn_projector(&target, 20);
+    let third = Projector::spawn(target.config(20, &[]));
     let joined = Instant::now();
-    while events_applied(&third).await == 0.0 {
+    while third.events_applied().await == 0.0 {
         assert!(
             joined.elapsed() < Duration::from_secs(60),
             "the third member was given no partition within 60 s"
@@ -587,36 +137,27 @@ async fn a_third_member_joining_and_leaving_while_records_flow_keeps_the_read_mo
     for _ in 0..3 {
         assert!(produce_next().await, "{LASTS}");
     }
-    stop_gracefully(&mut third);
+    third.stop().await;
     while produce_next().await {}
     let ends = ends_of(&positions);
     wait_for_offsets(
         &pool,
         &target.group,
-        &target.topic,
+        &target.wiring.topic,
         &ends,
         Duration::from_secs(60),
         &mut [&mut first, &mut second],
     )
     .await;
-    stop_gracefully(&mut first);
-    stop_gracefully(&mut second);
+    first.stop().await;
+    second.stop().await;
     assert_exact(&pool, &work, &positions).await;
-}
-
-/// The events a projector applied, from its `/metrics` (0 while it does not answer).
-async fn events_applied(projector: &Projector) -> f64 {
-    let text = projector.metrics().await.unwrap_or_default();
-    text.lines()
-        .filter(|line| line.starts_with("ipp_projector_events_applied_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() {
     let target = Target::new(1).await;
-    let producer = Producer::new(&target.brokers, &target.topic);
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
     let at = Utc.with_ymd_and_hms(2026, 6, 5, 18, 30, 0).unwrap();
     let run = Uuid::new_v4().simple().to_string();
     let before = Uuid::new_v4();
@@ -720,8 +261,8 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
         ))
         .await;
 
-    let mut projector = spawn_projector(&target, 500);
-    let pool = connect(&target.database_url).await;
+    let mut projector = Projector::spawn(target.config(500, &[]));
+    let pool = target.pool().await;
     wait_until_caught_up(
         &pool,
         &target,
@@ -753,12 +294,12 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
         .unwrap();
     assert_eq!(stored, 2);
 
-    let parked = kafka::read_topic(&target.brokers, &target.dlq);
+    let parked = kafka::read_topic(&target.wiring.brokers, &target.wiring.dlq_topic);
     assert_eq!(parked.len(), 6, "every poison record is parked once");
     for record in &parked {
         assert_eq!(
             record.header(dlq::SOURCE_TOPIC),
-            Some(target.topic.as_str())
+            Some(target.wiring.topic.as_str())
         );
         assert_eq!(record.header(dlq::SOURCE_PARTITION), Some("0"));
         assert_eq!(record.header(dlq::SERVICE), Some("ipp-projector"));
@@ -801,11 +342,11 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
         metrics.contains("ipp_projector_dead_letters_total 6"),
         "{metrics}"
     );
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", projector.http_port))
+    let ready = reqwest::get(format!("{}/readyz", projector.url()))
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    stop_gracefully(&mut projector);
+    projector.stop().await;
 }
 
 /// Not how ingest keys records, but what a re-keyed or hand-fed topic could hold: a
@@ -814,7 +355,7 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
 async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
     let target = Target::new(4).await;
     let work = workload(150, 23);
-    let producer = Producer::new(&target.brokers, &target.topic);
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
     let mut positions = Vec::with_capacity(work.bodies.len());
     for body in &work.bodies {
         let event = IppEvent::parse(body).unwrap();
@@ -830,46 +371,35 @@ async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
     let ends = ends_of(&positions);
     assert!(ends.len() > 1, "events spread over several partitions");
 
-    let pool = connect(&target.database_url).await;
-    let mut first = spawn_projector(&target, 5);
-    let mut second = spawn_projector(&target, 5);
+    let pool = target.pool().await;
+    let mut first = Projector::spawn(target.config(5, &[]));
+    let mut second = Projector::spawn(target.config(5, &[]));
     wait_for_offsets(
         &pool,
         &target.group,
-        &target.topic,
+        &target.wiring.topic,
         &ends,
         Duration::from_secs(120),
         &mut [&mut first, &mut second],
     )
     .await;
-    first.service.signal("TERM");
-    second.service.signal("TERM");
-    first.service.wait(Duration::from_secs(30));
-    second.service.wait(Duration::from_secs(30));
+    tokio::join!(first.stop(), second.stop());
 
     assert_exact(&pool, &work, &positions).await;
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../schemas/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_examples_project_to_the_expected_rows() {
     let target = Target::new(2).await;
-    let producer = Producer::new(&target.brokers, &target.topic);
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
     let activated = fixture("documented-session-activated.json");
     let finalized = fixture("documented-session-finalized.json");
     let ends = producer
         .send_events(&[finalized.clone(), activated.clone(), finalized.clone()])
         .await;
 
-    let mut projector = spawn_projector(&target, 500);
-    let pool = connect(&target.database_url).await;
+    let mut projector = Projector::spawn(target.config(500, &[]));
+    let pool = target.pool().await;
     wait_until_caught_up(
         &pool,
         &target,
@@ -878,7 +408,7 @@ async fn the_documented_examples_project_to_the_expected_rows() {
         &mut projector,
     )
     .await;
-    projector.service.terminate(Duration::from_secs(30));
+    projector.stop().await;
 
     let sessions = sessions_json(&pool).await;
     let expected: Vec<Value> = vec![
@@ -964,10 +494,16 @@ async fn the_documented_examples_project_to_the_expected_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrate_runs_both_succeed() {
     let database = db::fresh_database().await;
-    let database_url = database.url().to_owned();
-    let env = [("DATABASE_URL", database_url.clone())];
+    let config = projector_config(
+        &kafka::brokers(),
+        "ipp_events",
+        "ipp_events_dlq",
+        database.url(),
+        "ipp-projector",
+    );
+    let env = config.env();
     // Another service's migration already applied: the projector must ignore it.
-    let pool = connect(&database_url).await;
+    let pool = database.pool().await;
     let mut first = Service::spawn("ipp-projector", &["migrate"], &env);
     let mut second = Service::spawn("ipp-projector", &["migrate"], &env);
     assert!(first.wait(Duration::from_secs(60)).success());
@@ -1010,11 +546,11 @@ async fn batches_compressed_by_other_producers_are_projected() {
     let chunks = work.bodies.chunks(work.bodies.len().div_ceil(8));
     let mut positions = Vec::new();
     for (codec, chunk) in codecs.iter().cycle().zip(chunks) {
-        let producer = Producer::compressing(&target.brokers, &target.topic, codec);
+        let producer = Producer::compressing(&target.wiring.brokers, &target.wiring.topic, codec);
         positions.extend(producer.send_events_at(chunk).await);
     }
-    let mut projector = spawn_projector(&target, 500);
-    let pool = connect(&target.database_url).await;
+    let mut projector = Projector::spawn(target.config(500, &[]));
+    let pool = target.pool().await;
     let ends = ends_of(&positions);
     wait_until_caught_up(
         &pool,
@@ -1024,10 +560,10 @@ async fn batches_compressed_by_other_producers_are_projected() {
         &mut projector,
     )
     .await;
-    stop_gracefully(&mut projector);
+    projector.stop().await;
     assert_exact(&pool, &work, &positions).await;
     assert!(
-        kafka::read_topic(&target.brokers, &target.dlq).is_empty(),
+        kafka::read_topic(&target.wiring.brokers, &target.wiring.dlq_topic).is_empty(),
         "nothing was parked"
     );
 }
@@ -1037,27 +573,26 @@ async fn batches_compressed_by_other_producers_are_projected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_keeps_the_projector_not_ready_and_is_never_created() {
     let mut target = Target::new(1).await;
-    target.topic = unique_name("ipp_events_not_created_yet");
-    let mut projector = spawn_projector(&target, 500);
-    let readyz = format!("http://127.0.0.1:{}/readyz", projector.http_port);
-    ipp_tests::process::wait_for_tcp(projector.http_port, Duration::from_secs(30));
+    target.wiring.topic = unique_name("ipp_events_not_created_yet");
+    let mut projector = Projector::spawn(target.config(500, &[]));
+    let readyz = format!("{}/readyz", projector.url());
     for _ in 0..10 {
         let status = reqwest::get(&readyz).await.expect("readyz").status();
         assert_eq!(status, 503, "ready without its topic");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(projector.service.is_running(), "waits for the topic");
+    assert!(projector.is_running(), "waits for the topic");
     assert!(
-        !kafka::topic_exists(&target.brokers, &target.topic),
+        !kafka::topic_exists(&target.wiring.brokers, &target.wiring.topic),
         "the projector created its topic"
     );
 
-    kafka::create_named_topic(&target.brokers, &target.topic, 2).await;
-    let producer = Producer::new(&target.brokers, &target.topic);
+    kafka::create_named_topic(&target.wiring.brokers, &target.wiring.topic, 2).await;
+    let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
     let ends = producer
         .send_events(&[fixture("documented-session-activated.json")])
         .await;
-    let pool = connect(&target.database_url).await;
+    let pool = target.pool().await;
     wait_until_caught_up(
         &pool,
         &target,
@@ -1068,5 +603,5 @@ async fn a_missing_topic_keeps_the_projector_not_ready_and_is_never_created() {
     .await;
     let status = reqwest::get(&readyz).await.expect("readyz").status();
     assert_eq!(status, 200);
-    stop_gracefully(&mut projector);
+    projector.stop().await;
 }

@@ -60,7 +60,9 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
     {
         init_logs();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("local addr");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -72,8 +74,7 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
         let token = shutdown.clone();
         let join = runtime.spawn(async move {
             // Registered with this runtime's reactor, which drives the service.
-            let listener =
-                tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             run(listener, token).await
         });
         Self {
@@ -311,10 +312,11 @@ pub fn actions_config(
 
 /// `config` with `--on-finalized <policy>` (`capture`, `none`).
 pub fn with_on_finalized(mut config: ipp_actions::Config, policy: &str) -> ipp_actions::Config {
-    config.on_finalized = ipp_actions::Cli::try_parse_from(["ipp-actions", "--on-finalized", policy])
-        .expect("policy")
-        .config
-        .on_finalized;
+    config.on_finalized =
+        ipp_actions::Cli::try_parse_from(["ipp-actions", "--on-finalized", policy])
+            .expect("policy")
+            .config
+            .on_finalized;
     config
 }
 

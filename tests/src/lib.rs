@@ -2,6 +2,7 @@
 //! databases, the services in-process (most tests) or as child processes (signals, exit
 //! codes, CLI output), and an independent webhook signer.
 
+pub mod actions;
 pub mod cli;
 pub mod db;
 pub mod eventually;
@@ -9,10 +10,12 @@ pub mod ingest;
 pub mod inprocess;
 pub mod kafka;
 pub mod om_sim;
+pub mod pipeline;
 pub mod process;
 pub mod produce;
-pub mod services;
+pub mod projector;
 pub mod signer;
+pub mod wiring;
 
 use std::net::TcpListener;
 

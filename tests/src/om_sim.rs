@@ -148,7 +148,12 @@ impl SimApi {
             .expect("post")
     }
 
-    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Response {
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
         let mut request = self.client.request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
             request = request.json(&body);
@@ -250,4 +255,3 @@ pub fn new_order() -> String {
 pub fn effects(order: &Value, kind: &str) -> u64 {
     order["effects"][kind].as_u64().expect("effects count")
 }
-

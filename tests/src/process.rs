@@ -284,12 +284,17 @@ pub fn read_listen_addr(pipe: impl Read, within: Duration) -> SocketAddr {
     let mut line = String::new();
     loop {
         line.clear();
-        let read = reader.read_line(&mut line).expect("read the service's output");
+        let read = reader
+            .read_line(&mut line)
+            .expect("read the service's output");
         assert!(read > 0, "the service's output ended before it listened");
         if let Some(addr) = listen_addr_in(&line) {
             return addr;
         }
-        assert!(Instant::now() < deadline, "no listen address within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no listen address within {within:?}"
+        );
     }
 }
 
@@ -528,7 +533,10 @@ impl ChildConfig for ipp_om_sim::Config {
             ("OM_SIM_LISTEN", listen.addr.to_string()),
             ("OM_SIM_API_KEY", api_key.expose().to_owned()),
             ("OM_SIM_CURRENCY", currency.clone()),
-            ("OM_SIM_IDEMPOTENCY_TTL_SECS", idempotency_ttl_secs.to_string()),
+            (
+                "OM_SIM_IDEMPOTENCY_TTL_SECS",
+                idempotency_ttl_secs.to_string(),
+            ),
             ("OM_SIM_SEED", seed.to_string()),
             ("OM_SIM_FAIL_RATE", fail_rate.to_string()),
             ("OM_SIM_RATE_LIMIT_RATE", rate_limit_rate.to_string()),
