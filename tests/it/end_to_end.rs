@@ -1,139 +1,29 @@
 //! The whole pipeline as separate processes: ipp-ingest, ipp-projector and ipp-actions
 //! (the Order Management simulator in-process) against the test broker and a fresh
-//! database. A
-//! generated workload goes in over signed HTTP while each service is SIGKILLed and
-//! restarted once; what comes out must be exactly what the workload implies.
+//! database. A generated workload goes in over signed HTTP while each service is
+//! SIGKILLed and restarted once; what comes out must be exactly what the workload
+//! implies.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
-use ipp_service::ListenArgs;
 use ipp_tests::{
-    db::{self, TestDatabase},
-    free_port,
-    inprocess::{actions_config, ingest_config, projector_config, OrderManagement},
     kafka::{self, Record},
-    om_sim::OmSim,
-    process::{wait_for_tcp, ChildConfig, Service},
+    processes::Processes,
     signer::Signer,
-    unique_name,
 };
 use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 use uuid::Uuid;
 
-const API_KEY: &str = "kco_test_e2e";
-
-struct Pipeline {
-    brokers: String,
-    ipp_topic: String,
-    other_topic: String,
-    secret: String,
-    /// Ingest's port, the same across its restart: the senders keep their URL. Free a
-    /// moment ago (the one port race left in this test).
-    ingest_port: u16,
-    sim_url: String,
-    projector_group: String,
-    actions_group: String,
-    ipp_dlq: String,
-    actions_dlq: String,
-    _sim: OmSim,
-    /// Last: dropped after the services that use it.
-    database: TestDatabase,
-}
-
-impl Pipeline {
-    async fn start() -> Self {
-        let brokers = kafka::brokers();
-        let sim = OmSim::start(API_KEY);
-        Self {
-            ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
-            other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
-            ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
-            actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
-            database: db::fresh_database().await,
-            secret: Signer::random_secret(),
-            ingest_port: free_port(),
-            sim_url: sim.url.clone(),
-            projector_group: unique_name("e2e_projector"),
-            actions_group: unique_name("e2e_actions"),
-            brokers,
-            _sim: sim,
-        }
-    }
-
-    /// `config`'s binary as a child process (these tests SIGKILL them), logging warnings
-    /// only.
-    fn spawn<C: ChildConfig>(config: &C) -> Service {
-        let mut env = config.env();
-        env.push(("RUST_LOG", "warn".into()));
-        Service::spawn(C::BINARY, &[], &env)
-    }
-
-    fn ingest(&self) -> Service {
-        let mut config = ingest_config(
-            &self.brokers,
-            &self.ipp_topic,
-            &self.other_topic,
-            std::slice::from_ref(&self.secret),
-        );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], self.ingest_port)));
-        config.max_body_bytes = 16384;
-        let service = Service::start(&config, &[]);
-        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
-        service
-    }
-
-    fn projector(&self) -> Service {
-        let port = free_port();
-        let mut config = projector_config(
-            &self.brokers,
-            &self.ipp_topic,
-            &self.ipp_dlq,
-            self.database.url(),
-            &self.projector_group,
-        );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
-        let service = Self::spawn(&config);
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
-    }
-
-    fn actions(&self) -> Service {
-        let port = free_port();
-        let mut config = actions_config(
-            &self.brokers,
-            &self.ipp_topic,
-            &self.actions_dlq,
-            self.database.url(),
-            &self.actions_group,
-            OrderManagement {
-                url: &self.sim_url,
-                api_key: API_KEY,
-            },
-        );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
-        config.retry_min_delay_ms = 200;
-        config.lease_ms = 5000;
-        let service = Self::spawn(&config);
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
-    }
-
-    fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
-    }
-}
-
 /// A request that must be refused: what it is, body, headers, expected status.
 type InvalidRequest = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16);
 
 /// Requests that must be refused, each with a marker that must appear nowhere afterwards.
-fn invalid_requests(pipeline: &Pipeline) -> Vec<InvalidRequest> {
+fn invalid_requests(pipeline: &Processes) -> Vec<InvalidRequest> {
     let signer = Signer::new(&pipeline.secret);
     let session = Uuid::new_v4();
     let event = |id: &str| {
@@ -209,7 +99,7 @@ async fn wait_until_quiet(pool: &PgPool, workload: &Workload) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Processes::start().await;
     let mut ingest = pipeline.ingest();
     let mut projector = pipeline.projector();
     let mut actions = pipeline.actions();

@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod om_sim;
 pub mod pipeline;
 pub mod process;
+pub mod processes;
 pub mod produce;
 pub mod projector;
 pub mod signer;
