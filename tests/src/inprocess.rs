@@ -6,12 +6,7 @@
 //! Each service gets a small runtime of its own: a test that blocks its thread (reading
 //! a topic back, a blocking HTTP call) cannot stall the service it is testing.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Once,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, sync::Once, time::Duration};
 
 use clap::Parser;
 use ipp_service::{DatabaseArgs, DatabaseUrl, KafkaArgs, KafkaProperty, Secret};
@@ -119,16 +114,6 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
         match joined {
             Ok(result) => result,
             Err(error) => panic!("{} panicked: {error}", self.name),
-        }
-    }
-
-    /// Waits until the service accepts connections (it may bind late work, but the
-    /// listener accepts from the start).
-    pub fn wait_until_accepting(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "{} is not accepting", self.name);
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
