@@ -21,6 +21,6 @@ mod retry;
 mod service;
 mod worker;
 
-pub use config::Config;
+pub use config::{Config, OnFinalized};
 pub use error::Error;
 pub use service::{migrate, run};

@@ -28,7 +28,8 @@ use crate::sim::Sim;
 /// cut off after it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves the simulator on `listener` until `shutdown` is cancelled.
+/// Serves the simulator on `listener` until `shutdown` is cancelled. Refuses to start
+/// (`InvalidInput`) with fault rates that are not fractions.
 ///
 /// A hand-written accept loop rather than `axum::serve`: each connection gets a token
 /// that a request can cancel to close the connection without an answer. HTTP/1 only, so
@@ -38,6 +39,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    config
+        .faults
+        .validate()
+        .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidInput, reason))?;
     let sim = Arc::new(Sim::new(&config));
     let router = http::router(sim);
     let connections = TaskTracker::new();

@@ -6,7 +6,6 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     ipp_service::telemetry::init_tracing(config.log.format);
-    config.faults.validate().map_err(anyhow::Error::msg)?;
 
     let listener = config.listen.bind().await?;
     let shutdown = CancellationToken::new();

@@ -16,10 +16,15 @@ use rdkafka::{
     ClientConfig, TopicPartitionList,
 };
 
-/// The broker the test command started (`KAFKA_BROKERS`).
+/// The broker the test command started: `IPP_TEST_KAFKA_BROKERS` (`KAFKA_BROKERS` when
+/// unset). scripts/test sets the former only, so that the services' own settings
+/// (`KAFKA_BROKERS`), which parsing reads from the environment, stay unset.
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS")
-        .expect("KAFKA_BROKERS is not set: run the suite with scripts/test, which starts a broker")
+    std::env::var("IPP_TEST_KAFKA_BROKERS")
+        .or_else(|_| std::env::var("KAFKA_BROKERS"))
+        .expect(
+            "IPP_TEST_KAFKA_BROKERS is not set: run the suite with scripts/test, which starts a broker",
+        )
 }
 
 /// Creates a topic with a unique name and returns the name.

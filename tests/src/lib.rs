@@ -1,14 +1,23 @@
 #![doc = include_str!("../README.md")]
-//! Helpers for the black-box tests: a broker to talk to, unique topics, the real
-//! service binaries as child processes, and an independent webhook signer.
+//! Helpers for the black-box tests: a broker to talk to, unique topics, fresh
+//! databases, the services in-process (most tests) or as child processes (signals, exit
+//! codes, CLI output), and an independent webhook signer.
 
+pub mod actions;
 pub mod cli;
 pub mod db;
+pub mod eventually;
+pub mod ingest;
+pub mod inprocess;
 pub mod kafka;
+pub mod om_sim;
+pub mod pipeline;
 pub mod process;
+pub mod processes;
 pub mod produce;
-pub mod services;
+pub mod projector;
 pub mod signer;
+pub mod wiring;
 
 use std::net::TcpListener;
 
@@ -23,4 +32,15 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
+}
+
+/// A webhook body from `schemas/fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../schemas/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The JSON body of `response`.
+pub async fn json_of(response: reqwest::Response) -> serde_json::Value {
+    response.json().await.expect("json body")
 }

@@ -1,7 +1,8 @@
-//! The whole pipeline as separate processes: ipp-ingest, ipp-projector, ipp-actions and
-//! the Order Management simulator against the test broker and a fresh database. A
-//! generated workload goes in over signed HTTP while each service is SIGKILLed and
-//! restarted once; what comes out must be exactly what the workload implies.
+//! The whole pipeline as separate processes: ipp-ingest, ipp-projector and ipp-actions
+//! (the Order Management simulator in-process) against the test broker and a fresh
+//! database. A generated workload goes in over signed HTTP while each service is
+//! SIGKILLed and restarted once; what comes out must be exactly what the workload
+//! implies.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -10,131 +11,19 @@ use std::{
 
 use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
 use ipp_tests::{
-    db, free_port,
     kafka::{self, Record},
-    process::{wait_for_tcp, Service},
+    processes::Processes,
     signer::Signer,
-    unique_name,
 };
 use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 use uuid::Uuid;
 
-const API_KEY: &str = "kco_test_e2e";
-
-struct Pipeline {
-    brokers: String,
-    ipp_topic: String,
-    other_topic: String,
-    database_url: String,
-    secret: String,
-    ingest_port: u16,
-    sim_url: String,
-    projector_group: String,
-    actions_group: String,
-    ipp_dlq: String,
-    actions_dlq: String,
-    _sim: Service,
-}
-
-impl Pipeline {
-    async fn start() -> Self {
-        let brokers = kafka::brokers();
-        let sim_port = free_port();
-        let sim = Service::spawn(
-            "ipp-om-sim",
-            &[],
-            &[
-                ("OM_SIM_LISTEN", format!("127.0.0.1:{sim_port}")),
-                ("OM_SIM_API_KEY", API_KEY.into()),
-            ],
-        );
-        wait_for_tcp(sim_port, Duration::from_secs(20));
-        Self {
-            ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
-            other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
-            ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
-            actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
-            database_url: db::fresh_database().await,
-            secret: Signer::random_secret(),
-            ingest_port: free_port(),
-            sim_url: format!("http://127.0.0.1:{sim_port}"),
-            projector_group: unique_name("e2e_projector"),
-            actions_group: unique_name("e2e_actions"),
-            brokers,
-            _sim: sim,
-        }
-    }
-
-    fn ingest(&self) -> Service {
-        let service = Service::spawn(
-            "ipp-ingest",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("INGEST_LISTEN", format!("127.0.0.1:{}", self.ingest_port)),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("KUSTOM_OTHER_TOPIC", self.other_topic.clone()),
-                ("KUSTOM_WEBHOOK_SECRETS", self.secret.clone()),
-                ("INGEST_MAX_BODY_BYTES", "16384".into()),
-            ],
-        );
-        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
-        service
-    }
-
-    fn projector(&self) -> Service {
-        let port = free_port();
-        let service = Service::spawn(
-            "ipp-projector",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("IPP_DLQ_TOPIC", self.ipp_dlq.clone()),
-                ("DATABASE_URL", self.database_url.clone()),
-                ("PROJECTOR_GROUP", self.projector_group.clone()),
-                ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
-                ("RUST_LOG", "warn".into()),
-            ],
-        );
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
-    }
-
-    fn actions(&self) -> Service {
-        let port = free_port();
-        let service = Service::spawn(
-            "ipp-actions",
-            &[],
-            &[
-                ("KAFKA_BROKERS", self.brokers.clone()),
-                ("IPP_TOPIC", self.ipp_topic.clone()),
-                ("ACTIONS_DLQ_TOPIC", self.actions_dlq.clone()),
-                ("DATABASE_URL", self.database_url.clone()),
-                ("ACTIONS_GROUP", self.actions_group.clone()),
-                ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
-                ("KUSTOM_API_URL", self.sim_url.clone()),
-                ("KUSTOM_API_KEY", API_KEY.into()),
-                ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
-                ("ACTIONS_LEASE_MS", "5000".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
-        );
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
-    }
-
-    fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
-    }
-}
-
 /// A request that must be refused: what it is, body, headers, expected status.
 type InvalidRequest = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16);
 
 /// Requests that must be refused, each with a marker that must appear nowhere afterwards.
-fn invalid_requests(pipeline: &Pipeline) -> Vec<InvalidRequest> {
+fn invalid_requests(pipeline: &Processes) -> Vec<InvalidRequest> {
     let signer = Signer::new(&pipeline.secret);
     let session = Uuid::new_v4();
     let event = |id: &str| {
@@ -210,7 +99,7 @@ async fn wait_until_quiet(pool: &PgPool, workload: &Workload) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Processes::start().await;
     let mut ingest = pipeline.ingest();
     let mut projector = pipeline.projector();
     let mut actions = pipeline.actions();
@@ -284,7 +173,7 @@ async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
 
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&pipeline.database_url)
+        .connect(pipeline.database.url())
         .await
         .unwrap();
     wait_until_quiet(&pool, &workload).await;

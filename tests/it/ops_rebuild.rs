@@ -4,8 +4,6 @@
 //! going down, and the live projector carries on; `--rollback` brings the previous
 //! version back; and none of it calls Order Management or touches `ipp_actions`.
 
-mod rebuild_support;
-
 use std::{
     collections::BTreeMap,
     sync::{
@@ -17,10 +15,11 @@ use std::{
 
 use ipp_loadgen::{Workload, WorkloadSpec};
 use ipp_tests::{
+    inprocess::{projector_config, TestProjector},
     kafka,
-    services::{projector_env, spawn_listening},
+    pipeline::{assert_sessions, Pipeline},
+    process::ChildConfig,
 };
-use rebuild_support::{assert_sessions, Pipeline};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -509,7 +508,9 @@ struct SmallSetup {
     topic: String,
     pool: sqlx::PgPool,
     producer: ipp_tests::produce::Producer,
-    projector: ipp_tests::process::Service,
+    /// In-process; `None` once stopped.
+    projector: Option<TestProjector>,
+    _database: ipp_tests::db::TestDatabase,
 }
 
 impl SmallSetup {
@@ -517,24 +518,17 @@ impl SmallSetup {
         let topic = ipp_tests::unique_name("ipp_events_history");
         kafka::create_named_topic_with(brokers, &topic, 2, topic_configs).await;
         let dlq = kafka::create_topic(brokers, "ipp_dlq", 1).await;
-        let database_url = ipp_tests::db::fresh_database().await;
-        let mut env = projector_env(
+        let database = ipp_tests::db::fresh_database().await;
+        let database_url = database.url().to_owned();
+        let config = projector_config(
             brokers,
             &topic,
             &dlq,
             &database_url,
             &ipp_tests::unique_name("projector"),
         );
-        env.push((
-            "KAFKA_PROPERTIES",
-            std::env::var("IPP_TEST_KAFKA_PROPERTIES").unwrap_or_default(),
-        ));
-        let (projector, _) = spawn_listening(
-            "ipp-projector",
-            &env,
-            "PROJECTOR_HTTP",
-            Duration::from_secs(30),
-        );
+        let env = config.env();
+        let projector = Some(TestProjector::spawn(config));
         Self {
             pool: PgPoolOptions::new()
                 .max_connections(2)
@@ -545,6 +539,7 @@ impl SmallSetup {
             env,
             topic,
             projector,
+            _database: database,
         }
     }
 
@@ -587,6 +582,11 @@ impl SmallSetup {
         .fetch_all(&self.pool)
         .await
         .expect("sessions")
+    }
+
+    /// Stops the live projector gracefully.
+    async fn stop(&mut self) {
+        self.projector.take().expect("running").stop().await;
     }
 
     async fn rebuild(&self, args: &[&str]) -> ipp_tests::cli::Output {
@@ -651,7 +651,7 @@ async fn a_rebuild_refuses_to_swap_in_a_log_whose_oldest_records_were_deleted() 
         .await
         .success();
     assert_sessions(&setup.pool, "ipp_sessions", &new.sessions).await;
-    setup.projector.terminate(Duration::from_secs(30));
+    setup.stop().await;
 }
 
 /// A live table holding an event the log does not have (here: written by hand) would
@@ -691,5 +691,5 @@ async fn a_rebuild_refuses_to_swap_in_fewer_events_than_the_live_table() {
         .success();
     assert_eq!(setup.events().await, live_events - 1);
     assert_sessions(&setup.pool, "ipp_sessions", &work.sessions).await;
-    setup.projector.terminate(Duration::from_secs(30));
+    setup.stop().await;
 }

@@ -1,191 +1,26 @@
-//! The Order Management simulator, over HTTP, as `ipp-actions` sees it: the real binary
-//! on a free port. Faithfulness (auth, amounts, the documented 403s), idempotency keys
+//! The Order Management simulator, over HTTP, as `ipp-actions` sees it: in-process on
+//! its own port (a child process for the SIGTERM test). Faithfulness (auth, amounts, the documented 403s), idempotency keys
 //! (one effect per key, also under concurrency and after faults that follow the effect)
 //! and fault injection switched at run time.
 
 use std::time::Duration;
 
 use base64::Engine as _;
-use ipp_tests::{process::Service, services::OmSim};
-use reqwest::{Client, Response, StatusCode};
+use ipp_service::ListenArgs;
+use ipp_tests::{
+    inprocess::om_sim_config,
+    om_sim::{assert_error, effects, error_code, new_order, OmSim, SimApi},
+    process::Service,
+};
+use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 const KEY: &str = "kco_test_om_sim_tests";
 
-struct Sim {
-    service: Service,
-    base: String,
-    client: Client,
-}
-
-impl Sim {
-    /// Starts the simulator with the test key and extra environment (fault settings).
-    fn start(env: &[(&str, String)]) -> Self {
-        let OmSim { service, url, .. } = OmSim::start(KEY, env, Duration::from_secs(10));
-        Self {
-            service,
-            base: url,
-            client: Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client"),
-        }
-    }
-
-    fn order_url(&self, order_id: &str) -> String {
-        format!("{}/ordermanagement/v1/orders/{order_id}", self.base)
-    }
-
-    async fn get_order(&self, order_id: &str) -> Response {
-        self.client
-            .get(self.order_url(order_id))
-            .basic_auth("merchant", Some(KEY))
-            .send()
-            .await
-            .expect("get order")
-    }
-
-    fn capture_request(
-        &self,
-        client: &Client,
-        order_id: &str,
-        amount: i64,
-        key: Option<&str>,
-    ) -> reqwest::RequestBuilder {
-        let mut request = client
-            .post(format!("{}/captures", self.order_url(order_id)))
-            .header("Authorization", format!("Basic {KEY}"))
-            .json(&json!({ "captured_amount": amount, "reference": "session-1" }));
-        if let Some(key) = key {
-            request = request.header("Klarna-Idempotency-Key", key);
-        }
-        request
-    }
-
-    async fn capture(&self, order_id: &str, amount: i64, key: Option<&str>) -> Response {
-        self.capture_request(&self.client, order_id, amount, key)
-            .send()
-            .await
-            .expect("capture")
-    }
-
-    async fn post(&self, order_id: &str, action: &str, body: Value) -> Response {
-        self.client
-            .post(format!("{}/{action}", self.order_url(order_id)))
-            .header("Authorization", format!("Basic {KEY}"))
-            .json(&body)
-            .send()
-            .await
-            .expect("post")
-    }
-
-    async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Response {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.expect("control request")
-    }
-
-    /// GETs a control endpoint (`/_sim/...`); asserts 200, returns the JSON.
-    async fn control_json(&self, path: &str) -> Value {
-        let response = self.control(reqwest::Method::GET, path, None).await;
-        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-        response.json().await.expect(path)
-    }
-
-    async fn sim_order(&self, order_id: &str) -> Value {
-        self.control_json(&format!("/_sim/orders/{order_id}")).await
-    }
-
-    /// How many captures the simulator applied to the order.
-    async fn captures(&self, order_id: &str) -> u64 {
-        effects(&self.sim_order(order_id).await, "captures")
-    }
-
-    /// Asserts the order has exactly one capture; returns its id.
-    async fn the_only_capture_id(&self, order_id: &str) -> String {
-        let state = self.sim_order(order_id).await;
-        assert_eq!(effects(&state, "captures"), 1);
-        state["captures"][0]["capture_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Asserts `response` (a retry with the key of capture `applied`) is that capture's
-    /// original 201 and the order still has that one capture.
-    async fn assert_capture_replayed(&self, response: Response, applied: &str, order_id: &str) {
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["capture_id"], applied);
-        assert_eq!(self.captures(order_id).await, 1);
-    }
-
-    async fn seed(&self, order_id: &str, seed: Value) {
-        let response = self
-            .control(
-                reqwest::Method::PUT,
-                &format!("/_sim/orders/{order_id}"),
-                Some(seed),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    async fn set_faults(&self, faults: Value) {
-        let response = self
-            .control(reqwest::Method::PUT, "/_sim/faults", Some(faults))
-            .await;
-        assert_eq!(response.status(), StatusCode::OK, "PUT /_sim/faults");
-    }
-
-    async fn calls(&self) -> Vec<Value> {
-        serde_json::from_value(self.control_json("/_sim/calls").await).expect("calls")
-    }
-
-    async fn stats(&self) -> Value {
-        self.control_json("/_sim/stats").await
-    }
-
-    async fn faults(&self) -> Value {
-        self.control_json("/_sim/faults").await
-    }
-}
-
-async fn error_code(response: Response) -> String {
-    let body: Value = response.json().await.expect("error body");
-    assert!(
-        body["error_messages"]
-            .as_array()
-            .is_some_and(|m| !m.is_empty()),
-        "error_messages missing in {body}"
-    );
-    assert!(
-        body["correlation_id"].is_string(),
-        "correlation_id missing in {body}"
-    );
-    body["error_code"].as_str().expect("error_code").to_owned()
-}
-
-/// Asserts `response` has `status` and the documented error body with `code`.
-async fn assert_error(response: Response, status: StatusCode, code: &str) {
-    assert_eq!(response.status(), status);
-    assert_eq!(error_code(response).await, code);
-}
-
-fn new_order() -> String {
-    Uuid::new_v4().to_string()
-}
-
-fn effects(order: &Value, kind: &str) -> u64 {
-    order["effects"][kind].as_u64().expect("effects count")
-}
-
 #[tokio::test]
 async fn authorization_is_required() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let order = new_order();
     let url = sim.order_url(&order);
 
@@ -242,7 +77,7 @@ async fn authorization_is_required() {
 
 #[tokio::test]
 async fn full_capture_then_another_capture_is_not_allowed() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let order_id = Uuid::new_v4();
     let order = order_id.to_string();
     let amount = ipp_om_sim::authorized_amount_for(&order_id);
@@ -314,7 +149,7 @@ async fn full_capture_then_another_capture_is_not_allowed() {
 
 #[tokio::test]
 async fn same_key_returns_the_first_response_with_one_effect() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let order = new_order();
 
     let first = sim.capture(&order, 100, Some("same-key")).await;
@@ -350,7 +185,7 @@ async fn same_key_returns_the_first_response_with_one_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_key_make_one_effect() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let order = new_order();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..24 {
@@ -382,7 +217,7 @@ async fn concurrent_requests_with_one_key_make_one_effect() {
 
 #[tokio::test]
 async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
 
     let seeded = new_order();
     sim.seed(&seeded, json!({ "status": "CANCELLED" })).await;
@@ -443,10 +278,10 @@ async fn cancelled_orders_and_refunds_follow_the_documented_rules() {
 
 #[tokio::test]
 async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
-    let sim = Sim::start(&[
-        ("OM_SIM_RATE_LIMIT_RATE", "1.0".into()),
-        ("OM_SIM_RETRY_AFTER_SECS", "7".into()),
-    ]);
+    let mut config = om_sim_config(KEY);
+    config.faults.rate_limit_rate = 1.0;
+    config.faults.retry_after_secs = 7;
+    let sim = OmSim::start_with(config);
     let order = new_order();
 
     let response = sim.get_order(&order).await;
@@ -470,10 +305,10 @@ async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
 
 #[tokio::test]
 async fn fail_rate_one_answers_only_5xx_without_effects() {
-    let sim = Sim::start(&[
-        ("OM_SIM_FAIL_RATE", "1.0".into()),
-        ("OM_SIM_SEED", "7".into()),
-    ]);
+    let mut config = om_sim_config(KEY);
+    config.faults.fail_rate = 1.0;
+    config.seed = 7;
+    let sim = OmSim::start_with(config);
     let order = new_order();
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..40 {
@@ -506,7 +341,7 @@ async fn fail_rate_one_answers_only_5xx_without_effects() {
 
 #[tokio::test]
 async fn dropped_connections_before_and_after_the_effect() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
 
     // Before the effect: no answer, no capture; the retry captures.
     let order = new_order();
@@ -551,7 +386,7 @@ async fn dropped_connections_before_and_after_the_effect() {
 
 #[tokio::test]
 async fn hangs_before_and_after_the_effect() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let impatient = Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
@@ -600,7 +435,7 @@ async fn hangs_before_and_after_the_effect() {
 
 #[tokio::test]
 async fn faults_switch_at_run_time() {
-    let sim = Sim::start(&[]);
+    let sim = OmSim::start(KEY);
     let order = new_order();
     assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
 
@@ -646,7 +481,11 @@ async fn faults_switch_at_run_time() {
 
 #[tokio::test]
 async fn sigterm_stops_promptly_even_with_a_hanging_request() {
-    let mut sim = Sim::start(&[]);
+    let mut config = om_sim_config(KEY);
+    config.listen = ListenArgs::new("127.0.0.1:0".parse().unwrap());
+    let mut service = Service::start(&config, &[]);
+    let addr = service.listen_addr(Duration::from_secs(10));
+    let sim = SimApi::new(&format!("http://{addr}"), KEY);
     sim.set_faults(json!({ "hang_rate": 1.0, "hang_ms": 60000 }))
         .await;
     let hanging = sim.capture_request(&sim.client, &new_order(), 1, Some("hang"));
@@ -660,8 +499,8 @@ async fn sigterm_stops_promptly_even_with_a_hanging_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sim.service.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || sim.service.wait(Duration::from_secs(10)))
+    service.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || service.wait(Duration::from_secs(10)))
         .await
         .unwrap();
     assert!(status.success(), "{status}");

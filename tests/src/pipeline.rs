@@ -1,8 +1,7 @@
 //! The pipeline the rebuild and replay tests run against: ipp-ingest, the live
-//! ipp-projector, ipp-actions and the Order Management simulator as processes on fresh
-//! topics and a fresh database, fed with signed webhooks from `ipp_loadgen`.
-
-#![allow(dead_code, reason = "shared by two test binaries that each use a part")]
+//! ipp-projector, ipp-actions and the Order Management simulator in-process on fresh
+//! topics and a fresh database, fed with signed webhooks from `ipp_loadgen`. The
+//! operator commands under test (`rebuild`, `replay`) run as child processes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,17 +9,23 @@ use std::{
 };
 
 use ipp_loadgen::{send_all, Delivery, ExpectedSession, WebhookSigner, Workload};
-use ipp_tests::{
-    cli, db, free_port, kafka,
-    process::wait_for_tcp,
-    process::Service,
-    services::{actions_env, projector_env, spawn_listening, OrderManagement},
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::{
+    cli,
+    db::TestDatabase,
+    inprocess::{
+        actions_config, ingest_config, projector_config, OrderManagement, TestActions, TestIngest,
+        TestProjector,
+    },
+    kafka,
+    om_sim::OmSim,
+    process::ChildConfig,
     signer::Signer,
     unique_name,
 };
-use serde_json::Value;
-use sqlx::{postgres::PgPoolOptions, PgPool, Row};
-use uuid::Uuid;
 
 const API_KEY: &str = "kco_test_rebuild";
 
@@ -32,105 +37,85 @@ pub struct Pipeline {
     pub actions_dlq: String,
     pub database_url: String,
     pub secret: String,
-    pub ingest_port: u16,
     pub sim_url: String,
     pub projector_group: String,
     pub actions_group: String,
     pub pool: PgPool,
     pub client: reqwest::Client,
-    pub services: Vec<Service>,
+    pub ingest: TestIngest,
+    pub projector: TestProjector,
+    pub actions: TestActions,
+    pub sim: OmSim,
+    /// Last: dropped after the services that use it.
+    pub database: TestDatabase,
 }
 
 impl Pipeline {
     pub async fn start(prefix: &str) -> Self {
         let brokers = kafka::brokers();
-        let database_url = db::fresh_database().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&database_url)
-            .await
-            .expect("connect");
-        let mut pipeline = Self {
-            topic: kafka::create_topic(&brokers, &format!("{prefix}_ipp"), 3).await,
-            other_topic: kafka::create_topic(&brokers, &format!("{prefix}_other"), 1).await,
-            dlq: kafka::create_topic(&brokers, &format!("{prefix}_dlq"), 1).await,
-            actions_dlq: kafka::create_topic(&brokers, &format!("{prefix}_adlq"), 1).await,
+        let database = TestDatabase::create().await;
+        let database_url = database.url().to_owned();
+        let pool = database.pool().await;
+        let topic = kafka::create_topic(&brokers, &format!("{prefix}_ipp"), 3).await;
+        let other_topic = kafka::create_topic(&brokers, &format!("{prefix}_other"), 1).await;
+        let dlq = kafka::create_topic(&brokers, &format!("{prefix}_dlq"), 1).await;
+        let actions_dlq = kafka::create_topic(&brokers, &format!("{prefix}_adlq"), 1).await;
+        let secret = Signer::random_secret();
+        let projector_group = unique_name(&format!("{prefix}_projector"));
+        let actions_group = unique_name(&format!("{prefix}_actions"));
+
+        let sim = OmSim::start(API_KEY);
+        let sim_url = sim.url.clone();
+        let ingest = TestIngest::spawn(ingest_config(
+            &brokers,
+            &topic,
+            &other_topic,
+            std::slice::from_ref(&secret),
+        ));
+        let mut projector_config =
+            projector_config(&brokers, &topic, &dlq, &database_url, &projector_group);
+        projector_config.batch_wait_ms = 20;
+        let projector = TestProjector::spawn(projector_config);
+        let mut actions_config = actions_config(
+            &brokers,
+            &topic,
+            &actions_dlq,
+            &database_url,
+            &actions_group,
+            OrderManagement {
+                url: &sim_url,
+                api_key: API_KEY,
+            },
+        );
+        actions_config.retry_min_delay_ms = 200;
+        let actions = TestActions::spawn(actions_config);
+        Self {
+            brokers,
+            topic,
+            other_topic,
+            dlq,
+            actions_dlq,
             database_url,
-            secret: Signer::random_secret(),
-            ingest_port: free_port(),
-            sim_url: String::new(),
-            projector_group: unique_name(&format!("{prefix}_projector")),
-            actions_group: unique_name(&format!("{prefix}_actions")),
+            secret,
+            sim_url,
+            projector_group,
+            actions_group,
             pool,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
                 .expect("client"),
-            services: Vec::new(),
-            brokers,
-        };
-        let (sim, sim_port) = spawn_listening(
-            "ipp-om-sim",
-            &[
-                ("OM_SIM_API_KEY", API_KEY.into()),
-                ("RUST_LOG", "warn".into()),
-            ],
-            "OM_SIM_LISTEN",
-            Duration::from_secs(20),
-        );
-        pipeline.services.push(sim);
-        pipeline.sim_url = format!("http://127.0.0.1:{sim_port}");
-
-        pipeline.services.push(Service::spawn(
-            "ipp-ingest",
-            &[],
-            &[
-                ("KAFKA_BROKERS", pipeline.brokers.clone()),
-                (
-                    "INGEST_LISTEN",
-                    format!("127.0.0.1:{}", pipeline.ingest_port),
-                ),
-                ("IPP_TOPIC", pipeline.topic.clone()),
-                ("KUSTOM_OTHER_TOPIC", pipeline.other_topic.clone()),
-                ("KUSTOM_WEBHOOK_SECRETS", pipeline.secret.clone()),
-                ("RUST_LOG", "warn".into()),
-            ],
-        ));
-        wait_for_tcp(pipeline.ingest_port, Duration::from_secs(20));
-
-        let mut env = pipeline.projector_env();
-        env.push(("PROJECTOR_BATCH_WAIT_MS", "20".into()));
-        env.push(("RUST_LOG", "warn".into()));
-        let (projector, _) = spawn_listening(
-            "ipp-projector",
-            &env,
-            "PROJECTOR_HTTP",
-            Duration::from_secs(30),
-        );
-        pipeline.services.push(projector);
-
-        let mut env = actions_env(
-            &pipeline.brokers,
-            &pipeline.topic,
-            &pipeline.actions_dlq,
-            &pipeline.database_url,
-            &pipeline.actions_group,
-            OrderManagement {
-                url: &pipeline.sim_url,
-                api_key: API_KEY,
-            },
-        );
-        env.push(("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()));
-        env.push(("RUST_LOG", "warn".into()));
-        let (actions, _) =
-            spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30));
-        pipeline.services.push(actions);
-        pipeline
+            ingest,
+            projector,
+            actions,
+            sim,
+            database,
+        }
     }
 
-    /// What `ipp-projector` (the service or a one-shot command) needs.
-    pub fn projector_env(&self) -> Vec<(&'static str, String)> {
-        projector_env(
+    /// The live projector's configuration, which the operator commands share.
+    pub fn projector_config(&self) -> ipp_projector::Config {
+        projector_config(
             &self.brokers,
             &self.topic,
             &self.dlq,
@@ -150,13 +135,13 @@ impl Pipeline {
         args: &[&str],
         extra_env: &[(&'static str, &str)],
     ) -> cli::Output {
-        let mut env = self.projector_env();
+        let mut env = self.projector_config().env();
         env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         cli::run_async("ipp-projector", args, &env, Duration::from_secs(180)).await
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+        format!("{}/webhooks/kustom", self.ingest.url())
     }
 
     /// Posts deliveries (signed) and asserts every one got its 200.
@@ -243,9 +228,10 @@ impl Pipeline {
     }
 
     pub fn assert_running(&mut self) {
-        for service in &mut self.services {
-            assert!(service.is_running(), "{} died", service.name);
-        }
+        assert!(self.ingest.is_running(), "ipp-ingest died");
+        assert!(self.projector.is_running(), "ipp-projector died");
+        assert!(self.actions.is_running(), "ipp-actions died");
+        assert!(self.sim.service.is_running(), "ipp-om-sim died");
     }
 }
 

@@ -2,25 +2,24 @@
 //! their `dlq list|show|redrive` and `retry` subcommands against a real broker, real
 //! PostgreSQL and (for ipp-actions) the Order Management simulator.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, ops::Deref, time::Duration};
 
 use chrono::Utc;
 use ipp_schemas::dlq::header as dlq;
 use ipp_tests::{
-    cli, free_port, kafka,
-    process::Service,
-    produce,
-    services::{
-        actions_env, eventually, projector_env, spawn_listening, OmSim, OrderManagement, Wiring,
-    },
-    unique_name,
+    actions::{Actions, Fixture},
+    cli,
+    eventually::eventually,
+    inprocess::{projector_config, TestProjector},
+    kafka,
+    process::ChildConfig,
+    produce, unique_name,
+    wiring::Wiring,
 };
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 const MERCHANT: &str = "DM11917000";
-const API_KEY: &str = "kco_test_ops_suite";
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn body(event_type: &str, session: Uuid, order: Option<Uuid>) -> (String, Vec<u8>) {
@@ -49,66 +48,41 @@ fn record_count(brokers: &str, topic: &str) -> usize {
 // ---------------------------------------------------------------------------------------
 // ipp-actions: retry and redrive of failed actions.
 
+/// The actions fixture with one consumer group, as its operator commands see it.
 struct ActionsFixture {
-    brokers: String,
-    topic: String,
-    dlq_topic: String,
-    database_url: String,
+    fx: Fixture,
     group: String,
-    pool: PgPool,
-    sim: OmSim,
+}
+
+impl Deref for ActionsFixture {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 impl ActionsFixture {
     async fn new() -> Self {
-        let Wiring {
-            brokers,
-            topic,
-            dlq_topic,
-            database_url,
-        } = Wiring::create(1, "ipp_actions_dlq").await;
-        let pool = PgPool::connect(&database_url).await.expect("connect");
-        let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
         Self {
-            brokers,
-            topic,
-            dlq_topic,
-            database_url,
+            fx: Fixture::new(1, |_| {}).await,
             group: unique_name("actions"),
-            pool,
-            sim,
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
-        actions_env(
-            &self.brokers,
-            &self.topic,
-            &self.dlq_topic,
-            &self.database_url,
-            &self.group,
-            OrderManagement {
-                url: &self.sim.url,
-                api_key: API_KEY,
-            },
-        )
-    }
-
-    fn start_actions(&self) -> Service {
-        let mut env = self.env();
-        env.extend([
-            ("ACTIONS_HTTP_TIMEOUT_MS", "1000".to_owned()),
-            ("ACTIONS_INPLACE_MIN_DELAY_MS", "50".to_owned()),
-            ("ACTIONS_RETRY_MIN_DELAY_MS", "200".to_owned()),
-            ("ACTIONS_RETRY_MAX_DELAY_MS", "2000".to_owned()),
-            ("ACTIONS_POLL_INTERVAL_MS", "200".to_owned()),
-            ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".to_owned()),
-        ]);
-        spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30)).0
+    /// ipp-actions in-process, retrying quickly.
+    fn start_actions(&self) -> Actions {
+        self.fx.start_actions(&self.group, |config| {
+            // What these tests ran with before they shared the actions fixture's
+            // settings: the production values where they set none.
+            config.connect_timeout_ms = 3_000;
+            config.inplace_max_delay_ms = 5_000;
+            config.lease_ms = 300_000;
+        })
     }
 
     async fn cli(&self, args: &[&str]) -> cli::Output {
-        run_cli("ipp-actions", args, &self.env()).await
+        self.fx.cli(&self.group, args).await
     }
 
     /// Runs `ipp-actions args…` (with `--json`); asserts success, returns its lines.
@@ -116,34 +90,8 @@ impl ActionsFixture {
         self.cli(args).await.success().json_lines()
     }
 
-    /// Waits (up to 30 s) until the DLQ topic holds `n` records.
-    async fn wait_for_dlq_records(&self, n: usize, what: &str) {
-        eventually(Duration::from_secs(30), what, || {
-            std::future::ready(record_count(&self.brokers, &self.dlq_topic) == n)
-        })
-        .await;
-    }
-
-    /// Waits (up to 30 s) until the order's action has `status`.
-    async fn wait_for_status(&self, order: Uuid, status: &str, what: &str) {
-        eventually(Duration::from_secs(30), what, || async {
-            self.status_of(order).await == status
-        })
-        .await;
-    }
-
     async fn seed(&self, order: Uuid, seed: Value) {
         self.sim.put(&format!("/_sim/orders/{order}"), seed).await;
-    }
-
-    async fn status_of(&self, order: Uuid) -> String {
-        sqlx::query_scalar("SELECT status FROM ipp_actions WHERE order_id = $1")
-            .bind(order)
-            .fetch_optional(&self.pool)
-            .await
-            // Before ipp-actions migrated, the table does not exist yet.
-            .unwrap_or(None)
-            .unwrap_or_default()
     }
 }
 
@@ -164,7 +112,7 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
         let (_, event) = body("ipp.session.finalized", session, Some(order));
         producer.send_event(&event).await;
     }
-    let mut actions = fx.start_actions();
+    let actions = fx.start_actions();
     eventually(
         Duration::from_secs(60),
         "two failed, one captured",
@@ -347,7 +295,7 @@ async fn failed_actions_are_retried_or_redriven_once_after_the_fix_and_capture_o
     assert_eq!(guarded[0]["outcome"], json!("refused"), "{guarded:?}");
     assert_eq!(record_count(&fx.brokers, &fx.topic), 5);
 
-    assert!(actions.terminate(Duration::from_secs(30)).success());
+    actions.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,28 +321,21 @@ fn big_finalized(session: Uuid, order: Uuid) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_holds() {
-    let Wiring {
-        brokers,
-        topic,
-        dlq_topic,
-        database_url,
-    } = Wiring::create(2, "ipp_events_dlq").await;
-    let pool = PgPool::connect(&database_url).await.expect("connect");
-    let env = projector_env(
-        &brokers,
-        &topic,
-        &dlq_topic,
-        &database_url,
-        &unique_name("projector"),
+    let wiring = Wiring::create(2, "ipp_events_dlq").await;
+    let (brokers, topic, dlq_topic) = (
+        wiring.brokers.clone(),
+        wiring.topic.clone(),
+        wiring.dlq_topic.clone(),
     );
-    let start = |max_payload: Option<&str>| {
-        let port = free_port();
-        let mut run_env = env.clone();
-        run_env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
+    let pool = wiring.database.pool().await;
+    let config = wiring.projector_config(&unique_name("projector"));
+    let env = config.env();
+    let start = |max_payload: Option<usize>| {
+        let mut config = config.clone();
         if let Some(max) = max_payload {
-            run_env.push(("PROJECTOR_MAX_PAYLOAD_BYTES", max.to_owned()));
+            config.max_payload_bytes = max;
         }
-        Service::spawn("ipp-projector", &[], &run_env)
+        TestProjector::spawn(config)
     };
     // A `--json` command of ipp-projector that must succeed: its lines.
     let cli_json = |args: &'static [&'static str]| {
@@ -431,7 +372,7 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
         .collect();
     producer.send_events(&others).await;
 
-    let mut projector = start(Some("2048"));
+    let projector = start(Some(2048));
     eventually(
         Duration::from_secs(60),
         "7 events applied, 1 parked",
@@ -538,8 +479,8 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     assert_eq!(count_events(big_id.clone()).await, 0);
 
     // The fix: restart with the default limit.
-    assert!(projector.terminate(Duration::from_secs(30)).success());
-    let mut projector = start(None);
+    projector.stop().await;
+    let projector = start(None);
 
     // Loop guard: at --max-redrives 1 the re-parked copy is refused; the first record
     // was redriven already.
@@ -656,23 +597,26 @@ async fn projector_dead_letter_is_applied_once_after_the_fix_and_the_loop_guard_
     .await;
     assert_eq!(count_events(big_id.clone()).await, 1);
 
-    assert!(projector.terminate(Duration::from_secs(30)).success());
+    projector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_operators_redriving_at_once_produce_each_copy_once() {
-    let Wiring {
-        brokers,
-        topic,
-        dlq_topic,
-        database_url,
-    } = Wiring::create(2, "ipp_events_dlq").await;
-    let env = vec![
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("IPP_TOPIC", topic.clone()),
-        ("IPP_DLQ_TOPIC", dlq_topic.clone()),
-        ("DATABASE_URL", database_url.clone()),
-    ];
+    let wiring = Wiring::create(2, "ipp_events_dlq").await;
+    let (brokers, topic, dlq_topic) = (
+        wiring.brokers.clone(),
+        wiring.topic.clone(),
+        wiring.dlq_topic.clone(),
+    );
+    // The operator's command line: the default consumer group.
+    let env = projector_config(
+        &brokers,
+        &topic,
+        &dlq_topic,
+        wiring.database.url(),
+        "ipp-projector",
+    )
+    .env();
     // Five parked records, as the projector writes them.
     let dlq_producer = produce::Producer::new(&brokers, &dlq_topic);
     let mut ids = Vec::new();
@@ -731,7 +675,7 @@ async fn two_operators_redriving_at_once_produce_each_copy_once() {
     assert!(copies
         .iter()
         .all(|r| r.header(dlq::REDRIVE_COUNT) == Some("1")));
-    let pool = PgPool::connect(&database_url).await.expect("connect");
+    let pool = wiring.database.pool().await;
     let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
         "SELECT dlq_offset, target_offset FROM ipp_dlq_redrives ORDER BY dlq_offset",
     )

@@ -1,4 +1,5 @@
-//! `ipp-ingest` as a black box: the real binary, real HTTP, a real broker.
+//! `ipp-ingest` as a black box: real HTTP, a real broker. In-process, except where a
+//! real process is the point: SIGTERM, refusing to start, its logs and `--help`.
 
 use std::{
     io::{Read, Write},
@@ -6,141 +7,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipp_service::{ListenArgs, LogFormat};
 use ipp_tests::{
-    free_port,
-    kafka::{self, OwnBroker, Record},
-    process::{wait_for_tcp, Service},
-    services::eventually,
+    eventually::eventually,
+    fixture,
+    ingest::{post_webhook, Ingest, Options},
+    inprocess::{add_properties, chain, TestIngest},
+    json_of,
+    kafka::{self, OwnBroker},
+    process::{self, Service},
     signer::{Signed, Signer},
 };
 use serde_json::{json, Value};
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../schemas/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-}
-
-/// One ingest process with its own topics and secrets.
-struct Ingest {
-    service: Service,
-    url: String,
-    brokers: String,
-    ipp_topic: String,
-    other_topic: String,
-    secrets: Vec<String>,
-}
-
-struct Options<'a> {
-    brokers: String,
-    /// The ipp topic's name, when it is not one created for the test.
-    ipp_topic: Option<String>,
-    secrets: usize,
-    extra_env: Vec<(&'a str, String)>,
-    args: Vec<&'a str>,
-}
-
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Self {
-            brokers: kafka::brokers(),
-            ipp_topic: None,
-            secrets: 1,
-            extra_env: Vec::new(),
-            args: Vec::new(),
-        }
-    }
-}
-
-impl Ingest {
-    async fn start() -> Self {
-        Self::start_with(Options::default()).await
-    }
-
-    async fn start_with(options: Options<'_>) -> Self {
-        let ipp_topic = match options.ipp_topic {
-            Some(name) => name,
-            None => kafka::create_topic(&options.brokers, "ipp_events", 4).await,
-        };
-        let other_topic = kafka::create_topic(&options.brokers, "kustom_events", 2).await;
-        let secrets: Vec<String> = (0..options.secrets)
-            .map(|_| Signer::random_secret())
-            .collect();
-        let port = free_port();
-        let mut env = vec![
-            ("KAFKA_BROKERS", options.brokers.clone()),
-            ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-            ("IPP_TOPIC", ipp_topic.clone()),
-            ("KUSTOM_OTHER_TOPIC", other_topic.clone()),
-            ("KUSTOM_WEBHOOK_SECRETS", secrets.join(",")),
-        ];
-        env.extend(options.extra_env);
-        let service = Service::spawn("ipp-ingest", &options.args, &env);
-        wait_for_tcp(port, Duration::from_secs(20));
-        Self {
-            service,
-            url: format!("http://127.0.0.1:{port}"),
-            brokers: options.brokers,
-            ipp_topic,
-            other_topic,
-            secrets,
-        }
-    }
-
-    /// The `/metrics` text.
-    async fn metrics(&self) -> String {
-        let response = reqwest::get(format!("{}/metrics", self.url)).await;
-        response
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text")
-    }
-
-    fn signer(&self) -> Signer {
-        Signer::new(&self.secrets[0])
-    }
-
-    async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
-        let signed = self.signer().sign(body);
-        self.post(body, Some(&signed)).await
-    }
-
-    async fn post(&self, body: &[u8], signed: Option<&Signed>) -> reqwest::Response {
-        let mut request = reqwest::Client::new()
-            .post(format!("{}/webhooks/kustom", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
-        for (name, value) in signed.map(Signed::headers).into_iter().flatten() {
-            request = request.header(name, value);
-        }
-        request.send().await.expect("request")
-    }
-
-    fn ipp_records(&self) -> Vec<Record> {
-        kafka::read_topic(&self.brokers, &self.ipp_topic)
-    }
-
-    fn other_records(&self) -> Vec<Record> {
-        kafka::read_topic(&self.brokers, &self.other_topic)
-    }
-
-    fn nothing_stored(&self) {
-        assert!(
-            self.ipp_records().is_empty(),
-            "something reached the ipp topic"
-        );
-        assert!(
-            self.other_records().is_empty(),
-            "something reached the other topic"
-        );
-    }
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    response.json().await.expect("json body")
+/// An ingest configuration on fresh topics, for a child process that logs the address
+/// it got on 127.0.0.1:0; and its secrets.
+async fn child_config(options: &Options) -> (ipp_ingest::Config, Vec<String>) {
+    let (mut config, secrets) = Ingest::config(options).await;
+    config.listen = ListenArgs::new("127.0.0.1:0".parse().unwrap());
+    (config, secrets)
 }
 
 #[tokio::test]
@@ -224,10 +109,13 @@ async fn events_of_one_session_share_a_partition_and_duplicates_are_accepted() {
 
 #[tokio::test]
 async fn either_secret_signs_during_a_rotation() {
-    let ingest = Ingest::start_with(Options {
-        secrets: 2,
-        ..Options::default()
-    })
+    let ingest = Ingest::start_with(
+        Options {
+            secrets: 2,
+            ..Options::default()
+        },
+        |_| {},
+    )
     .await;
     let body = fixture("session-created.json");
     for secret in &ingest.secrets {
@@ -316,9 +204,8 @@ async fn bad_signatures_get_401_and_store_nothing() {
 
 #[tokio::test]
 async fn malformed_and_oversize_bodies_are_refused_and_store_nothing() {
-    let ingest = Ingest::start_with(Options {
-        extra_env: vec![("INGEST_MAX_BODY_BYTES", "2048".into())],
-        ..Options::default()
+    let ingest = Ingest::start_with(Options::default(), |config| {
+        config.max_body_bytes = 2048;
     })
     .await;
     let session = "c749c48d-df11-4ae3-8e5f-2c8491b16214";
@@ -427,11 +314,13 @@ async fn unknown_ipp_types_and_fields_are_kept() {
 async fn broker_outage_answers_503_never_200_and_the_same_producer_recovers() {
     let mut broker = OwnBroker::start();
     let timeout_ms = 2000;
-    let ingest = Ingest::start_with(Options {
-        brokers: broker.brokers(),
-        extra_env: vec![("INGEST_PRODUCE_TIMEOUT_MS", timeout_ms.to_string())],
-        ..Options::default()
-    })
+    let ingest = Ingest::start_with(
+        Options {
+            brokers: broker.brokers(),
+            ..Options::default()
+        },
+        |config| config.produce_timeout_ms = timeout_ms,
+    )
     .await;
     let template: Value = serde_json::from_slice(&fixture("session-created.json")).unwrap();
     let body = |n: usize| {
@@ -518,27 +407,28 @@ async fn refuses_to_start_with_kafka_properties_that_weaken_a_200() {
         ),
         ("max.in.flight=1000", "max.in.flight"),
     ] {
-        let env = [
-            ("KAFKA_BROKERS", kafka::brokers()),
-            ("INGEST_LISTEN", format!("127.0.0.1:{}", free_port())),
-            ("KUSTOM_WEBHOOK_SECRETS", Signer::random_secret()),
-            ("KAFKA_PROPERTIES", format!("linger.ms=5,{property}")),
-        ];
-        let output = ipp_tests::cli::run("ipp-ingest", &[], &env, Duration::from_secs(20));
-        assert!(!output.status.success(), "started with {property}");
-        let stderr = &output.stderr;
+        let (mut config, _) = Ingest::config(&Options::default()).await;
+        add_properties(&mut config.kafka.properties, &["linger.ms=5", property]);
+        let started = TestIngest::spawn(config)
+            .exited(Duration::from_secs(20))
+            .await;
+        let error = chain(&started.expect_err(property));
         assert!(
-            stderr.contains(&format!("KAFKA_PROPERTIES sets {key}=")) && stderr.contains("weaken"),
-            "{property}: the error names the setting: {stderr}"
+            error.contains(&format!("KAFKA_PROPERTIES sets {key}=")) && error.contains("weaken"),
+            "{property}: the error names the setting: {error}"
         );
     }
     // Restating the guarantees, or tightening them, is fine.
-    let ingest = Ingest::start_with(Options {
-        extra_env: vec![(
-            "KAFKA_PROPERTIES",
-            "acks=-1,enable.idempotence=true,max.in.flight=5,compression.type=zstd".to_owned(),
-        )],
-        ..Options::default()
+    let ingest = Ingest::start_with(Options::default(), |config| {
+        add_properties(
+            &mut config.kafka.properties,
+            &[
+                "acks=-1",
+                "enable.idempotence=true",
+                "max.in.flight=5",
+                "compression.type=zstd",
+            ],
+        );
     })
     .await;
     let body = fixture("session-created.json");
@@ -552,11 +442,13 @@ async fn refuses_to_start_with_kafka_properties_that_weaken_a_200() {
 #[tokio::test]
 async fn a_missing_topic_is_reported_and_never_created() {
     let missing = ipp_tests::unique_name("ipp_events_not_created_yet");
-    let ingest = Ingest::start_with(Options {
-        ipp_topic: Some(missing.clone()),
-        extra_env: vec![("INGEST_PRODUCE_TIMEOUT_MS", "2000".to_owned())],
-        ..Options::default()
-    })
+    let ingest = Ingest::start_with(
+        Options {
+            ipp_topic: Some(missing.clone()),
+            ..Options::default()
+        },
+        |config| config.produce_timeout_ms = 2000,
+    )
     .await;
     let ready = reqwest::get(format!("{}/readyz", ingest.url))
         .await
@@ -602,10 +494,11 @@ async fn a_missing_topic_is_reported_and_never_created() {
 /// A request whose body is still arriving when SIGTERM comes is completed and stored.
 #[tokio::test]
 async fn in_flight_requests_complete_during_sigterm() {
-    let mut ingest = Ingest::start().await;
+    let (config, secrets) = child_config(&Options::default()).await;
+    let mut ingest = Service::start(&config, &[]);
+    let address = ingest.listen_addr(Duration::from_secs(20)).to_string();
     let body = fixture("documented-session-finalized.json");
-    let signed = ingest.signer().sign(&body);
-    let address = ingest.url.trim_start_matches("http://").to_owned();
+    let signed = Signer::new(&secrets[0]).sign(&body);
     let mut stream = TcpStream::connect(&address).unwrap();
     let mut head = format!(
         "POST /webhooks/kustom HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -619,12 +512,9 @@ async fn in_flight_requests_complete_during_sigterm() {
     stream.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
 
-    ingest.service.signal("TERM");
+    ingest.signal("TERM");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        ingest.service.is_running(),
-        "exited with a request in flight"
-    );
+    assert!(ingest.is_running(), "exited with a request in flight");
 
     stream.write_all(&body[10..]).unwrap();
     let mut response = String::new();
@@ -634,69 +524,57 @@ async fn in_flight_requests_complete_during_sigterm() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "got: {response}");
 
-    let status = ingest.service.wait(Duration::from_secs(20));
+    let status = ingest.wait(Duration::from_secs(20));
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
     assert!(
         TcpStream::connect(&address).is_err(),
         "still accepting after shutdown"
     );
-    let records = ingest.ipp_records();
+    let records = kafka::read_topic(&kafka::brokers(), &config.ipp_topic);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, body);
 }
 
 #[tokio::test]
 async fn refuses_to_start_without_secrets_unless_explicitly_insecure() {
-    let port = free_port();
-    let env = [
-        ("KAFKA_BROKERS", kafka::brokers()),
-        ("INGEST_LISTEN", format!("127.0.0.1:{port}")),
-    ];
-    let output = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
+    let (config, _) = child_config(&Options {
+        secrets: 0,
+        ..Options::default()
+    })
+    .await;
+    let output = ipp_tests::cli::run(
+        "ipp-ingest",
+        &[],
+        &process::ChildConfig::env(&config),
+        Duration::from_secs(20),
+    );
     assert!(!output.status.success(), "started without secrets");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("KUSTOM_WEBHOOK_SECRETS"),
         "explains what to set: {stderr}"
     );
 
-    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
-    let mut insecure = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
-        .arg("--insecure-skip-verify")
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("IPP_TOPIC", &topic)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_tcp(port, Duration::from_secs(20));
+    let mut insecure = Service::start(&config, &["--insecure-skip-verify"]);
+    let addr = insecure.listen_addr(Duration::from_secs(20));
     let body = fixture("session-created.json");
     let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
+        .post(format!("http://{addr}/webhooks/kustom"))
         .body(body.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "unsigned accepted when insecure");
-    insecure.kill().unwrap();
-    insecure.wait().unwrap();
-    let mut logs = String::new();
-    insecure
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    insecure.kill();
+    let logs = insecure.logs();
     assert!(
         logs.contains("WARN") && logs.contains("insecure-skip-verify"),
         "warns: {logs}"
     );
-    assert_eq!(kafka::read_topic(&kafka::brokers(), &topic)[0].value, body);
+    assert_eq!(
+        kafka::read_topic(&kafka::brokers(), &config.ipp_topic)[0].value,
+        body
+    );
 }
 
 #[tokio::test]
@@ -746,7 +624,7 @@ async fn health_readiness_and_metrics() {
 
 #[test]
 fn help_documents_the_configuration() {
-    let output = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
+    let output = std::process::Command::new(process::bin_path("ipp-ingest"))
         .arg("--help")
         .output()
         .unwrap();
@@ -773,10 +651,12 @@ fn help_documents_the_configuration() {
 /// Logs name the event but never contain the body or a secret.
 #[tokio::test]
 async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
-    let port = free_port();
-    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
-    let secret = Signer::random_secret();
-    let child = spawn_piped(port, &topic, &secret, &["--log-format", "json"], "debug");
+    let (mut config, secrets) = child_config(&Options::default()).await;
+    config.log.format = LogFormat::Json;
+    let mut env = process::ChildConfig::env(&config);
+    env.push(("RUST_LOG", "debug".to_owned()));
+    let mut child = Service::spawn_watched("ipp-ingest", &[], &env);
+    let addr = child.listen_addr(Duration::from_secs(20));
     let marker = "do-not-log-this-reason";
     let body = serde_json::to_vec(&json!({
         "id": "kevt_logcheck", "merchant_id": "M1", "timestamp": "2026-06-05T18:00:00Z",
@@ -784,18 +664,12 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
         "data": {"session_id": "c749c48d-df11-4ae3-8e5f-2c8491b16214", "failure_reason": marker}
     }))
     .unwrap();
-    let signed = Signer::new(&secret).sign(&body);
-    assert_eq!(post_to(port, &signed, &body).await.status(), 200);
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let signed = Signer::new(&secrets[0]).sign(&body);
+    let response = post_webhook(&format!("http://{addr}"), &body, Some(&signed)).await;
+    assert_eq!(response.status(), 200);
+    let status = child.terminate(Duration::from_secs(20));
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    let logs = child.logs();
     assert!(
         logs.contains("kevt_logcheck"),
         "the event id is logged: {logs}"
@@ -805,7 +679,7 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
         "the session id is logged"
     );
     assert!(!logs.contains(marker), "the body leaked into the logs");
-    let key = secret.trim_start_matches("whsec_");
+    let key = secrets[0].trim_start_matches("whsec_");
     assert!(!logs.contains(key), "the secret leaked into the logs");
     assert!(
         !logs.contains(&signed.signature),
@@ -817,18 +691,25 @@ async fn logs_carry_identifiers_but_never_bodies_or_secrets() {
 /// a log line that cannot be written is dropped, never a panic in the task that logs.
 #[tokio::test]
 async fn a_dead_log_pipe_neither_breaks_requests_nor_shutdown() {
-    let port = free_port();
-    let topic = kafka::create_topic(&kafka::brokers(), "ipp_events", 1).await;
-    let secret = Signer::random_secret();
-    let mut child = spawn_piped(port, &topic, &secret, &[], "info");
-    // The reader of both pipes goes away, as a log shipper that crashed would.
-    drop(child.stdout.take());
+    let (config, secrets) = child_config(&Options {
+        ..Options::default()
+    })
+    .await;
+    let mut child = process::spawn_piped(&config, &[]);
+    // The reader of both pipes goes away, as a log shipper that crashed would: once
+    // the address is read, stdout is closed; stderr was never read.
     drop(child.stderr.take());
+    let stdout = child.stdout.take().expect("stdout");
+    let addr = process::read_listen_addr(stdout, Duration::from_secs(20));
 
     let body = fixture("session-created.json");
-    let signed = Signer::new(&secret).sign(&body);
-    assert_eq!(post_to(port, &signed, &body).await.status(), 200);
-    assert_eq!(kafka::read_topic(&kafka::brokers(), &topic)[0].value, body);
+    let signed = Signer::new(&secrets[0]).sign(&body);
+    let response = post_webhook(&format!("http://{addr}"), &body, Some(&signed)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        kafka::read_topic(&kafka::brokers(), &config.ipp_topic)[0].value,
+        body
+    );
 
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -843,40 +724,4 @@ async fn a_dead_log_pipe_neither_breaks_requests_nor_shutdown() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
-}
-
-/// ipp-ingest as a plain child process with both outputs piped, for the tests that read
-/// or break its logs; returns once it listens on `port`.
-fn spawn_piped(
-    port: u16,
-    ipp_topic: &str,
-    secret: &str,
-    args: &[&str],
-    rust_log: &str,
-) -> std::process::Child {
-    let child = std::process::Command::new(ipp_tests::process::bin_path("ipp-ingest"))
-        .args(args)
-        .env_clear()
-        .env("KAFKA_BROKERS", kafka::brokers())
-        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("IPP_TOPIC", ipp_topic)
-        .env("KUSTOM_WEBHOOK_SECRETS", secret)
-        .env("RUST_LOG", rust_log)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_tcp(port, Duration::from_secs(20));
-    child
-}
-
-/// Posts `body` with the headers of `signed` to an ingest listening on `port`.
-async fn post_to(port: u16, signed: &Signed, body: &[u8]) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhooks/kustom"))
-        .body(body.to_vec());
-    for (name, value) in signed.headers() {
-        request = request.header(name, value);
-    }
-    request.send().await.expect("request")
 }

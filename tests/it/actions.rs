@@ -1,356 +1,32 @@
-//! `ipp-actions` end to end: the real binary, a real broker, real PostgreSQL and the Order
-//! Management simulator (`ipp-om-sim`) over HTTP. Every test checks the ledger AND the
-//! effects the simulator counted.
+//! `ipp-actions` end to end: a real broker, real PostgreSQL and the Order Management
+//! simulator over HTTP, in-process; a child process for SIGKILL and SIGTERM. Every test
+//! checks the ledger AND the effects the simulator counted.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use ipp_schemas::{dlq::header as dlq, record::header};
+use ipp_service::Secret;
 use ipp_tests::{
+    actions::{assert_retry_after_respected, expected_key, finalized, Event, Fixture, Row},
+    eventually::eventually,
+    inprocess::{add_properties, with_on_finalized},
     kafka,
-    process::Service,
     produce::Producer,
-    services::{actions_env, eventually, spawn_listening, OmSim, OrderManagement, Wiring},
     unique_name,
 };
-use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
-
-const API_KEY: &str = "kco_test_actions_suite";
-/// UUIDv5 of the URL https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions, the
-/// documented namespace of the idempotency keys.
-const KEY_NAMESPACE: &str = "3d14a510-fabd-52f4-8d78-27913cea6615";
-
-fn expected_key(order_id: Uuid) -> Uuid {
-    let namespace = Uuid::new_v5(
-        &Uuid::NAMESPACE_URL,
-        b"https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions",
-    );
-    assert_eq!(namespace.to_string(), KEY_NAMESPACE);
-    Uuid::new_v5(&namespace, format!("capture:{order_id}").as_bytes())
-}
-
-// ---------------------------------------------------------------------------------------
-// Fixture: broker topics, a fresh database, the simulator, the service.
-
-struct Fixture {
-    brokers: String,
-    topic: String,
-    dlq_topic: String,
-    database_url: String,
-    pool: PgPool,
-    sim: OmSim,
-    producer: Producer,
-}
-
-impl Fixture {
-    async fn new(partitions: i32, sim_env: &[(&str, String)]) -> Self {
-        let Wiring {
-            brokers,
-            topic,
-            dlq_topic,
-            database_url,
-        } = Wiring::create(partitions, "ipp_actions_dlq").await;
-        let pool = PgPool::connect(&database_url).await.expect("connect");
-        let sim = OmSim::start(API_KEY, sim_env, Duration::from_secs(20));
-        let producer = Producer::new(&brokers, &topic);
-        Self {
-            brokers,
-            topic,
-            dlq_topic,
-            database_url,
-            pool,
-            sim,
-            producer,
-        }
-    }
-
-    /// Starts `ipp-actions` with short retry settings; `extra` overrides them.
-    fn start_actions(&self, group: &str, extra: &[(&str, String)]) -> Actions {
-        let mut env: BTreeMap<&str, String> = actions_env(
-            &self.brokers,
-            &self.topic,
-            &self.dlq_topic,
-            &self.database_url,
-            group,
-            OrderManagement {
-                url: &self.sim.url,
-                api_key: API_KEY,
-            },
-        )
-        .into_iter()
-        .collect();
-        env.extend([
-            ("ACTIONS_HTTP_TIMEOUT_MS", "1000".into()),
-            ("ACTIONS_CONNECT_TIMEOUT_MS", "500".into()),
-            ("ACTIONS_INPLACE_RETRIES", "3".into()),
-            ("ACTIONS_INPLACE_MIN_DELAY_MS", "50".into()),
-            ("ACTIONS_INPLACE_MAX_DELAY_MS", "2000".into()),
-            ("ACTIONS_RETRY_MIN_DELAY_MS", "200".into()),
-            ("ACTIONS_RETRY_MAX_DELAY_MS", "2000".into()),
-            ("ACTIONS_LEASE_MS", "5000".into()),
-            ("ACTIONS_POLL_INTERVAL_MS", "200".into()),
-            ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".into()),
-        ]);
-        for (key, value) in extra {
-            env.insert(key, value.clone());
-        }
-        let env: Vec<(&str, String)> = env.into_iter().collect();
-        let (service, port) =
-            spawn_listening("ipp-actions", &env, "ACTIONS_HTTP", Duration::from_secs(30));
-        Actions {
-            service,
-            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-        }
-    }
-
-    /// Produces records exactly as ipp-ingest writes them: raw body, key = session id,
-    /// the ingest headers.
-    async fn produce(&self, events: &[Event]) {
-        let bodies: Vec<Vec<u8>> = events.iter().map(Event::body).collect();
-        self.producer.send_events(&bodies).await;
-    }
-
-    async fn produce_raw(&self, key: &str, body: &[u8]) {
-        self.producer
-            .send_raw(Some(key.as_bytes()), Some(body), OwnedHeaders::new())
-            .await;
-    }
-
-    async fn calls(&self) -> Vec<Value> {
-        self.sim
-            .get("/_sim/calls")
-            .await
-            .as_array()
-            .expect("calls")
-            .clone()
-    }
-
-    async fn ledger(&self) -> Vec<Row> {
-        sqlx::query_as(
-            "SELECT order_id, session_id, merchant_id, status, attempts, idempotency_key, \
-                 capture_id, captured_amount, reason, last_status_code \
-             FROM ipp_actions ORDER BY order_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_default()
-    }
-
-    /// Orders the simulator captured whose ledger row is still pending: a capture request
-    /// was sent and applied, but its answer has not been recorded.
-    async fn unrecorded_captures(&self) -> Vec<Uuid> {
-        let captured = self.sim.captures_by_order().await;
-        let requested: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT order_id FROM ipp_actions \
-             WHERE status = 'pending' AND capture_requested_at IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_default();
-        requested
-            .into_iter()
-            .filter(|o| captured.contains_key(o))
-            .collect()
-    }
-
-    /// Rows that did not succeed, for assertion messages.
-    async fn unfinished(&self) -> Vec<Row> {
-        let mut rows = self.ledger().await;
-        rows.retain(|r| r.status != "succeeded");
-        rows
-    }
-
-    /// Waits until exactly `n` actions have `status`; fails the test after `within`.
-    async fn wait_for_count(&self, status: &str, n: i64, within: Duration) {
-        eventually(within, &format!("{n} {status} actions"), || async {
-            self.count(status).await == n
-        })
-        .await;
-    }
-
-    /// Waits until the ledger holds `n` actions and none is pending; fails after `within`.
-    async fn wait_until_all_recorded(&self, n: usize, within: Duration) {
-        eventually(
-            within,
-            &format!("{n} actions recorded and none pending"),
-            || async { self.ledger().await.len() == n && self.count("pending").await == 0 },
-        )
-        .await;
-    }
-
-    async fn count(&self, status: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status = $1")
-            .bind(status)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(0)
-    }
-
-    /// Each order captured exactly once in the simulator, for its authorized amount, and
-    /// its ledger row `succeeded` with that capture's id and the deterministic key.
-    async fn assert_captured_once(&self, finalized: &[Event]) {
-        let by_order = self.sim.captures_by_order().await;
-        let ledger: HashMap<Uuid, Row> = self
-            .ledger()
-            .await
-            .into_iter()
-            .map(|r| (r.order_id, r))
-            .collect();
-        for event in finalized {
-            let order_id = event.order_id.expect("finalized events have an order");
-            assert_eq!(by_order.get(&order_id), Some(&1), "captures of {order_id}");
-            let order = self.sim.get(&format!("/_sim/orders/{order_id}")).await;
-            let amount = ipp_om_sim::authorized_amount_for(&order_id);
-            assert_eq!(order["captured_amount"], json!(amount), "{order}");
-            assert_eq!(order["effects"]["captures"], json!(1), "{order}");
-            let capture = &order["captures"][0];
-            assert_eq!(capture["reference"], json!(event.session_id.to_string()));
-            let row = ledger.get(&order_id).expect("ledger row");
-            assert_eq!(row.status, "succeeded", "{row:?}");
-            assert_eq!(row.session_id, event.session_id);
-            assert_eq!(row.idempotency_key, expected_key(order_id));
-            assert_eq!(row.captured_amount, Some(amount));
-            assert_eq!(row.capture_id.as_deref(), capture["capture_id"].as_str());
-            assert_eq!(row.merchant_id.as_deref(), Some(MERCHANT));
-        }
-    }
-}
-
-struct Actions {
-    service: Service,
-    metrics_url: String,
-}
-
-impl Actions {
-    /// One sample of a Prometheus counter (the sum when `labels` is empty).
-    async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let Ok(response) = reqwest::get(&self.metrics_url).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn stop(&mut self) {
-        self.service.signal("TERM");
-        let status = self.service.wait(Duration::from_secs(30));
-        assert!(status.success(), "ipp-actions exited with {status}");
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-#[allow(dead_code, reason = "fields are printed in assertion messages")]
-struct Row {
-    order_id: Uuid,
-    session_id: Uuid,
-    merchant_id: Option<String>,
-    status: String,
-    attempts: i32,
-    idempotency_key: Uuid,
-    capture_id: Option<String>,
-    captured_amount: Option<i64>,
-    reason: Option<String>,
-    last_status_code: Option<i32>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Events.
-
-const MERCHANT: &str = "DM11917000";
-
-#[derive(Debug, Clone)]
-struct Event {
-    id: String,
-    event_type: &'static str,
-    session_id: Uuid,
-    order_id: Option<Uuid>,
-    timestamp: DateTime<Utc>,
-}
-
-impl Event {
-    fn new(event_type: &'static str, session_id: Uuid, order_id: Option<Uuid>) -> Self {
-        Self {
-            id: format!("kevt_{}", Uuid::new_v4().simple()),
-            event_type,
-            session_id,
-            order_id,
-            timestamp: Utc::now(),
-        }
-    }
-
-    fn finalized() -> Self {
-        Self::new(
-            "ipp.session.finalized",
-            Uuid::new_v4(),
-            Some(Uuid::new_v4()),
-        )
-    }
-
-    fn body(&self) -> Vec<u8> {
-        let failure = (self.event_type == "ipp.payment.failed").then_some("DECLINED");
-        json!({
-            "id": self.id,
-            "merchant_id": MERCHANT,
-            "timestamp": ipp_schemas::record::format_timestamp(self.timestamp),
-            "type": self.event_type,
-            "data": {
-                "session_id": self.session_id,
-                "order_id": self.order_id,
-                "failure_reason": failure,
-            }
-        })
-        .to_string()
-        .into_bytes()
-    }
-}
-
-fn finalized(n: usize) -> Vec<Event> {
-    (0..n).map(|_| Event::finalized()).collect()
-}
-
-/// After every 429, the next call for the same order came no sooner than Retry-After
-/// (timestamps are the simulator's arrival times). Returns how many retries it checked.
-fn assert_retry_after_respected(calls: &[Value], retry_after: i64) -> usize {
-    let mut by_order: HashMap<String, Vec<&Value>> = HashMap::new();
-    for call in calls {
-        let path = call["path"].as_str().unwrap();
-        let order = path.split('/').nth(4).unwrap_or_default().to_owned();
-        by_order.entry(order).or_default().push(call);
-    }
-    let at = |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
-    let mut checked = 0;
-    for order_calls in by_order.values() {
-        for pair in order_calls.windows(2) {
-            if pair[0]["status"] == json!(429) {
-                let gap = at(pair[1]) - at(pair[0]);
-                assert!(
-                    gap >= chrono::Duration::seconds(retry_after),
-                    "retried {gap} after a 429 with Retry-After {retry_after}: {pair:?}"
-                );
-                checked += 1;
-            }
-        }
-    }
-    checked
-}
 
 // ---------------------------------------------------------------------------------------
 // Tests.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types_are_not() {
-    let fx = Fixture::new(1, &[]).await;
+    let fx = Fixture::new(1, |_| {}).await;
     // Non-finalized events first, on the one partition, each with an order id that must
     // not be touched: by the time the finalized ones are done, these were consumed.
     let mut untouched = Vec::new();
@@ -371,7 +47,7 @@ async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types
         Some(Uuid::new_v4()),
     ));
     fx.produce(&finals).await;
-    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
 
     fx.wait_for_count("succeeded", 4, Duration::from_secs(60))
         .await;
@@ -413,17 +89,17 @@ async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types
             .iter()
             .any(|c| c["path"].as_str().unwrap().contains(&order_id.to_string())));
     }
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
-    let fx = Fixture::new(3, &[]).await;
+    let fx = Fixture::new(3, |_| {}).await;
     let finals = finalized(20);
     for _ in 0..5 {
         fx.produce(&finals).await;
     }
-    let mut first = fx.start_actions(&unique_name("actions"), &[]);
+    let first = fx.start_actions(&unique_name("actions"), |_| {});
     eventually(
         Duration::from_secs(90),
         "20 succeeded, 80 duplicates seen",
@@ -434,17 +110,17 @@ async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
     )
     .await;
     fx.assert_captured_once(&finals).await;
-    first.stop();
+    first.stop().await;
 
     // The whole topic again, from the beginning, by a new consumer group.
-    let mut replay = fx.start_actions(&unique_name("actions_replay"), &[]);
+    let replay = fx.start_actions(&unique_name("actions_replay"), |_| {});
     eventually(
         Duration::from_secs(90),
         "all 100 records replayed as duplicates",
         || async { replay.metric("actions_records_total", "duplicate").await == 100.0 },
     )
     .await;
-    replay.stop();
+    replay.stop().await;
 
     assert_eq!(fx.ledger().await.len(), 20);
     fx.assert_captured_once(&finals).await;
@@ -462,25 +138,20 @@ async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_respected() {
     let retry_after = 1;
-    let fx = Fixture::new(
-        3,
-        &[
-            ("OM_SIM_FAIL_RATE", "0.3".into()),
-            ("OM_SIM_RATE_LIMIT_RATE", "0.1".into()),
-            ("OM_SIM_RETRY_AFTER_SECS", retry_after.to_string()),
-            ("OM_SIM_HANG_RATE", "0.05".into()),
-            ("OM_SIM_HANG_MS", "2500".into()),
-            ("OM_SIM_DROP_RATE", "0.03".into()),
-            // Half the hangs and drops of captures happen after the capture was applied:
-            // the answer is lost and only the idempotency key prevents a second capture.
-            ("OM_SIM_FAULT_AFTER_EFFECT_RATE", "0.5".into()),
-            ("OM_SIM_SEED", "4".into()),
-        ],
-    )
+    let fx = Fixture::new(3, |sim| {
+        sim.faults.fail_rate = 0.3;
+        sim.faults.rate_limit_rate = 0.1;
+        sim.faults.retry_after_secs = retry_after;
+        sim.faults.hang_rate = 0.05;
+        sim.faults.hang_ms = 2500;
+        sim.faults.drop_rate = 0.03;
+        sim.faults.fault_after_effect_rate = 0.5;
+        sim.seed = 4;
+    })
     .await;
     let finals = finalized(100);
     fx.produce(&finals).await;
-    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
     fx.wait_until_all_recorded(100, Duration::from_secs(180))
         .await;
     assert_eq!(
@@ -510,7 +181,7 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
     let checked = assert_retry_after_respected(&calls, retry_after);
     assert!(checked > 0, "no retry after a 429 to check");
     assert!(actions.metric("actions_om_retries_total", "").await > 0.0);
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -518,30 +189,29 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     // A fifth of the captures are applied and then answered only 900 ms later (within
     // the client timeout): the window between Kustom's effect and our bookkeeping that
     // the kill below aims at.
-    let fx = Fixture::new(
-        3,
-        &[
-            ("OM_SIM_LATENCY_MS", "100".into()),
-            ("OM_SIM_HANG_RATE", "0.2".into()),
-            ("OM_SIM_HANG_MS", "900".into()),
-            ("OM_SIM_FAULT_AFTER_EFFECT_RATE", "1.0".into()),
-            ("OM_SIM_SEED", "11".into()),
-        ],
-    )
+    let fx = Fixture::new(3, |sim| {
+        sim.faults.latency_ms = 100;
+        sim.faults.hang_rate = 0.2;
+        sim.faults.hang_ms = 900;
+        sim.faults.fault_after_effect_rate = 1.0;
+        sim.seed = 11;
+    })
     .await;
     let finals = finalized(300);
     fx.produce(&finals).await;
     let group = unique_name("actions");
     // A killed member does not leave its group: a short session lets the restarted one
     // get the partitions back quickly.
-    let settings = [
-        ("ACTIONS_CONCURRENCY", "8".to_owned()),
-        (
-            "KAFKA_PROPERTIES",
-            "session.timeout.ms=6000,heartbeat.interval.ms=1000".to_owned(),
-        ),
-    ];
-    let mut actions = fx.start_actions(&group, &settings);
+    let short_session = |config: &mut ipp_actions::Config| {
+        add_properties(
+            &mut config.kafka.properties,
+            &["session.timeout.ms=6000", "heartbeat.interval.ms=1000"],
+        );
+    };
+    let mut actions = fx.start_actions_process(&group, |config| {
+        config.concurrency = 8;
+        short_session(config);
+    });
     eventually(
         Duration::from_secs(90),
         "a capture applied by Kustom but not yet recorded in the ledger",
@@ -550,8 +220,7 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
         },
     )
     .await;
-    actions.service.signal("KILL");
-    actions.service.wait(Duration::from_secs(10));
+    actions.kill();
     let unrecorded = fx.unrecorded_captures().await;
     assert!(!unrecorded.is_empty(), "the kill missed the window");
     assert!(
@@ -559,7 +228,7 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
         "the kill came after the run ended"
     );
 
-    let mut restarted = fx.start_actions(&group, &settings[1..]);
+    let restarted = fx.start_actions(&group, short_session);
     fx.wait_until_all_recorded(300, Duration::from_secs(120))
         .await;
     assert_eq!(
@@ -573,12 +242,12 @@ async fn sigkill_mid_run_then_restart_captures_every_order_once() {
     fx.assert_captured_once(&finals).await;
     let stats = fx.sim.get("/_sim/stats").await;
     assert_eq!(stats["captures_applied"], json!(300));
-    restarted.stop();
+    restarted.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_orders_are_skipped() {
-    let fx = Fixture::new(1, &[]).await;
+    let fx = Fixture::new(1, |_| {}).await;
     let missing = Event::finalized();
     let cancelled = Event::finalized();
     let captured = Event::finalized();
@@ -617,7 +286,7 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     fx.produce(std::slice::from_ref(&refused)).await;
     let healthy = finalized(10);
     fx.produce(&healthy).await;
-    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
     eventually(Duration::from_secs(60), "every action ended", || async {
         fx.count("succeeded").await == 10
             && fx.count("failed").await == 3
@@ -706,15 +375,18 @@ async fn permanent_4xx_fails_to_the_dlq_without_blocking_others_and_captured_ord
     assert_eq!(garbage.value, b"{not json");
     assert_eq!(garbage.header(dlq::SOURCE_TOPIC), Some(fx.topic.as_str()));
     assert_eq!(garbage.header(dlq::SOURCE_OFFSET), Some("3"));
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_succeed() {
-    let fx = Fixture::new(3, &[("OM_SIM_FAIL_RATE", "1.0".into())]).await;
+    let fx = Fixture::new(3, |sim| {
+        sim.faults.fail_rate = 1.0;
+    })
+    .await;
     let before = finalized(30);
     fx.produce(&before).await;
-    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
     // Every action went past its in-place retries and back to the ledger at least twice.
     eventually(
         Duration::from_secs(60),
@@ -752,22 +424,21 @@ async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_
         .await;
     let all: Vec<Event> = before.into_iter().chain(during).collect();
     fx.assert_captured_once(&all).await;
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_none_records_skipped_actions_and_calls_nothing() {
-    let fx = Fixture::new(1, &[]).await;
+    let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(5);
     fx.produce(&finals).await;
-    let mut actions = fx.start_actions(
-        &unique_name("actions"),
-        &[("ACTIONS_ON_FINALIZED", "none".into())],
-    );
+    let actions = fx.start_actions(&unique_name("actions"), |config| {
+        *config = with_on_finalized(config.clone(), ipp_actions::OnFinalized::None)
+    });
     fx.wait_for_count("skipped", 5, Duration::from_secs(60))
         .await;
     // The worker has had every chance to pick them up: still nothing called.
-    actions.stop();
+    actions.stop().await;
     for row in fx.ledger().await {
         assert_eq!(row.status, "skipped");
         assert!(row.reason.as_deref().unwrap().contains("policy"));
@@ -779,19 +450,16 @@ async fn policy_none_records_skipped_actions_and_calls_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
     let retry_after = 3;
-    let fx = Fixture::new(
-        1,
-        &[
-            ("OM_SIM_RATE_LIMIT_RATE", "0.3".into()),
-            ("OM_SIM_RETRY_AFTER_SECS", retry_after.to_string()),
-            ("OM_SIM_SEED", "7".into()),
-        ],
-    )
+    let fx = Fixture::new(1, |sim| {
+        sim.faults.rate_limit_rate = 0.3;
+        sim.faults.retry_after_secs = retry_after;
+        sim.seed = 7;
+    })
     .await;
     let finals = finalized(20);
     fx.produce(&finals).await;
     // In-place delays stop at 2 s: a 3 s Retry-After sends the action back to the ledger.
-    let mut actions = fx.start_actions(&unique_name("actions"), &[]);
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
     fx.wait_for_count("succeeded", 20, Duration::from_secs(120))
         .await;
     fx.assert_captured_once(&finals).await;
@@ -804,16 +472,18 @@ async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
             > 0.0
     );
     assert_eq!(actions.metric("actions_om_retries_total", "").await, 0.0);
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
-    let fx = Fixture::new(1, &[]).await;
+    let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(5);
     fx.produce(&finals).await;
     let group = unique_name("actions");
-    let mut wrong = fx.start_actions(&group, &[("KUSTOM_API_KEY", "kco_test_wrong".into())]);
+    let wrong = fx.start_actions(&group, |config| {
+        config.kustom_api_key = Secret::new("kco_test_wrong");
+    });
     eventually(
         Duration::from_secs(60),
         "5 actions refused with 401 and retried from the ledger",
@@ -826,26 +496,25 @@ async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
         },
     )
     .await;
-    wrong.stop();
+    wrong.stop().await;
     assert!(fx.sim.captures_by_order().await.is_empty());
     assert!(kafka::read_topic(&fx.brokers, &fx.dlq_topic).is_empty());
 
-    let mut fixed = fx.start_actions(&group, &[]);
+    let fixed = fx.start_actions(&group, |_| {});
     fx.wait_for_count("succeeded", 5, Duration::from_secs(60))
         .await;
     fx.assert_captured_once(&finals).await;
-    fixed.stop();
+    fixed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_per_second_limit_spaces_order_management_calls() {
-    let fx = Fixture::new(1, &[]).await;
+    let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(30);
     fx.produce(&finals).await;
-    let mut actions = fx.start_actions(
-        &unique_name("actions"),
-        &[("ACTIONS_MAX_CALLS_PER_SEC", "20".into())],
-    );
+    let actions = fx.start_actions(&unique_name("actions"), |config| {
+        config.max_calls_per_sec = 20.0
+    });
     fx.wait_for_count("succeeded", 30, Duration::from_secs(60))
         .await;
     fx.assert_captured_once(&finals).await;
@@ -858,25 +527,28 @@ async fn calls_per_second_limit_spaces_order_management_calls() {
         span >= chrono::Duration::milliseconds(2800),
         "60 calls took only {span}"
     );
-    actions.stop();
+    actions.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_run_exits_cleanly_and_leaves_no_action_leased() {
-    let fx = Fixture::new(1, &[("OM_SIM_LATENCY_MS", "300".into())]).await;
+    let fx = Fixture::new(1, |sim| {
+        sim.faults.latency_ms = 300;
+    })
+    .await;
     let finals = finalized(60);
     fx.produce(&finals).await;
     let group = unique_name("actions");
-    let settings = [
-        ("ACTIONS_CONCURRENCY", "8".to_owned()),
-        ("ACTIONS_LEASE_MS", "600000".to_owned()),
-    ];
-    let mut actions = fx.start_actions(&group, &settings);
+    let settings = |config: &mut ipp_actions::Config| {
+        config.concurrency = 8;
+        config.lease_ms = 600_000;
+    };
+    let actions = fx.start_actions_process(&group, settings);
     eventually(Duration::from_secs(60), "some captures done", || async {
         fx.count("succeeded").await >= 8
     })
     .await;
-    actions.stop(); // SIGTERM, then exit status 0 asserted
+    actions.stop().await; // SIGTERM, then exit status 0 asserted
     assert!(
         fx.count("succeeded").await < 60,
         "the run ended before SIGTERM"
@@ -892,22 +564,25 @@ async fn sigterm_mid_run_exits_cleanly_and_leaves_no_action_leased() {
     .unwrap();
     assert_eq!(leased, 0);
 
-    let mut restarted = fx.start_actions(&group, &settings);
+    let restarted = fx.start_actions(&group, settings);
     fx.wait_for_count("succeeded", 60, Duration::from_secs(60))
         .await;
     fx.assert_captured_once(&finals).await;
-    restarted.stop();
+    restarted.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
-    let fx = Fixture::new(3, &[("OM_SIM_LATENCY_MS", "50".into())]).await;
+    let fx = Fixture::new(3, |sim| {
+        sim.faults.latency_ms = 50;
+    })
+    .await;
     let finals = finalized(200);
     fx.produce(&finals).await;
     let group = unique_name("actions");
-    let settings = [("ACTIONS_CONCURRENCY", "4".to_owned())];
-    let mut a = fx.start_actions(&group, &settings);
-    let mut b = fx.start_actions(&group, &settings);
+    let settings = |config: &mut ipp_actions::Config| config.concurrency = 4;
+    let a = fx.start_actions(&group, settings);
+    let b = fx.start_actions(&group, settings);
     fx.wait_until_all_recorded(200, Duration::from_secs(120))
         .await;
     assert_eq!(
@@ -931,8 +606,8 @@ async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
         by_a > 0.0 && by_b > 0.0,
         "both replicas worked: {by_a} + {by_b}"
     );
-    a.stop();
-    b.stop();
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Cooperative rebalancing under flow: a third replica joins while finalized sessions
@@ -940,11 +615,14 @@ async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
 /// recorded and captured exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_order_once() {
-    let fx = Fixture::new(6, &[("OM_SIM_LATENCY_MS", "20".into())]).await;
+    let fx = Fixture::new(6, |sim| {
+        sim.faults.latency_ms = 20;
+    })
+    .await;
     let finals = finalized(400);
     let group = unique_name("actions");
-    let mut a = fx.start_actions(&group, &[]);
-    let mut b = fx.start_actions(&group, &[]);
+    let a = fx.start_actions(&group, |_| {});
+    let b = fx.start_actions(&group, |_| {});
 
     let mut chunks = finals.chunks(4);
     // Produces the next chunk, 200 ms apart; false once every event is produced.
@@ -960,7 +638,7 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
     for _ in 0..3 {
         assert!(produce_next().await, "{LASTS}");
     }
-    let mut c = fx.start_actions(&group, &[]);
+    let c = fx.start_actions(&group, |_| {});
     let joined = std::time::Instant::now();
     while c.metric("actions_records_total", "recorded").await == 0.0 {
         assert!(
@@ -972,7 +650,7 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
     for _ in 0..3 {
         assert!(produce_next().await, "{LASTS}");
     }
-    c.stop();
+    c.stop().await;
     while produce_next().await {}
 
     fx.wait_until_all_recorded(finals.len(), Duration::from_secs(120))
@@ -984,18 +662,18 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
         fx.unfinished().await
     );
     fx.assert_captured_once(&finals).await;
-    a.stop();
-    b.stop();
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A topic that does not exist keeps ipp-actions not ready, and asking for it never
 /// creates it; once an operator creates it, the service starts consuming by itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
-    let mut fx = Fixture::new(1, &[]).await;
+    let mut fx = Fixture::new(1, |_| {}).await;
     fx.topic = unique_name("ipp_events_not_created_yet");
-    let actions = fx.start_actions(&unique_name("actions"), &[]);
-    let readyz = actions.metrics_url.replace("/metrics", "/readyz");
+    let actions = fx.start_actions(&unique_name("actions"), |_| {});
+    let readyz = format!("{}/readyz", actions.url());
     for _ in 0..10 {
         let status = reqwest::get(&readyz).await.expect("readyz").status();
         assert_eq!(status, 503, "ready without its topic");
@@ -1014,6 +692,5 @@ async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
     fx.assert_captured_once(&finals).await;
     let status = reqwest::get(&readyz).await.expect("readyz").status();
     assert_eq!(status, 200);
-    let mut actions = actions;
-    actions.stop();
+    actions.stop().await;
 }

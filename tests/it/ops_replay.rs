@@ -5,8 +5,6 @@
 //! the window, byte-identical to what ingest stored; the analyst's schema equals the
 //! live projection of the same events; and Order Management sees no call.
 
-mod rebuild_support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
@@ -14,11 +12,11 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ipp_loadgen::{Workload, WorkloadSpec};
+use ipp_tests::pipeline::Pipeline;
 use ipp_tests::{
     cli,
     kafka::{self, Record},
 };
-use rebuild_support::Pipeline;
 use serde_json::Value;
 
 fn rfc3339(ms: i64) -> String {

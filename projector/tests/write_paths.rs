@@ -14,13 +14,15 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn migrated_database() -> PgPool {
-    let url = db::fresh_database().await;
-    let pool = PgPool::connect(&url)
+/// A migrated database (dropped with the guard) and a pool on it.
+async fn migrated_database() -> (db::TestDatabase, PgPool) {
+    let database = db::fresh_database().await;
+    let url = database.url();
+    let pool = PgPool::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     store::migrate(&pool).await.unwrap();
-    pool
+    (database, pool)
 }
 
 struct Spec {
@@ -199,8 +201,8 @@ async fn copy_and_on_conflict_store_identical_rows() {
         ],
     ];
     for batches in &splits {
-        let by_copy = migrated_database().await;
-        let by_insert = migrated_database().await;
+        let (_copy_db, by_copy) = migrated_database().await;
+        let (_insert_db, by_insert) = migrated_database().await;
         store_in(&by_copy, batches, WriteMode::Copy).await;
         store_in(&by_insert, batches, WriteMode::OnConflict).await;
         let (copied_events, copied_sessions) = all_rows(&by_copy).await;
@@ -244,7 +246,7 @@ async fn copy_and_on_conflict_store_identical_rows() {
 
 #[tokio::test]
 async fn a_copy_that_collides_is_retried_with_on_conflict() {
-    let pool = migrated_database().await;
+    let (_database, pool) = migrated_database().await;
     let events = tricky_events();
     // An event id already stored under another session: the session read of the batch
     // cannot see it, so the COPY hits the primary key.

@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ipp_tests::{
-    cli, free_port,
-    process::Service,
-    produce,
-    services::{actions_env, projector_env, OmSim, OrderManagement, Wiring},
-    unique_name,
+    cli,
+    inprocess::{actions_config, OrderManagement, TestActions, TestProjector},
+    om_sim::OmSim,
+    process::ChildConfig,
+    produce, unique_name,
+    wiring::Wiring,
 };
 use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 const MERCHANT: &str = "DM11917000";
@@ -72,24 +72,15 @@ fn assert_caught_up(report: &Value, partitions: usize, records: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
-    let Wiring {
-        brokers,
-        topic,
-        dlq_topic,
-        database_url,
-    } = Wiring::create(3, "ipp_events_dlq").await;
-    let mut env = projector_env(
-        &brokers,
-        &topic,
-        &dlq_topic,
-        &database_url,
-        &unique_name("projector"),
-    );
+    let wiring = Wiring::create(3, "ipp_events_dlq").await;
+    let (brokers, topic, dlq_topic) = (&wiring.brokers, &wiring.topic, &wiring.dlq_topic);
+    let mut config = wiring.projector_config(&unique_name("projector"));
     // Not the default schema: status must look where the projector writes.
-    env.push(("PROJECTOR_SCHEMA", "ops_live".to_owned()));
+    config.schema = "ops_live".to_owned();
+    let env = config.env();
 
     // Before anything ran: not migrated, every record is lag.
-    let producer = produce::Producer::new(&brokers, &topic);
+    let producer = produce::Producer::new(brokers, topic);
     let mut bodies = Vec::new();
     for _ in 0..30 {
         let session = Uuid::new_v4();
@@ -109,11 +100,8 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
     assert_eq!(before["total_lag"], json!(records), "{before}");
     assert_eq!(before["dlq"]["records"], json!(0), "{before}");
 
-    let port = free_port();
-    let mut run_env = env.clone();
-    run_env.push(("PROJECTOR_HTTP", format!("127.0.0.1:{port}")));
-    let mut projector = Service::spawn("ipp-projector", &[], &run_env);
-    let pool = PgPool::connect(&database_url).await.expect("connect");
+    let projector = TestProjector::spawn(config);
+    let pool = wiring.database.pool().await;
     let report = status_until("ipp-projector", &env, "projector caught up", |r| {
         r["total_lag"] == json!(0) && r["dlq"]["records"] == json!(2)
     })
@@ -140,33 +128,30 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         .unwrap();
     assert_eq!(events, bodies.len() as i64);
 
-    assert!(projector.terminate(Duration::from_secs(30)).success());
+    projector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
-    let Wiring {
+    let wiring = Wiring::create(2, "ipp_actions_dlq").await;
+    let (brokers, topic, dlq_topic) = (&wiring.brokers, &wiring.topic, &wiring.dlq_topic);
+    let sim = OmSim::start(API_KEY);
+    let mut config = actions_config(
         brokers,
         topic,
         dlq_topic,
-        database_url,
-    } = Wiring::create(2, "ipp_actions_dlq").await;
-    let sim = OmSim::start(API_KEY, &[], Duration::from_secs(20));
-    let env = actions_env(
-        &brokers,
-        &topic,
-        &dlq_topic,
-        &database_url,
+        wiring.database.url(),
         &unique_name("actions"),
         OrderManagement {
             url: &sim.url,
             api_key: API_KEY,
         },
     );
+    let env = config.env();
 
     // 12 finalized sessions (2 of them on cancelled orders), 8 other events, 1 record
     // that is not an event.
-    let producer = produce::Producer::new(&brokers, &topic);
+    let producer = produce::Producer::new(brokers, topic);
     let mut bodies = Vec::new();
     for i in 0..12 {
         let order = Uuid::new_v4();
@@ -189,14 +174,9 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
         .await;
     let records = bodies.len() as i64 + 1;
 
-    let port = free_port();
-    let mut run_env = env.clone();
-    run_env.extend([
-        ("ACTIONS_HTTP", format!("127.0.0.1:{port}")),
-        ("ACTIONS_POLL_INTERVAL_MS", "200".to_owned()),
-        ("ACTIONS_SHUTDOWN_TIMEOUT_SECS", "5".to_owned()),
-    ]);
-    let mut actions = Service::spawn("ipp-actions", &[], &run_env);
+    config.poll_interval_ms = 200;
+    config.shutdown_timeout_secs = 5;
+    let actions = TestActions::spawn(config);
     let report = status_until("ipp-actions", &env, "actions caught up", |r| {
         r["total_lag"] == json!(0)
             && r["actions"]["succeeded"] == json!(10)
@@ -230,5 +210,5 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
         "{text}"
     );
 
-    assert!(actions.terminate(Duration::from_secs(30)).success());
+    actions.stop().await;
 }

@@ -1,0 +1,14 @@
+//! The black-box suite, one test binary: each module is one area of the pipeline. The
+//! harness (fresh topics and databases, in-process services, child processes, the
+//! webhook signer) is the `ipp_tests` library in `tests/src`.
+
+mod actions;
+mod bench_smoke;
+mod end_to_end;
+mod ingest;
+mod om_sim;
+mod ops_dlq;
+mod ops_rebuild;
+mod ops_replay;
+mod ops_status;
+mod projector;

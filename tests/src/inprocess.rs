@@ -1,0 +1,314 @@
+//! The services in the test's own process: each one's `run(config, listener, shutdown)`
+//! on a listener already bound to `127.0.0.1:0` (so the address is known before the
+//! service starts and no other process can take the port), with a typed `Config` built
+//! here, so that a renamed setting breaks the build rather than the test.
+//!
+//! Each service gets a small runtime of its own: a test that blocks its thread (reading
+//! a topic back, a blocking HTTP call) cannot stall the service it is testing.
+
+use std::{future::Future, net::SocketAddr, sync::Once, time::Duration};
+
+use clap::Parser;
+use ipp_service::{DatabaseArgs, DatabaseUrl, KafkaArgs, KafkaProperty, Secret};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long [`TestService::stop`] waits for `run` to return. Services drain within
+/// their own shutdown timeouts; this only catches a hang.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+
+/// Installs, once per test process, a tracing subscriber for the in-process services:
+/// the test writer (shown when a test fails), filtered by `RUST_LOG`, `warn` otherwise.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// One service running in-process. Dropping it cancels the service and abandons its
+/// runtime; [`TestService::stop`] is the graceful way, and says how `run` ended.
+pub struct TestService<E> {
+    pub name: &'static str,
+    /// Where the service listens (HTTP).
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub join: Option<JoinHandle<Result<(), E>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+pub type TestIngest = TestService<ipp_ingest::StartError>;
+pub type TestProjector = TestService<ipp_projector::Error>;
+pub type TestActions = TestService<ipp_actions::Error>;
+pub type TestOmSim = TestService<std::io::Error>;
+
+impl<E: std::error::Error + Send + 'static> TestService<E> {
+    fn start<F, Fut>(name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        init_logs();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("local addr");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .expect("service runtime");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let join = runtime.spawn(async move {
+            // Registered with this runtime's reactor, which drives the service.
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            run(listener, token).await
+        });
+        Self {
+            name,
+            addr,
+            shutdown,
+            join: Some(join),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether `run` has not returned yet.
+    pub fn is_running(&self) -> bool {
+        self.join.as_ref().is_some_and(|join| !join.is_finished())
+    }
+
+    /// Cancels the service (what SIGTERM does in `main`) and waits, bounded, for `run`
+    /// to return; its error, or a panic, fails the test.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.finish(STOP_WITHIN).await {
+            panic!("{} ended with an error: {}", self.name, chain(&error));
+        }
+    }
+
+    /// Waits, bounded, for `run` to return by itself (without cancelling it), e.g. a
+    /// service that must refuse to start; returns its result.
+    pub async fn exited(mut self, within: Duration) -> Result<(), E> {
+        self.finish(within).await
+    }
+
+    async fn finish(&mut self, within: Duration) -> Result<(), E> {
+        let join = self.join.take().expect("awaited once");
+        let joined = tokio::time::timeout(within, join)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within {within:?}", self.name));
+        match joined {
+            Ok(result) => result,
+            Err(error) => panic!("{} panicked: {error}", self.name),
+        }
+    }
+}
+
+impl<E> Drop for TestService<E> {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime blocks, which async code may not do.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl TestIngest {
+    pub fn spawn(config: ipp_ingest::Config) -> Self {
+        Self::start("ipp-ingest", move |listener, shutdown| {
+            ipp_ingest::run(config, listener, shutdown)
+        })
+    }
+}
+
+impl TestProjector {
+    pub fn spawn(config: ipp_projector::Config) -> Self {
+        Self::start("ipp-projector", move |listener, shutdown| {
+            ipp_projector::run(config, listener, shutdown)
+        })
+    }
+}
+
+impl TestActions {
+    pub fn spawn(config: ipp_actions::Config) -> Self {
+        Self::start("ipp-actions", move |listener, shutdown| {
+            ipp_actions::run(config, listener, shutdown)
+        })
+    }
+}
+
+impl TestOmSim {
+    pub fn spawn(config: ipp_om_sim::Config) -> Self {
+        Self::start("ipp-om-sim", move |listener, shutdown| {
+            ipp_om_sim::run(config, listener, shutdown)
+        })
+    }
+}
+
+// --- Typed configurations --------------------------------------------------------------
+//
+// The defaults come from each service's own clap definition. Parsing also reads the
+// environment (scripts/test exports KAFKA_BROKERS, for one), so every setting a test
+// depends on is set here explicitly.
+
+/// `ipp-projector`'s `Config` is flattened into its CLI; this parses it alone.
+#[derive(Parser)]
+struct ProjectorDefaults {
+    #[command(flatten)]
+    config: ipp_projector::Config,
+}
+
+fn kafka(brokers: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: brokers.to_owned(),
+        properties: test_properties(),
+    }
+}
+
+fn database(url: &str) -> DatabaseArgs {
+    DatabaseArgs {
+        url: url.parse::<DatabaseUrl>().expect("database url"),
+        max_connections: 10,
+    }
+}
+
+/// `IPP_TEST_KAFKA_PROPERTIES` (comma-separated `key=value`) adds librdkafka settings to
+/// every service a test starts (e.g. `debug=cgrp` when chasing a rebalance).
+pub fn test_properties() -> Vec<KafkaProperty> {
+    std::env::var("IPP_TEST_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.parse().expect("IPP_TEST_KAFKA_PROPERTIES: key=value"))
+        .collect()
+}
+
+/// Adds `key=value` librdkafka settings to `properties`.
+pub fn add_properties(properties: &mut Vec<KafkaProperty>, pairs: &[&str]) {
+    for pair in pairs {
+        properties.push(pair.parse().expect("key=value"));
+    }
+}
+
+/// `ipp-ingest` on `brokers`, writing to `ipp_topic` and `other_topic`, accepting
+/// signatures made with any of `secrets`.
+pub fn ingest_config(
+    brokers: &str,
+    ipp_topic: &str,
+    other_topic: &str,
+    secrets: &[String],
+) -> ipp_ingest::Config {
+    let mut config = ipp_ingest::Config::try_parse_from(["ipp-ingest"]).expect("defaults");
+    config.kafka = kafka(brokers);
+    config.ipp_topic = ipp_topic.to_owned();
+    config.other_topic = other_topic.to_owned();
+    config.webhook_secrets = secrets.iter().map(Secret::new).collect();
+    config.insecure_skip_verify = false;
+    config.signature_tolerance_secs = 300;
+    config.max_body_bytes = 256 * 1024;
+    config.produce_timeout_ms = 5000;
+    config.shutdown_timeout_secs = 30;
+    config
+}
+
+/// `ipp-projector` projecting `topic` into `database_url` as consumer group `group`,
+/// parking poison records in `dlq_topic`, in the `public` schema.
+pub fn projector_config(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    database_url: &str,
+    group: &str,
+) -> ipp_projector::Config {
+    let mut config = ProjectorDefaults::try_parse_from(["ipp-projector"])
+        .expect("defaults")
+        .config;
+    config.kafka = kafka(brokers);
+    config.database = database(database_url);
+    config.ipp_topic = topic.to_owned();
+    config.dlq_topic = dlq_topic.to_owned();
+    config.group = group.to_owned();
+    config.schema = "public".to_owned();
+    config.batch_size = 2000;
+    config.batch_wait_ms = 0;
+    config.max_payload_bytes = 1024 * 1024;
+    config
+}
+
+/// Where `ipp-actions` sends its captures: the Order Management API and its key.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderManagement<'a> {
+    pub url: &'a str,
+    pub api_key: &'a str,
+}
+
+/// `ipp-actions` consuming `topic` as consumer group `group`, its ledger in
+/// `database_url`, failed actions to `dlq_topic`, capturing through `om`. Retry and
+/// timeout settings are the production defaults; tests shorten what they need.
+pub fn actions_config(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    database_url: &str,
+    group: &str,
+    om: OrderManagement<'_>,
+) -> ipp_actions::Config {
+    let mut config = ipp_actions::cli::Cli::try_parse_from(["ipp-actions"])
+        .expect("defaults")
+        .config;
+    config.on_finalized = ipp_actions::OnFinalized::Capture;
+    config.kafka = kafka(brokers);
+    config.database = database(database_url);
+    config.ipp_topic = topic.to_owned();
+    config.dlq_topic = dlq_topic.to_owned();
+    config.group = group.to_owned();
+    config.kustom_api_url = om.url.to_owned();
+    config.kustom_api_key = Secret::new(om.api_key);
+    config.migrate = true;
+    config
+}
+
+/// `config` with another policy for finalized sessions.
+pub fn with_on_finalized(
+    mut config: ipp_actions::Config,
+    policy: ipp_actions::OnFinalized,
+) -> ipp_actions::Config {
+    config.on_finalized = policy;
+    config
+}
+
+/// The Order Management simulator accepting `api_key`, with no faults.
+pub fn om_sim_config(api_key: &str) -> ipp_om_sim::Config {
+    let mut config = ipp_om_sim::Config::try_parse_from(["ipp-om-sim"]).expect("defaults");
+    config.api_key = Secret::new(api_key);
+    config.faults = ipp_om_sim::Faults::default();
+    config.seed = 1;
+    config
+}

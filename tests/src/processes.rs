@@ -1,0 +1,121 @@
+//! The whole pipeline as child processes, for the end-to-end test that SIGKILLs each
+//! service once: ipp-ingest, ipp-projector and ipp-actions (the Order Management
+//! simulator in-process) on fresh topics and a fresh database.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ipp_service::ListenArgs;
+
+use crate::{
+    db::{self, TestDatabase},
+    free_port,
+    inprocess::{actions_config, ingest_config, projector_config, OrderManagement},
+    kafka,
+    om_sim::OmSim,
+    process::{wait_for_tcp, ChildConfig, Service},
+    signer::Signer,
+    unique_name,
+};
+
+pub const API_KEY: &str = "kco_test_e2e";
+
+pub struct Processes {
+    pub brokers: String,
+    pub ipp_topic: String,
+    pub other_topic: String,
+    pub secret: String,
+    /// Ingest's port, the same across its restart: the senders keep their URL. Free a
+    /// moment ago (the one port race left in this test).
+    pub ingest_port: u16,
+    pub sim_url: String,
+    pub projector_group: String,
+    pub actions_group: String,
+    pub ipp_dlq: String,
+    pub actions_dlq: String,
+    pub sim: OmSim,
+    /// Last: dropped after the services that use it.
+    pub database: TestDatabase,
+}
+
+impl Processes {
+    pub async fn start() -> Self {
+        let brokers = kafka::brokers();
+        let sim = OmSim::start(API_KEY);
+        Self {
+            ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
+            other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
+            ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
+            actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
+            database: db::fresh_database().await,
+            secret: Signer::random_secret(),
+            ingest_port: free_port(),
+            sim_url: sim.url.clone(),
+            projector_group: unique_name("e2e_projector"),
+            actions_group: unique_name("e2e_actions"),
+            brokers,
+            sim,
+        }
+    }
+
+    /// `config`'s binary as a child process (these tests SIGKILL them), logging warnings
+    /// only.
+    pub fn spawn<C: ChildConfig>(config: &C) -> Service {
+        let mut env = config.env();
+        env.push(("RUST_LOG", "warn".into()));
+        Service::spawn(C::BINARY, &[], &env)
+    }
+
+    pub fn ingest(&self) -> Service {
+        let mut config = ingest_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.other_topic,
+            std::slice::from_ref(&self.secret),
+        );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], self.ingest_port)));
+        config.max_body_bytes = 16384;
+        let service = Service::start(&config, &[]);
+        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
+        service
+    }
+
+    pub fn projector(&self) -> Service {
+        let port = free_port();
+        let mut config = projector_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.ipp_dlq,
+            self.database.url(),
+            &self.projector_group,
+        );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        let service = Self::spawn(&config);
+        wait_for_tcp(port, Duration::from_secs(30));
+        service
+    }
+
+    pub fn actions(&self) -> Service {
+        let port = free_port();
+        let mut config = actions_config(
+            &self.brokers,
+            &self.ipp_topic,
+            &self.actions_dlq,
+            self.database.url(),
+            &self.actions_group,
+            OrderManagement {
+                url: &self.sim_url,
+                api_key: API_KEY,
+            },
+        );
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        config.retry_min_delay_ms = 200;
+        config.lease_ms = 5000;
+        let service = Self::spawn(&config);
+        wait_for_tcp(port, Duration::from_secs(30));
+        service
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+    }
+}
