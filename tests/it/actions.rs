@@ -186,13 +186,15 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_run_then_restart_captures_every_order_once() {
-    // A fifth of the captures are applied and then answered only 900 ms later (within
-    // the client timeout): the window between Kustom's effect and our bookkeeping that
-    // the kill below aims at.
+    // A fifth of the captures are applied and then answered only 3 s later (within the
+    // 10 s client timeout): the window between Kustom's effect and our bookkeeping that
+    // the kill below aims at. It must be wide against scheduling on a loaded machine:
+    // with 900 ms the captures seen unrecorded just before the kill could all be
+    // recorded by the time it landed, and the test missed its window.
     let fx = Fixture::new(3, |sim| {
         sim.faults.latency_ms = 100;
         sim.faults.hang_rate = 0.2;
-        sim.faults.hang_ms = 900;
+        sim.faults.hang_ms = 3000;
         sim.faults.fault_after_effect_rate = 1.0;
         sim.seed = 11;
     })
