@@ -67,6 +67,8 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout(),
     });
 
+    // The bound address, which differs from the setting's with port 0.
+    info!(listen = %listener.local_addr()?, "ipp-actions listening");
     // The operations server outlives the rest so that /metrics works during shutdown.
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(

@@ -48,6 +48,8 @@ pub async fn run(
         ready: ready.clone(),
     };
 
+    // The bound address, which differs from the setting's with port 0.
+    info!(listen = %listener.local_addr().map_err(Error::Http)?, "ipp-projector listening");
     let http_shutdown = CancellationToken::new();
     let server = axum::serve(listener, http::router(probes))
         .with_graceful_shutdown(http_shutdown.clone().cancelled_owned());

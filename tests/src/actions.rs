@@ -15,11 +15,10 @@ use crate::{
     cli,
     db::TestDatabase,
     eventually::eventually,
-    free_port,
     inprocess::{actions_config, om_sim_config, OrderManagement, TestActions},
     kafka,
     om_sim::OmSim,
-    process::{wait_for_tcp, ChildConfig, Service},
+    process::{ChildConfig, Service},
     produce::Producer,
     wiring::Wiring,
 };
@@ -119,18 +118,17 @@ impl Fixture {
         Actions::InProcess(TestActions::spawn(self.actions_config(group, configure)))
     }
 
-    /// Starts `ipp-actions` as a child process, for the tests that signal it. It does
-    /// not log its bound address: it gets a port that was free a moment ago.
+    /// Starts `ipp-actions` as a child process, for the tests that signal it, on port 0:
+    /// its address is the one it logs.
     pub fn start_actions_process(
         &self,
         group: &str,
         configure: impl FnOnce(&mut ipp_actions::Config),
     ) -> Actions {
         let mut config = self.actions_config(group, configure);
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        config.listen = ListenArgs::new(addr);
-        let service = Service::start(&config, &[]);
-        wait_for_tcp(addr.port(), Duration::from_secs(30));
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut service = Service::start(&config, &[]);
+        let addr = service.listen_addr(Duration::from_secs(30));
         Actions::Process { service, addr }
     }
 

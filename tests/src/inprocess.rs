@@ -129,16 +129,7 @@ impl<E> Drop for TestService<E> {
 }
 
 /// An error and its causes on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use ipp_service::error_chain as chain;
 
 impl TestIngest {
     pub fn spawn(config: ipp_ingest::Config) -> Self {

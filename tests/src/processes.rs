@@ -57,12 +57,18 @@ impl Processes {
         }
     }
 
-    /// `config`'s binary as a child process (these tests SIGKILL them), logging warnings
-    /// only.
-    pub fn spawn<C: ChildConfig>(config: &C) -> Service {
+    /// `config`'s binary as a child process (these tests SIGKILL them) on port 0,
+    /// logging warnings and the line that gives its address (`listening`, of
+    /// `service_target`), which is returned with it.
+    pub fn spawn_on_port_0<C: ChildConfig>(
+        config: &C,
+        service_target: &str,
+    ) -> (Service, SocketAddr) {
         let mut env = config.env();
-        env.push(("RUST_LOG", "warn".into()));
-        Service::spawn(C::BINARY, &[], &env)
+        env.push(("RUST_LOG", format!("warn,{service_target}=info")));
+        let mut service = Service::spawn_watched(C::BINARY, &[], &env);
+        let addr = service.listen_addr(Duration::from_secs(30));
+        (service, addr)
     }
 
     pub fn ingest(&self) -> Service {
@@ -80,7 +86,6 @@ impl Processes {
     }
 
     pub fn projector(&self) -> Service {
-        let port = free_port();
         let mut config = projector_config(
             &self.brokers,
             &self.ipp_topic,
@@ -88,14 +93,11 @@ impl Processes {
             self.database.url(),
             &self.projector_group,
         );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
-        let service = Self::spawn(&config);
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self::spawn_on_port_0(&config, "ipp_projector::service").0
     }
 
     pub fn actions(&self) -> Service {
-        let port = free_port();
         let mut config = actions_config(
             &self.brokers,
             &self.ipp_topic,
@@ -107,12 +109,10 @@ impl Processes {
                 api_key: API_KEY,
             },
         );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], port)));
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.retry_min_delay_ms = 200;
         config.lease_ms = 5000;
-        let service = Self::spawn(&config);
-        wait_for_tcp(port, Duration::from_secs(30));
-        service
+        Self::spawn_on_port_0(&config, "ipp_actions::service").0
     }
 
     pub fn webhook_url(&self) -> String {

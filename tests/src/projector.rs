@@ -19,7 +19,6 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::{
-    free_port,
     inprocess::{add_properties, projector_config, TestProjector},
     process::Service,
     produce::ipp_body,
@@ -89,13 +88,12 @@ impl Projector {
         Self::InProcess(TestProjector::spawn(config))
     }
 
+    /// The projector as a child process, on port 0: its address is the one it logs.
     pub fn spawn_process(mut config: ipp_projector::Config) -> Self {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        config.listen = ListenArgs::new(addr);
-        Self::Process {
-            service: Service::start(&config, &[]),
-            addr,
-        }
+        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut service = Service::start(&config, &[]);
+        let addr = service.listen_addr(Duration::from_secs(30));
+        Self::Process { service, addr }
     }
 
     pub fn url(&self) -> String {
