@@ -15,7 +15,7 @@ use crate::{
     cli,
     db::TestDatabase,
     eventually::eventually,
-    inprocess::{actions_config, om_sim_config, OrderManagement, TestActions},
+    inprocess::{actions_config, om_sim_config, OrderManagement, Running, TestActions},
     kafka,
     om_sim::OmSim,
     process::{ChildConfig, Service},
@@ -280,56 +280,7 @@ impl Fixture {
 }
 
 /// A running `ipp-actions`.
-pub enum Actions {
-    InProcess(TestActions),
-    Process { service: Service, addr: SocketAddr },
-}
-
-impl Actions {
-    pub fn url(&self) -> String {
-        match self {
-            Self::InProcess(service) => service.url(),
-            Self::Process { addr, .. } => format!("http://{addr}"),
-        }
-    }
-
-    /// One sample of a Prometheus counter (the sum when `labels` is empty).
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("{}/metrics", self.url())).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Stops it gracefully (SIGTERM for a process) and asserts it ended well (exit 0).
-    pub async fn stop(self) {
-        match self {
-            Self::InProcess(service) => service.stop().await,
-            Self::Process { mut service, .. } => {
-                let status =
-                    tokio::task::spawn_blocking(move || service.terminate(Duration::from_secs(30)))
-                        .await
-                        .expect("terminate");
-                assert!(status.success(), "ipp-actions exited with {status}");
-            }
-        }
-    }
-
-    /// SIGKILLs the process.
-    pub fn kill(&mut self) {
-        let Self::Process { service, .. } = self else {
-            panic!("only a child process can be SIGKILLed");
-        };
-        service.signal("KILL");
-        service.wait(Duration::from_secs(10));
-    }
-}
+pub type Actions = Running<ipp_actions::Error>;
 
 #[derive(Debug, sqlx::FromRow)]
 #[allow(dead_code, reason = "fields are printed in assertion messages")]

@@ -42,6 +42,80 @@ pub struct TestService<E> {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// A service under test: in-process, or a child process for the tests that signal it.
+pub enum Running<E> {
+    InProcess(TestService<E>),
+    /// Listening on `addr`, the address it logged.
+    Process {
+        service: crate::process::Service,
+        addr: SocketAddr,
+    },
+}
+
+impl<E: std::error::Error + Send + 'static> Running<E> {
+    pub fn url(&self) -> String {
+        match self {
+            Self::InProcess(service) => service.url(),
+            Self::Process { addr, .. } => format!("http://{addr}"),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Self::InProcess(service) => service.is_running(),
+            Self::Process { service, .. } => service.is_running(),
+        }
+    }
+
+    /// The `/metrics` text, or the error of a service that does not answer (yet).
+    pub async fn metrics(&self) -> reqwest::Result<String> {
+        reqwest::get(format!("{}/metrics", self.url()))
+            .await?
+            .text()
+            .await
+    }
+
+    /// The sum of one Prometheus metric's samples whose line contains `labels` (all of
+    /// them when empty); 0 while the service does not answer.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.metrics().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Stops it gracefully (SIGTERM for a process) and asserts it ended well (exit 0).
+    pub async fn stop(self) {
+        match self {
+            Self::InProcess(service) => service.stop().await,
+            Self::Process { mut service, .. } => {
+                let name = service.name.clone();
+                let status =
+                    tokio::task::spawn_blocking(move || service.terminate(Duration::from_secs(30)))
+                        .await
+                        .expect("terminate");
+                assert!(
+                    status.success(),
+                    "{name}: graceful shutdown exits 0, got {status}"
+                );
+            }
+        }
+    }
+
+    /// SIGKILLs the process. A killed consumer's group membership lives on until its
+    /// session expires; the next member is assigned its partitions then.
+    pub fn kill(&mut self) {
+        let Self::Process { service, .. } = self else {
+            panic!("only a child process can be SIGKILLed");
+        };
+        service.signal("KILL");
+        service.wait(Duration::from_secs(10));
+    }
+}
+
 pub type TestIngest = TestService<ipp_ingest::StartError>;
 pub type TestProjector = TestService<ipp_projector::Error>;
 pub type TestActions = TestService<ipp_actions::Error>;

@@ -19,7 +19,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::{
-    inprocess::{add_properties, projector_config, TestProjector},
+    inprocess::{add_properties, projector_config, Running, TestProjector},
     process::Service,
     produce::ipp_body,
     unique_name,
@@ -73,15 +73,7 @@ impl Target {
 }
 
 /// A running projector.
-pub enum Projector {
-    InProcess(TestProjector),
-    /// For SIGKILL: the projector does not log its bound address, so it gets a port
-    /// that was free a moment ago.
-    Process {
-        service: Service,
-        addr: SocketAddr,
-    },
-}
+pub type Projector = Running<ipp_projector::Error>;
 
 impl Projector {
     pub fn spawn(config: ipp_projector::Config) -> Self {
@@ -96,59 +88,9 @@ impl Projector {
         Self::Process { service, addr }
     }
 
-    pub fn url(&self) -> String {
-        match self {
-            Self::InProcess(service) => service.url(),
-            Self::Process { addr, .. } => format!("http://{addr}"),
-        }
-    }
-
-    /// The `/metrics` text, or the error of a projector that does not answer (yet).
-    pub async fn metrics(&self) -> reqwest::Result<String> {
-        reqwest::get(format!("{}/metrics", self.url()))
-            .await?
-            .text()
-            .await
-    }
-
     /// The events it applied, from its `/metrics` (0 while it does not answer).
     pub async fn events_applied(&self) -> f64 {
-        let text = self.metrics().await.unwrap_or_default();
-        text.lines()
-            .filter(|line| line.starts_with("ipp_projector_events_applied_total"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        match self {
-            Self::InProcess(service) => service.is_running(),
-            Self::Process { service, .. } => service.is_running(),
-        }
-    }
-
-    /// Stops it gracefully (SIGTERM for a process) and asserts it ended well (exit 0).
-    pub async fn stop(self) {
-        match self {
-            Self::InProcess(service) => service.stop().await,
-            Self::Process { mut service, .. } => {
-                let status =
-                    tokio::task::spawn_blocking(move || service.terminate(Duration::from_secs(30)))
-                        .await
-                        .expect("terminate");
-                assert!(status.success(), "graceful shutdown exits 0, got {status}");
-            }
-        }
-    }
-
-    /// SIGKILLs the process: its group membership lives on until its session (6 s)
-    /// expires, and the next member is assigned its partitions then.
-    pub fn kill(&mut self) {
-        let Self::Process { service, .. } = self else {
-            panic!("only a child process can be SIGKILLed");
-        };
-        service.signal("KILL");
-        service.wait(Duration::from_secs(10));
+        self.metric("ipp_projector_events_applied_total", "").await
     }
 }
 

@@ -25,6 +25,25 @@ pub struct DlqRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+#[cfg(test)]
+impl DlqRecord {
+    /// A parked record at `dlq` 0:7 with `value` and `headers`, for unit tests.
+    pub(crate) fn parked_for_test(value: &str, headers: &[(&str, &str)]) -> Self {
+        Self {
+            topic: "dlq".into(),
+            partition: 0,
+            offset: 7,
+            timestamp: None,
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+}
+
 impl DlqRecord {
     pub fn from_message(message: &OwnedMessage) -> Self {
         let headers = message
@@ -206,18 +225,7 @@ mod tests {
     use super::*;
 
     fn record(value: &str, headers: &[(&str, &str)]) -> DlqRecord {
-        DlqRecord {
-            topic: "dlq".into(),
-            partition: 0,
-            offset: 7,
-            timestamp: None,
-            key: Some(b"k".to_vec()),
-            value: Some(value.as_bytes().to_vec()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
-                .collect(),
-        }
+        DlqRecord::parked_for_test(value, headers)
     }
 
     #[test]

@@ -87,18 +87,7 @@ mod tests {
     }
 
     fn parked(headers: &[(&str, &str)], value: &str) -> DlqRecord {
-        DlqRecord {
-            topic: "ipp.events.dlq".into(),
-            partition: 1,
-            offset: 7,
-            timestamp: None,
-            key: None,
-            value: Some(value.as_bytes().to_vec()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
-                .collect(),
-        }
+        DlqRecord::parked_for_test(value, headers)
     }
 
     #[test]

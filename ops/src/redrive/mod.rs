@@ -232,6 +232,19 @@ struct Redrive<'a, L> {
     dlq_topic: &'a str,
 }
 
+impl<L> Redrive<'_, L> {
+    /// The claim of `record`'s redrive with `redrive_count`: forced when only `--force`
+    /// lets it past the loop guard.
+    fn claim<'r>(&'r self, record: &DlqRecord, redrive_count: u32) -> redrives::Claim<'r> {
+        redrives::Claim {
+            dlq_topic: self.dlq_topic,
+            position: record.position(),
+            redrive_count,
+            forced: self.args.force && redrive_count > self.args.max_redrives,
+        }
+    }
+}
+
 impl<L: ActionLedger> Redrive<'_, L> {
     /// Decides, then applies; a failure is reported on the record's line.
     async fn one(

@@ -4,11 +4,7 @@
 use ipp_schemas::FailedActionRecord;
 
 use super::{decide::refused, ActionLedger, Decision, Redrive, RedriveOutcome};
-use crate::{
-    dlq::DlqRecord,
-    redrives::{self, Claim},
-    Error,
-};
+use crate::{dlq::DlqRecord, redrives, Error};
 
 /// Re-queues `action` (same idempotency key) unless the loop guard refuses.
 pub(super) async fn redrive<L: ActionLedger>(
@@ -52,12 +48,7 @@ pub(super) async fn redrive<L: ActionLedger>(
         return Ok(outcome(Decision::WouldRedrive, count + 1, detail));
     }
     let mut tx = run.pool.begin().await?;
-    let claim = Claim {
-        dlq_topic: run.dlq_topic,
-        position: record.position(),
-        redrive_count: count + 1,
-        forced: run.args.force && count >= run.args.max_redrives,
-    };
+    let claim = run.claim(record, count + 1);
     if !redrives::claim_for_ledger(&mut tx, &claim, action).await? {
         let detail = "redriven meanwhile by someone else".to_owned();
         return Ok(outcome(Decision::AlreadyRedriven, count + 1, detail));

@@ -10,11 +10,7 @@ use rdkafka::{
 };
 
 use super::{decide::refused, Decision, Redrive, RedriveOutcome};
-use crate::{
-    dlq::DlqRecord,
-    redrives::{self, Claim},
-    Error,
-};
+use crate::{dlq::DlqRecord, redrives, Error};
 
 /// Re-produces `record` to `topic` with its redrive count raised by one.
 pub(super) async fn redrive(
@@ -47,12 +43,7 @@ pub(super) async fn redrive(
         ));
     };
     let mut tx = run.pool.begin().await?;
-    let claim = Claim {
-        dlq_topic: run.dlq_topic,
-        position: record.position(),
-        redrive_count: count + 1,
-        forced: run.args.force && count >= run.args.max_redrives,
-    };
+    let claim = run.claim(record, count + 1);
     if !redrives::claim_for_topic(&mut tx, &claim, topic).await? {
         let detail = "redriven meanwhile by someone else".to_owned();
         return Ok(outcome(
