@@ -13,7 +13,7 @@ use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
 };
 
-use ipp_service::KafkaArgs;
+use ipp_service::{kafka::TopicsUnavailable, KafkaArgs};
 
 use crate::Error;
 
@@ -69,30 +69,24 @@ impl Watermarks {
 
 /// The partitions of `topic`, sorted.
 pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Error> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err(Error::NoSuchTopic(topic.to_owned()));
-    };
-    if found.error().is_some() || found.partitions().is_empty() {
-        return Err(Error::NoSuchTopic(topic.to_owned()));
-    }
-    let mut partitions: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
-    partitions.sort_unstable();
-    Ok(partitions)
+    ipp_service::kafka::partitions(consumer.client(), topic, TIMEOUT).map_err(|e| match e {
+        TopicsUnavailable::Broker(e) => Error::Kafka(e),
+        TopicsUnavailable::Missing(_) => Error::NoSuchTopic(topic.to_owned()),
+    })
 }
 
 pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Vec<Watermarks>, Error> {
-    partitions(consumer, topic)?
-        .into_iter()
-        .map(|partition| {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
-            Ok(Watermarks {
+    let partitions = partitions(consumer, topic)?;
+    Ok(
+        ipp_service::kafka::watermarks(consumer.client(), topic, &partitions, TIMEOUT)?
+            .into_iter()
+            .map(|(partition, (low, high))| Watermarks {
                 partition,
                 low,
                 high,
             })
-        })
-        .collect()
+            .collect(),
+    )
 }
 
 /// Every record of `topic` between the watermarks read at the start of the call, in

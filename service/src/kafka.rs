@@ -3,6 +3,7 @@
 //! partition counts and retention; a client never creates one by accident.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -100,16 +101,10 @@ pub fn check_topics<C: ClientContext>(
 ) -> Result<(), TopicsUnavailable> {
     let mut missing = Vec::new();
     for topic in topics {
-        let topic = topic.as_ref();
-        let metadata = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(TopicsUnavailable::Broker)?;
-        let known = metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if !known {
-            missing.push(topic.to_owned());
+        match partitions(client, topic.as_ref(), timeout) {
+            Ok(_) => {}
+            Err(TopicsUnavailable::Missing(mut topic)) => missing.append(&mut topic),
+            Err(broker) => return Err(broker),
         }
     }
     if missing.is_empty() {
@@ -117,6 +112,41 @@ pub fn check_topics<C: ClientContext>(
     } else {
         Err(TopicsUnavailable::Missing(missing))
     }
+}
+
+/// The partitions of `topic`, sorted, for a reader that assigns them itself.
+pub fn partitions<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, TopicsUnavailable> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(TopicsUnavailable::Broker)?;
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(TopicsUnavailable::Missing(vec![topic.to_owned()]));
+    }
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// The `(low, high)` watermarks of each of `partitions`: `high - low` records are stored.
+pub fn watermarks<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    partitions
+        .iter()
+        .map(|&p| Ok((p, client.fetch_watermarks(topic, p, timeout)?)))
+        .collect()
 }
 
 /// Waits until every topic of `topics` exists, asking through `producer` every 2 s (on

@@ -9,6 +9,8 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 
+use ipp_service::kafka::TopicsUnavailable;
+
 use crate::{config::Config, Error};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,19 +22,10 @@ pub fn consumer(config: &Config, purpose: &str) -> Result<StreamConsumer, Error>
 }
 
 pub fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, Error> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(Error::Operation(format!(
-            "topic {topic} does not exist or has no partitions"
-        )));
-    }
-    Ok(partitions)
+    ipp_service::kafka::partitions(consumer.client(), topic, TIMEOUT).map_err(|e| match e {
+        TopicsUnavailable::Broker(e) => Error::Kafka(e),
+        missing @ TopicsUnavailable::Missing(_) => Error::Operation(missing.to_string()),
+    })
 }
 
 /// `(low, high)` watermarks per partition.
@@ -41,10 +34,12 @@ pub fn watermarks(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, (i64, i64)>, Error> {
-    partitions
-        .iter()
-        .map(|&p| Ok((p, consumer.fetch_watermarks(topic, p, TIMEOUT)?)))
-        .collect()
+    Ok(ipp_service::kafka::watermarks(
+        consumer.client(),
+        topic,
+        partitions,
+        TIMEOUT,
+    )?)
 }
 
 /// Assigns each partition at its start offset.
