@@ -1,14 +1,9 @@
 //! The operations server: `/healthz`, `/readyz`, `/metrics`.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::Router;
+use ipp_service::probe::Readiness;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +13,7 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
-    pub consumer_ready: Arc<AtomicBool>,
+    pub consumer_ready: Readiness,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,7 +41,7 @@ impl ipp_service::probe::Probe for AppState {
         if !matches!(db, Ok(Ok(_))) {
             return Err("database unreachable".into());
         }
-        if !self.consumer_ready.load(Ordering::Relaxed) {
+        if !self.consumer_ready.get() {
             return Err("consumer not running".into());
         }
         Ok(())

@@ -1,9 +1,8 @@
 //! The service: migrate, serve the probes, consume and work until shut down.
 
-use std::{
-    sync::{atomic::AtomicBool, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
+
+use ipp_service::probe::Readiness;
 
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,7 @@ pub async fn run(
         warn!("KUSTOM_API_KEY is empty: Order Management will answer 401");
     }
     let wake = Arc::new(Notify::new());
-    let consumer_ready = Arc::new(AtomicBool::new(false));
+    let consumer_ready = Readiness::default();
     let consumer = consumer::ActionConsumer::new(
         &config,
         pool.clone(),

@@ -40,7 +40,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 /// SHA-384 (sqlx's checksum) of 3001_ops.sql as it was while it also created
 /// `ipp_action_retries`, before that table moved to ipp-actions' own migrations.
-const OPS_3001_BEFORE_THE_MOVE: &str = "198e84ef96b158e1f1feb751dd42357e679fd7e76105fdd3ac7a624d26caeb45ee960f41c3d06d3c7ced5c82a7616404";
+pub const OPS_3001_BEFORE_THE_MOVE: &str = "198e84ef96b158e1f1feb751dd42357e679fd7e76105fdd3ac7a624d26caeb45ee960f41c3d06d3c7ced5c82a7616404";
 
 /// A database that applied the earlier 3001 has every table the current one creates
 /// (and ipp-actions' 2002 finds `ipp_action_retries` there), so its recorded checksum is

@@ -215,3 +215,61 @@ pub async fn close_within(close: impl FnOnce() + Send + 'static, within: Duratio
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn kafka(properties: &[&str]) -> KafkaArgs {
+        let mut argv = vec!["test", "--kafka-brokers", "broker:9092"];
+        for property in properties {
+            argv.extend(["--kafka-property", property]);
+        }
+        Cli::try_parse_from(argv).unwrap().kafka
+    }
+
+    #[test]
+    fn operator_properties_win_except_an_offset_strategy_the_client_set() {
+        let config = client_config(
+            &kafka(&[
+                "enable.auto.offset.store=true",
+                "acks=1",
+                "security.protocol=SASL_SSL",
+            ]),
+            "ipp-test",
+            &[("enable.auto.offset.store", "false"), ("acks", "all")],
+        );
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("acks"), Some("1"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("bootstrap.servers"), Some("broker:9092"));
+        assert_eq!(config.get("client.id"), Some("ipp-test"));
+        assert_eq!(config.get("allow.auto.create.topics"), Some("false"));
+    }
+
+    #[test]
+    fn a_client_that_does_not_set_a_protected_key_takes_the_operators() {
+        let config = client_config(&kafka(&["enable.auto.offset.store=false"]), "x", &[]);
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn assign_only_readers_never_commit_and_get_a_group_of_their_own() {
+        let args = kafka(&["enable.auto.commit=true"]);
+        let (a, b) = (
+            assign_only_config(&args, "ipp-ops"),
+            assign_only_config(&args, "ipp-ops"),
+        );
+        assert_eq!(a.get("enable.auto.offset.store"), Some("false"));
+        assert_ne!(a.get("group.id"), b.get("group.id"));
+        assert!(a.get("group.id").unwrap().starts_with("ipp-ops-"));
+    }
+}

@@ -8,19 +8,14 @@
 //! and a fresh consumer group never create a second action. This loop never calls Order
 //! Management: the worker pool does, so a slow or failing order cannot hold a partition.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use ipp_schemas::{
     record::{header, header_str},
     IppEvent, IppEventKind,
 };
+use ipp_service::probe::Readiness;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
@@ -77,7 +72,7 @@ impl ActionConsumer {
 
     /// Consumes until `shutdown`. Subscribes only once the event topic and the
     /// dead-letter topic exist (not ready until then).
-    pub async fn run(self, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+    pub async fn run(self, ready: Readiness, shutdown: CancellationToken) {
         let topics = vec![self.topic.clone(), self.dlq.topic().to_owned()];
         if !ipp_service::kafka::wait_for_topics(self.dlq.producer(), topics, &shutdown).await {
             return;
@@ -87,7 +82,7 @@ impl ActionConsumer {
             return;
         }
         info!(topic = %self.topic, "consuming");
-        ready.store(true, Ordering::Relaxed);
+        ready.set(true);
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -113,7 +108,7 @@ impl ActionConsumer {
                 debug!(error = %e, partition = message.partition(), offset = message.offset(), "offset not stored");
             }
         }
-        ready.store(false, Ordering::Relaxed);
+        ready.set(false);
         let consumer = self.consumer;
         let close = move || {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
