@@ -2,7 +2,8 @@
 //! hand-edited row and swaps nothing; a rebuild under a steady webhook load swaps in
 //! tables equal to a clean pass while a reader never sees a missing table or a count
 //! going down, and the live projector carries on; `--rollback` brings the previous
-//! version back; and none of it calls Order Management or touches `ipp_actions`.
+//! version back; and none of it calls Order Management or touches `ipp_actions`. A
+//! rebuild parks the poison records it passes that nobody parked, and only those.
 
 use std::{
     collections::BTreeMap,
