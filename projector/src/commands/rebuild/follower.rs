@@ -41,7 +41,7 @@ pub(super) struct Follower<'a> {
     /// Longest wait for the next record once a batch has its first one.
     batch_wait: Duration,
     pub(super) totals: Totals,
-    /// Poison records applied past that the dead-letter topic did not hold when last
+    /// The poison records skipped that the dead-letter topic did not hold when last
     /// looked at, in offset order per partition.
     skipped: Vec<Poison>,
     parked: ParkedIndex,
