@@ -42,11 +42,12 @@ pub enum EngineMode<'a> {
         dead_letters: &'a DeadLetters,
     },
     /// `rebuild` into a shadow schema: offsets kept under the live `group`'s name so the
-    /// swap can hand them over; poison records skipped (the live projector parked them
-    /// when it first met them).
+    /// swap can hand them over; poison records skipped and handed back
+    /// ([`BatchOutcome::unparked`]): the rebuild parks those the dead-letter topic does
+    /// not hold yet before it swaps.
     Shadow { group: &'a str },
     /// `replay --into-schema`: no offsets (every record given is applied, duplicates
-    /// still stored once), poison records skipped.
+    /// still stored once), poison records skipped and handed back for the report.
     Analyst,
 }
 
@@ -77,6 +78,13 @@ pub struct Engine<'a> {
     statistics: Arc<AutoAnalyze>,
 }
 
+/// A record that cannot be projected, and why.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    pub message: OwnedMessage,
+    pub reason: String,
+}
+
 /// What one committed batch did.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
@@ -86,6 +94,8 @@ pub struct BatchOutcome {
     pub applied: Vec<(String, DateTime<Utc>)>,
     pub sessions: usize,
     pub poison: usize,
+    /// The poison records, in a mode that does not park them (empty in `Live`).
+    pub unparked: Vec<Poison>,
     pub stale: u64,
     pub duplicates: u64,
     /// The next offset per partition of the batch, as stored.
@@ -222,8 +232,7 @@ impl Engine<'_> {
             }
             let decoded = match rejected {
                 Some(reason) => Err(reason.to_owned()),
-                None => record::within_limit(message, self.max_payload_bytes)
-                    .and_then(|()| decode(message)),
+                None => record::check(message, self.max_payload_bytes),
             };
             match decoded {
                 Ok(event) => events.push(event),
@@ -245,7 +254,7 @@ impl Engine<'_> {
                     partition = message.partition(),
                     offset = message.offset(),
                     error = %reason,
-                    "record cannot be projected, skipped (the live projector parks it)"
+                    "record cannot be projected, skipped"
                 );
             }
         }
@@ -263,6 +272,16 @@ impl Engine<'_> {
         tx.commit().await?;
         self.statistics
             .note_applied(stored.inserted.len() as u64, self.pool);
+        let unparked = match dead_letters {
+            Some(_) => Vec::new(),
+            None => poison
+                .iter()
+                .map(|(message, reason)| Poison {
+                    message: (*message).clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+        };
         Ok(BatchOutcome {
             records: batch.len(),
             applied: stored
@@ -272,6 +291,7 @@ impl Engine<'_> {
                 .collect(),
             sessions: stored.sessions.len(),
             poison: poison.len(),
+            unparked,
             stale,
             duplicates: (events.len() - stored.inserted.len()) as u64,
             next,
@@ -284,7 +304,7 @@ impl Engine<'_> {
 
     /// Applies a batch, isolating what PostgreSQL rejects: a rejected batch is split in
     /// halves until the record at fault is alone, which is then treated as poison (parked
-    /// by the live projector, skipped otherwise) with the database's error. Parts are
+    /// by the live projector, handed back otherwise) with the database's error. Parts are
     /// applied in offset order; `applied` sees each committed part. Failures that may
     /// pass are handled as `retry` says; a batch abandoned at shutdown committed nothing
     /// of its current part, so whoever owns the partitions next replays it.

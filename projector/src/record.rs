@@ -3,7 +3,7 @@
 //! topic with the record).
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::{EventParseError, KustomEvent, RecordHeaders};
+use ipp_schemas::{dlq::route_error_reason, EventParseError, KustomEvent, RecordHeaders};
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use uuid::Uuid;
 
@@ -21,9 +21,20 @@ pub struct NewEvent {
     pub payload: String,
 }
 
+/// What the engine does with each record: a record ingest marked as unroutable is parked
+/// with ingest's reason; a value over `PROJECTOR_MAX_PAYLOAD_BYTES` is parked; the rest
+/// is [`decode`]d.
+pub fn check(message: &OwnedMessage, max_payload_bytes: usize) -> Result<NewEvent, String> {
+    if let Some(reason) = route_error_reason(message.headers()) {
+        return Err(reason);
+    }
+    within_limit(message, max_payload_bytes)?;
+    decode(message)
+}
+
 /// A value over `PROJECTOR_MAX_PAYLOAD_BYTES` (0: no limit) is parked: an operator
 /// raises the limit and redrives it (`ipp-projector dlq redrive`).
-pub fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
+fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
     let size = message.payload().map_or(0, <[u8]>::len);
     if max_payload_bytes > 0 && size > max_payload_bytes {
         return Err(format!(
@@ -33,8 +44,12 @@ pub fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<
     Ok(())
 }
 
-/// Why a record cannot be projected; it goes to the dead-letter topic.
+/// Why a record cannot be projected; it goes to the dead-letter topic. A record ingest
+/// marked as unroutable is parked with ingest's reason, before anything else is checked.
 pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
+    if let Some(reason) = route_error_reason(message.headers()) {
+        return Err(reason);
+    }
     let empty = OwnedHeaders::new();
     let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
         .map_err(|e| e.to_string())?;
@@ -43,7 +58,7 @@ pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
         .map_err(|_| "record value is not UTF-8".to_owned())?
         .to_owned();
     // Valid JSON, but PostgreSQL text and jsonb cannot hold a NUL character.
-    if payload.contains("\\u0000") {
+    if has_nul_escape(&payload) {
         return Err("event contains \\u0000, which PostgreSQL cannot store".into());
     }
     let event = match KustomEvent::parse(body).map_err(|e: EventParseError| e.to_string())? {
@@ -54,7 +69,7 @@ pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
     };
     if headers.event_id != event.id() {
         return Err(format!(
-            "header kustom-event-id {} does not match the body's id {}",
+            "header kustom-event-id {:?} does not match the body's id {:?}",
             headers.event_id,
             event.id()
         ));
@@ -75,6 +90,15 @@ pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
         kafka_partition: message.partition(),
         kafka_offset: message.offset(),
         payload,
+    })
+}
+
+/// Whether JSON text holds the escape `\u0000` (not an escaped backslash followed by
+/// `u0000`, which is harmless text): PostgreSQL's `jsonb` refuses that escape.
+fn has_nul_escape(json: &str) -> bool {
+    json.match_indices("\\u0000").any(|(at, _)| {
+        let backslashes_before = json[..at].bytes().rev().take_while(|&b| b == b'\\').count();
+        backslashes_before % 2 == 0
     })
 }
 
@@ -165,5 +189,43 @@ mod tests {
             let error = decode(&record).unwrap_err();
             assert!(error.contains(reason), "{error} should mention {reason}");
         }
+    }
+
+    #[test]
+    fn a_route_error_header_is_the_reason_even_for_a_valid_body() {
+        let marked = headers("kevt_1").insert(rdkafka::message::Header {
+            key: ipp_schemas::record::header::ROUTE_ERROR,
+            value: Some("missing_id: missing or empty string field `id`"),
+        });
+        let record = message(ACTIVATED, Some(marked));
+        let reason = "ingest could not route this body (ipp-route-error): missing_id: missing or empty string field `id`";
+        assert_eq!(decode(&record).unwrap_err(), reason);
+        assert_eq!(
+            check(&record, 10).unwrap_err(),
+            reason,
+            "before the size limit"
+        );
+        let plain = message(ACTIVATED, Some(headers("kevt_1")));
+        assert!(check(&plain, 10)
+            .unwrap_err()
+            .contains("over PROJECTOR_MAX_PAYLOAD_BYTES (10)"));
+        assert!(check(&plain, 0).is_ok(), "0: no limit");
+    }
+
+    #[test]
+    fn only_a_real_nul_escape_is_refused() {
+        assert!(has_nul_escape(r#"{"a":"\u0000"}"#));
+        assert!(
+            has_nul_escape(r#"{"a":"x\\\u0000"}"#),
+            "an escaped backslash, then the escape"
+        );
+        assert!(
+            !has_nul_escape(r#"{"a":"\\u0000"}"#),
+            "an escaped backslash, then text"
+        );
+        assert!(!has_nul_escape(r#"{"a":"\u0001"}"#));
+        let text = ACTIVATED.replace("\"M1\"", r#""M\\u0000""#);
+        let event = decode(&message(&text, Some(headers("kevt_1")))).unwrap();
+        assert_eq!(event.event.merchant_id.as_deref(), Some(r"M\u0000"));
     }
 }

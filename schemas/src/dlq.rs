@@ -3,8 +3,11 @@
 //! and read by the operator commands (`dlq list|show|redrive`).
 
 use chrono::{DateTime, Utc};
+use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::record::header::ROUTE_ERROR;
 
 /// The `dlq-*` header names.
 pub mod header {
@@ -41,6 +44,21 @@ impl DlqService {
             _ => None,
         }
     }
+}
+
+/// The `dlq-error` of a record ingest stored although it could not route it (it carries
+/// the [`ROUTE_ERROR`] header): both consumers park such a record with this reason,
+/// whatever else is wrong with it, so the operator reads what ingest found rather than
+/// a consequence of it (an empty `kustom-event-id` header, a missing field). `None`
+/// without the header.
+pub fn route_error_reason(headers: Option<&impl Headers>) -> Option<String> {
+    let found = headers?.iter().filter(|h| h.key == ROUTE_ERROR).last()?;
+    let why = found
+        .value
+        .map_or("(no reason given)".into(), String::from_utf8_lossy);
+    Some(format!(
+        "ingest could not route this body ({ROUTE_ERROR}): {why}"
+    ))
 }
 
 /// The value of a dead letter ipp-actions writes when an action ends `failed`: the
@@ -85,7 +103,28 @@ impl FailedActionRecord {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::{Header, OwnedHeaders};
+
     use super::*;
+
+    #[test]
+    fn a_route_error_header_is_the_reason() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "kustom-event-id",
+                value: Some(""),
+            })
+            .insert(Header {
+                key: ROUTE_ERROR,
+                value: Some("missing_session_id: ipp event without a string `data.session_id`"),
+            });
+        assert_eq!(
+            route_error_reason(Some(&headers)).as_deref(),
+            Some("ingest could not route this body (ipp-route-error): missing_session_id: ipp event without a string `data.session_id`")
+        );
+        assert_eq!(route_error_reason(Some(&OwnedHeaders::new())), None);
+        assert_eq!(route_error_reason(None::<&OwnedHeaders>), None);
+    }
 
     fn record() -> FailedActionRecord {
         FailedActionRecord {

@@ -20,6 +20,13 @@ pub mod header {
     pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
     /// RFC 3339 UTC, nanoseconds: when ingest accepted the request.
     pub const RECEIVED_AT: &str = "ipp-received-at";
+    /// Set only on a signed body that could not be routed or cannot be projected (not
+    /// JSON, not an object, no string `id`/`type`, an `ipp.*` event without a string
+    /// `data.session_id`): `CODE: message`, CODE being the `RouteError` code. Ingest
+    /// stores such a body anyway (Kustom signed it; a 4xx would make Kustom retry for
+    /// days and then drop it), on the IPP topic, and its consumers park it in their
+    /// dead-letter topics with this reason.
+    pub const ROUTE_ERROR: &str = "ipp-route-error";
 }
 
 /// What ingest records beside the body.

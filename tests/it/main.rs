@@ -11,4 +11,5 @@ mod ops_dlq;
 mod ops_rebuild;
 mod ops_replay;
 mod ops_status;
+mod poison;
 mod projector;

@@ -2,7 +2,8 @@
 //! hand-edited row and swaps nothing; a rebuild under a steady webhook load swaps in
 //! tables equal to a clean pass while a reader never sees a missing table or a count
 //! going down, and the live projector carries on; `--rollback` brings the previous
-//! version back; and none of it calls Order Management or touches `ipp_actions`.
+//! version back; and none of it calls Order Management or touches `ipp_actions`. A
+//! rebuild parks the poison records it passes that nobody parked, and only those.
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +15,7 @@ use std::{
 };
 
 use ipp_loadgen::{Workload, WorkloadSpec};
+use ipp_schemas::dlq::header as dlq;
 use ipp_tests::{
     inprocess::{projector_config, TestProjector},
     kafka,
@@ -504,8 +506,11 @@ async fn a_long_query_delays_the_swap_which_retries_instead_of_queueing_readers(
 
 /// A projector of its own on `brokers`, fed directly with events: enough to rebuild.
 struct SmallSetup {
+    config: ipp_projector::Config,
     env: Vec<(&'static str, String)>,
+    brokers: String,
     topic: String,
+    dlq: String,
     pool: sqlx::PgPool,
     producer: ipp_tests::produce::Producer,
     /// In-process; `None` once stopped.
@@ -528,8 +533,11 @@ impl SmallSetup {
             &ipp_tests::unique_name("projector"),
         );
         let env = config.env();
-        let projector = Some(TestProjector::spawn(config));
+        let projector = Some(TestProjector::spawn(config.clone()));
         Self {
+            config,
+            brokers: brokers.to_owned(),
+            dlq,
             pool: PgPoolOptions::new()
                 .max_connections(2)
                 .connect(&database_url)
@@ -546,26 +554,54 @@ impl SmallSetup {
     /// Produces the IPP events of `sessions` new sessions and waits until the live
     /// projector stored them; returns the workload.
     async fn produce(&self, sessions: usize, seed: u64) -> Workload {
-        let work = Workload::generate(&WorkloadSpec {
-            sessions,
-            seed,
-            other_event_rate: 0.0,
-            ..WorkloadSpec::default()
-        });
+        let before = self.events().await;
+        let work = self.produce_only(sessions, seed).await;
         let events = work
             .deliveries
             .iter()
             .map(|d| d.event_id.as_str())
             .collect::<std::collections::BTreeSet<_>>()
             .len() as i64;
-        let before = self.events().await;
-        let bodies: Vec<Vec<u8>> = work.deliveries.iter().map(|d| d.body.clone()).collect();
-        self.producer.send_events(&bodies).await;
         wait_until("the live projector stored the events", async || {
             self.events().await == before + events
         })
         .await;
         work
+    }
+
+    /// Produces the IPP events of `sessions` new sessions; returns the workload.
+    async fn produce_only(&self, sessions: usize, seed: u64) -> Workload {
+        let work = Workload::generate(&WorkloadSpec {
+            sessions,
+            seed,
+            other_event_rate: 0.0,
+            ..WorkloadSpec::default()
+        });
+        let bodies: Vec<Vec<u8>> = work.deliveries.iter().map(|d| d.body.clone()).collect();
+        self.producer.send_events(&bodies).await;
+        work
+    }
+
+    /// Starts the live projector again.
+    fn restart(&mut self) {
+        assert!(self.projector.is_none(), "stopped");
+        self.projector = Some(TestProjector::spawn(self.config.clone()));
+    }
+
+    /// The dead letters, by source `(partition, offset)`.
+    fn dead_letters(&self) -> BTreeMap<(i32, i64), kafka::Record> {
+        kafka::read_topic(&self.brokers, &self.dlq)
+            .into_iter()
+            .map(|r| {
+                let at = |name: &str| -> i64 {
+                    let value = r.header(name).expect("dlq-source-*");
+                    value.parse().expect("a number")
+                };
+                let partition = i32::try_from(at(dlq::SOURCE_PARTITION)).expect("a partition");
+                let position = (partition, at(dlq::SOURCE_OFFSET));
+                (position, r)
+            })
+            .collect()
     }
 
     async fn events(&self) -> i64 {
@@ -691,5 +727,130 @@ async fn a_rebuild_refuses_to_swap_in_fewer_events_than_the_live_table() {
         .success();
     assert_eq!(setup.events().await, live_events - 1);
     assert_sessions(&setup.pool, "ipp_sessions", &work.sessions).await;
+    setup.stop().await;
+}
+
+/// A rebuild passes poison records, so before it swaps it parks every one the
+/// dead-letter topic does not hold yet (here: produced while the live projector was
+/// stopped, so it never saw them) and none the live projector parked already; the
+/// restarted live projector, handed offsets past them, parks nothing again, nor does a
+/// second rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_parks_the_poison_records_it_skips_that_nobody_parked_and_only_those() {
+    let mut setup = SmallSetup::start(&kafka::brokers(), &[]).await;
+    let first = setup.produce(5, 21).await;
+    let seen_value = br#"{"id":"kevt_seen","type":"ipp.session.created","data":{"#.to_vec();
+    let seen_headers = ipp_schemas::RecordHeaders {
+        event_id: "kevt_seen".into(),
+        event_type: "ipp.session.created".into(),
+        merchant_id: None,
+        webhook_id: "msg_seen".into(),
+        webhook_timestamp: "1780000000".into(),
+        received_at: chrono::Utc::now(),
+    };
+    let seen = setup
+        .producer
+        .send_raw(Some(b"k-seen"), Some(&seen_value), seen_headers.to_kafka())
+        .await;
+    wait_until(
+        "the live projector parked the first poison record",
+        async || setup.dead_letters().contains_key(&seen),
+    )
+    .await;
+    setup.stop().await;
+
+    // Produced while no projector runs, among good events.
+    let second = setup.produce_only(5, 22).await;
+    let unroutable = format!(
+        r#"{{"id":"kevt_{}","type":"ipp.session.created","data":{{}}}}"#,
+        Uuid::new_v4().simple()
+    );
+    let unseen_unroutable = setup.producer.send_unroutable(unroutable.as_bytes()).await;
+    let not_uuid = format!(
+        r#"{{"id":"kevt_{}","timestamp":"2026-06-05T18:30:00Z","type":"ipp.session.created","data":{{"session_id":"not-a-uuid"}}}}"#,
+        Uuid::new_v4().simple()
+    );
+    let unseen_not_uuid = setup.producer.send_event(not_uuid.as_bytes()).await;
+    let third = setup.produce_only(5, 23).await;
+
+    let out = setup.rebuild(&["--json"]).await.success();
+    let report = out.json_lines().pop().expect("a report");
+    assert_eq!(report["phase"], "swapped", "{}", out.stdout);
+    assert_eq!(report["poison_skipped"], 3, "{report}");
+    assert_eq!(report["poison_parked"], 2, "{report}");
+    let parked = setup.dead_letters();
+    assert_eq!(
+        parked.keys().copied().collect::<Vec<_>>(),
+        {
+            let mut all = vec![seen, unseen_unroutable, unseen_not_uuid];
+            all.sort();
+            all
+        },
+        "every skipped record parked, the first one once"
+    );
+    let expected = [
+        (
+            seen,
+            seen_value.as_slice(),
+            "not a valid Kustom event envelope",
+        ),
+        (
+            unseen_unroutable,
+            unroutable.as_bytes(),
+            "ingest could not route this body (ipp-route-error): missing_session_id: ",
+        ),
+        (unseen_not_uuid, not_uuid.as_bytes(), "invalid data"),
+    ];
+    for (position, value, reason) in expected {
+        let record = &parked[&position];
+        assert_eq!(record.value, value, "{position:?}: value byte for byte");
+        assert_eq!(record.header(dlq::SERVICE), Some("ipp-projector"));
+        assert_eq!(record.header(dlq::SOURCE_TOPIC), Some(setup.topic.as_str()));
+        let error = record.header(dlq::ERROR).expect("dlq-error");
+        assert!(error.contains(reason), "{position:?}: {error}");
+    }
+    let mut sessions = first.sessions.clone();
+    sessions.extend(second.sessions.clone());
+    sessions.extend(third.sessions.clone());
+    assert_sessions(&setup.pool, "ipp_sessions", &sessions).await;
+
+    // The live projector starts past them and parks nothing again; `dlq list` shows all three.
+    setup.restart();
+    let fourth = setup.produce(3, 24).await;
+    sessions.extend(fourth.sessions.clone());
+    assert_sessions(&setup.pool, "ipp_sessions", &sessions).await;
+    assert_eq!(setup.dead_letters().len(), 3, "parked once");
+    let listed = ipp_tests::cli::run_async(
+        "ipp-projector",
+        &["dlq", "list", "--json"],
+        &setup.env,
+        Duration::from_secs(60),
+    )
+    .await
+    .success()
+    .json_lines();
+    let listed: BTreeMap<(i64, i64), String> = listed
+        .iter()
+        .map(|line| {
+            let position = (
+                line["source_partition"].as_i64().expect("partition"),
+                line["source_offset"].as_i64().expect("offset"),
+            );
+            (position, line["error"].as_str().expect("error").to_owned())
+        })
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for (position, _, reason) in expected {
+        let error = &listed[&(i64::from(position.0), position.1)];
+        assert!(error.contains(reason), "{position:?}: {error}");
+    }
+
+    // A second rebuild finds all three in the dead-letter topic.
+    let out = setup.rebuild(&["--json"]).await.success();
+    let report = out.json_lines().pop().expect("a report");
+    assert_eq!(report["poison_skipped"], 3, "{report}");
+    assert_eq!(report["poison_parked"], 0, "{report}");
+    assert_eq!(setup.dead_letters().len(), 3, "nothing parked twice");
+    assert_sessions(&setup.pool, "ipp_sessions", &sessions).await;
     setup.stop().await;
 }

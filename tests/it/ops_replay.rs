@@ -3,7 +3,9 @@
 //! back from the topic) is replayed as JSON Lines and CSV, filtered, and projected into
 //! an analyst's schema. The export holds exactly the records whose timestamps fall in
 //! the window, byte-identical to what ingest stored; the analyst's schema equals the
-//! live projection of the same events; and Order Management sees no call.
+//! live projection of the same events; and Order Management sees no call. Poison
+//! records in a replayed range are named on stderr and parked by no one but the live
+//! projector.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +18,10 @@ use ipp_tests::pipeline::Pipeline;
 use ipp_tests::{
     cli,
     kafka::{self, Record},
+    process::ChildConfig,
+    produce::{ipp_body, Producer},
+    unique_name,
+    wiring::Wiring,
 };
 use serde_json::Value;
 
@@ -283,4 +289,67 @@ async fn replay_exports_exactly_a_time_range_and_projects_it_into_a_schema() {
     assert_eq!(pipeline.sim_calls().await, Vec::<Value>::new());
     assert_eq!(pipeline.ledger().await, ledger);
     pipeline.assert_running();
+}
+
+/// `replay --into-schema` projects what it can and names each poison record of the range
+/// on stderr, with its position and reason. It parks nothing: it writes to an analyst's
+/// sink, and the live projector (or a rebuild) parks what it cannot project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_schema_names_the_poison_records_it_skips_and_parks_nothing() {
+    let wiring = Wiring::create(1, "ipp_dlq").await;
+    let producer = Producer::new(&wiring.brokers, &wiring.topic);
+    let body = |n: u32| {
+        ipp_body(
+            &format!("kevt_{}_{n}", uuid::Uuid::new_v4().simple()),
+            "ipp.session.created",
+            "M1",
+            uuid::Uuid::new_v4(),
+            Utc::now(),
+            None,
+            None,
+        )
+    };
+    producer.send_event(&body(1)).await;
+    let truncated = b"{\"id\":\"kevt_truncated\",\"type\":".to_vec();
+    let headers = Producer::headers_for(&body(0)).to_kafka();
+    let (_, truncated_at) = producer
+        .send_raw(Some(b"k-truncated"), Some(&truncated), headers)
+        .await;
+    let (_, unroutable_at) = producer.send_unroutable(b"[1,2]").await;
+    producer.send_event(&body(2)).await;
+
+    let env = wiring.projector_config(&unique_name("projector")).env();
+    let args = [
+        "replay",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--into-schema",
+        "analyst_poison",
+    ];
+    let out = cli::run_async("ipp-projector", &args, &env, Duration::from_secs(60))
+        .await
+        .success();
+    let topic = &wiring.topic;
+    for line in [
+        format!(
+            "replay: poison record {topic}[0]@{truncated_at} not projected: body is not a valid Kustom event envelope"
+        ),
+        format!(
+            "replay: poison record {topic}[0]@{unroutable_at} not projected: ingest could not route this body (ipp-route-error): not_an_object: "
+        ),
+        "2 events stored, 0 duplicates, 2 poison records skipped".to_owned(),
+    ] {
+        assert!(out.stderr.contains(&line), "{line:?} in\n{}", out.stderr);
+    }
+    let pool = wiring.database.pool().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM analyst_poison.ipp_events").await,
+        2
+    );
+    assert!(
+        kafka::read_topic(&wiring.brokers, &wiring.dlq_topic).is_empty(),
+        "a replay parks nothing"
+    );
 }

@@ -1,13 +1,16 @@
 //! Writing records exactly as ipp-ingest does (value = raw body, key = session id for
-//! `ipp.*` events or the event id otherwise, headers = `RecordHeaders::to_kafka()`),
-//! and building event bodies.
+//! `ipp.*` events or the event id otherwise, headers = `RecordHeaders::to_kafka()`;
+//! a signed body it cannot route as [`unroutable`] says), and building event bodies.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::{record::format_timestamp, RecordHeaders, Route};
+use ipp_schemas::{
+    record::{format_timestamp, header::ROUTE_ERROR},
+    RecordHeaders, Route,
+};
 use rdkafka::{
-    message::OwnedHeaders,
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
     ClientConfig,
@@ -61,6 +64,13 @@ impl Producer {
         let headers = Self::headers_for(body);
         self.send_raw(Some(route.key().as_bytes()), Some(body), headers.to_kafka())
             .await
+    }
+
+    /// Produces a signed body ingest cannot route as ingest stores it ([`unroutable`]),
+    /// on this producer's topic; returns `(partition, offset)`.
+    pub async fn send_unroutable(&self, body: &[u8]) -> (i32, i64) {
+        let (key, headers) = unroutable(body);
+        self.send_raw(Some(&key), Some(body), headers).await
     }
 
     /// Produces any record (for poison records) and returns `(partition, offset)`.
@@ -141,6 +151,40 @@ impl Producer {
         }
         positions
     }
+}
+
+/// The key and headers ingest writes for a signed body it cannot route (not JSON, not
+/// an object, no string `id`/`type`, an `ipp.*` event without a string
+/// `data.session_id`): key = the body's string `id`, else the webhook id; the
+/// `kustom-event-id`/`-type` headers = the body's strings, else empty; and
+/// `ipp-route-error: CODE: message`. Panics for a body that routes.
+pub fn unroutable(body: &[u8]) -> (Vec<u8>, OwnedHeaders) {
+    let error = Route::parse(body).expect_err("a body ingest cannot route");
+    let object = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let string = |field: &str| {
+        object
+            .as_ref()
+            .and_then(|o| o.get(field))
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let webhook_id = format!("msg_{}", Uuid::new_v4().simple());
+    let headers = RecordHeaders {
+        event_id: string("id").unwrap_or_default(),
+        event_type: string("type").unwrap_or_default(),
+        merchant_id: string("merchant_id"),
+        webhook_id: webhook_id.clone(),
+        webhook_timestamp: Utc::now().timestamp().to_string(),
+        received_at: Utc::now(),
+    };
+    let reason = format!("{}: {error}", error.code());
+    let headers = headers.to_kafka().insert(Header {
+        key: ROUTE_ERROR,
+        value: Some(reason.as_str()),
+    });
+    let key = string("id").unwrap_or(webhook_id);
+    (key.into_bytes(), headers)
 }
 
 /// An `ipp.*` webhook body in Kustom's envelope.

@@ -7,15 +7,21 @@
 //! rebalance finds its row already there (`ON CONFLICT DO NOTHING`), so redelivery, replay
 //! and a fresh consumer group never create a second action. This loop never calls Order
 //! Management: the worker pool does, so a slow or failing order cannot hold a partition.
+//!
+//! Only finalized events make a row; every other `ipp.*` type, unknown ones included,
+//! is passed over. A record it cannot use (marked `ipp-route-error` by ingest, not a
+//! parseable `ipp.*` event, a row PostgreSQL refuses) is parked in the DLQ with the
+//! reason, and the partition goes on.
 
 use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use ipp_schemas::{
+    dlq::route_error_reason,
     record::{header, header_str},
     IppEvent, IppEventKind,
 };
-use ipp_service::probe::Readiness;
+use ipp_service::{error_chain, probe::Readiness};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
@@ -123,28 +129,16 @@ impl ActionConsumer {
 
     /// Makes the record's effect durable. Returns false only when shutdown interrupted it.
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
-        let payload = message.payload().unwrap_or_default();
-        let event = match IppEvent::parse(payload) {
-            Ok(event) => event,
-            Err(e) => {
-                warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    error = %e,
-                    "unparseable record: to the dlq"
-                );
-                let reason = e.to_string();
-                let parked = (|| self.dlq.unparseable(message, &reason))
-                    .retry(forever())
-                    .notify(|e, _| error!(error = %e, "dlq write failed; retrying"));
-                return tokio::select! {
-                    _ = shutdown.cancelled() => false,
-                    _ = parked => {
-                        self.metrics.records.with_label_values(&["dlq"]).inc();
-                        true
-                    }
-                };
+        // A body ingest could not route is parked with ingest's reason, even if it parses.
+        let parsed = match route_error_reason(message.headers()) {
+            Some(reason) => Err(reason),
+            None => {
+                IppEvent::parse(message.payload().unwrap_or_default()).map_err(|e| e.to_string())
             }
+        };
+        let event = match parsed {
+            Ok(event) => event,
+            Err(reason) => return self.park(message, &reason, shutdown).await,
         };
         if event.kind != IppEventKind::SessionFinalized {
             self.metrics.records.with_label_values(&["ignored"]).inc();
@@ -172,10 +166,20 @@ impl ActionConsumer {
         };
         let recorded = (|| ledger::record(&self.pool, &new))
             .retry(forever())
+            .when(|e| !is_rejected_data(e))
             .notify(|e, d| error!(error = %e, retry_in = ?d, "ledger write failed; retrying"));
         let inserted = tokio::select! {
             _ = shutdown.cancelled() => return false,
-            inserted = recorded => inserted.expect("retried forever"),
+            inserted = recorded => inserted,
+        };
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            // Only an error retrying cannot fix ends the retries (e.g. a NUL character in
+            // the event id): the record is parked and the partition goes on.
+            Err(e) => {
+                let reason = format!("rejected by PostgreSQL: {}", error_chain(&e));
+                return self.park(message, &reason, shutdown).await;
+            }
         };
         if inserted {
             info!(
@@ -193,6 +197,43 @@ impl ActionConsumer {
         }
         true
     }
+
+    /// Parks a record this service cannot use in its dead-letter topic, retrying until
+    /// the broker acknowledged it. Returns false only when shutdown interrupted it.
+    async fn park(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            error = %reason,
+            "record cannot be used: to the dlq"
+        );
+        let parked = (|| self.dlq.unusable(message, reason))
+            .retry(forever())
+            .notify(|e, _| error!(error = %e, "dlq write failed; retrying"));
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = parked => {
+                self.metrics.records.with_label_values(&["dlq"]).inc();
+                true
+            }
+        }
+    }
+}
+
+/// PostgreSQL refused the row itself (a data exception such as a NUL character, a
+/// constraint, a size limit): the same insert would fail forever.
+fn is_rejected_data(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = e else {
+        return false;
+    };
+    let code = e.code().unwrap_or_default();
+    // 23505 cannot come from `ON CONFLICT DO NOTHING` on the key; retry it anyway.
+    (code.starts_with("22") || code.starts_with("23") || code.starts_with("54")) && code != "23505"
 }
 
 /// Retries that only shutdown ends: nothing may be skipped.

@@ -1,5 +1,6 @@
 //! The dead-letter topic (`ipp.actions.dlq`): actions that failed for good, and consumed
-//! records that could not be parsed. Every record carries the `dlq-*` headers.
+//! records this service cannot use (unparseable, unroutable, refused by PostgreSQL).
+//! Every record carries the `dlq-*` headers.
 
 use std::{sync::Arc, time::Duration};
 
@@ -108,9 +109,9 @@ impl DeadLetters {
         .await
     }
 
-    /// Parks a consumed record this service cannot read: original key, value and headers,
+    /// Parks a consumed record this service cannot use: original key, value and headers,
     /// plus where it came from and why.
-    pub async fn unparseable(
+    pub async fn unusable(
         &self,
         message: &BorrowedMessage<'_>,
         error: &str,

@@ -1,6 +1,7 @@
 //! The projector's Kafka side: the group consumer that feeds the apply engine
-//! ([`consumer`]), its rebalance callback ([`rebalance`]), and the assign-only reader of
-//! the one-shot commands ([`reader`]).
+//! ([`consumer`]), its rebalance callback ([`rebalance`]), the assign-only reader of
+//! the one-shot commands ([`reader`]), and what the dead-letter topic holds
+//! ([`parked`], for `rebuild`).
 //!
 //! Offset strategy: PostgreSQL is the source of truth for consumed offsets. Each batch
 //! runs in one transaction that (1) locks the rows of `ipp_projector_offsets` for the
@@ -22,5 +23,6 @@
 //! for monitoring tools (lag dashboards), but are never read.
 
 pub mod consumer;
+pub mod parked;
 pub mod reader;
 mod rebalance;

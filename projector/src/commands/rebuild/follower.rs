@@ -1,6 +1,8 @@
 //! Reading the topic into one schema through the apply engine, from the schema's own
 //! stored offsets (or the low watermarks): what builds the shadow and what catches up
-//! the previous version for a rollback.
+//! the previous version for a rollback. The poison records it skips are kept until the
+//! swap, which parks those the dead-letter topic does not hold yet
+//! ([`Follower::park_skipped`]).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -13,11 +15,13 @@ use rdkafka::{
     message::{Message, OwnedMessage},
 };
 use sqlx::PgPool;
+use tracing::warn;
 
 use crate::{
     config::Config,
-    engine::{Engine, EngineMode, Retry, Totals},
-    kafka::reader,
+    dead_letters::DeadLetters,
+    engine::{Engine, EngineMode, Poison, Retry, Totals},
+    kafka::{parked::ParkedIndex, reader},
     store::{offsets, statistics::AutoAnalyze},
     Error,
 };
@@ -37,6 +41,13 @@ pub(super) struct Follower<'a> {
     /// Longest wait for the next record once a batch has its first one.
     batch_wait: Duration,
     pub(super) totals: Totals,
+    /// The poison records skipped that the dead-letter topic did not hold when last
+    /// looked at, in offset order per partition.
+    skipped: Vec<Poison>,
+    parked: ParkedIndex,
+    dead_letters: DeadLetters,
+    /// Poison records this rebuild parked itself.
+    pub(super) poison_parked: u64,
 }
 
 impl<'a> Follower<'a> {
@@ -51,6 +62,8 @@ impl<'a> Follower<'a> {
             .map(|(&p, &(low, _))| (p, stored.get(&p).copied().unwrap_or(0).max(low)))
             .collect();
         reader::assign(&consumer, &topic, &positions)?;
+        let mut parked = ParkedIndex::new(config)?;
+        parked.refresh().await?;
         Ok(Self {
             consumer,
             engine: Engine::new(
@@ -69,6 +82,10 @@ impl<'a> Follower<'a> {
             batch_size: config.batch_size as usize,
             batch_wait: Duration::from_millis(config.batch_wait_ms.clamp(10, 200)),
             totals: Totals::default(),
+            skipped: Vec::new(),
+            parked,
+            dead_letters: DeadLetters::new(config)?,
+            poison_parked: 0,
         })
     }
 
@@ -150,9 +167,17 @@ impl<'a> Follower<'a> {
         if batch.is_empty() {
             return Ok(0);
         }
-        let totals = &mut self.totals;
+        let (totals, skipped, parked) = (&mut self.totals, &mut self.skipped, &self.parked);
         self.engine
-            .apply_isolating(&batch, Retry::Never, |outcome| *totals += &outcome)
+            .apply_isolating(&batch, Retry::Never, |outcome| {
+                *totals += &outcome;
+                skipped.extend(
+                    outcome
+                        .unparked
+                        .into_iter()
+                        .filter(|poison| !parked.contains(&poison.message)),
+                );
+            })
             .await?;
         for message in &batch {
             let position = self.positions.entry(message.partition()).or_insert(0);
@@ -178,5 +203,52 @@ impl<'a> Follower<'a> {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Reads what the dead-letter topic gained and forgets the skipped records it now
+    /// holds: done before the swap locks the live tables, so the read under the lock
+    /// ([`Follower::park_skipped`]) is short.
+    pub(super) async fn forget_parked(&mut self) -> Result<(), Error> {
+        if self.skipped.is_empty() {
+            return Ok(());
+        }
+        self.parked.refresh().await?;
+        let parked = &self.parked;
+        self.skipped
+            .retain(|poison| !parked.contains(&poison.message));
+        Ok(())
+    }
+
+    /// Parks the skipped poison records the dead-letter topic does not hold, and waits
+    /// for the broker's acknowledgement. Called in the swap transaction once the live
+    /// tables are locked: the live projector has no batch in flight (its batches park
+    /// before they commit) and, after the swap, starts past these records, so it will
+    /// never park them itself. A crash between this and the commit leaves them parked
+    /// and the live projector where it was: it may park them a second time (as after its
+    /// own crash), never zero times.
+    pub(super) async fn park_skipped(&mut self) -> Result<(), Error> {
+        self.forget_parked().await?;
+        if self.skipped.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(&OwnedMessage, String)> = self
+            .skipped
+            .iter()
+            .map(|poison| (&poison.message, poison.reason.clone()))
+            .collect();
+        self.dead_letters.send_all(&records).await?;
+        for poison in &self.skipped {
+            warn!(
+                topic = poison.message.topic(),
+                partition = poison.message.partition(),
+                offset = poison.message.offset(),
+                error = %poison.reason,
+                "parked a poison record that no one had parked"
+            );
+            self.parked.insert(&poison.message);
+        }
+        self.poison_parked += self.skipped.len() as u64;
+        self.skipped.clear();
+        Ok(())
     }
 }

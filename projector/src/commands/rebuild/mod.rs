@@ -20,6 +20,14 @@
 //!    cached statements against the moved tables (the tables it names are resolved
 //!    again through its `search_path`).
 //!
+//! Poison records: the shadow skips them like the live projector, and the swapped-in
+//! offsets pass them, so the live projector will never park those it had not reached.
+//! The rebuild keeps every record it skipped that the dead-letter topic does not hold
+//! (by `dlq-source-topic/partition/offset`, read before the swap and again under its
+//! locks) and parks them in the swap transaction, before the commit: after a swap every
+//! skipped record is in the dead-letter topic, and none that was there already is
+//! parked again. `--dry-run` parks nothing (the live projector still will).
+//!
 //! A rebuild never swaps in a partial history: it refuses (nothing changed) when a
 //! partition of the topic has lost its oldest records (its low watermark is above 0:
 //! retention deleted segments, or records were deleted) or when the shadow would hold
@@ -250,7 +258,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
         }
     }
     progress.finish();
-    let totals = follower.totals;
+    let (totals, poison_parked) = (follower.totals, follower.poison_parked);
     drop(follower);
     pool.close().await;
     if !args.rollback {
@@ -261,7 +269,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
     }
     let counts = row_counts(&admin, live).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    report::swapped(args, live, &totals, &counts, elapsed)?;
+    report::swapped(args, live, &totals, poison_parked, &counts, elapsed)?;
     drop(guard);
     Ok(())
 }

@@ -79,6 +79,7 @@ pub(super) fn swapped(
     args: &RebuildArgs,
     live: &str,
     totals: &Totals,
+    poison_parked: u64,
     counts: &HashMap<String, i64>,
     elapsed: f64,
 ) -> Result<(), Error> {
@@ -97,6 +98,7 @@ pub(super) fn swapped(
             "events_applied": totals.applied,
             "duplicates": totals.duplicates,
             "poison_skipped": totals.poison,
+            "poison_parked": poison_parked,
             "rows": counts,
             "elapsed_seconds": (elapsed * 10.0).round() / 10.0,
         }))
@@ -107,7 +109,7 @@ pub(super) fn swapped(
             "rebuilt and swapped in"
         };
         text(&format!(
-            "{what} ({live}): ipp_events {} rows, ipp_sessions {} rows; {} records read, {} events applied, {} duplicates, {} poison records skipped, in {elapsed:.1}s",
+            "{what} ({live}): ipp_events {} rows, ipp_sessions {} rows; {} records read, {} events applied, {} duplicates, {} poison records skipped ({poison_parked} of them parked by this rebuild, the others were in the dead-letter topic already), in {elapsed:.1}s",
             counts["ipp_events"], counts["ipp_sessions"], totals.records, totals.applied, totals.duplicates, totals.poison
         ))?;
         text(&format!(

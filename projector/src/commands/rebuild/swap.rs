@@ -1,5 +1,6 @@
 //! The swap: one transaction that locks the live tables, catches the source up to the
-//! live offsets, checks the history is complete, and moves the tables between schemas
+//! live offsets, checks the history is complete, parks the poison records the source
+//! skipped that nobody parked, and moves the tables between schemas
 //! (the only place, with [`super::diff`], where schema names go into SQL: they were
 //! validated by `schema::validate`).
 
@@ -25,6 +26,8 @@ pub(super) async fn swap(
 ) -> Result<bool, Error> {
     let live = config.schema.as_str();
     let previous = args.previous_schema.as_str();
+    // Most of the dead-letter topic is read here, before anything is locked.
+    follower.forget_parked().await?;
     let mut tx = admin.begin().await?;
     // The live projector locks ipp_projector_offsets first, then ipp_events and
     // ipp_sessions: the same order here means its batch in flight commits first and
@@ -92,6 +95,9 @@ pub(super) async fn swap(
             return Err(refused);
         }
     }
+    // Every record the swapped-in offsets pass is applied or in the dead-letter topic.
+    // An error here drops the transaction: nothing is swapped.
+    follower.park_skipped().await?;
     // Privileges granted on the live tables (a read-only role for analysts, a BI
     // tool) go with the name, not with the rebuilt tables: grant them there too.
     let mut statements: Vec<String> = sqlx::query_scalar!(

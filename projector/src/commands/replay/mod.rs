@@ -8,6 +8,11 @@
 //! after the start are skipped as well: record timestamps are the producer's
 //! (`CreateTime`), so they need not grow with the offset. The consumer is only assigned
 //! partitions and never commits offsets.
+//!
+//! Poison records (what the live projector parks) are exported like any record; with
+//! `--into-schema` they are not projected, and each is named on stderr with its
+//! position and reason. A replay parks nothing: it writes to an analyst's sink, and the
+//! live projector (or a rebuild) parks what it cannot project in the dead-letter topic.
 
 use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Duration};
 
@@ -23,7 +28,7 @@ use self::{
 use crate::{
     commands::progress::Progress,
     config::Config,
-    engine::{Engine, EngineMode, Retry, Totals},
+    engine::{Engine, EngineMode, Poison, Retry, Totals},
     kafka::reader,
     schema,
     store::statistics::AutoAnalyze,
@@ -121,6 +126,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
     let mut read = 0u64;
     let mut selected = 0u64;
     let mut totals = Totals::default();
+    let mut poison: Vec<Poison> = Vec::new();
     let mut batch: Vec<OwnedMessage> = Vec::new();
     if !starts.is_empty() {
         reader::assign(&consumer, topic, &starts)?;
@@ -167,13 +173,13 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
         if pool.is_some() {
             batch.push(message);
             if batch.len() >= config.batch_size as usize {
-                totals += project(config, pool.as_ref(), &statistics, &batch).await?;
+                totals += project(config, pool.as_ref(), &statistics, &batch, &mut poison).await?;
                 batch.clear();
             }
         }
     }
     if !batch.is_empty() {
-        totals += project(config, pool.as_ref(), &statistics, &batch).await?;
+        totals += project(config, pool.as_ref(), &statistics, &batch, &mut poison).await?;
     }
     sink.finish()?;
     progress.finish();
@@ -189,9 +195,33 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
             "replay: projected into schema {name}: {} events stored, {} duplicates, {} poison records skipped",
             totals.applied, totals.duplicates, totals.poison
         );
+        report_poison(&mut err, &poison);
         pool.close().await;
     }
     Ok(())
+}
+
+/// At most this many poison records are named one by one.
+const POISON_NAMED: usize = 100;
+
+/// One line per poison record: where it is and why it was not projected.
+fn report_poison(out: &mut impl Write, poison: &[Poison]) {
+    for Poison { message, reason } in poison.iter().take(POISON_NAMED) {
+        let _ = writeln!(
+            out,
+            "replay: poison record {}[{}]@{} not projected: {reason}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+    }
+    if poison.len() > POISON_NAMED {
+        let _ = writeln!(
+            out,
+            "replay: and {} more poison records not projected",
+            poison.len() - POISON_NAMED
+        );
+    }
 }
 
 async fn project(
@@ -199,6 +229,7 @@ async fn project(
     pool: Option<&sqlx::PgPool>,
     statistics: &Arc<AutoAnalyze>,
     batch: &[OwnedMessage],
+    poison: &mut Vec<Poison>,
 ) -> Result<Totals, Error> {
     let Some(pool) = pool else {
         return Ok(Totals::default());
@@ -212,7 +243,10 @@ async fn project(
     );
     let mut totals = Totals::default();
     engine
-        .apply_isolating(batch, Retry::Never, |outcome| totals += &outcome)
+        .apply_isolating(batch, Retry::Never, |outcome| {
+            totals += &outcome;
+            poison.extend(outcome.unparked);
+        })
         .await?;
     Ok(totals)
 }
