@@ -865,33 +865,52 @@ async fn a_call_slower_than_the_lease_keeps_its_claim_and_no_replica_runs_an_act
     b.stop().await;
 }
 
-/// 429s whose `Retry-After` is the largest number of seconds the simulator can send:
-/// the worker neither panics nor waits for it; it retries after its longest ledger delay
-/// and captures once the rate limit is gone.
+/// 429s whose `Retry-After` asks for a wait no `Duration` or PostgreSQL interval can
+/// hold, spelled three ways: the worker neither panics nor waits for it; it retries after
+/// its longest ledger delay and captures once the rate limit is gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_retry_after_neither_panics_nor_stalls_the_worker_and_the_capture_follows() {
-    let fx = Fixture::new(1, |sim| {
-        sim.faults.rate_limit_rate = 1.0;
-        sim.faults.retry_after_secs = u64::MAX;
-    })
-    .await;
+    let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(3);
     fx.produce(&finals).await;
     let mut actions = fx.start_actions_process(&unique_name("actions"), |_| {});
-    // Rescheduled with the 429 written down (the delay fit the ledger), and taken up
-    // again after the suite's 2 s longest delay, not after centuries.
-    eventually(
-        Duration::from_secs(60),
-        "3 actions refused with 429 and retried from the ledger",
-        || async {
-            let rows = fx.ledger().await;
-            rows.len() == 3
-                && rows.iter().all(|r| {
-                    r.status == "pending" && r.attempts >= 2 && r.last_status_code == Some(429)
-                })
-        },
-    )
-    .await;
+    for retry_after in [
+        "1e30",
+        "18446744073709551616",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ] {
+        fx.sim
+            .put(
+                "/_sim/faults",
+                json!({"rate_limit_rate": 1.0, "retry_after": retry_after}),
+            )
+            .await;
+        // Two more attempts: at least one of them wholly under this Retry-After.
+        let target = fx
+            .ledger()
+            .await
+            .iter()
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(0)
+            + 2;
+        // Rescheduled with the 429 written down (the delay fit the ledger), and taken up
+        // again after the suite's 2 s longest delay, not after centuries.
+        eventually(
+            Duration::from_secs(30),
+            &format!("3 actions refused with 429 (Retry-After {retry_after}) and retried"),
+            || async {
+                let rows = fx.ledger().await;
+                rows.len() == 3
+                    && rows.iter().all(|r| {
+                        r.status == "pending"
+                            && r.attempts >= target
+                            && r.last_status_code == Some(429)
+                    })
+            },
+        )
+        .await;
+    }
     assert!(fx.sim.captures_by_order().await.is_empty());
 
     fx.sim.put("/_sim/faults", json!({})).await;
