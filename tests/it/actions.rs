@@ -925,3 +925,63 @@ async fn a_huge_retry_after_neither_panics_nor_stalls_the_worker_and_the_capture
     assert!(!logs.contains("panicked"), "a worker panicked:\n{logs}");
     actions.stop().await;
 }
+
+/// A worker frozen (SIGSTOP) in the middle of its attempts, past its lease: another
+/// instance takes the actions over and captures them; when the frozen one wakes up
+/// (SIGCONT) it sends nothing more to Order Management and writes nothing to the ledger.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing() {
+    let fx = Fixture::new(1, |sim| sim.faults.latency_ms = 3000).await;
+    let finals = finalized(8);
+    fx.produce(&finals).await;
+    let defaults = product_defaults();
+    let as_shipped = |config: &mut ipp_actions::Config| {
+        config.lease_ms = defaults.lease_ms;
+        config.http_timeout_ms = defaults.http_timeout_ms;
+    };
+    let group = unique_name("actions");
+    let frozen = fx.start_actions_process(&group, as_shipped);
+    let ipp_tests::actions::Actions::Process { service, .. } = &frozen else {
+        unreachable!("started as a process");
+    };
+    eventually(Duration::from_secs(60), "8 actions claimed", || async {
+        fx.claimed().await == 8
+    })
+    .await;
+    service.signal("STOP");
+    fx.sim.put("/_sim/faults", json!({})).await;
+    let taker = fx.start_actions(&group, as_shipped);
+    fx.wait_for_count("succeeded", 8, Duration::from_secs(30))
+        .await;
+    fx.assert_captured_once(&finals).await;
+    let ledger_before = format!("{:?}", fx.ledger().await);
+
+    let woken_at = chrono::Utc::now();
+    service.signal("CONT");
+    eventually(
+        Duration::from_secs(30),
+        "the woken worker gave up its attempts",
+        || async {
+            frozen.metrics().await.is_ok() && frozen.metric("actions_in_flight", "").await == 0.0
+        },
+    )
+    .await;
+    let late: Vec<Value> = fx
+        .calls()
+        .await
+        .into_iter()
+        .filter(|c| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap() >= woken_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "calls after the stale worker woke up: {late:?}"
+    );
+    assert_eq!(format!("{:?}", fx.ledger().await), ledger_before);
+    fx.assert_captured_once(&finals).await;
+    for row in fx.ledger().await {
+        assert_eq!(row.attempts, 2, "claimed by both, run by one: {row:?}");
+    }
+    assert!(service.logs().contains("claim lost"), "{}", service.logs());
+    taker.stop().await;
+    frozen.stop().await;
+}
