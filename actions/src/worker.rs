@@ -201,10 +201,13 @@ impl Worker {
     async fn execute(&self, action: Action, hold: Hold) {
         tokio::select! {
             biased;
-            () = hold.lost() => warn!(
-                "claim lost (its lease could not be renewed in time): attempt abandoned, \
-                 another worker takes the action up"
-            ),
+            () = hold.lost() => {
+                self.metrics.claims_lost.inc();
+                warn!(
+                    "claim lost (its lease could not be renewed in time): attempt abandoned, \
+                     another worker takes the action up"
+                );
+            }
             () = self.execute_held(&action, &hold) => {}
         }
     }
@@ -220,6 +223,7 @@ impl Worker {
                 error!(error = %e, "ledger write failed; the action is due again when its lease runs out");
             }
             Attempt::Lost => {
+                self.metrics.claims_lost.inc();
                 warn!("claim lost: attempt abandoned, another worker takes the action up");
             }
             Attempt::Retry(e) => {
@@ -270,7 +274,8 @@ impl Worker {
                 {
                     Ok(true) => {}
                     Ok(false) => {
-                        warn!("claim lost: not rescheduled, another worker owns the action")
+                        self.metrics.claims_lost.inc();
+                        warn!("claim lost: not rescheduled, another worker owns the action");
                     }
                     Err(db) => error!(
                         error = %db,
@@ -424,6 +429,7 @@ impl Worker {
         failure: Option<&str>,
     ) {
         if hold.check().is_err() {
+            self.metrics.claims_lost.inc();
             warn!("claim lost: outcome not written, another worker owns the action");
             return;
         }
@@ -468,7 +474,8 @@ impl Worker {
                     .inc();
             }
             Ok(false) => {
-                warn!("claim lost: outcome not written, another worker owns the action")
+                self.metrics.claims_lost.inc();
+                warn!("claim lost: outcome not written, another worker owns the action");
             }
             Err(e) => error!(
                 error = %e,

@@ -928,7 +928,8 @@ async fn a_huge_retry_after_neither_panics_nor_stalls_the_worker_and_the_capture
 
 /// A worker frozen (SIGSTOP) in the middle of its attempts, past its lease: another
 /// instance takes the actions over and captures them; when the frozen one wakes up
-/// (SIGCONT) it sends nothing more to Order Management and writes nothing to the ledger.
+/// (SIGCONT) it sends nothing more to Order Management and writes nothing to the ledger,
+/// and counts every attempt it gave up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing() {
     let fx = Fixture::new(1, |sim| sim.faults.latency_ms = 3000).await;
@@ -982,6 +983,7 @@ async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing(
         assert_eq!(row.attempts, 2, "claimed by both, run by one: {row:?}");
     }
     assert!(service.logs().contains("claim lost"), "{}", service.logs());
+    assert_eq!(frozen.metric("actions_claims_lost_total", "").await, 8.0);
     taker.stop().await;
     frozen.stop().await;
 }
