@@ -198,9 +198,13 @@ impl Worker {
     }
 
     /// Works on a claimed action for as long as the claim is provably this worker's.
+    /// Every step checks the claim before it acts (`Hold::check`); this also cuts short a
+    /// wait (a slow call, a retry delay) once the claim is lost. The attempt is polled
+    /// first: one that just wrote its outcome, which ends the claim, is not "lost".
     async fn execute(&self, action: Action, hold: Hold) {
         tokio::select! {
             biased;
+            () = self.execute_held(&action, &hold) => {}
             () = hold.lost() => {
                 self.metrics.claims_lost.inc();
                 warn!(
@@ -208,7 +212,6 @@ impl Worker {
                      another worker takes the action up"
                 );
             }
-            () = self.execute_held(&action, &hold) => {}
         }
     }
 
