@@ -154,12 +154,16 @@ pub struct Config {
     #[arg(long, env = "ACTIONS_MAX_RETRY_SECS", default_value_t = 6 * 3600, global = true)]
     pub max_retry_secs: u64,
 
-    /// How long a worker owns a claimed action before another worker (or replica) may take
-    /// it, in milliseconds. Must exceed one attempt with its in-place retries.
+    /// How long a claim on an action lasts unless renewed, in milliseconds, by the
+    /// database's clock. A worker renews its claims every quarter lease while it works and
+    /// abandons an attempt it could not renew within three quarters, before anybody else
+    /// may take it; the claims of a crashed worker are free after at most one lease. An
+    /// attempt may take longer than the lease (slow Order Management, in-place retries).
     #[arg(
         long,
         env = "ACTIONS_LEASE_MS",
-        default_value_t = 300_000,
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=86_400_000),
         global = true
     )]
     pub lease_ms: u64,

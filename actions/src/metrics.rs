@@ -1,6 +1,8 @@
 //! Prometheus metrics of the actions service.
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,6 +23,9 @@ pub struct Metrics {
     pub pending: IntGauge,
     pub oldest_pending_seconds: Gauge,
     pub in_flight: IntGauge,
+    /// Attempts given up because their claim could no longer be proven (not renewed in
+    /// time, or taken over): another worker takes the action up.
+    pub claims_lost: IntCounter,
 }
 
 impl Metrics {
@@ -91,6 +96,11 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("actions_in_flight", "Actions being executed right now")
             .expect("valid metric");
+        let claims_lost = IntCounter::new(
+            "actions_claims_lost_total",
+            "Attempts given up because their claim could no longer be proven",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
@@ -102,6 +112,7 @@ impl Metrics {
             Box::new(pending.clone()),
             Box::new(oldest_pending_seconds.clone()),
             Box::new(in_flight.clone()),
+            Box::new(claims_lost.clone()),
         ] {
             registry.register(metric).expect("register");
         }
@@ -117,6 +128,7 @@ impl Metrics {
             pending,
             oldest_pending_seconds,
             in_flight,
+            claims_lost,
         }
     }
 

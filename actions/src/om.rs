@@ -200,19 +200,32 @@ async fn check_status(
     })
 }
 
-/// `Retry-After` is either delay-seconds or an HTTP date.
+/// The longest `Retry-After` taken from Kustom as it is: about the lifetime of an
+/// idempotency key, past which waiting can do no good. A ledger delay is capped lower,
+/// at `ACTIONS_RETRY_MAX_DELAY_MS` (see `retry.rs`).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` is either delay-seconds or an HTTP date; the wait it asks for, at most
+/// [`MAX_RETRY_AFTER`]. Seconds are whole by the standard: a fraction (`0.5`, `1.5e3`) is
+/// rounded up, never sooner than asked. A date in the past means now. What is not a
+/// finite, non-negative number or a date (`-1`, `inf`, `NaN`, `soon`) is ignored: `None`.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value)
-        .ok()?
-        .with_timezone(&Utc);
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            // Capped while still a float: `as` saturates, but only a capped value is exact.
+            let secs = secs.ceil().min(MAX_RETRY_AFTER.as_secs_f64());
+            Duration::from_secs(secs as u64)
+        }
+        Ok(_) => return None,
+        Err(_) => {
+            let at = DateTime::parse_from_rfc2822(value)
+                .ok()?
+                .with_timezone(&Utc);
+            (at - now).to_std().unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -230,5 +243,57 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn retry_after_fractions_round_up_and_huge_values_are_capped() {
+        let now = Utc::now();
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        let cases = [
+            ("0", secs(0)),
+            ("0.5", secs(1)),
+            ("1.5", secs(2)),
+            ("1.5e3", secs(1500)),
+            (" 7 ", secs(7)),
+            ("86399.1", Some(MAX_RETRY_AFTER)),
+            ("1e30", Some(MAX_RETRY_AFTER)),
+            ("18446744073709551615", Some(MAX_RETRY_AFTER)),
+            ("18446744073709551616", Some(MAX_RETRY_AFTER)),
+            ("1e309", None),
+            ("-1", None),
+            ("-0.5", None),
+            ("inf", None),
+            ("-inf", None),
+            ("NaN", None),
+            ("", None),
+            ("3 seconds", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_retry_after(value, now), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_dates_far_in_the_past_or_future_are_bounded() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cases = [
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+            ("Mon, 01 Jan 1900 00:00:00 GMT", Some(Duration::ZERO)),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", Some(MAX_RETRY_AFTER)),
+            (
+                "Wed, 02 Dec 2026 05:00:30 GMT",
+                Some(Duration::from_secs(30)),
+            ),
+            (
+                "Wed, 02 Dec 2026 05:00:30 +0000",
+                Some(Duration::from_secs(30)),
+            ),
+            ("Wed, 32 Dec 2026 05:00:30 GMT", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_retry_after(value, now), expected, "{value:?}");
+        }
     }
 }

@@ -7,6 +7,11 @@
 //!    `next_attempt_at` (exponential per attempt, with jitter, again at least
 //!    `Retry-After`), so the worker slot is freed and nothing waits in memory. After
 //!    `max_attempts` attempts or `max_retry` since the action was recorded it is `failed`.
+//!
+//! No delay is longer than `retry_max_delay`, whatever `Retry-After` says: a server that
+//! asks for hours (or sends a value that is not a sane number, see
+//! `om::parse_retry_after`) gets asked again after `retry_max_delay`, and answers 429
+//! again if it must.
 
 use std::time::Duration;
 
@@ -60,7 +65,8 @@ impl RetryPolicy {
         }
     }
 
-    /// When an action that ran out of in-place retries is due again, after `attempts`.
+    /// When an action that ran out of in-place retries is due again, after `attempts`:
+    /// never sooner than `retry_after`, never later than `retry_max_delay`.
     pub fn next_delay(&self, attempts: i32, retry_after: Option<Duration>) -> Duration {
         let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
         let base = self
@@ -69,7 +75,9 @@ impl RetryPolicy {
             .min(self.retry_max_delay);
         // Jitter in [base/2, base] spreads the actions of one outage over time.
         let jittered = base.mul_f64(rand::random_range(0.5..=1.0));
-        jittered.max(retry_after.unwrap_or_default())
+        jittered
+            .max(retry_after.unwrap_or_default())
+            .min(self.retry_max_delay)
     }
 
     /// Whether an action has used up its attempts or its time.
@@ -127,7 +135,19 @@ mod tests {
             assert!(d >= Duration::from_millis(500), "{attempts}: {d:?}");
         }
         assert!(p.next_delay(6, None) >= Duration::from_secs(16));
-        assert!(p.next_delay(1, Some(Duration::from_secs(90))) >= Duration::from_secs(90));
+        assert!(p.next_delay(1, Some(Duration::from_secs(50))) >= Duration::from_secs(50));
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_longest_delay_is_capped() {
+        let p = policy();
+        for wait in [
+            Duration::from_secs(61),
+            crate::om::MAX_RETRY_AFTER,
+            Duration::MAX,
+        ] {
+            assert_eq!(p.next_delay(3, Some(wait)), p.retry_max_delay, "{wait:?}");
+        }
     }
 
     #[test]

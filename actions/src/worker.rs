@@ -6,8 +6,15 @@
 //! then on every attempt re-sends that same request with that same key instead of
 //! deciding afresh, so a capture whose answer was lost (the order now reads CAPTURED) is
 //! replayed by Kustom and ends `succeeded` with its capture id, not `skipped`, and never
-//! becomes a second capture. Two workers on one row (a lease that ran out) send the same
-//! key too.
+//! becomes a second capture.
+//!
+//! Why a crashed worker holds nothing back, and two workers never work one action at once:
+//! a claim is a short lease renewed while the attempt runs, and an attempt stops as soon as
+//! its worker can no longer prove the claim is still its own (`lease.rs`). Should a frozen
+//! worker wake up after all, its writes are refused by the claim token, and anything it
+//! had already sent carries the same idempotency key.
+
+mod lease;
 
 use std::{
     collections::HashMap,
@@ -36,6 +43,7 @@ use crate::{
     om::{self, OmClient},
     retry::RetryPolicy,
 };
+use lease::{Hold, Leases};
 
 pub struct Worker {
     pub pool: PgPool,
@@ -45,6 +53,7 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub pacer: Option<Pacer>,
     pub concurrency: usize,
+    /// How long a claim lasts unless renewed (see `lease.rs`).
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -55,16 +64,40 @@ enum Attempt {
     Done(Status, Outcome),
     /// Worth trying again later.
     Retry(OmError),
-    /// The ledger could not be written; the lease brings the action back.
+    /// The ledger could not be written; the action is due again when its lease runs out.
     Ledger(sqlx::Error),
+    /// This worker no longer owns the claim: stop, another worker takes the action up.
+    Lost,
+}
+
+/// Why one Order Management call (with its in-place retries) ended without an answer.
+enum CallError {
+    Om(OmError),
+    /// The claim could not be proven any more: nothing more may be sent.
+    Lost,
+}
+
+/// An action a task is working on, for the shutdown.
+struct Claimed {
+    order_id: Uuid,
+    action: String,
+    token: Uuid,
 }
 
 impl Worker {
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, (Uuid, String)> = HashMap::new();
-        info!(concurrency = self.concurrency, "worker started");
+        let mut in_flight: HashMap<tokio::task::Id, Claimed> = HashMap::new();
+        let leases = Leases::new(self.pool.clone(), self.lease);
+        let stop_renewing = CancellationToken::new();
+        let renewing = tokio::spawn(leases.clone().run(stop_renewing.clone()));
+        info!(
+            concurrency = self.concurrency,
+            lease = ?leases.lease(),
+            renew_every = ?leases.renew_every(),
+            "worker started"
+        );
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
                 reap(done, &mut in_flight);
@@ -75,6 +108,8 @@ impl Worker {
             };
             // Only this loop takes permits, so the free count can only grow meanwhile.
             let limit = 1 + slots.available_permits();
+            // Before the statement: the database's `now()` of the claim can only be later.
+            let sent = Instant::now();
             let actions = match ledger::claim_due(&self.pool, limit as i64, self.lease).await {
                 Ok(actions) => actions,
                 Err(e) => {
@@ -100,7 +135,12 @@ impl Worker {
                         .try_acquire_owned()
                         .expect("counted free permits")
                 });
-                let key = (action.order_id, action.action.clone());
+                let hold = leases.hold(action.claim_token, sent);
+                let claimed = Claimed {
+                    order_id: action.order_id,
+                    action: action.action.clone(),
+                    token: action.claim_token,
+                };
                 let span = tracing::info_span!(
                     "action",
                     order_id = %action.order_id,
@@ -112,13 +152,13 @@ impl Worker {
                 let handle = tasks.spawn(
                     async move {
                         worker.metrics.in_flight.inc();
-                        worker.execute(action).await;
+                        worker.execute(action, hold).await;
                         worker.metrics.in_flight.dec();
                         drop(permit);
                     }
                     .instrument(span),
                 );
-                in_flight.insert(handle.id(), key);
+                in_flight.insert(handle.id(), claimed);
             }
         }
         // Shutdown: claim nothing more, give in-flight actions a bounded time to finish.
@@ -137,12 +177,14 @@ impl Worker {
                 "shutdown timeout: abandoning in-flight actions"
             );
             tasks.shutdown().await;
-            // Make them due again right away for the next run instead of after the lease.
-            for (order_id, action) in in_flight.values() {
+            // Make them due again right away for the next run instead of after the lease;
+            // the token keeps this from touching one that another worker took meanwhile.
+            for claimed in in_flight.values() {
                 let _ = ledger::reschedule(
                     &self.pool,
-                    *order_id,
-                    action,
+                    claimed.order_id,
+                    &claimed.action,
+                    claimed.token,
                     Duration::ZERO,
                     None,
                     "interrupted by shutdown",
@@ -150,18 +192,42 @@ impl Worker {
                 .await;
             }
         }
+        stop_renewing.cancel();
+        let _ = renewing.await;
         info!("worker stopped");
     }
 
-    async fn execute(&self, action: Action) {
-        let attempt = self.attempt(&action).await;
+    /// Works on a claimed action for as long as the claim is provably this worker's.
+    /// Every step checks the claim before it acts (`Hold::check`); this also cuts short a
+    /// wait (a slow call, a retry delay) once the claim is lost. The attempt is polled
+    /// first: one that just wrote its outcome, which ends the claim, is not "lost".
+    async fn execute(&self, action: Action, hold: Hold) {
+        tokio::select! {
+            biased;
+            () = self.execute_held(&action, &hold) => {}
+            () = hold.lost() => {
+                self.metrics.claims_lost.inc();
+                warn!(
+                    "claim lost (its lease could not be renewed in time): attempt abandoned, \
+                     another worker takes the action up"
+                );
+            }
+        }
+    }
+
+    async fn execute_held(&self, action: &Action, hold: &Hold) {
+        let attempt = self.attempt(action, hold).await;
         match attempt {
             Attempt::Done(status, outcome) => {
                 let kind = (status == Status::Failed).then_some("permanent");
-                self.finish(&action, status, outcome, kind).await;
+                self.finish(action, hold, status, outcome, kind).await;
             }
             Attempt::Ledger(e) => {
-                error!(error = %e, "ledger write failed; the lease brings the action back");
+                error!(error = %e, "ledger write failed; the action is due again when its lease runs out");
+            }
+            Attempt::Lost => {
+                self.metrics.claims_lost.inc();
+                warn!("claim lost: attempt abandoned, another worker takes the action up");
             }
             Attempt::Retry(e) => {
                 let outcome = Outcome {
@@ -180,7 +246,8 @@ impl Worker {
                         e.reason()
                     );
                     self.finish(
-                        &action,
+                        action,
+                        hold,
                         Status::Failed,
                         Outcome {
                             reason: Some(reason),
@@ -197,35 +264,45 @@ impl Worker {
                     .rescheduled
                     .with_label_values(&[&e.label()])
                     .inc();
-                if let Err(db) = ledger::reschedule(
+                match ledger::reschedule(
                     &self.pool,
                     action.order_id,
                     &action.action,
+                    hold.token(),
                     delay,
                     outcome.last_status_code,
                     &e.to_string(),
                 )
                 .await
                 {
-                    error!(error = %db, "rescheduling failed; the lease brings the action back");
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.metrics.claims_lost.inc();
+                        warn!("claim lost: not rescheduled, another worker owns the action");
+                    }
+                    Err(db) => error!(
+                        error = %db,
+                        "rescheduling failed; the action is due again when its lease runs out"
+                    ),
                 }
             }
         }
     }
 
     /// One execution: read the order, decide, capture.
-    async fn attempt(&self, action: &Action) -> Attempt {
+    async fn attempt(&self, action: &Action, hold: &Hold) -> Attempt {
         let amount = match (action.capture_requested_at, action.requested_amount) {
             // A capture was already sent (its answer may have been lost): send the very
             // same request again; the key makes Kustom replay the first answer.
             (Some(_), Some(amount)) => amount,
             _ => {
                 let order = match self
-                    .call(om::GET_ORDER, || self.om.get_order(action.order_id))
+                    .call(hold, om::GET_ORDER, || self.om.get_order(action.order_id))
                     .await
                 {
                     Ok(order) => order,
-                    Err(e) => return permanent_or_retry(e),
+                    Err(CallError::Lost) => return Attempt::Lost,
+                    Err(CallError::Om(e)) => return permanent_or_retry(e),
                 };
                 if order.is_closed() {
                     return Attempt::Done(
@@ -255,18 +332,20 @@ impl Worker {
                     &self.pool,
                     action.order_id,
                     &action.action,
+                    hold.token(),
                     order.remaining_authorized_amount,
                 )
                 .await
                 {
-                    Ok(amount) => amount,
+                    Ok(Some(amount)) => amount,
+                    Ok(None) => return Attempt::Lost,
                     Err(e) => return Attempt::Ledger(e),
                 }
             }
         };
         let reference = action.session_id.to_string();
         let result = self
-            .call(om::CAPTURE, || {
+            .call(hold, om::CAPTURE, || {
                 self.om
                     .capture(action.order_id, amount, &reference, action.idempotency_key)
             })
@@ -285,12 +364,19 @@ impl Worker {
                     },
                 )
             }
-            Err(e) => permanent_or_retry(e),
+            Err(CallError::Lost) => Attempt::Lost,
+            Err(CallError::Om(e)) => permanent_or_retry(e),
         }
     }
 
-    /// One Order Management call with its in-place retries.
-    async fn call<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, OmError>
+    /// One Order Management call with its in-place retries, each sent only while the
+    /// claim is provably this worker's.
+    async fn call<T, F, Fut>(
+        &self,
+        hold: &Hold,
+        endpoint: &'static str,
+        call: F,
+    ) -> Result<T, CallError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, OmError>>,
@@ -299,6 +385,7 @@ impl Worker {
             if let Some(pacer) = &self.pacer {
                 pacer.wait().await;
             }
+            hold.check().map_err(|_| CallError::Lost)?;
             let started = Instant::now();
             let result = call().await;
             self.metrics
@@ -314,17 +401,22 @@ impl Worker {
                 .calls
                 .with_label_values(&[endpoint, &status])
                 .inc();
-            result
+            result.map_err(CallError::Om)
         };
         once.retry(self.policy.in_place())
-            .when(OmError::is_retryable)
-            .adjust(|e, delay| self.policy.adjust(e, delay))
+            .when(|e| matches!(e, CallError::Om(e) if e.is_retryable()))
+            .adjust(|e, delay| match e {
+                CallError::Om(e) => self.policy.adjust(e, delay),
+                CallError::Lost => None,
+            })
             .notify(|e, delay| {
-                self.metrics
-                    .retries
-                    .with_label_values(&[endpoint, &e.label()])
-                    .inc();
-                debug!(error = %e, retry_in = ?delay, "retrying call");
+                if let CallError::Om(e) = e {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[endpoint, &e.label()])
+                        .inc();
+                    debug!(error = %e, retry_in = ?delay, "retrying call");
+                }
             })
             .await
     }
@@ -334,10 +426,16 @@ impl Worker {
     async fn finish(
         &self,
         action: &Action,
+        hold: &Hold,
         status: Status,
         outcome: Outcome,
         failure: Option<&str>,
     ) {
+        if hold.check().is_err() {
+            self.metrics.claims_lost.inc();
+            warn!("claim lost: outcome not written, another worker owns the action");
+            return;
+        }
         if status == Status::Failed {
             let reason = outcome.reason.clone().unwrap_or_default();
             // DLQ first: a duplicate DLQ record is better than a failure nobody hears of.
@@ -347,6 +445,7 @@ impl Worker {
                     &self.pool,
                     action.order_id,
                     &action.action,
+                    hold.token(),
                     self.policy.next_delay(action.attempts, None),
                     outcome.last_status_code,
                     &format!("dlq write failed: {e}"),
@@ -359,27 +458,32 @@ impl Worker {
                 .with_label_values(&[failure.unwrap_or("permanent")])
                 .inc();
             warn!(reason = %reason, "action failed");
-        } else {
-            info!(status = status.as_str(), "action finished");
         }
         match ledger::finish(
             &self.pool,
             action.order_id,
             &action.action,
+            hold.token(),
             status,
             &outcome,
         )
         .await
         {
-            Ok(()) => {
+            Ok(true) => {
+                info!(status = status.as_str(), "action finished");
                 self.metrics
                     .finished
                     .with_label_values(&[status.as_str()])
                     .inc();
             }
-            Err(e) => {
-                error!(error = %e, "ledger write failed; the lease brings the action back")
+            Ok(false) => {
+                self.metrics.claims_lost.inc();
+                warn!("claim lost: outcome not written, another worker owns the action");
             }
+            Err(e) => error!(
+                error = %e,
+                "ledger write failed; the action is due again when its lease runs out"
+            ),
         }
     }
 }
@@ -404,7 +508,7 @@ fn permanent_or_retry(e: OmError) -> Attempt {
 
 fn reap(
     done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-    in_flight: &mut HashMap<tokio::task::Id, (Uuid, String)>,
+    in_flight: &mut HashMap<tokio::task::Id, Claimed>,
 ) {
     match done {
         Ok((id, ())) => {
@@ -413,7 +517,7 @@ fn reap(
         Err(e) => {
             in_flight.remove(&e.id());
             if e.is_panic() {
-                error!(error = %e, "action task panicked; the lease brings the action back");
+                error!(error = %e, "action task panicked; the action is due again when its lease runs out");
             }
         }
     }

@@ -70,6 +70,12 @@ pub struct Faults {
     #[arg(long, env = "OM_SIM_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
 
+    /// Retry-After sent with 429 as it is, instead of OM_SIM_RETRY_AFTER_SECS: any
+    /// printable text (a fraction, a huge number, a date, garbage), to see how a client
+    /// copes with it.
+    #[arg(long, env = "OM_SIM_RETRY_AFTER")]
+    pub retry_after: Option<String>,
+
     /// Milliseconds added to every request.
     #[arg(long, env = "OM_SIM_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
@@ -99,6 +105,7 @@ impl Default for Faults {
             fail_rate: 0.0,
             rate_limit_rate: 0.0,
             retry_after_secs: 1,
+            retry_after: None,
             latency_ms: 0,
             hang_rate: 0.0,
             hang_ms: 30_000,
@@ -109,8 +116,25 @@ impl Default for Faults {
 }
 
 impl Faults {
-    /// Every rate must be a fraction.
+    /// The Retry-After a 429 carries.
+    pub fn retry_after_header(&self) -> String {
+        self.retry_after
+            .clone()
+            .unwrap_or_else(|| self.retry_after_secs.to_string())
+    }
+
+    /// Every rate must be a fraction, and a Retry-After fit for a header.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(value) = &self.retry_after {
+            if !value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
+                return Err(format!(
+                    "retry_after must be printable ASCII, got {value:?}"
+                ));
+            }
+        }
         let rates = [
             ("fail_rate", self.fail_rate),
             ("rate_limit_rate", self.rate_limit_rate),

@@ -28,7 +28,7 @@ pub enum OmError {
     NotFound,
     // Injected faults below: the request had no effect.
     #[error("too many requests")]
-    TooManyRequests { retry_after_secs: u64 },
+    TooManyRequests { retry_after: String },
     #[error("internal server error (injected)")]
     Internal,
     #[error("temporarily unavailable (injected)")]
@@ -95,8 +95,8 @@ impl OmError {
             }),
         );
         match self {
-            Self::TooManyRequests { retry_after_secs } => {
-                reply = reply.header("retry-after", retry_after_secs.to_string());
+            Self::TooManyRequests { retry_after } => {
+                reply = reply.header("retry-after", retry_after.clone());
             }
             Self::Unauthorized => {
                 reply = reply.header("www-authenticate", "Basic realm=\"Kustom\"".to_owned());

@@ -159,9 +159,9 @@ async fn handle(
     let early = match fault {
         Fault::Fail(StatusCode::INTERNAL_SERVER_ERROR) => Some(OmError::Internal),
         Fault::Fail(_) => Some(OmError::Unavailable),
-        Fault::RateLimit { retry_after_secs } => {
-            Some(OmError::TooManyRequests { retry_after_secs })
-        }
+        Fault::RateLimit => Some(OmError::TooManyRequests {
+            retry_after: sim.faults().retry_after_header(),
+        }),
         _ => None,
     };
     if let Some(error) = early {

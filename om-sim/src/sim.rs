@@ -45,9 +45,8 @@ impl Operation {
 pub enum Fault {
     None,
     Fail(StatusCode),
-    RateLimit {
-        retry_after_secs: u64,
-    },
+    /// 429 with the Retry-After of [`Faults::retry_after_header`].
+    RateLimit,
     /// Sleep `ms`; `after_effect` when the operation is applied before the sleep.
     Hang {
         ms: u64,
@@ -64,7 +63,7 @@ impl Fault {
         match self {
             Self::None => None,
             Self::Fail(_) => Some("error"),
-            Self::RateLimit { .. } => Some("rate_limit"),
+            Self::RateLimit => Some("rate_limit"),
             Self::Hang { .. } => Some("hang"),
             Self::Drop { .. } => Some("drop"),
         }
@@ -226,9 +225,7 @@ impl Sim {
                 StatusCode::SERVICE_UNAVAILABLE
             })
         } else if hit(f.rate_limit_rate) {
-            Fault::RateLimit {
-                retry_after_secs: f.retry_after_secs,
-            }
+            Fault::RateLimit
         } else {
             Fault::None
         };

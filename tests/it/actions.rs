@@ -4,14 +4,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::DateTime;
 use ipp_schemas::{dlq::header as dlq, record::header};
 use ipp_service::Secret;
 use ipp_tests::{
-    actions::{assert_retry_after_respected, expected_key, finalized, Event, Fixture, Row},
+    actions::{
+        assert_retry_after_respected, expected_key, finalized, product_defaults, Event, Fixture,
+        Row,
+    },
     eventually::eventually,
     inprocess::{add_properties, with_on_finalized},
     kafka,
@@ -460,8 +463,11 @@ async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
     .await;
     let finals = finalized(20);
     fx.produce(&finals).await;
-    // In-place delays stop at 2 s: a 3 s Retry-After sends the action back to the ledger.
-    let actions = fx.start_actions(&unique_name("actions"), |_| {});
+    // In-place delays stop at 2 s: a 3 s Retry-After sends the action back to the ledger,
+    // for 3 s: the longest ledger delay (a cap on Retry-After too) is above it.
+    let actions = fx.start_actions(&unique_name("actions"), |config| {
+        config.retry_max_delay_ms = 10_000;
+    });
     fx.wait_for_count("succeeded", 20, Duration::from_secs(120))
         .await;
     fx.assert_captured_once(&finals).await;
@@ -641,7 +647,7 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
         assert!(produce_next().await, "{LASTS}");
     }
     let c = fx.start_actions(&group, |_| {});
-    let joined = std::time::Instant::now();
+    let joined = Instant::now();
     while c.metric("actions_records_total", "recorded").await == 0.0 {
         assert!(
             joined.elapsed() < Duration::from_secs(60),
@@ -695,4 +701,289 @@ async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
     let status = reqwest::get(&readyz).await.expect("readyz").status();
     assert_eq!(status, 200);
     actions.stop().await;
+}
+
+/// Which instance takes over the claims of a SIGKILLed one.
+#[derive(Clone, Copy, PartialEq)]
+enum Survivor {
+    /// Started after the kill.
+    Restarted,
+    /// Already running next to it when it was killed.
+    AlreadyRunning,
+}
+
+/// A killed ipp-actions holds 32 claims mid-attempt, under Order Management faults; the
+/// survivor captures every one of them, exactly once, within 30 s of the kill. With the
+/// product's lease, concurrency and timeouts (the retry delays are the suite's short ones).
+async fn a_killed_worker_holds_no_capture_back(survivor: Survivor) {
+    // Phase 1: calls slow enough (3 s each) that no action finishes before the kill, so the
+    // killed process dies holding every claim, as in the reported run. 5xx and 429 all along.
+    let faults = |latency_ms: u64| {
+        json!({
+            "latency_ms": latency_ms,
+            "fail_rate": 0.2,
+            "rate_limit_rate": 0.1,
+            "retry_after_secs": 1,
+        })
+    };
+    let fx = Fixture::new(3, |sim| sim.seed = 13).await;
+    fx.sim.put("/_sim/faults", faults(3000)).await;
+    let finals = finalized(32);
+    fx.produce(&finals).await;
+    let defaults = product_defaults();
+    let as_shipped = |config: &mut ipp_actions::Config| {
+        config.lease_ms = defaults.lease_ms;
+        config.concurrency = defaults.concurrency;
+        config.http_timeout_ms = defaults.http_timeout_ms;
+        config.connect_timeout_ms = defaults.connect_timeout_ms;
+    };
+    let group = unique_name("actions");
+    let mut killed = fx.start_actions_process(&group, as_shipped);
+    eventually(
+        Duration::from_secs(60),
+        "32 actions claimed by the first instance",
+        || async { fx.claimed().await == 32 },
+    )
+    .await;
+    let running = (survivor == Survivor::AlreadyRunning).then(|| {
+        let second = fx.start_actions(&group, as_shipped);
+        (second.url(), second)
+    });
+    if let Some((url, _)) = &running {
+        eventually(
+            Duration::from_secs(30),
+            "the second instance is up",
+            || async {
+                reqwest::get(format!("{url}/healthz"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+    killed.kill();
+    let killed_at = Instant::now();
+    // Phase 2: the same 5xx and 429, at a latency that lets the survivor's work fit the
+    // 30 s, so that what is measured is how soon the claims come free.
+    fx.sim.put("/_sim/faults", faults(300)).await;
+    let rows = fx.ledger().await;
+    assert_eq!(
+        fx.count("succeeded").await,
+        0,
+        "an action ended before the kill"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.attempts == 1),
+        "{rows:?}"
+    );
+    assert_eq!(
+        fx.claimed().await,
+        32,
+        "the kill came after a claim was given up"
+    );
+
+    let survivor = match running {
+        Some((_, second)) => second,
+        None => fx.start_actions(&group, as_shipped),
+    };
+    eventually(
+        Duration::from_secs(30).saturating_sub(killed_at.elapsed()),
+        "all 32 captured within 30 s of the kill",
+        || async { fx.count("succeeded").await == 32 },
+    )
+    .await;
+    eprintln!(
+        "32 claims of a killed worker captured {:?} after the kill",
+        killed_at.elapsed()
+    );
+    fx.assert_captured_once(&finals).await;
+    let stats = fx.sim.get("/_sim/stats").await;
+    assert_eq!(stats["captures_applied"], json!(32));
+    for row in fx.ledger().await {
+        assert!(row.attempts >= 2, "taken over after the kill: {row:?}");
+    }
+    let calls = fx.calls().await;
+    assert!(
+        calls.iter().any(|c| c["status"] == json!(429)),
+        "no 429 was injected"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["status"].as_u64().is_some_and(|s| s >= 500)),
+        "no 5xx was injected"
+    );
+    survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_with_32_actions_claimed_a_restarted_instance_captures_each_once_within_30_s() {
+    a_killed_worker_holds_no_capture_back(Survivor::Restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_with_32_actions_claimed_a_running_second_instance_captures_each_once_within_30_s()
+{
+    a_killed_worker_holds_no_capture_back(Survivor::AlreadyRunning).await;
+}
+
+/// Every Order Management call takes longer than the whole lease; the claim is renewed
+/// meanwhile, so the second replica never takes an action the first one is working on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_slower_than_the_lease_keeps_its_claim_and_no_replica_runs_an_action_twice() {
+    let defaults = product_defaults();
+    let fx = Fixture::new(1, |sim| {
+        sim.faults.latency_ms = defaults.lease_ms + 1000;
+    })
+    .await;
+    let finals = finalized(6);
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let as_shipped = |config: &mut ipp_actions::Config| {
+        config.lease_ms = defaults.lease_ms;
+        config.http_timeout_ms = defaults.http_timeout_ms;
+    };
+    let a = fx.start_actions(&group, as_shipped);
+    let b = fx.start_actions(&group, as_shipped);
+    fx.wait_until_all_recorded(6, Duration::from_secs(90)).await;
+    fx.assert_captured_once(&finals).await;
+    for row in fx.ledger().await {
+        assert_eq!(row.attempts, 1, "claimed twice: {row:?}");
+    }
+    let calls = fx.calls().await;
+    for event in &finals {
+        let order = event.order_id.unwrap().to_string();
+        let methods: Vec<&str> = calls
+            .iter()
+            .filter(|c| c["path"].as_str().unwrap().contains(&order))
+            .map(|c| c["method"].as_str().unwrap())
+            .collect();
+        assert_eq!(methods, ["GET", "POST"], "calls for {order}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// 429s whose `Retry-After` asks for a wait no `Duration` or PostgreSQL interval can
+/// hold, spelled three ways: the worker neither panics nor waits for it; it retries after
+/// its longest ledger delay and captures once the rate limit is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_retry_after_neither_panics_nor_stalls_the_worker_and_the_capture_follows() {
+    let fx = Fixture::new(1, |_| {}).await;
+    let finals = finalized(3);
+    fx.produce(&finals).await;
+    let mut actions = fx.start_actions_process(&unique_name("actions"), |_| {});
+    for retry_after in [
+        "1e30",
+        "18446744073709551616",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ] {
+        fx.sim
+            .put(
+                "/_sim/faults",
+                json!({"rate_limit_rate": 1.0, "retry_after": retry_after}),
+            )
+            .await;
+        // Two more attempts: at least one of them wholly under this Retry-After.
+        let target = fx
+            .ledger()
+            .await
+            .iter()
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(0)
+            + 2;
+        // Rescheduled with the 429 written down (the delay fit the ledger), and taken up
+        // again after the suite's 2 s longest delay, not after centuries.
+        eventually(
+            Duration::from_secs(30),
+            &format!("3 actions refused with 429 (Retry-After {retry_after}) and retried"),
+            || async {
+                let rows = fx.ledger().await;
+                rows.len() == 3
+                    && rows.iter().all(|r| {
+                        r.status == "pending"
+                            && r.attempts >= target
+                            && r.last_status_code == Some(429)
+                    })
+            },
+        )
+        .await;
+    }
+    assert!(fx.sim.captures_by_order().await.is_empty());
+
+    fx.sim.put("/_sim/faults", json!({})).await;
+    fx.wait_for_count("succeeded", 3, Duration::from_secs(30))
+        .await;
+    fx.assert_captured_once(&finals).await;
+    assert!(actions.is_running(), "ipp-actions exited");
+    let ipp_tests::actions::Actions::Process { service, .. } = &actions else {
+        unreachable!("started as a process");
+    };
+    let logs = service.logs();
+    assert!(!logs.contains("panicked"), "a worker panicked:\n{logs}");
+    actions.stop().await;
+}
+
+/// A worker frozen (SIGSTOP) in the middle of its attempts, past its lease: another
+/// instance takes the actions over and captures them; when the frozen one wakes up
+/// (SIGCONT) it sends nothing more to Order Management and writes nothing to the ledger,
+/// and counts every attempt it gave up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing() {
+    let fx = Fixture::new(1, |sim| sim.faults.latency_ms = 3000).await;
+    let finals = finalized(8);
+    fx.produce(&finals).await;
+    let defaults = product_defaults();
+    let as_shipped = |config: &mut ipp_actions::Config| {
+        config.lease_ms = defaults.lease_ms;
+        config.http_timeout_ms = defaults.http_timeout_ms;
+    };
+    let group = unique_name("actions");
+    let frozen = fx.start_actions_process(&group, as_shipped);
+    let ipp_tests::actions::Actions::Process { service, .. } = &frozen else {
+        unreachable!("started as a process");
+    };
+    eventually(Duration::from_secs(60), "8 actions claimed", || async {
+        fx.claimed().await == 8
+    })
+    .await;
+    service.signal("STOP");
+    fx.sim.put("/_sim/faults", json!({})).await;
+    let taker = fx.start_actions(&group, as_shipped);
+    fx.wait_for_count("succeeded", 8, Duration::from_secs(30))
+        .await;
+    fx.assert_captured_once(&finals).await;
+    let ledger_before = format!("{:?}", fx.ledger().await);
+
+    let woken_at = chrono::Utc::now();
+    service.signal("CONT");
+    eventually(
+        Duration::from_secs(30),
+        "the woken worker gave up its attempts",
+        || async {
+            frozen.metrics().await.is_ok() && frozen.metric("actions_in_flight", "").await == 0.0
+        },
+    )
+    .await;
+    let late: Vec<Value> = fx
+        .calls()
+        .await
+        .into_iter()
+        .filter(|c| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap() >= woken_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "calls after the stale worker woke up: {late:?}"
+    );
+    assert_eq!(format!("{:?}", fx.ledger().await), ledger_before);
+    fx.assert_captured_once(&finals).await;
+    for row in fx.ledger().await {
+        assert_eq!(row.attempts, 2, "claimed by both, run by one: {row:?}");
+    }
+    assert!(service.logs().contains("claim lost"), "{}", service.logs());
+    assert_eq!(frozen.metric("actions_claims_lost_total", "").await, 8.0);
+    taker.stop().await;
+    frozen.stop().await;
 }

@@ -304,6 +304,31 @@ async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
 }
 
 #[tokio::test]
+async fn a_retry_after_set_as_text_is_sent_as_it_is_and_unprintable_text_is_refused() {
+    let sim = OmSim::start(KEY);
+    let order = new_order();
+    for value in ["1e30", "0.5", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        sim.set_faults(json!({"rate_limit_rate": 1.0, "retry_after": value}))
+            .await;
+        let response = sim.get_order(&order).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], value);
+    }
+    let response = sim
+        .control(
+            reqwest::Method::PUT,
+            "/_sim/faults",
+            Some(json!({"rate_limit_rate": 1.0, "retry_after": "1\r\nX-Evil: 1"})),
+        )
+        .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "BAD_VALUE").await;
+    assert_eq!(
+        sim.faults().await["retry_after"],
+        json!("Fri, 31 Dec 9999 23:59:59 GMT")
+    );
+}
+
+#[tokio::test]
 async fn fail_rate_one_answers_only_5xx_without_effects() {
     let mut config = om_sim_config(KEY);
     config.faults.fail_rate = 1.0;

@@ -5,6 +5,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use chrono::{DateTime, Utc};
+use clap::Parser;
 use ipp_service::ListenArgs;
 use rdkafka::message::OwnedHeaders;
 use serde_json::{json, Value};
@@ -77,8 +78,8 @@ impl Fixture {
         }
     }
 
-    /// `ipp-actions` of `group` with short retry settings, after `configure` changed
-    /// what the test needs.
+    /// `ipp-actions` of `group` with short retry settings (the lease is the product's),
+    /// after `configure` changed what the test needs.
     pub fn actions_config(
         &self,
         group: &str,
@@ -102,7 +103,6 @@ impl Fixture {
         config.inplace_max_delay_ms = 2000;
         config.retry_min_delay_ms = 200;
         config.retry_max_delay_ms = 2000;
-        config.lease_ms = 5000;
         config.poll_interval_ms = 200;
         config.shutdown_timeout_secs = 5;
         configure(&mut config);
@@ -207,6 +207,17 @@ impl Fixture {
         .await;
     }
 
+    /// Pending actions a worker holds a claim on whose lease has not run out.
+    pub async fn claimed(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM ipp_actions WHERE status = 'pending' \
+             AND claim_token IS NOT NULL AND next_attempt_at > now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(0)
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status = $1")
             .bind(status)
@@ -277,6 +288,13 @@ impl Fixture {
             assert_eq!(row.merchant_id.as_deref(), Some(MERCHANT));
         }
     }
+}
+
+/// `ipp-actions`' defaults, for the tests that must run with what the product ships.
+pub fn product_defaults() -> ipp_actions::Config {
+    ipp_actions::cli::Cli::try_parse_from(["ipp-actions"])
+        .expect("defaults")
+        .config
 }
 
 /// A running `ipp-actions`.

@@ -523,13 +523,14 @@ impl ChildConfig for ipp_om_sim::Config {
             fail_rate,
             rate_limit_rate,
             retry_after_secs,
+            retry_after,
             latency_ms,
             hang_rate,
             hang_ms,
             drop_rate,
             fault_after_effect_rate,
         } = faults;
-        vec![
+        let mut env = vec![
             ("OM_SIM_LISTEN", listen.addr.to_string()),
             ("OM_SIM_API_KEY", api_key.expose().to_owned()),
             ("OM_SIM_CURRENCY", currency.clone()),
@@ -550,6 +551,10 @@ impl ChildConfig for ipp_om_sim::Config {
                 fault_after_effect_rate.to_string(),
             ),
             log_env(log),
-        ]
+        ];
+        if let Some(value) = retry_after {
+            env.push(("OM_SIM_RETRY_AFTER", value.clone()));
+        }
+        env
     }
 }

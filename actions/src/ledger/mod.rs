@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 pub mod requeue;
 
+#[cfg(test)]
+mod claim_tests;
+
 /// Namespace of the idempotency keys: `key = UUIDv5(IDEMPOTENCY_NAMESPACE,
 /// "{action}:{order_id}")` (UUIDv5 of the URL
 /// `https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions`).
@@ -78,6 +81,8 @@ pub struct Action {
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     pub created_at: DateTime<Utc>,
+    /// The token of this worker's claim: every write of the attempt is guarded by it.
+    pub claim_token: Uuid,
 }
 
 /// How an attempt ended, as written to the row.
@@ -129,9 +134,10 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     Ok(result.rows_affected() == 1)
 }
 
-/// Takes up to `limit` due actions for this worker: each gets `attempts + 1` and a lease
-/// (its `next_attempt_at` moves `lease` ahead), so no other worker or replica takes it
-/// meanwhile. If this process dies, the action is due again when the lease runs out.
+/// Takes up to `limit` due actions for this worker: each gets `attempts + 1`, a fresh
+/// `claim_token` and a lease (`next_attempt_at` moves `lease` ahead of the database's
+/// clock), so no other worker or replica takes it meanwhile. The worker keeps the lease
+/// with [`renew`]; if it dies, the action is due again when the lease runs out.
 pub async fn claim_due(
     pool: &PgPool,
     limit: i64,
@@ -139,7 +145,7 @@ pub async fn claim_due(
 ) -> Result<Vec<Action>, sqlx::Error> {
     sqlx::query_as!(
         Action,
-        r#"UPDATE ipp_actions a SET attempts = a.attempts + 1,
+        r#"UPDATE ipp_actions a SET attempts = a.attempts + 1, claim_token = gen_random_uuid(),
              next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
          FROM (SELECT order_id, action FROM ipp_actions
                WHERE status = 'pending' AND next_attempt_at <= now()
@@ -147,8 +153,28 @@ pub async fn claim_due(
          WHERE a.order_id = due.order_id AND a.action = due.action
          RETURNING a.order_id, a.action, a.session_id, a.merchant_id, a.event_id,
              a.attempts, a.idempotency_key, a.capture_requested_at, a.requested_amount,
-             a.source_topic, a.source_partition, a.source_offset, a.created_at"#,
+             a.source_topic, a.source_partition, a.source_offset, a.created_at,
+             a.claim_token AS "claim_token!""#,
         limit,
+        lease.as_secs_f64(),
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Extends the leases of the claims `tokens` by `lease` from the database's `now()`;
+/// returns the tokens it renewed. A claim whose lease already ran out, that another
+/// worker took over or whose action ended is not renewed: its holder has lost it.
+pub async fn renew(
+    pool: &PgPool,
+    tokens: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"UPDATE ipp_actions SET next_attempt_at = now() + make_interval(secs => $2)
+         WHERE claim_token = ANY($1) AND status = 'pending' AND next_attempt_at > now()
+         RETURNING claim_token AS "claim_token!""#,
+        tokens,
         lease.as_secs_f64(),
     )
     .fetch_all(pool)
@@ -157,41 +183,49 @@ pub async fn claim_due(
 
 /// Makes the coming capture durable before it is sent: from now on every retry sends the
 /// same request (same key, same amount), never a fresh decision. Returns the amount to
-/// send: the first one recorded, should another worker have been first.
+/// send (the first one recorded, should an earlier attempt have been first), or `None`
+/// when the claim `token` no longer holds the action: then nothing may be sent.
 pub async fn capture_requested(
     pool: &PgPool,
     order_id: Uuid,
     action: &str,
+    token: Uuid,
     amount: i64,
-) -> Result<i64, sqlx::Error> {
-    let amount = sqlx::query_scalar!(
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
         r#"UPDATE ipp_actions SET capture_requested_at = coalesce(capture_requested_at, now()),
-             requested_amount = coalesce(requested_amount, $3), updated_at = now()
-         WHERE order_id = $1 AND action = $2 RETURNING requested_amount AS "requested_amount!""#,
+             requested_amount = coalesce(requested_amount, $4), updated_at = now()
+         WHERE order_id = $1 AND action = $2 AND claim_token = $3 AND status = 'pending'
+         RETURNING requested_amount AS "requested_amount!""#,
         order_id,
         action,
+        token,
         amount,
     )
-    .fetch_one(pool)
-    .await?;
-    Ok(amount)
+    .fetch_optional(pool)
+    .await
 }
 
-/// Ends an action (`succeeded`, `skipped` or `failed`).
+/// Ends an action (`succeeded`, `skipped` or `failed`) held by the claim `token`.
+/// Returns false, writing nothing, when the claim no longer holds it (another worker
+/// took it over: its outcome is the one that counts).
 pub async fn finish(
     pool: &PgPool,
     order_id: Uuid,
     action: &str,
+    token: Uuid,
     status: Status,
     outcome: &Outcome,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE ipp_actions SET status = $3, reason = $4, \
-             capture_id = coalesce($5, capture_id), captured_amount = coalesce($6, captured_amount), \
-             last_status_code = coalesce($7, last_status_code), last_error = $8, updated_at = now() \
-         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query!(
+        "UPDATE ipp_actions SET status = $4, reason = $5, \
+             capture_id = coalesce($6, capture_id), captured_amount = coalesce($7, captured_amount), \
+             last_status_code = coalesce($8, last_status_code), last_error = $9, \
+             claim_token = NULL, updated_at = now() \
+         WHERE order_id = $1 AND action = $2 AND claim_token = $3 AND status = 'pending'",
         order_id,
         action,
+        token,
         status.as_str(),
         outcome.reason,
         outcome.capture_id,
@@ -201,31 +235,35 @@ pub async fn finish(
     )
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
-/// Leaves an action `pending`, due again after `delay`.
+/// Leaves an action held by the claim `token` `pending`, due again after `delay`, and
+/// releases the claim. Returns false, writing nothing, when the claim no longer holds it.
 pub async fn reschedule(
     pool: &PgPool,
     order_id: Uuid,
     action: &str,
+    token: Uuid,
     delay: Duration,
     last_status_code: Option<i32>,
     last_error: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE ipp_actions SET next_attempt_at = now() + make_interval(secs => $3), \
-             last_status_code = coalesce($4, last_status_code), last_error = $5, updated_at = now() \
-         WHERE order_id = $1 AND action = $2 AND status = 'pending'",
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query!(
+        "UPDATE ipp_actions SET next_attempt_at = now() + make_interval(secs => $4), \
+             last_status_code = coalesce($5, last_status_code), last_error = $6, \
+             claim_token = NULL, updated_at = now() \
+         WHERE order_id = $1 AND action = $2 AND claim_token = $3 AND status = 'pending'",
         order_id,
         action,
+        token,
         delay.as_secs_f64(),
         last_status_code,
         last_error,
     )
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
 /// Pending actions and the age of the oldest, in seconds.
