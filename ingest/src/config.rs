@@ -55,6 +55,23 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long a client may take to send a request's headers, counted from when ingest
+    /// starts waiting for them (a new connection, or the end of the previous answer on a
+    /// kept-alive one). Then the connection is closed without an answer: this is also how
+    /// long an idle connection is kept.
+    #[arg(long, env = "INGEST_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a client may take to send a request's body, from the end of its headers;
+    /// a slower request gets 408.
+    #[arg(long, env = "INGEST_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Most connections served at once; more wait in the listen backlog until one closes.
+    /// Keep it below the process's open-file limit.
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+
     /// How long a record may take to be acknowledged by Kafka before the request gets 503.
     #[arg(long, env = "INGEST_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
@@ -74,6 +91,14 @@ pub struct Config {
 impl Config {
     pub fn produce_timeout(&self) -> Duration {
         Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

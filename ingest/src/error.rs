@@ -1,11 +1,16 @@
 //! Every way a webhook request can fail, and the one place that maps them to HTTP.
+//!
+//! A signed body is never refused for its content (it is stored and flagged, see
+//! `http.rs`): what fails here is the request itself (too large, too slow, cut off), its
+//! signature, or the log.
+
+use std::time::Duration;
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use ipp_schemas::RouteError;
 use serde_json::json;
 
 use crate::{kafka::AppendError, verify::VerifyError};
@@ -16,10 +21,10 @@ pub enum IngestError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body")]
     BodyRead(#[source] axum::Error),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     #[error("signature verification failed: {0}")]
     Unauthorized(#[from] VerifyError),
-    #[error("{0}")]
-    BadRequest(#[from] RouteError),
     #[error("event not stored: {source}")]
     Unavailable {
         #[source]
@@ -34,8 +39,8 @@ impl IngestError {
         match self {
             Self::BodyTooLarge { .. } => "too_large",
             Self::BodyRead(_) => "bad_body",
+            Self::BodyTimeout(_) => "timeout",
             Self::Unauthorized(_) => "unauthorized",
-            Self::BadRequest(_) => "bad_request",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -44,8 +49,8 @@ impl IngestError {
         match self {
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::BodyRead(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
-            Self::BadRequest(route) => (StatusCode::BAD_REQUEST, route.code()),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
         }
     }
@@ -58,8 +63,11 @@ impl IntoResponse for IngestError {
             // The only infrastructure failure: logged once, here.
             tracing::warn!(error = %source, "answering 503: event not stored");
         }
-        let body = Json(json!({ "error": code, "message": self.to_string() }));
-        let mut response = (status, body).into_response();
+        let mut body = json!({ "error": code, "message": self.to_string() });
+        if let Self::Unauthorized(why) = &self {
+            body["reason"] = json!(why.reason());
+        }
+        let mut response = (status, Json(body)).into_response();
         if let Self::Unavailable {
             retry_after_secs, ..
         } = self
@@ -71,4 +79,10 @@ impl IntoResponse for IngestError {
         }
         response
     }
+}
+
+/// The JSON error body every answer but a 200 carries, for requests that never reach
+/// the webhook handler (unknown path, wrong method).
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": code, "message": message }))).into_response()
 }

@@ -1,28 +1,40 @@
-//! The HTTP contract: `POST /webhooks/kustom`, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP contract: `POST /webhooks/kustom`, `/healthz`, `/readyz`, `/metrics`, and a
+//! JSON answer for any other path (404) or method (405).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
     extract::State,
-    http::{header, HeaderMap},
+    http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::post,
     Json, Router,
 };
 use chrono::Utc;
-use ipp_schemas::{RecordHeaders, Route};
+use ipp_schemas::{record, RecordHeaders};
+use prometheus::IntGauge;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::{error::IngestError, kafka::EventLog, metrics, metrics::Metrics, verify::Verifier};
+use crate::{
+    clock::Clock,
+    error::{json_error, IngestError},
+    kafka::EventLog,
+    metrics,
+    metrics::Metrics,
+    place::Placement,
+    verify::Verifier,
+};
 
 pub struct AppState {
     pub log: EventLog,
     /// `None` only with `--insecure-skip-verify`.
     pub verifier: Option<Verifier>,
+    pub clock: Clock,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub retry_after_secs: u64,
 }
 
@@ -31,6 +43,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhooks/kustom", post(receive_webhook))
         .with_state(state.clone())
         .merge(ipp_service::probe::router(state))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let message = format!("no route for {method} {}", uri.path());
+    json_error(StatusCode::NOT_FOUND, "not_found", &message)
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("{} does not accept {method}", uri.path());
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &message,
+    )
 }
 
 /// Ready when the broker answers and both topics exist.
@@ -44,12 +72,30 @@ impl ipp_service::probe::Probe for AppState {
     }
 }
 
+/// Counts a request in flight for as long as its handler lives. A client that goes
+/// away mid-request makes the server drop the handler's future: the count still comes
+/// down.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn start(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn receive_webhook(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    state.metrics.in_flight.inc();
+    let _in_flight = InFlight::start(&state.metrics.in_flight);
     let span = tracing::info_span!(
         "webhook",
         event_id = tracing::field::Empty,
@@ -57,13 +103,9 @@ async fn receive_webhook(
         session_id = tracing::field::Empty,
     );
     let result = accept(&state, &headers, body).instrument(span).await;
-    state.metrics.in_flight.dec();
     let (outcome, event_type) = match &result {
-        Ok((route, _)) => ("accepted", Some(route.event_type.as_str())),
-        Err((error, route)) => (
-            error.outcome(),
-            route.as_ref().map(|r| r.event_type.as_str()),
-        ),
+        Ok(stored) => (stored.outcome(), stored.event_type.as_deref()),
+        Err((error, event_type)) => (error.outcome(), event_type.as_deref()),
     };
     state
         .metrics
@@ -71,26 +113,41 @@ async fn receive_webhook(
         .with_label_values(&[outcome, metrics::event_type_label(event_type)])
         .inc();
     match result {
-        Ok((_, response)) => response,
+        Ok(stored) => stored.response,
         Err((error, _)) => error.into_response(),
     }
 }
 
-type Failure = (IngestError, Option<Route>);
+/// A request answered 200: the record is in Kafka.
+struct Stored {
+    event_type: Option<String>,
+    route_error: bool,
+    response: Response,
+}
 
-/// Read, verify, route, append: a 200 only at the end of it.
-async fn accept(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Route, Response), Failure> {
-    let body = read_body(headers, body, state.max_body_bytes)
+impl Stored {
+    fn outcome(&self) -> &'static str {
+        if self.route_error {
+            "accepted_route_error"
+        } else {
+            "accepted"
+        }
+    }
+}
+
+/// The error, and the event type when it was known.
+type Failure = (IngestError, Option<String>);
+
+/// Read, verify, place, append: a 200 only at the end of it. Nothing in the body is
+/// looked at before its signature is verified.
+async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Stored, Failure> {
+    let body = read_body(headers, body, state.max_body_bytes, state.body_read_timeout)
         .await
         .map_err(|e| (e, None))?;
-    let signed = match &state.verifier {
+    let (webhook_id, webhook_timestamp) = match &state.verifier {
         Some(verifier) => {
             let signed = verifier
-                .verify(headers, &body, Utc::now().timestamp())
+                .verify(headers, &body, state.clock.now())
                 .map_err(|e| {
                     tracing::info!(reason = %e, "rejected unsigned or badly signed webhook");
                     (IngestError::from(e), None)
@@ -102,28 +159,50 @@ async fn accept(
             header_text(headers, "webhook-timestamp"),
         ),
     };
-    let route = Route::parse(&body).map_err(|e| {
-        tracing::info!(reason = %e, "rejected malformed webhook");
-        (IngestError::from(e), None)
-    })?;
+    let placement = Placement::of(&body, &webhook_id);
     let span = tracing::Span::current();
-    span.record("event_id", route.event_id.as_str());
-    span.record("event_type", route.event_type.as_str());
-    if let Some(session_id) = &route.session_id {
-        span.record("session_id", session_id.as_str());
+    for (field, value) in [
+        ("event_id", &placement.event_id),
+        ("event_type", &placement.event_type),
+        ("session_id", &placement.session_id),
+    ] {
+        if let Some(value) = value {
+            span.record(field, value.as_str());
+        }
+    }
+    if let Some(error) = &placement.route_error {
+        tracing::warn!(
+            route_error = error.code(),
+            %error,
+            "storing a signed body that cannot be routed; its consumers will park it"
+        );
     }
 
     let record_headers = RecordHeaders {
-        event_id: route.event_id.clone(),
-        event_type: route.event_type.clone(),
-        merchant_id: route.merchant_id.clone(),
-        webhook_id: signed.0,
-        webhook_timestamp: signed.1,
+        event_id: placement.event_id.clone().unwrap_or_default(),
+        event_type: placement.event_type.clone().unwrap_or_default(),
+        merchant_id: placement.merchant_id.clone(),
+        webhook_id,
+        webhook_timestamp,
         received_at: Utc::now(),
     };
-    let topic = state.log.topic_for(&route).to_owned();
+    let mut kafka_headers = record_headers.to_kafka();
+    if let Some(error) = &placement.route_error {
+        let reason = error.header_value();
+        kafka_headers =
+            kafka_headers.insert(record::kafka_header(record::header::ROUTE_ERROR, &reason));
+    }
+    let topic = state.log.topic_name(placement.topic).to_owned();
     let started = std::time::Instant::now();
-    let appended = state.log.append(&route, &body, &record_headers).await;
+    let appended = state
+        .log
+        .append(
+            placement.topic,
+            placement.key.as_deref(),
+            &body,
+            kafka_headers,
+        )
+        .await;
     let result_label = if appended.is_ok() { "ok" } else { "error" };
     state
         .metrics
@@ -138,27 +217,39 @@ async fn accept(
                 offset = at.offset,
                 "event stored"
             );
-            let response = Json(json!({
+            let mut answer = json!({
                 "status": "stored",
-                "event_id": route.event_id,
+                "event_id": placement.event_id,
                 "topic": topic,
                 "partition": at.partition,
                 "offset": at.offset,
-            }))
-            .into_response();
-            Ok((route, response))
+            });
+            if let Some(error) = &placement.route_error {
+                answer["route_error"] = json!(error.code());
+            }
+            Ok(Stored {
+                event_type: placement.event_type,
+                route_error: placement.route_error.is_some(),
+                response: Json(answer).into_response(),
+            })
         }
         Err(source) => Err((
             IngestError::Unavailable {
                 source,
                 retry_after_secs: state.retry_after_secs,
             },
-            Some(route),
+            placement.event_type,
         )),
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+/// The whole body, at most `limit` bytes, within `timeout` of the end of the headers.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, IngestError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -166,7 +257,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(timeout))?;
+    read.map_err(|error| {
         let too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if too_large {

@@ -7,15 +7,17 @@ use std::{
     time::Duration,
 };
 
-use ipp_schemas::{RecordHeaders, Route};
 use ipp_service::{kafka::TopicsUnavailable, KafkaArgs};
 use prometheus::IntCounter;
 use rdkafka::{
     error::KafkaError,
+    message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
     ClientConfig,
 };
+
+use crate::place::Topic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -134,11 +136,10 @@ impl EventLog {
         })
     }
 
-    pub fn topic_for(&self, route: &Route) -> &str {
-        if route.is_ipp() {
-            &self.ipp_topic
-        } else {
-            &self.other_topic
+    pub fn topic_name(&self, topic: Topic) -> &str {
+        match topic {
+            Topic::Ipp => &self.ipp_topic,
+            Topic::Other => &self.other_topic,
         }
     }
 
@@ -146,18 +147,22 @@ impl EventLog {
         self.producer.read().expect("producer lock").clone()
     }
 
-    /// Appends `body` as is and resolves once the broker acknowledged it.
+    /// Appends `body` as is and resolves once the broker acknowledged it. A record
+    /// without a key goes to a partition of librdkafka's choosing.
     pub async fn append(
         &self,
-        route: &Route,
+        topic: Topic,
+        key: Option<&str>,
         body: &[u8],
-        headers: &RecordHeaders,
+        headers: OwnedHeaders,
     ) -> Result<Appended, AppendError> {
         let producer = self.producer();
-        let record = FutureRecord::to(self.topic_for(route))
-            .key(route.key())
+        let mut record = FutureRecord::to(self.topic_name(topic))
             .payload(body)
-            .headers(headers.to_kafka());
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         let send = producer.send(record, Timeout::After(self.timeout));
         let result = tokio::time::timeout(self.timeout + Duration::from_secs(1), send).await;
         match result {

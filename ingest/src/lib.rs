@@ -1,11 +1,14 @@
 #![doc = include_str!("../README.md")]
 //! `ipp-ingest`: signed Kustom webhooks in, raw records in Kafka out.
 
+pub mod clock;
 pub mod config;
 mod error;
 mod http;
 mod kafka;
 mod metrics;
+mod place;
+mod server;
 pub mod verify;
 
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use clock::Clock;
 pub use config::Config;
 /// The producer's compression codec, which the benchmark's raw-producer ceiling uses too.
 pub use kafka::COMPRESSION;
@@ -35,6 +39,17 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    run_with_clock(config, listener, shutdown, Clock::system()).await
+}
+
+/// [`run`], comparing `webhook-timestamp` with `clock` (tests fix it to check the
+/// tolerance's edges).
+pub async fn run_with_clock(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    clock: Clock,
 ) -> Result<(), StartError> {
     let verifier = if config.insecure_skip_verify {
         tracing::warn!(
@@ -66,8 +81,10 @@ pub async fn run(
     let state = Arc::new(http::AppState {
         log,
         verifier,
+        clock,
         metrics,
         max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout(),
         retry_after_secs: config.retry_after_secs,
     });
     tracing::info!(
@@ -77,14 +94,22 @@ pub async fn run(
         other_topic = %config.other_topic,
         "ipp-ingest listening"
     );
-    let server = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let limits = server::Limits {
+        header_read_timeout: config.header_read_timeout(),
+        max_connections: config.max_connections,
+    };
+    let server = server::serve(
+        listener,
+        http::router(state.clone()),
+        limits,
+        shutdown.clone(),
+    );
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(config.shutdown_timeout()).await;
     };
     tokio::select! {
-        served = server => served.map_err(StartError::Serve)?,
+        () = server => {}
         () = drain_deadline => tracing::warn!("in-flight requests did not finish in time"),
     }
     if let Err(error) = state.log.flush(config.shutdown_timeout()).await {

@@ -6,6 +6,8 @@ mod actions;
 mod bench_smoke;
 mod end_to_end;
 mod ingest;
+mod ingest_bad_input;
+mod ingest_connections;
 mod om_sim;
 mod ops_dlq;
 mod ops_rebuild;

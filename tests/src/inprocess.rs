@@ -207,8 +207,13 @@ pub use ipp_service::error_chain as chain;
 
 impl TestIngest {
     pub fn spawn(config: ipp_ingest::Config) -> Self {
+        Self::spawn_with_clock(config, ipp_ingest::Clock::system())
+    }
+
+    /// With `clock` for the signature's timestamp tolerance (a fixed one checks its edges).
+    pub fn spawn_with_clock(config: ipp_ingest::Config, clock: ipp_ingest::Clock) -> Self {
         Self::start("ipp-ingest", move |listener, shutdown| {
-            ipp_ingest::run(config, listener, shutdown)
+            ipp_ingest::run_with_clock(config, listener, shutdown, clock)
         })
     }
 }
@@ -298,6 +303,9 @@ pub fn ingest_config(
     config.insecure_skip_verify = false;
     config.signature_tolerance_secs = 300;
     config.max_body_bytes = 256 * 1024;
+    config.header_read_timeout_ms = 10_000;
+    config.body_read_timeout_ms = 10_000;
+    config.max_connections = 1000;
     config.produce_timeout_ms = 5000;
     config.shutdown_timeout_secs = 30;
     config

@@ -369,6 +369,9 @@ impl ChildConfig for ipp_ingest::Config {
             insecure_skip_verify: _,
             signature_tolerance_secs,
             max_body_bytes,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+            max_connections,
             produce_timeout_ms,
             retry_after_secs,
             shutdown_timeout_secs,
@@ -388,6 +391,15 @@ impl ChildConfig for ipp_ingest::Config {
                 signature_tolerance_secs.to_string(),
             ),
             ("INGEST_MAX_BODY_BYTES", max_body_bytes.to_string()),
+            (
+                "INGEST_HEADER_READ_TIMEOUT_MS",
+                header_read_timeout_ms.to_string(),
+            ),
+            (
+                "INGEST_BODY_READ_TIMEOUT_MS",
+                body_read_timeout_ms.to_string(),
+            ),
+            ("INGEST_MAX_CONNECTIONS", max_connections.to_string()),
             ("INGEST_PRODUCE_TIMEOUT_MS", produce_timeout_ms.to_string()),
             ("INGEST_RETRY_AFTER_SECS", retry_after_secs.to_string()),
             (
