@@ -1,4 +1,4 @@
-//! The projector's record decoding: any value, key and headers give either an event
+//! The projector's record checks (size limit, route error, decoding): any value, key and headers give either an event
 //! ready to store or a reason to park the record, never a panic; and what it accepts
 //! is something PostgreSQL can store and that matches the record's headers.
 #![no_main]
@@ -19,6 +19,18 @@ struct Input {
     as_ingest_writes: bool,
     partition: i32,
     offset: i64,
+    /// Check against a 256-byte `PROJECTOR_MAX_PAYLOAD_BYTES` (else no limit).
+    small_limit: bool,
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 const NAMES: &[&str] = &[
@@ -48,12 +60,18 @@ fuzz_target!(|input: Input| {
             (header::WEBHOOK_TIMESTAMP, "1780000000"),
             (header::RECEIVED_AT, "2026-06-01T12:00:00.000000001Z"),
         ] {
-            headers = headers.insert(Header { key: name, value: Some(value) });
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
         }
     }
     for (which, value) in &input.headers {
         let name = NAMES[usize::from(*which) % NAMES.len()];
-        headers = headers.insert(Header { key: name, value: value.as_deref() });
+        headers = headers.insert(Header {
+            key: name,
+            value: value.as_deref(),
+        });
     }
     let message = OwnedMessage::new(
         input.value.clone(),
@@ -64,13 +82,36 @@ fuzz_target!(|input: Input| {
         input.offset,
         Some(headers),
     );
-    let _ = record::within_limit(&message, 1024);
-    if let Ok(event) = record::decode(&message) {
-        let body = input.value.as_deref().expect("an accepted record has a value");
-        assert_eq!(event.payload.as_bytes(), body, "the payload is the value, byte for byte");
-        assert!(!event.payload.contains("\\u0000"), "PostgreSQL cannot store \\u0000");
+    let limit = if input.small_limit { 256 } else { 0 };
+    let flagged = input
+        .headers
+        .iter()
+        .any(|(which, _)| NAMES[usize::from(*which) % NAMES.len()] == header::ROUTE_ERROR);
+    let checked = record::check(&message, limit);
+    if flagged {
+        assert!(
+            checked.is_err(),
+            "a record ingest flagged as unroutable was applied"
+        );
+    }
+    if let Ok(event) = checked {
+        let body = input
+            .value
+            .as_deref()
+            .expect("an accepted record has a value");
+        assert_eq!(
+            event.payload.as_bytes(),
+            body,
+            "the payload is the value, byte for byte"
+        );
+        assert!(limit == 0 || body.len() <= limit, "over the size limit");
+        let json: serde_json::Value =
+            serde_json::from_str(&event.payload).expect("accepted payloads are JSON");
+        assert!(
+            !has_nul(&json),
+            "PostgreSQL cannot store NUL in text or jsonb"
+        );
         assert!(!event.payload.contains('\0'), "PostgreSQL cannot store NUL");
-        assert!(serde_json::from_str::<serde_json::Value>(&event.payload).is_ok());
         assert_eq!(event.kafka_partition, input.partition);
         assert_eq!(event.kafka_offset, input.offset);
     }

@@ -88,7 +88,11 @@ fuzz_target!(|input: Input| {
         let (a, b) = (i % arrived.len(), usize::from(s) % arrived.len());
         arrived.swap(a, b);
     }
-    assert_eq!(fold(session, &arrived).as_ref(), Some(&row), "arrival order changed the row");
+    assert_eq!(
+        fold(session, &arrived).as_ref(),
+        Some(&row),
+        "arrival order changed the row"
+    );
 
     // As the events arrive one by one, the status never goes back down.
     let mut best = 0;
@@ -98,7 +102,11 @@ fuzz_target!(|input: Input| {
         best = rank(partial.status);
     }
 
-    let has = |types: &[&str]| events.iter().any(|e| types.contains(&e.event_type.as_str()));
+    let has = |types: &[&str]| {
+        events
+            .iter()
+            .any(|e| types.contains(&e.event_type.as_str()))
+    };
     let expected = if has(&["ipp.session.finalized", "ipp.payment.finalized"]) {
         Status::Finalized
     } else if has(&["ipp.session.cancelled"]) {
@@ -110,7 +118,10 @@ fuzz_target!(|input: Input| {
     };
     assert_eq!(row.status, expected);
     assert_eq!(row.event_count as usize, events.len());
-    let failures = events.iter().filter(|e| e.event_type == "ipp.payment.failed").count();
+    let failures = events
+        .iter()
+        .filter(|e| e.event_type == "ipp.payment.failed")
+        .count();
     assert_eq!(row.failed_attempts as usize, failures);
     let last = events
         .iter()
@@ -119,7 +130,10 @@ fuzz_target!(|input: Input| {
     assert_eq!(row.last_event_id, last.event_id);
     assert_eq!(row.last_event_at, last.occurred_at);
     if row.status != Status::Finalized {
-        assert_eq!(row.order_id, None, "only a finalized session names its order");
+        assert_eq!(
+            row.order_id, None,
+            "only a finalized session names its order"
+        );
     }
     let mut sorted = row.anomalies.clone();
     sorted.sort();

@@ -34,7 +34,10 @@ fuzz_target!(|body: &[u8]| {
     }
     if let Ok(parsed) = &ipp {
         if parsed.kind == IppEventKind::SessionFinalized {
-            assert!(parsed.order_id().is_some(), "a finalized event without an order");
+            assert!(
+                parsed.order_id().is_some(),
+                "a finalized event without an order"
+            );
         }
     }
     // An ipp event both accept goes to its session's partition.

@@ -68,7 +68,12 @@ fuzz_target!(|input: Input| {
     let complete = insert(&mut headers, "webhook-id", &input.webhook_id)
         & insert(&mut headers, "webhook-timestamp", &timestamp)
         & insert(&mut headers, "webhook-signature", &signature);
-    let names = ["webhook-id", "webhook-timestamp", "webhook-signature", "content-type"];
+    let names = [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "content-type",
+    ];
     let mut repeated = false;
     for (which, value) in &input.extra {
         let name = names[usize::from(*which) % names.len()];
