@@ -5,7 +5,8 @@
 //!
 //! The API is [`Config`] and [`run`] (the service), [`cli`] (the binary), and, on
 //! purpose, [`engine`]: the apply engine the benchmark measures in-process, and
-//! [`session`]: the status rule, the model the tests check the read models against.
+//! [`session`]: the status rule, the model the tests check the read models against, and
+//! [`record`]: the record decoding, which the fuzz targets (fuzz/) drive.
 //! Everything else is private.
 //!
 //! Modules depend one way: `session` ← `record` ← `store` ← `engine` ← `kafka`,
@@ -20,7 +21,7 @@ mod error;
 mod http;
 mod kafka;
 mod metrics;
-mod record;
+pub mod record;
 mod schema;
 mod service;
 pub mod session;
