@@ -224,12 +224,12 @@ fn cases(run: &str) -> Vec<Case> {
                 json!({"session_id": 12345}),
                 json!({}),
             ),
-            "missing_session_id",
+            "invalid_session_id",
         ),
         Case::unroutable(
             "data a string",
             body_with(&id("string"), CREATED, json!("session"), json!({})),
-            "missing_session_id",
+            "data_not_an_object",
         ),
         Case::unroutable(
             "an ipp.* event without a session id, keyed by its event id",
@@ -244,7 +244,7 @@ fn cases(run: &str) -> Vec<Case> {
         Case::unroutable(
             "a non-UTF-8 body, stored by ingest as unroutable",
             b"{\"id\":\"kevt_\xff\xfe\"}".to_vec(),
-            "invalid_json",
+            "not_utf8",
         ),
         Case::ingested(
             "a timestamp that is not a date",

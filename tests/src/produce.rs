@@ -178,7 +178,7 @@ pub fn unroutable(body: &[u8]) -> (Vec<u8>, OwnedHeaders) {
         webhook_timestamp: Utc::now().timestamp().to_string(),
         received_at: Utc::now(),
     };
-    let reason = format!("{}: {error}", error.code());
+    let reason = error.header_value();
     let headers = headers.to_kafka().insert(Header {
         key: ROUTE_ERROR,
         value: Some(reason.as_str()),
