@@ -12,3 +12,4 @@ mod ops_rebuild;
 mod ops_replay;
 mod ops_status;
 mod projector;
+mod soak;
