@@ -175,13 +175,15 @@ async fn apply(stack: &Stack, fault: &Fault, tally: &SharedTally) -> anyhow::Res
             } else {
                 Signal::Term
             };
-            {
-                let mut broker = stack.broker.lock().await;
-                broker.signal(signal)?;
-                // A controlled shutdown moves nothing on one node, but flushes and
-                // closes the logs: it takes seconds.
-                broker.wait_exit(Duration::from_secs(60)).await;
+            // Held for the whole cycle: a restart due meanwhile waits for this one.
+            let mut broker = stack.broker.lock().await;
+            if !broker.is_running() {
+                start_broker(&mut broker, stack.broker_port).await?;
             }
+            broker.signal(signal)?;
+            // A controlled shutdown moves nothing on one node, but flushes and closes the
+            // logs: it takes seconds.
+            broker.wait_exit(Duration::from_secs(60)).await;
             {
                 let mut tally = tally.lock().expect("tally");
                 match signal {
@@ -190,7 +192,7 @@ async fn apply(stack: &Stack, fault: &Fault, tally: &SharedTally) -> anyhow::Res
                 }
             }
             tokio::time::sleep(Duration::from_millis(*down_ms)).await;
-            start_broker(&stack.broker, stack.broker_port).await
+            start_broker(&mut broker, stack.broker_port).await
         }
         Fault::OmFaults {
             fail_rate,
@@ -280,13 +282,12 @@ pub async fn watchdog(stack: Arc<Stack>, tally: SharedTally, stop: CancellationT
                     broker.log_tail(15)
                 );
                 eprintln!("ipp-soak: {detail}");
-                drop(broker);
                 {
                     let mut tally = tally.lock().expect("tally");
                     *tally.unexpected_exits.entry("kafka").or_default() += 1;
                     tally.unexpected_exit_details.push(detail);
                 }
-                if let Err(e) = start_broker(&stack.broker, stack.broker_port).await {
+                if let Err(e) = start_broker(&mut broker, stack.broker_port).await {
                     tally
                         .lock()
                         .expect("tally")

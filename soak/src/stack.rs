@@ -99,7 +99,7 @@ impl Stack {
             &log_dir,
         );
         let broker = Arc::new(Mutex::new(broker));
-        start_broker(&broker, broker_port).await?;
+        start_broker(&mut *broker.lock().await, broker_port).await?;
         for (topic, partitions) in [
             (topics::IPP_EVENTS, 4),
             (topics::KUSTOM_EVENTS, 2),
@@ -301,12 +301,11 @@ fn shared(process: Process) -> Arc<Mutex<Process>> {
 }
 
 /// (Re)starts the broker and waits until it listens.
-pub async fn start_broker(broker: &Mutex<Process>, port: u16) -> anyhow::Result<()> {
-    broker.lock().await.start()?;
+pub async fn start_broker(broker: &mut Process, port: u16) -> anyhow::Result<()> {
+    broker.start()?;
     if wait_for_port(port, BROKER_START_WITHIN).await {
         return Ok(());
     }
-    let broker = broker.lock().await;
     bail!(
         "the broker did not listen on {port} within {BROKER_START_WITHIN:?}:\n{}",
         broker.log_tail(30)
