@@ -298,3 +298,43 @@ pub async fn watchdog(stack: Arc<Stack>, tally: SharedTally, stop: CancellationT
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(planned: &[Planned], what: impl Fn(&Fault) -> bool) -> usize {
+        planned.iter().filter(|p| what(&p.fault)).count()
+    }
+
+    #[test]
+    fn the_schedule_is_bounded_repeatable_and_covers_every_fault() {
+        for (secs, kills, restarts, windows) in [(120.0, 2, 2, 2), (1200.0, 15, 7, 15)] {
+            let planned = plan(secs, 42);
+            for service in Service::ALL {
+                let killed = count(
+                    &planned,
+                    |f| matches!(f, Fault::Kill { service: s, .. } if *s == service),
+                );
+                assert_eq!(killed, kills, "{service:?} in {secs} s");
+            }
+            let signals: Vec<&str> = planned
+                .iter()
+                .filter_map(|p| match p.fault {
+                    Fault::BrokerRestart { signal, .. } => Some(signal),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(signals.len(), restarts);
+            assert!(signals.contains(&"KILL") && signals.contains(&"TERM"));
+            assert_eq!(
+                count(&planned, |f| matches!(f, Fault::OmFaults { .. })),
+                windows
+            );
+            assert!(planned.iter().all(|p| (p.at_ms as f64) < secs * 800.0));
+            assert!(planned.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+            let again = plan(secs, 42);
+            assert_eq!(format!("{planned:?}"), format!("{again:?}"));
+        }
+    }
+}

@@ -4,12 +4,13 @@
 //! captures exactly once, ledger settled, dead letters explained.
 //!
 //! `run` is the whole soak: [`stack`] starts the processes, [`load`] sends, [`poison`]
-//! injects, [`chaos`] breaks things on its schedule, then the drain, the clean pass and
-//! [`checks`]; [`summary`] holds the figures.
+//! injects, [`chaos`] breaks things on its schedule, then [`drain`] waits and makes the
+//! clean pass, and [`checks`] checks; [`summary`] holds the figures.
 
 mod args;
 mod chaos;
 mod checks;
+mod drain;
 mod load;
 mod poison;
 mod process;
@@ -17,7 +18,6 @@ mod stack;
 mod summary;
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -25,11 +25,6 @@ use std::{
 
 use anyhow::Context;
 use ipp_loadgen::{WebhookSigner, Workload, WorkloadSpec};
-use ipp_schemas::topics;
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    ClientConfig, Offset, TopicPartitionList,
-};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -38,12 +33,8 @@ pub use summary::Summary;
 
 use crate::{
     checks::{Log, Violations},
-    process::Signal,
-    stack::{Stack, CLEAN_GROUP, CLEAN_SCHEMA},
+    stack::Stack,
 };
-
-/// Partitions of `ipp.events` (see [`stack`]).
-const IPP_PARTITIONS: i32 = 4;
 
 pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let started = Instant::now();
@@ -188,7 +179,7 @@ async fn soak(
         .len() as i64;
     let drain_deadline = load_started + window + drain;
     summary.drained =
-        wait_until_settled(stack, &pool, acknowledged_finalized, drain_deadline).await;
+        drain::wait_until_settled(stack, &pool, acknowledged_finalized, drain_deadline).await;
     summary.durations.drain_secs = drain_started.elapsed().as_secs_f64();
     stop_watchdog.cancel();
     let _ = watchdog.await;
@@ -196,7 +187,7 @@ async fn soak(
 
     let clean_started = Instant::now();
     let mut violations = Violations::default();
-    clean_pass(stack, &pool, &mut violations).await?;
+    drain::clean_pass(stack, &pool, &mut violations).await?;
     summary.durations.clean_pass_secs = clean_started.elapsed().as_secs_f64();
 
     let log = Log::read(&stack.brokers).await?;
@@ -246,139 +237,4 @@ async fn soak(
     print!("{}", summary.render());
     println!("  summary          {}", json.display());
     Ok(summary)
-}
-
-/// Waits until the projector and ipp-actions have consumed the whole log, the ledger
-/// has a row for every acknowledged finalized order and none is pending, or `deadline`.
-async fn wait_until_settled(
-    stack: &Stack,
-    pool: &sqlx::PgPool,
-    finalized: i64,
-    deadline: Instant,
-) -> bool {
-    loop {
-        if settled(stack, pool, finalized).await.unwrap_or(false) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn settled(stack: &Stack, pool: &sqlx::PgPool, finalized: i64) -> anyhow::Result<bool> {
-    let ends = high_watermarks(&stack.brokers).await?;
-    let projected = projector_offsets(pool, "public", &stack.projector_group).await?;
-    let consumed = committed_offsets(&stack.brokers, "ipp-actions").await?;
-    let (actions, pending): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM ipp_actions",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(projected == ends && consumed == ends && pending == 0 && actions >= finalized)
-}
-
-/// A fresh projector over the whole log into its own schema, until it has applied
-/// everything; then stopped.
-async fn clean_pass(
-    stack: &Stack,
-    pool: &sqlx::PgPool,
-    violations: &mut Violations,
-) -> anyhow::Result<()> {
-    let mut projector = stack.clean_pass_projector();
-    projector.start()?;
-    let ends = high_watermarks(&stack.brokers).await?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let caught_up = loop {
-        let offsets = projector_offsets(pool, CLEAN_SCHEMA, CLEAN_GROUP)
-            .await
-            .unwrap_or_default();
-        if offsets == ends {
-            break true;
-        }
-        if Instant::now() >= deadline || !projector.is_running() {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    if !caught_up {
-        violations.add(
-            "read_models_exact",
-            format!(
-                "the clean pass did not apply the whole log within 180 s:\n{}",
-                projector.log_tail(20)
-            ),
-        );
-    }
-    projector.signal(Signal::Term)?;
-    projector.wait_exit(Duration::from_secs(30)).await;
-    Ok(())
-}
-
-async fn high_watermarks(brokers: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let brokers = brokers.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("allow.auto.create.topics", "false")
-            .create()?;
-        (0..IPP_PARTITIONS)
-            .map(|p| {
-                let (_, high) =
-                    consumer.fetch_watermarks(topics::IPP_EVENTS, p, Duration::from_secs(5))?;
-                Ok((p, high))
-            })
-            .collect()
-    })
-    .await?
-}
-
-/// The offsets a consumer group committed on `ipp.events` (ipp-actions' progress).
-async fn committed_offsets(brokers: &str, group: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let (brokers, group) = (brokers.to_owned(), group.to_owned());
-    tokio::task::spawn_blocking(move || {
-        // Never subscribes: asking for committed offsets does not join the group.
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut partitions = TopicPartitionList::new();
-        for p in 0..IPP_PARTITIONS {
-            partitions.add_partition(topics::IPP_EVENTS, p);
-        }
-        let committed = consumer.committed_offsets(partitions, Duration::from_secs(5))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                (e.partition(), offset)
-            })
-            .collect())
-    })
-    .await?
-}
-
-/// The projector's stored offsets (the next offset to apply) in `schema`; partitions it
-/// has not applied anything from yet are at 0.
-async fn projector_offsets(
-    pool: &sqlx::PgPool,
-    schema: &str,
-    group: &str,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
-        "SELECT partition, next_offset FROM {schema}.ipp_projector_offsets WHERE consumer_group = $1 AND topic = $2"
-    ))
-    .bind(group)
-    .bind(topics::IPP_EVENTS)
-    .fetch_all(pool)
-    .await?;
-    let mut offsets: BTreeMap<i32, i64> = (0..IPP_PARTITIONS).map(|p| (p, 0)).collect();
-    offsets.extend(rows);
-    Ok(offsets)
 }

@@ -28,6 +28,11 @@ use crate::process::{wait_for_port, Process, Spec};
 pub const API_KEY: &str = "kco_test_soak";
 /// The schema and consumer group of the clean pass (a fresh projector over the whole log
 /// after the run), and the dead-letter topic it parks the poison in once more.
+/// The live consumer groups (the services' defaults).
+pub const PROJECTOR_GROUP: &str = "ipp-projector";
+pub const ACTIONS_GROUP: &str = "ipp-actions";
+/// Partitions of `ipp.events`.
+pub const IPP_PARTITIONS: i32 = 4;
 pub const CLEAN_SCHEMA: &str = "soak_clean";
 pub const CLEAN_GROUP: &str = "ipp-soak-clean-pass";
 pub const CLEAN_DLQ: &str = "soak.clean.dlq";
@@ -67,7 +72,6 @@ pub struct Stack {
     pub sim_url: String,
     pub secret: String,
     pub database: Database,
-    pub projector_group: String,
     log_dir: PathBuf,
     bin_dir: PathBuf,
 }
@@ -101,7 +105,7 @@ impl Stack {
         let broker = Arc::new(Mutex::new(broker));
         start_broker(&mut *broker.lock().await, broker_port).await?;
         for (topic, partitions) in [
-            (topics::IPP_EVENTS, 4),
+            (topics::IPP_EVENTS, IPP_PARTITIONS),
             (topics::KUSTOM_EVENTS, 2),
             (topics::IPP_EVENTS_DLQ, 1),
             (topics::IPP_ACTIONS_DLQ, 1),
@@ -141,7 +145,7 @@ impl Stack {
             topics::IPP_EVENTS,
             topics::IPP_EVENTS_DLQ,
             &database.url,
-            "ipp-projector",
+            PROJECTOR_GROUP,
         );
         projector.listen = loopback(free_port());
         let mut actions = actions_config(
@@ -149,7 +153,7 @@ impl Stack {
             topics::IPP_EVENTS,
             topics::IPP_ACTIONS_DLQ,
             &database.url,
-            "ipp-actions",
+            ACTIONS_GROUP,
             OrderManagement {
                 url: &sim_url,
                 api_key: API_KEY,
@@ -211,7 +215,6 @@ impl Stack {
                 spec("actions", ipp_actions::Config::BINARY, &[], actions.env()),
                 &log_dir,
             )),
-            projector_group: projector.group.clone(),
             brokers,
             ingest_port,
             sim_url,
