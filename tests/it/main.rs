@@ -15,3 +15,4 @@ mod ops_replay;
 mod ops_status;
 mod poison;
 mod projector;
+mod soak;

@@ -24,7 +24,9 @@ use ipp_schemas::{
 use ipp_service::{error_chain, probe::Readiness};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
     message::{BorrowedMessage, Message},
+    types::RDKafkaErrorCode,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -98,6 +100,17 @@ impl ActionConsumer {
                 Ok(message) => message,
                 Err(e) => {
                     warn!(error = %e, "kafka consume error");
+                    // Queued once per reconnect attempt while the broker was away: a sleep
+                    // on each would hold the assignment behind them for minutes.
+                    if matches!(
+                        e,
+                        KafkaError::MessageConsumption(
+                            RDKafkaErrorCode::AllBrokersDown
+                                | RDKafkaErrorCode::BrokerTransportFailure
+                        )
+                    ) {
+                        continue;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,

@@ -12,6 +12,7 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
     message::OwnedMessage,
+    types::RDKafkaErrorCode,
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
@@ -175,8 +176,18 @@ impl Projector {
 
     async fn receive_error(&self, e: &KafkaError) {
         warn!(error = e as &dyn std::error::Error, "kafka receive error");
-        // Errors such as a missing topic repeat at once: do not spin on them.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A lost broker connection is reported once per reconnect attempt, queued while
+        // the broker is away: sleeping on each would starve the assignment queued behind
+        // them for minutes after the broker is back. Errors such as a missing topic
+        // repeat at once: do not spin on them.
+        if !matches!(
+            e,
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+            )
+        ) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Picks up offsets other replicas committed, so a later assignment starts closer.
