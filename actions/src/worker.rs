@@ -55,7 +55,7 @@ enum Attempt {
     Done(Status, Outcome),
     /// Worth trying again later.
     Retry(OmError),
-    /// The ledger could not be written; the lease brings the action back.
+    /// The ledger could not be written before the call: nothing was sent.
     Ledger(sqlx::Error),
 }
 
@@ -161,7 +161,19 @@ impl Worker {
                 self.finish(&action, status, outcome, kind).await;
             }
             Attempt::Ledger(e) => {
-                error!(error = %e, "ledger write failed; the lease brings the action back");
+                // Nothing was sent: due again at once, as soon as the ledger answers.
+                let reason = format!("ledger write failed: {e}");
+                self.until_written("rescheduling", || {
+                    ledger::reschedule(
+                        &self.pool,
+                        action.order_id,
+                        &action.action,
+                        Duration::ZERO,
+                        None,
+                        &reason,
+                    )
+                })
+                .await;
             }
             Attempt::Retry(e) => {
                 let outcome = Outcome {
@@ -197,18 +209,18 @@ impl Worker {
                     .rescheduled
                     .with_label_values(&[&e.label()])
                     .inc();
-                if let Err(db) = ledger::reschedule(
-                    &self.pool,
-                    action.order_id,
-                    &action.action,
-                    delay,
-                    outcome.last_status_code,
-                    &e.to_string(),
-                )
-                .await
-                {
-                    error!(error = %db, "rescheduling failed; the lease brings the action back");
-                }
+                let error = e.to_string();
+                self.until_written("rescheduling", || {
+                    ledger::reschedule(
+                        &self.pool,
+                        action.order_id,
+                        &action.action,
+                        delay,
+                        outcome.last_status_code,
+                        &error,
+                    )
+                })
+                .await;
             }
         }
     }
@@ -362,25 +374,41 @@ impl Worker {
         } else {
             info!(status = status.as_str(), "action finished");
         }
-        match ledger::finish(
-            &self.pool,
-            action.order_id,
-            &action.action,
-            status,
-            &outcome,
-        )
-        .await
-        {
-            Ok(()) => {
-                self.metrics
-                    .finished
-                    .with_label_values(&[status.as_str()])
-                    .inc();
-            }
-            Err(e) => {
-                error!(error = %e, "ledger write failed; the lease brings the action back")
-            }
-        }
+        self.until_written("finishing", || {
+            ledger::finish(
+                &self.pool,
+                action.order_id,
+                &action.action,
+                status,
+                &outcome,
+            )
+        })
+        .await;
+        self.metrics
+            .finished
+            .with_label_values(&[status.as_str()])
+            .inc();
+    }
+
+    /// Writes an attempt's outcome to the ledger, retrying while PostgreSQL is away (a
+    /// restart, a dropped connection): left to the lease, the action would wait for the
+    /// whole lease. The writes only touch a `pending` row, so repeating one is harmless;
+    /// shutdown abandons the task (the lease then brings the action back).
+    async fn until_written<F, Fut>(&self, what: &str, write: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), sqlx::Error>>,
+    {
+        let retries = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let written = write
+            .retry(retries)
+            .notify(|e, delay| error!(error = %e, retry_in = ?delay, "{what} the action in the ledger failed; retrying"))
+            .await;
+        written.expect("retried until written");
     }
 }
 
