@@ -4,7 +4,9 @@
 
 mod actions;
 mod bench_smoke;
+mod db_outage;
 mod end_to_end;
+mod failover;
 mod ingest;
 mod om_sim;
 mod ops_dlq;
