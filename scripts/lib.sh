@@ -83,7 +83,8 @@ stop_within() {
 # --- Apache Kafka -------------------------------------------------------------------
 # The broker is Apache Kafka itself, run from its Maven Central jars with `java` (no
 # tarball, no Docker). scripts/kafka/pom.xml pins the version; the jars are fetched once
-# into .local/kafka/<version>/libs and reused. scripts/kafka-broker runs one broker.
+# into .local/kafka/<version>/libs and reused. scripts/kafka-broker runs one broker (one
+# node of a cluster with --cluster).
 
 KAFKA_POM=$ROOT/scripts/kafka/pom.xml
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
@@ -145,6 +146,56 @@ start_kafka() {
       die "Apache Kafka did not listen on 127.0.0.1:$port within 60 s (log: $logfile)"
     fi
     sleep 0.2
+  done
+}
+
+# kafka_cluster_id: a new cluster id (16 random bytes, URL-safe base64 without padding).
+kafka_cluster_id() {
+  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='
+}
+
+# start_kafka_cluster DATA_DIR LOG_DIR PORT... : one node per PORT (node ids 1, 2, …), each
+# broker and controller, the controllers a quorum of them all, topics at replication
+# factor 3 with min.insync.replicas=2 (see scripts/kafka-broker --cluster), each with a
+# 384 MiB heap. Sets KAFKA_PIDS and KAFKA_BROKERS (the bootstrap list); fails, with the
+# last log lines, unless every node listens within 90 s. The data and controller ports
+# are remembered in DATA_DIR/node-N: a second call restarts the same cluster.
+start_kafka_cluster() {
+  local data=$1 logs=$2; shift 2
+  ensure_kafka
+  mkdir -p "$data" "$logs"
+  local cluster voters='' node=0 port
+  if [ -f "$data/cluster" ]; then
+    cluster=$(cat "$data/cluster") voters=$(cat "$data/voters")
+  else
+    cluster=$(kafka_cluster_id)
+    for port in "$@"; do
+      node=$((node + 1))
+      voters=${voters:+$voters,}$node@127.0.0.1:$(free_port)
+    done
+    printf '%s\n' "$cluster" >"$data/cluster"
+    printf '%s\n' "$voters" >"$data/voters"
+  fi
+  KAFKA_PIDS=() KAFKA_BROKERS='' node=0
+  for port in "$@"; do
+    node=$((node + 1))
+    "$ROOT/scripts/kafka-broker" --heap 384m --cluster "$cluster" --node "$node" --voters "$voters" \
+      "$data/node-$node" "$port" >>"$logs/kafka-$node.log" 2>&1 &
+    KAFKA_PIDS+=($!)
+    KAFKA_BROKERS=${KAFKA_BROKERS:+$KAFKA_BROKERS,}127.0.0.1:$port
+  done
+  local deadline=$((SECONDS + 90))
+  node=0
+  for port in "$@"; do
+    node=$((node + 1))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+      if ! kill -0 "${KAFKA_PIDS[$((node - 1))]}" 2>/dev/null || [ $SECONDS -ge "$deadline" ]; then
+        tail -n 40 "$logs/kafka-$node.log" >&2
+        stop_within 5 "${KAFKA_PIDS[@]}"
+        die "Kafka node $node did not listen on 127.0.0.1:$port within 90 s (log: $logs/kafka-$node.log)"
+      fi
+      sleep 0.2
+    done
   done
 }
 

@@ -44,6 +44,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let ready = Readiness::default();
     let probes = ProbeState {
+        pool: pool.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
     };

@@ -4,7 +4,9 @@
 
 mod actions;
 mod bench_smoke;
+mod db_outage;
 mod end_to_end;
+mod failover;
 mod ingest;
 mod ingest_bad_input;
 mod ingest_connections;

@@ -57,8 +57,20 @@ pub async fn create_named_topic_with(
     partitions: i32,
     configs: &[(&str, &str)],
 ) {
+    create_replicated_topic(brokers, name, partitions, 1, configs).await;
+}
+
+/// Creates `name` with `replication` replicas of each partition (at most the number of
+/// brokers) and topic-level `configs`.
+pub async fn create_replicated_topic(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) {
     let admin = admin(brokers);
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     for (key, value) in configs {
         topic = topic.set(key, value);
     }
@@ -218,13 +230,154 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     records
 }
 
+/// One `scripts/kafka-broker` child process with its data directory and log file: a
+/// single broker, or one node of a [`KafkaCluster`].
+struct BrokerProcess {
+    port: u16,
+    data_dir: PathBuf,
+    /// What comes before DATA_DIR (`--heap`, `--cluster` …) and after PORT (settings).
+    options: Vec<String>,
+    settings: Vec<String>,
+    child: Option<Child>,
+}
+
+impl BrokerProcess {
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    /// Starts the script; [`BrokerProcess::wait_listening`] waits for it.
+    fn spawn(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "broker on port {} already runs",
+            self.port
+        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-broker");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("broker log file");
+        let child = Command::new(script)
+            .args(&self.options)
+            .arg(&self.data_dir)
+            .arg(self.port.to_string())
+            .args(&self.settings)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("scripts/kafka-broker");
+        self.child = Some(child);
+    }
+
+    /// Whether the broker accepts connections (it opens its client port last, once
+    /// started); panics with its last log lines if it exited.
+    fn listening(&mut self) -> bool {
+        if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            return true;
+        }
+        let child = self.child.as_mut().expect("spawned");
+        if let Some(exited) = child.try_wait().expect("try_wait") {
+            self.child = None;
+            panic!(
+                "the test's Kafka broker on port {} exited ({exited}):\n{}",
+                self.port,
+                self.log_tail(30)
+            );
+        }
+        false
+    }
+
+    fn not_listening(&mut self, within: Duration) -> ! {
+        self.kill();
+        panic!(
+            "the test's Kafka broker did not listen on port {} within {within:?}:\n{}",
+            self.port,
+            self.log_tail(30)
+        );
+    }
+
+    /// Waits (blocking) until the broker accepts connections.
+    fn wait_listening(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.listening() {
+            if Instant::now() > deadline {
+                self.not_listening(within);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the broker accepts connections, without blocking the runtime.
+    async fn listening_within(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.listening() {
+            if Instant::now() > deadline {
+                self.not_listening(within);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the broker: a crash, as far as its clients can tell.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, a controlled shutdown (leadership moves away first); SIGKILL if it still
+    /// runs after `within`. Returns whether it exited by itself.
+    async fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// What a broker said helps to understand a failed test.
+fn print_log_if_panicking(broker: &BrokerProcess, what: &str) {
+    if std::thread::panicking() {
+        eprintln!("--- {what}, last lines of its log ---");
+        eprintln!("{}", broker.log_tail(60));
+    }
+}
+
+/// How long a broker may take to start on a loaded machine.
+const BROKER_START: Duration = Duration::from_secs(90);
+
 /// An Apache Kafka broker of the test's own (`scripts/kafka-broker`), for tests that
 /// stop and restart the broker or need broker settings of their own.
 pub struct OwnBroker {
     pub port: u16,
-    data_dir: PathBuf,
-    settings: Vec<String>,
-    child: Option<Child>,
+    broker: BrokerProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -236,11 +389,16 @@ impl OwnBroker {
     /// A broker with extra `KEY=VALUE` broker properties (over scripts/kafka-broker's).
     pub fn start_with(settings: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let port = crate::free_port();
         let mut broker = Self {
-            port: crate::free_port(),
-            data_dir: dir.path().join("kafka"),
-            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
-            child: None,
+            port,
+            broker: BrokerProcess {
+                port,
+                data_dir: dir.path().join("kafka"),
+                options: Vec::new(),
+                settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+                child: None,
+            },
             _dir: dir,
         };
         broker.restart();
@@ -253,62 +411,219 @@ impl OwnBroker {
 
     /// SIGKILLs the broker: a crash, as far as its clients can tell.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.broker.kill();
     }
 
     /// Starts (again) on the same port with the same data directory, and waits until it
-    /// accepts connections (it opens its client port last, once started).
+    /// accepts connections.
     pub fn restart(&mut self) {
-        self.stop();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-broker");
-        let log_path = self.data_dir.with_extension("log");
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("broker log file");
-        let mut child = Command::new(script)
-            .arg(&self.data_dir)
-            .arg(self.port.to_string())
-            .args(&self.settings)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("scripts/kafka-broker");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = child.try_wait().expect("try_wait");
-            if exited.is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!(
-                    "the test's Kafka broker did not listen on port {} ({exited:?}):\n{}",
-                    self.port,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child = Some(child);
+        self.broker.kill();
+        self.broker.spawn();
+        self.broker.wait_listening(Duration::from_secs(60));
     }
 }
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        self.stop();
+        self.broker.kill();
+        print_log_if_panicking(&self.broker, "the test's Kafka broker");
+    }
+}
+
+/// Each node's JVM heap: three of them share a small machine with the services.
+const CLUSTER_NODE_HEAP: &str = "320m";
+
+/// A cluster of Apache Kafka nodes of the test's own on 127.0.0.1, each broker and
+/// controller, the controllers one quorum of all nodes (`scripts/kafka-broker
+/// --cluster`): with three, topics are created at replication factor 3 with
+/// `min.insync.replicas=2` and the internal topics are replicated 3 times too. Nodes
+/// are numbered from 1 (their `node.id`); dropped, every node is killed.
+pub struct KafkaCluster {
+    nodes: Vec<BrokerProcess>,
+    /// Kept (not removed) when the test fails, for the nodes' whole logs.
+    dir: Option<tempfile::TempDir>,
+}
+
+/// One partition as the cluster's metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub topic: String,
+    pub partition: i32,
+    /// The leader's node id, -1 without one.
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl KafkaCluster {
+    /// Starts `nodes` nodes at once (a quorum needs a majority of them to start) and
+    /// waits until each accepts connections.
+    pub async fn start(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster_id = {
+            let bytes: [u8; 16] = rand::random();
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        };
+        let voters: Vec<String> = (1..=nodes)
+            .map(|node| format!("{node}@127.0.0.1:{}", crate::free_port()))
+            .collect();
+        let voters = voters.join(",");
+        let mut cluster = Self {
+            nodes: (1..=nodes)
+                .map(|node| BrokerProcess {
+                    port: crate::free_port(),
+                    data_dir: dir.path().join(format!("node-{node}")),
+                    options: [
+                        "--heap",
+                        CLUSTER_NODE_HEAP,
+                        "--cluster",
+                        &cluster_id,
+                        "--node",
+                        &node.to_string(),
+                        "--voters",
+                        &voters,
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    settings: Vec::new(),
+                    child: None,
+                })
+                .collect(),
+            dir: Some(dir),
+        };
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        for node in &mut cluster.nodes {
+            node.listening_within(BROKER_START).await;
+        }
+        cluster
+    }
+
+    /// The bootstrap list: every node, running or not.
+    pub fn brokers(&self) -> String {
+        let addresses: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        addresses.join(",")
+    }
+
+    pub fn node_ids(&self) -> std::ops::RangeInclusive<i32> {
+        1..=self.nodes.len() as i32
+    }
+
+    fn node(&mut self, id: i32) -> &mut BrokerProcess {
+        let index = usize::try_from(id - 1).expect("node ids start at 1");
+        &mut self.nodes[index]
+    }
+
+    /// SIGKILLs node `id` (a crash); returns once the process is gone.
+    pub fn kill(&mut self, id: i32) {
+        self.node(id).kill();
+    }
+
+    /// Stops node `id` with SIGTERM (a controlled shutdown) and waits for the exit;
+    /// panics if it took longer than `within`.
+    pub async fn terminate(&mut self, id: i32, within: Duration) {
+        let exited = self.node(id).terminate(within).await;
+        assert!(
+            exited,
+            "node {id} did not stop within {within:?} of SIGTERM"
+        );
+    }
+
+    /// Starts nodes `ids` again (same ports, same data) at once and waits until each
+    /// listens: a node that lost its quorum starts only once a majority is back.
+    pub async fn restart(&mut self, ids: &[i32]) {
+        for &id in ids {
+            self.node(id).spawn();
+        }
+        for &id in ids {
+            self.node(id).listening_within(BROKER_START).await;
+        }
+    }
+
+    pub fn is_running(&mut self, id: i32) -> bool {
+        self.node(id).is_running()
+    }
+
+    /// Every partition of every topic (the internal ones included), from the metadata
+    /// of whichever node answers.
+    pub async fn partitions(&self) -> Result<Vec<PartitionState>, rdkafka::error::KafkaError> {
+        let brokers = self.brokers();
+        tokio::task::spawn_blocking(move || partition_states(&brokers))
+            .await
+            .expect("metadata request panicked")
+    }
+
+    /// The node that leads the most partitions (the lowest id of a tie), and how many.
+    pub async fn busiest_leader(&self) -> (i32, usize) {
+        let partitions = self.partitions().await.expect("cluster metadata");
+        self.node_ids()
+            .map(|id| (id, partitions.iter().filter(|p| p.leader == id).count()))
+            .max_by_key(|&(id, led)| (led, -id))
+            .expect("nodes")
+    }
+
+    /// Waits until every partition has a leader and all its replicas in sync (a
+    /// restarted node has caught up); panics with the laggards after `within`.
+    pub async fn wait_fully_replicated(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let lagging = self.partitions().await.map(|partitions| {
+                partitions
+                    .into_iter()
+                    .filter(|p| p.leader < 0 || p.isr.len() < p.replicas.len())
+                    .collect::<Vec<_>>()
+            });
+            if lagging.as_ref().is_ok_and(Vec::is_empty) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not fully replicated after {within:?}: {lagging:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Every partition the metadata of `brokers` names (blocking).
+fn partition_states(brokers: &str) -> Result<Vec<PartitionState>, rdkafka::error::KafkaError> {
+    let metadata = metadata_client(brokers).fetch_metadata(None, Duration::from_secs(5))?;
+    let mut states = Vec::new();
+    for topic in metadata.topics() {
+        for partition in topic.partitions() {
+            states.push(PartitionState {
+                topic: topic.name().to_owned(),
+                partition: partition.id(),
+                leader: partition.leader(),
+                replicas: partition.replicas().to_vec(),
+                isr: partition.isr().to_vec(),
+            });
+        }
+    }
+    states.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(states)
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            print_log_if_panicking(node, &format!("Kafka node {}", index + 1));
+        }
         if std::thread::panicking() {
-            // What the broker said helps to understand a failed test.
-            let log = std::fs::read_to_string(self.data_dir.with_extension("log"));
-            let log = log.unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- the test's Kafka broker, last lines of its log ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!(
+                    "kept the cluster's data and logs (node-N.log) in {}",
+                    kept.display()
+                );
             }
         }
     }
