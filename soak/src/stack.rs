@@ -160,10 +160,6 @@ impl Stack {
             },
         );
         actions.listen = loopback(free_port());
-        // A SIGKILLed worker's claims are free again only when its lease expires (5 min
-        // by default, issue 13 shortens that); the soak kills ipp-actions often and drains
-        // in minutes, so it uses the end-to-end test's 5 s lease.
-        actions.lease_ms = 5000;
 
         let spec = |name: &'static str,
                     program: &str,

@@ -111,7 +111,6 @@ impl Processes {
         );
         config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.retry_min_delay_ms = 200;
-        config.lease_ms = 5000;
         Self::spawn_on_port_0(&config, "ipp_actions::service").0
     }
 
