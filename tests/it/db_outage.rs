@@ -5,17 +5,14 @@
 //! must say not ready while it is away, keep their place, and catch up by themselves;
 //! the read model must end exact and no order captured twice.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use ipp_loadgen::{Workload, WorkloadSpec};
 use ipp_tests::{
     db::TestDatabase,
     eventually::eventually,
-    faults::{self, Answers, Stack, WebhookStream},
+    faults::{self, Answers, Stack},
     kafka,
+    pipeline::settle,
     postgres::{terminate_backends, PrivatePostgres},
 };
 use reqwest::StatusCode;
@@ -31,21 +28,7 @@ async fn a_database_outage_longer_than_every_retry_is_ridden_out_exactly() {
     let mut postgres = PrivatePostgres::start();
     let database_url = postgres.url("postgres");
     let stack = Stack::start(&kafka::brokers(), 1, &database_url).await;
-    let workload = Workload::generate(&WorkloadSpec {
-        sessions: 500,
-        seed: 20261203,
-        ..WorkloadSpec::default()
-    });
-    let deliveries = Arc::new(workload.deliveries.clone());
-    let stream = WebhookStream::start(
-        stack.webhook_url(),
-        &stack.secret,
-        deliveries.clone(),
-        25.0,
-        32,
-        Duration::from_secs(300),
-    );
-    stream.wait_acknowledged(200, Duration::from_secs(60)).await;
+    let (workload, deliveries, stream) = stack.stream_workload(500, 20261203, 25.0, 32, 200).await;
     eventually(
         Duration::from_secs(60),
         "captures before the outage",
@@ -112,7 +95,7 @@ async fn a_database_outage_longer_than_every_retry_is_ridden_out_exactly() {
     let answers = stream.finish(Duration::from_secs(300)).await;
     assert_eq!(answers.acknowledged().len(), deliveries.len());
     let pool = faults::pool(&database_url).await;
-    faults::settle(&pool, &workload, Duration::from_secs(120)).await;
+    settle(&pool, &[&workload], Duration::from_secs(120)).await;
     let settled_after = up_at.elapsed();
     stack.assert_log_holds(&deliveries, &answers);
     faults::assert_exact_and_captured_once(&pool, &workload, &stack.sim).await;
@@ -134,21 +117,7 @@ async fn connections_terminated_mid_transaction_lose_nothing_and_capture_once() 
     let test_started = Instant::now();
     let database = TestDatabase::create().await;
     let stack = Stack::start(&kafka::brokers(), 1, database.url()).await;
-    let workload = Workload::generate(&WorkloadSpec {
-        sessions: 300,
-        seed: 20261204,
-        ..WorkloadSpec::default()
-    });
-    let deliveries = Arc::new(workload.deliveries.clone());
-    let stream = WebhookStream::start(
-        stack.webhook_url(),
-        &stack.secret,
-        deliveries.clone(),
-        40.0,
-        32,
-        Duration::from_secs(300),
-    );
-    stream.wait_acknowledged(100, Duration::from_secs(60)).await;
+    let (workload, deliveries, stream) = stack.stream_workload(300, 20261204, 40.0, 32, 100).await;
 
     // Every service connection to the database is cut, again and again, while records
     // are projected and actions recorded and captured.
@@ -171,7 +140,7 @@ async fn connections_terminated_mid_transaction_lose_nothing_and_capture_once() 
     let answers = stream.finish(Duration::from_secs(300)).await;
     assert_eq!(answers.acknowledged().len(), deliveries.len());
     let pool = faults::pool(database.url()).await;
-    faults::settle(&pool, &workload, Duration::from_secs(120)).await;
+    settle(&pool, &[&workload], Duration::from_secs(120)).await;
     stack.assert_log_holds(&deliveries, &answers);
     faults::assert_exact_and_captured_once(&pool, &workload, &stack.sim).await;
     stack.assert_running();

@@ -6,17 +6,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
 use ipp_tests::{
     kafka::{self, Record},
+    pipeline::settle,
     processes::Processes,
     signer::Signer,
 };
 use serde_json::{json, Value};
-use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use sqlx::{postgres::PgPoolOptions, Row};
 use uuid::Uuid;
 
 /// A request that must be refused: what it is, body, headers, expected status.
@@ -64,39 +65,6 @@ fn invalid_requests(pipeline: &Processes) -> Vec<InvalidRequest> {
         ("oversize", oversize.clone(), signed(&oversize), 413),
         ("not json", garbage.clone(), signed(&garbage), 200),
     ]
-}
-
-async fn wait_until_quiet(pool: &PgPool, workload: &Workload) {
-    let event_ids: Vec<String> = workload
-        .deliveries
-        .iter()
-        .filter(|d| d.is_ipp())
-        .map(|d| d.event_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let finalized = workload.finalized_orders().count() as i64;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(0);
-        let settled: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0);
-        if applied >= event_ids.len() as i64 && settled >= finalized {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pipeline did not settle: {applied}/{} events, {settled}/{finalized} actions",
-            event_ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +146,7 @@ async fn the_whole_pipeline_survives_restarts_and_ends_exact() {
         .connect(pipeline.database.url())
         .await
         .unwrap();
-    wait_until_quiet(&pool, &workload).await;
+    settle(&pool, &[&workload], Duration::from_secs(240)).await;
 
     // Every acknowledged body is in the log exactly as sent, and nothing else is.
     let ipp_records = kafka::read_topic(&pipeline.brokers, &pipeline.ipp_topic);

@@ -12,15 +12,12 @@
 //! runs with
 //! `cargo nextest run -p ipp-tests --run-ignored only -E 'test(failover::)'`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use ipp_loadgen::{Workload, WorkloadSpec};
 use ipp_tests::{
-    faults::{self, Answers, Stack, WebhookStream},
+    faults::{self, Answers, Stack},
     kafka::KafkaCluster,
+    pipeline::settle,
 };
 
 /// How long a restarted node may take to be back in every ISR.
@@ -60,21 +57,9 @@ async fn failover(scenario: Scenario) {
     let cluster_up = test_started.elapsed();
     let database = ipp_tests::db::TestDatabase::create().await;
     let stack = Stack::start(&cluster.brokers(), 3, database.url()).await;
-    let workload = Workload::generate(&WorkloadSpec {
-        sessions: scenario.sessions,
-        seed: 20261202,
-        ..WorkloadSpec::default()
-    });
-    let deliveries = Arc::new(workload.deliveries.clone());
-    let stream = WebhookStream::start(
-        stack.webhook_url(),
-        &stack.secret,
-        deliveries.clone(),
-        40.0,
-        64,
-        Duration::from_secs(300),
-    );
-    stream.wait_acknowledged(200, Duration::from_secs(60)).await;
+    let (workload, deliveries, stream) = stack
+        .stream_workload(scenario.sessions, 20261202, 40.0, 64, 200)
+        .await;
     progress("stream flowing");
 
     // 1. A crash of the node that leads the most partitions.
@@ -214,7 +199,7 @@ async fn failover(scenario: Scenario) {
     );
     stack.assert_log_holds(&deliveries, &answers);
     let pool = faults::pool(database.url()).await;
-    faults::settle(&pool, &workload, Duration::from_secs(180)).await;
+    settle(&pool, &[&workload], Duration::from_secs(180)).await;
     progress("settled");
     faults::assert_exact_and_captured_once(&pool, &workload, &stack.sim).await;
     stack.assert_running();

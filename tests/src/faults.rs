@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipp_loadgen::{Delivery, WebhookSigner, Workload};
+use ipp_loadgen::{Delivery, WebhookSigner, Workload, WorkloadSpec};
 use reqwest::StatusCode;
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 use tokio::{sync::Semaphore, task::JoinHandle};
@@ -102,6 +102,38 @@ impl Stack {
 
     pub fn webhook_url(&self) -> String {
         format!("{}/webhooks/kustom", self.ingest.url())
+    }
+
+    /// A workload of `sessions` sessions generated from `seed`, posted to this stack's
+    /// ingest by a [`WebhookStream`] at `per_second`, at most `in_flight` at a time (a
+    /// delivery is given up after five minutes); returns once `warm_up` deliveries were
+    /// answered 200.
+    pub async fn stream_workload(
+        &self,
+        sessions: usize,
+        seed: u64,
+        per_second: f64,
+        in_flight: usize,
+        warm_up: usize,
+    ) -> (Workload, Arc<Vec<Delivery>>, WebhookStream) {
+        let workload = Workload::generate(&WorkloadSpec {
+            sessions,
+            seed,
+            ..WorkloadSpec::default()
+        });
+        let deliveries = Arc::new(workload.deliveries.clone());
+        let stream = WebhookStream::start(
+            self.webhook_url(),
+            &self.secret,
+            deliveries.clone(),
+            per_second,
+            in_flight,
+            Duration::from_secs(300),
+        );
+        stream
+            .wait_acknowledged(warm_up, Duration::from_secs(60))
+            .await;
+        (workload, deliveries, stream)
     }
 
     /// The status of the projector's and ipp-actions' `/readyz` (`None`: no answer).
@@ -396,44 +428,6 @@ pub async fn pool(database_url: &str) -> PgPool {
         .connect(database_url)
         .await
         .unwrap_or_else(|e| panic!("connect {database_url}: {e}"))
-}
-
-/// Waits until the projector stored every IPP event of `workload` and ipp-actions
-/// settled every finalized order; panics with the progress after `within`.
-pub async fn settle(pool: &PgPool, workload: &Workload, within: Duration) {
-    let events: BTreeSet<&str> = workload
-        .deliveries
-        .iter()
-        .filter(|d| d.is_ipp())
-        .map(|d| d.event_id.as_str())
-        .collect();
-    let finalized = workload.finalized_orders().count() as i64;
-    let deadline = Instant::now() + within;
-    loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(0);
-        let settled: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0);
-        if applied == events.len() as i64 && settled == finalized {
-            return;
-        }
-        assert!(
-            applied <= events.len() as i64,
-            "more events than sent: {applied} > {}",
-            events.len()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "not settled after {within:?}: {applied}/{} events, {settled}/{finalized} actions",
-            events.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The read model equals what `workload` implies, and every finalized session was

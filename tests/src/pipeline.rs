@@ -162,39 +162,7 @@ impl Pipeline {
     /// Waits until the live projector stored every IPP event of `workloads` and
     /// ipp-actions settled every finalized order.
     pub async fn settle(&self, workloads: &[&Workload]) {
-        let events: BTreeSet<&str> = workloads
-            .iter()
-            .flat_map(|w| w.deliveries.iter())
-            .filter(|d| d.is_ipp())
-            .map(|d| d.event_id.as_str())
-            .collect();
-        let finalized: usize = workloads.iter().map(|w| w.finalized_orders().count()).sum();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
-                .fetch_one(&self.pool)
-                .await
-                .unwrap_or(0);
-            let settled: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
-                    .fetch_one(&self.pool)
-                    .await
-                    .unwrap_or(0);
-            if applied == events.len() as i64 && settled == finalized as i64 {
-                return;
-            }
-            assert!(
-                applied <= events.len() as i64,
-                "more events than sent: {applied} > {}",
-                events.len()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "not settled: {applied}/{} events, {settled}/{finalized} actions",
-                events.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        settle(&self.pool, workloads, Duration::from_secs(180)).await;
     }
 
     pub async fn sim_calls(&self) -> Vec<Value> {
@@ -279,5 +247,43 @@ pub async fn assert_sessions(
             Some(want.merchant_id.as_str()),
             "{table} {session}"
         );
+    }
+}
+
+/// Waits until the projector stored every IPP event of `workloads` (no more) and
+/// ipp-actions settled every finalized order; panics with the progress after `within`.
+pub async fn settle(pool: &PgPool, workloads: &[&Workload], within: Duration) {
+    let events: BTreeSet<&str> = workloads
+        .iter()
+        .flat_map(|w| w.deliveries.iter())
+        .filter(|d| d.is_ipp())
+        .map(|d| d.event_id.as_str())
+        .collect();
+    let finalized: usize = workloads.iter().map(|w| w.finalized_orders().count()).sum();
+    let deadline = Instant::now() + within;
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+        let settled: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+        if applied == events.len() as i64 && settled == finalized as i64 {
+            return;
+        }
+        assert!(
+            applied <= events.len() as i64,
+            "more events than sent: {applied} > {}",
+            events.len()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not settled after {within:?}: {applied}/{} events, {settled}/{finalized} actions",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
