@@ -36,6 +36,29 @@ impl WebhookSigner {
             ("webhook-signature", format!("v1,{signature}")),
         ]
     }
+
+    /// `POST url` with `delivery`'s body, signed now. A redelivery keeps its message id,
+    /// as Kustom's do: `msg_<event id>_<0|1>`.
+    pub fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        delivery: &Delivery,
+    ) -> reqwest::RequestBuilder {
+        let webhook_id = format!(
+            "msg_{}_{}",
+            delivery.event_id,
+            u8::from(delivery.is_duplicate)
+        );
+        let mut request = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(delivery.body.clone());
+        for (name, value) in self.headers(&webhook_id, &delivery.body) {
+            request = request.header(name, value);
+        }
+        request
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -63,21 +86,9 @@ pub async fn send_all(
     let results: Vec<(usize, bool, usize)> = stream::iter(deliveries.iter().enumerate())
         .map(|(index, delivery)| async move {
             let deadline = Instant::now() + retry_for;
-            // A redelivery keeps its message id, as Kustom's do.
-            let webhook_id = format!(
-                "msg_{}_{}",
-                delivery.event_id,
-                u8::from(delivery.is_duplicate)
-            );
             let mut retries = 0;
             loop {
-                let mut request = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(delivery.body.clone());
-                for (name, value) in signer.headers(&webhook_id, &delivery.body) {
-                    request = request.header(name, value);
-                }
+                let request = signer.post(client, url, delivery);
                 let ok = matches!(request.send().await, Ok(r) if r.status() == 200);
                 if ok {
                     return (index, true, retries);

@@ -12,6 +12,7 @@ use rdkafka::{
     client::{Client, ClientContext},
     error::KafkaError,
     producer::{FutureProducer, Producer},
+    types::RDKafkaErrorCode,
     ClientConfig,
 };
 use tokio_util::sync::CancellationToken;
@@ -214,6 +215,20 @@ pub async fn close_within(close: impl FnOnce() + Send + 'static, within: Duratio
             "the kafka consumer did not close in time (librdkafka mid-rebalance); leaving it"
         );
     }
+}
+
+/// A consumer's report that it lost its broker connections (`AllBrokersDown`,
+/// `BrokerTransportFailure`). librdkafka queues one per reconnect attempt while the
+/// broker is away, ahead of the assignment it gets once the broker is back: a consumer
+/// that pauses after each (as it should after other errors, which repeat at once)
+/// would not consume again for minutes.
+pub fn is_lost_connection_report(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
 }
 
 #[cfg(test)]

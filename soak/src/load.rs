@@ -93,24 +93,11 @@ async fn deliver(
     delivery: &Delivery,
     give_up_at: Instant,
 ) -> Outcome {
-    // A redelivery keeps its message id, as Kustom's do (the loadgen's convention).
-    let webhook_id = format!(
-        "msg_{}_{}",
-        delivery.event_id,
-        u8::from(delivery.is_duplicate)
-    );
     let mut outcome = Outcome::default();
     let mut backoff = Duration::from_millis(500);
     loop {
         outcome.attempts += 1;
-        let mut request = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(delivery.body.clone());
-        for (name, value) in signer.headers(&webhook_id, &delivery.body) {
-            request = request.header(name, value);
-        }
-        match request.send().await {
+        match signer.post(client, url, delivery).send().await {
             Ok(response) if response.status() == 200 => {
                 outcome.acknowledged = true;
                 return outcome;

@@ -375,21 +375,8 @@ struct Delivering {
 impl Delivering {
     async fn run(self) {
         let delivery = &self.deliveries[self.index];
-        // A redelivery keeps its message id, as Kustom's do.
-        let webhook_id = format!(
-            "msg_{}_{}",
-            delivery.event_id,
-            u8::from(delivery.is_duplicate)
-        );
         loop {
-            let mut request = self
-                .client
-                .post(&self.url)
-                .header("content-type", "application/json")
-                .body(delivery.body.clone());
-            for (name, value) in self.signer.headers(&webhook_id, &delivery.body) {
-                request = request.header(name, value);
-            }
+            let request = self.signer.post(&self.client, &self.url, delivery);
             let sent_at = Instant::now();
             let response = request.send().await;
             let (status, retry_after) = match &response {

@@ -24,9 +24,7 @@ use ipp_schemas::{
 use ipp_service::{error_chain, probe::Readiness};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    error::KafkaError,
     message::{BorrowedMessage, Message},
-    types::RDKafkaErrorCode,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -100,15 +98,7 @@ impl ActionConsumer {
                 Ok(message) => message,
                 Err(e) => {
                     warn!(error = %e, "kafka consume error");
-                    // Queued once per reconnect attempt while the broker was away: a sleep
-                    // on each would hold the assignment behind them for minutes.
-                    if matches!(
-                        e,
-                        KafkaError::MessageConsumption(
-                            RDKafkaErrorCode::AllBrokersDown
-                                | RDKafkaErrorCode::BrokerTransportFailure
-                        )
-                    ) {
+                    if ipp_service::kafka::is_lost_connection_report(&e) {
                         continue;
                     }
                     tokio::select! {

@@ -12,7 +12,6 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
     message::OwnedMessage,
-    types::RDKafkaErrorCode,
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
@@ -176,16 +175,8 @@ impl Projector {
 
     async fn receive_error(&self, e: &KafkaError) {
         warn!(error = e as &dyn std::error::Error, "kafka receive error");
-        // A lost broker connection is reported once per reconnect attempt, queued while
-        // the broker is away: sleeping on each would starve the assignment queued behind
-        // them for minutes after the broker is back. Errors such as a missing topic
-        // repeat at once: do not spin on them.
-        if !matches!(
-            e,
-            KafkaError::MessageConsumption(
-                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
-            )
-        ) {
+        // Errors such as a missing topic repeat at once: do not spin on them.
+        if !ipp_service::kafka::is_lost_connection_report(e) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
