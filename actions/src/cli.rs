@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    commands::{self, retry::RetryArgs},
     config::Config,
+    operator::{self, retry::RetryArgs},
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -21,8 +21,12 @@ Klarna-Idempotency-Key, retrying 5xx, 429 (honouring Retry-After), timeouts and 
 errors. Actions that fail permanently or exhaust their retries end `failed` and are written to \
 the dead-letter topic.\n\n\
 Subcommands: (none) or `run` runs the service; `migrate` applies the ledger migrations and exits; \
-`dlq list|show|redrive`, `retry` and `status` are operator tools that run once (see the book, Operations).\n\
-HTTP: GET /healthz (alive), GET /readyz (database reachable, consumer running), GET /metrics."
+`dlq list|show|redrive`, `retry`, `status` and `command issue|show|list` are operator tools that \
+run once (see the book, Operations).\n\
+Money commands (capture, refund, cancel, release remaining authorization) come from the commands \
+topic, which the commands API (ACTIONS_API_TOKENS) and `command issue` append to.\n\
+HTTP: the commands API under /v1/, GET /healthz (alive), GET /readyz (database reachable, consumer \
+running), GET /metrics."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,6 +48,10 @@ pub enum Command {
     Retry(RetryArgs),
     /// Lag and committed offsets per partition, pending and failed actions, DLQ size.
     Status(ipp_ops::StatusArgs),
+    /// Money commands: issue one (capture, refund, cancel, release), show one, list an
+    /// order's.
+    #[command(subcommand)]
+    Command(operator::command::CommandCommand),
 }
 
 /// `ipp-actions`: the service, or one of its operator commands (which exit).
@@ -58,9 +66,10 @@ pub async fn main() -> anyhow::Result<()> {
     }
     let exit = |result| ipp_ops::exit("ipp-actions", result);
     match command {
-        Command::Dlq(dlq) => exit(commands::dlq::run(&config, &dlq).await),
-        Command::Retry(args) => exit(commands::retry::run(&config, &args).await),
-        Command::Status(args) => exit(commands::status::run(&config, &args).await),
+        Command::Dlq(dlq) => exit(operator::dlq::run(&config, &dlq).await),
+        Command::Retry(args) => exit(operator::retry::run(&config, &args).await),
+        Command::Status(args) => exit(operator::status::run(&config, &args).await),
+        Command::Command(command) => exit(operator::command::run(&config, &command).await),
         Command::Migrate => crate::migrate(&config).await?,
         Command::Run => {
             let listener = config.listen.bind().await?;

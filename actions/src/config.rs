@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "ACTIONS_DLQ_TOPIC", default_value = topics::IPP_ACTIONS_DLQ, global = true)]
     pub dlq_topic: String,
 
+    /// Topic of money commands (capture, refund, cancel, release), keyed by order id:
+    /// the commands API appends to it, this service executes what it holds.
+    #[arg(long, env = "ACTIONS_COMMANDS_TOPIC", default_value = topics::IPP_COMMANDS, global = true)]
+    pub commands_topic: String,
+
     /// Consumer group of this service.
     #[arg(
         long,
@@ -34,10 +39,51 @@ pub struct Config {
     )]
     pub group: String,
 
-    /// What to do when a session is finalized: `capture` the remaining authorized amount,
-    /// or `none` (record the action as skipped; the merchant captures from its own systems).
-    #[arg(long, env = "ACTIONS_ON_FINALIZED", value_enum, default_value_t = OnFinalized::Capture, global = true)]
-    pub on_finalized: OnFinalized,
+    /// When to capture: `on-finalized` captures what remains authorized as soon as a
+    /// session is finalized; `on-command` captures only when the merchant says so (a
+    /// capture command, once the goods are handed over). [default: on-finalized]
+    #[arg(long, env = "ACTIONS_CAPTURE_POLICY", value_enum, global = true)]
+    pub capture_policy: Option<CapturePolicy>,
+
+    /// Deprecated, use ACTIONS_CAPTURE_POLICY (`capture` is on-finalized, `none` is
+    /// on-command). Still honoured in this release.
+    #[arg(long, env = "ACTIONS_ON_FINALIZED", value_enum, global = true)]
+    pub on_finalized: Option<OnFinalized>,
+
+    /// Bearer tokens of the commands API (`/v1/...`), comma-separated, each `NAME:TOKEN`
+    /// or just `TOKEN` (named `default`). Any of them is accepted, which is how rotation
+    /// works: give the new token the old one's name, so that Idempotency-Keys (scoped by
+    /// the name) keep their meaning across the rotation. Compared in constant time, never
+    /// logged. Without tokens the commands API is off.
+    #[arg(
+        long = "api-token",
+        env = "ACTIONS_API_TOKENS",
+        value_name = "NAME:TOKEN",
+        value_delimiter = ',',
+        value_parser = Secret::non_empty,
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_tokens: Vec<Secret>,
+
+    /// How long a command may take to be acknowledged by Kafka before the request gets
+    /// 503, in milliseconds.
+    #[arg(
+        long,
+        env = "ACTIONS_API_PRODUCE_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub api_produce_timeout_ms: u64,
+
+    /// Retry-After (seconds) sent with the commands API's 503 answers.
+    #[arg(
+        long,
+        env = "ACTIONS_API_RETRY_AFTER_SECS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub api_retry_after_secs: u64,
 
     /// Base URL of the Kustom API (production: https://api.kustom.co).
     #[arg(
@@ -195,12 +241,55 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CapturePolicy {
+    /// Capture what remains authorized as soon as the session is finalized.
+    OnFinalized,
+    /// Capture only on a capture command; a finalized session is recorded `skipped`.
+    OnCommand,
+}
+
+/// The deprecated `ACTIONS_ON_FINALIZED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnFinalized {
     Capture,
     None,
 }
 
+impl OnFinalized {
+    fn policy(self) -> CapturePolicy {
+        match self {
+            Self::Capture => CapturePolicy::OnFinalized,
+            Self::None => CapturePolicy::OnCommand,
+        }
+    }
+}
+
 impl Config {
+    /// The capture policy: ACTIONS_CAPTURE_POLICY, else the deprecated
+    /// ACTIONS_ON_FINALIZED, else on-finalized. Call [`Config::check`] first.
+    pub fn capture_policy(&self) -> CapturePolicy {
+        self.capture_policy
+            .or(self.on_finalized.map(OnFinalized::policy))
+            .unwrap_or(CapturePolicy::OnFinalized)
+    }
+
+    /// Settings that contradict each other.
+    pub fn check(&self) -> Result<(), String> {
+        if let (Some(policy), Some(old)) = (self.capture_policy, self.on_finalized) {
+            if old.policy() != policy {
+                return Err(format!(
+                    "ACTIONS_CAPTURE_POLICY={} contradicts the deprecated ACTIONS_ON_FINALIZED={}: \
+                     set only ACTIONS_CAPTURE_POLICY",
+                    policy.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
+                    old.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(())
+    }
+    pub fn api_produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.api_produce_timeout_ms)
+    }
     pub fn http_timeout(&self) -> Duration {
         Duration::from_millis(self.http_timeout_ms)
     }
@@ -225,5 +314,5 @@ pub struct Actions;
 impl Listens for Actions {
     const ENV: &'static str = "ACTIONS_HTTP";
     const DEFAULT: &'static str = "0.0.0.0:9102";
-    const SERVES: &'static str = "/healthz, /readyz, /metrics";
+    const SERVES: &'static str = "the commands API (/v1/...), /healthz, /readyz, /metrics";
 }

@@ -83,6 +83,14 @@ impl OmError {
         }
     }
 
+    /// Order Management's `error_code`, when it sent one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            Self::Status { error_code, .. } => error_code.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The HTTP status, when there was one.
     pub fn status_code(&self) -> Option<u16> {
         match self {

@@ -1,14 +1,20 @@
-//! The operations server: `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP server: the commands API (`api/`), `/healthz`, `/readyz`, `/metrics`, and a
+//! JSON answer for any other path (404) or method (405).
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{
+    http::{Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    Json, Router,
+};
 use ipp_service::probe::Readiness;
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{api, metrics::Metrics};
 
 pub struct AppState {
     pub pool: PgPool,
@@ -16,16 +22,42 @@ pub struct AppState {
     pub consumer_ready: Readiness,
 }
 
-pub fn router(state: AppState) -> Router {
-    ipp_service::probe::router(Arc::new(state))
+/// The API when `api` is given (tokens are configured), else an answer saying it is off.
+pub fn router(state: AppState, api: Option<Arc<api::Api>>) -> Router {
+    let api = match api {
+        Some(api) => api::router(api),
+        None => api::disabled(),
+    };
+    api.merge(ipp_service::probe::router(Arc::new(state)))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": code, "message": message }))).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let message = format!("no route for {method} {}", uri.path());
+    json_error(StatusCode::NOT_FOUND, "not_found", &message)
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("{} does not accept {method}", uri.path());
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &message,
+    )
 }
 
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    api: Option<Arc<api::Api>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, api))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -8,8 +8,9 @@
 //! with the retry policy of `retry.rs`; what fails for good goes to the dead-letter topic
 //! (`kafka/dead_letters.rs`). The API is [`Config`], [`run`] and [`cli`].
 
+mod api;
 pub mod cli;
-mod commands;
+mod command;
 pub mod config;
 mod error;
 mod http;
@@ -17,10 +18,11 @@ mod kafka;
 mod ledger;
 mod metrics;
 mod om;
+mod operator;
 mod retry;
 mod service;
 mod worker;
 
-pub use config::{Config, OnFinalized};
+pub use config::{CapturePolicy, Config, OnFinalized};
 pub use error::Error;
 pub use service::{migrate, run};

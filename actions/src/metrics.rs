@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Attempts given up because their claim could no longer be proven (not renewed in
     /// time, or taken over): another worker takes the action up.
     pub claims_lost: IntCounter,
+    /// Commands API POSTs by command type and outcome (`accepted`, `replayed`, or the
+    /// error code of a refusal).
+    pub api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,7 +85,7 @@ impl Metrics {
         let records = IntCounterVec::new(
             Opts::new(
                 "actions_records_total",
-                "Consumed ipp.events records by outcome",
+                "Consumed ipp.events and commands records by outcome",
             ),
             &["outcome"],
         )
@@ -101,6 +104,14 @@ impl Metrics {
             "Attempts given up because their claim could no longer be proven",
         )
         .expect("valid metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "actions_api_requests_total",
+                "Commands API POSTs by command type and outcome (accepted, replayed, or the error code)",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
@@ -113,6 +124,7 @@ impl Metrics {
             Box::new(oldest_pending_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(claims_lost.clone()),
+            Box::new(api_requests.clone()),
         ] {
             registry.register(metric).expect("register");
         }
@@ -129,6 +141,7 @@ impl Metrics {
             oldest_pending_seconds,
             in_flight,
             claims_lost,
+            api_requests,
         }
     }
 

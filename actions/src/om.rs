@@ -1,4 +1,5 @@
-//! The Kustom Order Management client: read an order, capture an amount.
+//! The Kustom Order Management client: read an order, capture, refund, cancel, release
+//! the remaining authorization. Every POST carries a `Klarna-Idempotency-Key`.
 
 use std::time::Duration;
 
@@ -13,15 +14,28 @@ use crate::error::OmError;
 
 pub const GET_ORDER: &str = "get_order";
 pub const CAPTURE: &str = "capture";
+pub const REFUND: &str = "refund";
+pub const CANCEL: &str = "cancel";
+pub const RELEASE: &str = "release_remaining_authorization";
 pub const IDEMPOTENCY_HEADER: &str = "Klarna-Idempotency-Key";
 
-/// The fields of an order this service reads.
+/// The status an endpoint answers on success.
+pub fn success_status(endpoint: &str) -> &'static str {
+    match endpoint {
+        CAPTURE | REFUND => "201",
+        CANCEL | RELEASE => "204",
+        _ => "200",
+    }
+}
+
+/// The fields of an order this service reads. The ones a decision needs are required:
+/// an answer without them is an error (retried, then the action fails), never a default
+/// that could make the worker skip a capture.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Order {
     pub status: String,
     #[serde(default)]
-    pub captured_amount: i64,
-    #[serde(default)]
+    pub captured_amount: Option<i64>,
     pub remaining_authorized_amount: i64,
 }
 
@@ -36,11 +50,27 @@ impl Order {
 struct CaptureRequest<'a> {
     captured_amount: i64,
     reference: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct RefundRequest<'a> {
+    refunded_amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Capture {
     pub capture_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refund {
+    pub refund_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,21 +132,92 @@ impl OmClient {
         order_id: Uuid,
         amount: i64,
         reference: &str,
+        description: Option<&str>,
         idempotency_key: Uuid,
     ) -> Result<Capture, OmError> {
+        let request = CaptureRequest {
+            captured_amount: amount,
+            reference,
+            description,
+        };
+        let (location, body) = self
+            .post(CAPTURE, order_id, "captures", &request, idempotency_key)
+            .await?;
+        created(CAPTURE, location, &body, |capture_id| Capture {
+            capture_id,
+        })
+    }
+
+    /// Refunds `amount` of what was captured.
+    pub async fn refund(
+        &self,
+        order_id: Uuid,
+        amount: i64,
+        reference: Option<&str>,
+        description: Option<&str>,
+        idempotency_key: Uuid,
+    ) -> Result<Refund, OmError> {
+        let request = RefundRequest {
+            refunded_amount: amount,
+            reference,
+            description,
+        };
+        let (location, body) = self
+            .post(REFUND, order_id, "refunds", &request, idempotency_key)
+            .await?;
+        created(REFUND, location, &body, |refund_id| Refund { refund_id })
+    }
+
+    /// Cancels the whole order (Kustom allows it only without captures).
+    pub async fn cancel(&self, order_id: Uuid, idempotency_key: Uuid) -> Result<(), OmError> {
+        self.post(
+            CANCEL,
+            order_id,
+            "cancel",
+            &serde_json::json!({}),
+            idempotency_key,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Releases what remains authorized: no further captures.
+    pub async fn release_remaining_authorization(
+        &self,
+        order_id: Uuid,
+        idempotency_key: Uuid,
+    ) -> Result<(), OmError> {
+        let path = "release-remaining-authorization";
+        self.post(
+            RELEASE,
+            order_id,
+            path,
+            &serde_json::json!({}),
+            idempotency_key,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// POSTs `body` to the order's `path`; returns the `Location` and the body of a 2xx.
+    async fn post(
+        &self,
+        endpoint: &'static str,
+        order_id: Uuid,
+        path: &str,
+        body: &impl Serialize,
+        idempotency_key: Uuid,
+    ) -> Result<(Option<String>, Vec<u8>), OmError> {
         let response = self
             .http
-            .post(format!("{}/captures", self.order_url(order_id)))
+            .post(format!("{}/{path}", self.order_url(order_id)))
             .header(header::AUTHORIZATION, &self.authorization)
             .header(IDEMPOTENCY_HEADER, idempotency_key.to_string())
-            .json(&CaptureRequest {
-                captured_amount: amount,
-                reference,
-            })
+            .json(body)
             .send()
             .await
-            .map_err(|e| transport_error(CAPTURE, e))?;
-        let response = check_status(CAPTURE, response).await?;
+            .map_err(|e| transport_error(endpoint, e))?;
+        let response = check_status(endpoint, response).await?;
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -125,19 +226,29 @@ impl OmClient {
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(CAPTURE, e))?;
-        match serde_json::from_slice::<Capture>(&body) {
-            Ok(capture) => Ok(capture),
-            // The capture id is also the last segment of Location.
-            Err(e) => location
-                .and_then(|l| l.rsplit('/').next().map(str::to_owned))
-                .filter(|id| !id.is_empty())
-                .map(|capture_id| Capture { capture_id })
-                .ok_or(OmError::Body {
-                    endpoint: CAPTURE,
-                    message: e.to_string(),
-                }),
-        }
+            .map_err(|e| transport_error(endpoint, e))?;
+        Ok((location, body.to_vec()))
+    }
+}
+
+/// The created resource of a 201: from its JSON body, else the last segment of
+/// `Location` (which names it too).
+fn created<T: serde::de::DeserializeOwned>(
+    endpoint: &'static str,
+    location: Option<String>,
+    body: &[u8],
+    from_id: impl FnOnce(String) -> T,
+) -> Result<T, OmError> {
+    match serde_json::from_slice::<T>(body) {
+        Ok(created) => Ok(created),
+        Err(e) => location
+            .and_then(|l| l.rsplit('/').next().map(str::to_owned))
+            .filter(|id| !id.is_empty())
+            .map(from_id)
+            .ok_or(OmError::Body {
+                endpoint,
+                message: e.to_string(),
+            }),
     }
 }
 

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config, http, kafka::consumer, kafka::dead_letters::DeadLetters, ledger, metrics, om,
-    retry, worker, Error,
+    api, command::CommandLog, config::Config, http, kafka::consumer,
+    kafka::dead_letters::DeadLetters, ledger, metrics, om, retry, worker, Error,
 };
 
 /// Applies the ledger migrations and returns.
@@ -28,6 +28,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    config.check().map_err(Error::Config)?;
     let pool = ipp_service::postgres::connect(&config.database, None).await?;
     if config.migrate {
         ledger::migrate(&pool).await?;
@@ -44,6 +45,19 @@ pub async fn run(
     if config.kustom_api_key.expose().is_empty() {
         warn!("KUSTOM_API_KEY is empty: Order Management will answer 401");
     }
+    let tokens = api::Tokens::new(&config.api_tokens).map_err(Error::Config)?;
+    let api = if tokens.is_empty() {
+        info!("no ACTIONS_API_TOKENS: the commands API is off");
+        None
+    } else {
+        Some(Arc::new(api::Api {
+            pool: pool.clone(),
+            log: CommandLog::new(&config)?,
+            tokens,
+            metrics: metrics.clone(),
+            retry_after_secs: config.api_retry_after_secs,
+        }))
+    };
     let wake = Arc::new(Notify::new());
     let consumer_ready = Readiness::default();
     let consumer = consumer::ActionConsumer::new(
@@ -77,6 +91,7 @@ pub async fn run(
             metrics: metrics.clone(),
             consumer_ready: consumer_ready.clone(),
         },
+        api.clone(),
         http_stop.clone(),
     ));
     let gauges = tokio::spawn(update_gauges(
@@ -87,7 +102,9 @@ pub async fn run(
     info!(
         topic = %config.ipp_topic,
         group = %config.group,
-        on_finalized = ?config.on_finalized,
+        capture_policy = ?config.capture_policy(),
+        commands_topic = %config.commands_topic,
+        commands_api = api.is_some(),
         kustom_api_url = %config.kustom_api_url,
         "ipp-actions started"
     );
@@ -104,6 +121,11 @@ pub async fn run(
     match http.await {
         Ok(result) => result?,
         Err(e) => warn!(error = %e, "http server task ended abnormally"),
+    }
+    if let Some(api) = &api {
+        if let Err(e) = api.log.flush(config.shutdown_timeout()) {
+            warn!(error = %e, "command producer flush incomplete at shutdown");
+        }
     }
     pool.close().await;
     info!("ipp-actions stopped");

@@ -15,6 +15,7 @@
 //! had already sent carries the same idempotency key.
 
 mod lease;
+mod operations;
 
 use std::{
     collections::HashMap,
@@ -144,7 +145,8 @@ impl Worker {
                 let span = tracing::info_span!(
                     "action",
                     order_id = %action.order_id,
-                    session_id = %action.session_id,
+                    session_id = ?action.session_id,
+                    command_id = ?action.command_id,
                     action = %action.action,
                     attempt = action.attempts,
                 );
@@ -249,10 +251,7 @@ impl Worker {
                         action,
                         hold,
                         Status::Failed,
-                        Outcome {
-                            reason: Some(reason),
-                            ..outcome
-                        },
+                        failure(&e, reason),
                         Some("exhausted"),
                     )
                     .await;
@@ -289,86 +288,6 @@ impl Worker {
         }
     }
 
-    /// One execution: read the order, decide, capture.
-    async fn attempt(&self, action: &Action, hold: &Hold) -> Attempt {
-        let amount = match (action.capture_requested_at, action.requested_amount) {
-            // A capture was already sent (its answer may have been lost): send the very
-            // same request again; the key makes Kustom replay the first answer.
-            (Some(_), Some(amount)) => amount,
-            _ => {
-                let order = match self
-                    .call(hold, om::GET_ORDER, || self.om.get_order(action.order_id))
-                    .await
-                {
-                    Ok(order) => order,
-                    Err(CallError::Lost) => return Attempt::Lost,
-                    Err(CallError::Om(e)) => return permanent_or_retry(e),
-                };
-                if order.is_closed() {
-                    return Attempt::Done(
-                        Status::Failed,
-                        Outcome {
-                            reason: Some(format!("order is {}", order.status)),
-                            last_status_code: Some(200),
-                            ..Outcome::default()
-                        },
-                    );
-                }
-                if order.remaining_authorized_amount <= 0 {
-                    return Attempt::Done(
-                        Status::Skipped,
-                        Outcome {
-                            reason: Some(format!(
-                                "already captured (status {}, captured_amount {})",
-                                order.status, order.captured_amount
-                            )),
-                            last_status_code: Some(200),
-                            ..Outcome::default()
-                        },
-                    );
-                }
-                // Durable before the call: a crash after this point resumes by re-sending.
-                match ledger::capture_requested(
-                    &self.pool,
-                    action.order_id,
-                    &action.action,
-                    hold.token(),
-                    order.remaining_authorized_amount,
-                )
-                .await
-                {
-                    Ok(Some(amount)) => amount,
-                    Ok(None) => return Attempt::Lost,
-                    Err(e) => return Attempt::Ledger(e),
-                }
-            }
-        };
-        let reference = action.session_id.to_string();
-        let result = self
-            .call(hold, om::CAPTURE, || {
-                self.om
-                    .capture(action.order_id, amount, &reference, action.idempotency_key)
-            })
-            .await;
-        match result {
-            Ok(capture) => {
-                info!(capture_id = %capture.capture_id, amount, "captured");
-                Attempt::Done(
-                    Status::Succeeded,
-                    Outcome {
-                        reason: None,
-                        capture_id: Some(capture.capture_id),
-                        captured_amount: Some(amount),
-                        last_status_code: Some(201),
-                        last_error: None,
-                    },
-                )
-            }
-            Err(CallError::Lost) => Attempt::Lost,
-            Err(CallError::Om(e)) => permanent_or_retry(e),
-        }
-    }
-
     /// One Order Management call with its in-place retries, each sent only while the
     /// claim is provably this worker's.
     async fn call<T, F, Fut>(
@@ -393,8 +312,7 @@ impl Worker {
                 .with_label_values(&[endpoint])
                 .observe(started.elapsed().as_secs_f64());
             let status = match &result {
-                Ok(_) if endpoint == om::CAPTURE => "201".to_owned(),
-                Ok(_) => "200".to_owned(),
+                Ok(_) => om::success_status(endpoint).to_owned(),
                 Err(e) => e.label(),
             };
             self.metrics
@@ -495,15 +413,18 @@ fn permanent_or_retry(e: OmError) -> Attempt {
     if e.is_retryable() || e.status_code() == Some(401) {
         return Attempt::Retry(e);
     }
-    Attempt::Done(
-        Status::Failed,
-        Outcome {
-            reason: Some(e.reason()),
-            last_status_code: e.status_code().map(i32::from),
-            last_error: Some(e.to_string()),
-            ..Outcome::default()
-        },
-    )
+    Attempt::Done(Status::Failed, failure(&e, e.reason()))
+}
+
+/// The outcome of an action that ends `failed` because of `e`.
+fn failure(e: &OmError, reason: String) -> Outcome {
+    Outcome {
+        reason: Some(reason),
+        error_code: e.error_code().map(str::to_owned),
+        last_status_code: e.status_code().map(i32::from),
+        last_error: Some(e.to_string()),
+        ..Outcome::default()
+    }
 }
 
 fn reap(

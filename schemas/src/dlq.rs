@@ -67,9 +67,21 @@ pub fn route_error_reason(headers: Option<&impl Headers>) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedActionRecord {
     pub order_id: Uuid,
-    /// The action kind (`capture`).
+    /// The action: `capture` (the automatic capture of a finalized session) or
+    /// `{kind}:{command_id}` (a merchant's command).
     pub action: String,
-    pub session_id: Uuid,
+    /// The finalized session behind an automatic capture; `None` for a command.
+    pub session_id: Option<Uuid>,
+    /// The command, for an action that came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// `capture`, `refund`, `cancel` or `release_remaining_authorization`; absent in
+    /// records written before commands existed (they are captures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Order Management's `error_code` of a refusal, e.g. `REFUND_NOT_ALLOWED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     pub merchant_id: Option<String>,
     pub event_id: String,
     pub status: FailedStatus,
@@ -130,7 +142,10 @@ mod tests {
         FailedActionRecord {
             order_id: Uuid::from_u128(1),
             action: "capture".into(),
-            session_id: Uuid::from_u128(2),
+            session_id: Some(Uuid::from_u128(2)),
+            command_id: None,
+            kind: None,
+            error_code: None,
             merchant_id: Some("M1".into()),
             event_id: "kevt_1".into(),
             status: FailedStatus::Failed,

@@ -3,12 +3,14 @@
 //! minimal routing view the ingest service needs, and the Kafka record format that the
 //! ingest service writes and every consumer reads.
 
+pub mod command;
 pub mod dlq;
 pub mod event;
 pub mod record;
 pub mod route;
 pub mod topics;
 
+pub use command::{Command, CommandKind};
 pub use dlq::{DlqService, FailedActionRecord};
 pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
 pub use record::{RecordHeaders, RecordHeadersError};

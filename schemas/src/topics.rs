@@ -4,6 +4,8 @@
 pub const IPP_EVENTS: &str = "ipp.events";
 /// Every other Kustom event that arrives on the webhook endpoint, keyed by event id.
 pub const KUSTOM_EVENTS: &str = "kustom.events";
+/// Money commands for ipp-actions (capture, refund, cancel, release), keyed by order id.
+pub const IPP_COMMANDS: &str = "ipp.commands";
 /// Records from `ipp.events` the projector could not apply.
 pub const IPP_EVENTS_DLQ: &str = "ipp.events.dlq";
 /// Actions that exhausted their retries or failed permanently.

@@ -158,7 +158,8 @@ impl Stack {
                 url: &sim_url,
                 api_key: API_KEY,
             },
-        );
+        )
+        .await;
         actions.listen = loopback(free_port());
 
         let spec = |name: &'static str,

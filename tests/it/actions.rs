@@ -16,7 +16,7 @@ use ipp_tests::{
         Row,
     },
     eventually::eventually,
-    inprocess::{add_properties, with_on_finalized},
+    inprocess::add_properties,
     kafka,
     produce::Producer,
     unique_name,
@@ -433,12 +433,14 @@ async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn policy_none_records_skipped_actions_and_calls_nothing() {
+async fn the_deprecated_policy_none_records_skipped_actions_and_calls_nothing() {
     let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(5);
     fx.produce(&finals).await;
     let actions = fx.start_actions(&unique_name("actions"), |config| {
-        *config = with_on_finalized(config.clone(), ipp_actions::OnFinalized::None)
+        // ACTIONS_ON_FINALIZED=none, as deployments before ACTIONS_CAPTURE_POLICY set it.
+        config.capture_policy = None;
+        config.on_finalized = Some(ipp_actions::OnFinalized::None);
     });
     fx.wait_for_count("skipped", 5, Duration::from_secs(60))
         .await;

@@ -564,7 +564,8 @@ async fn each_poison_case_is_parked_with_its_reason_by_both_consumers_and_the_pa
             url: &sim.url,
             api_key: API_KEY,
         },
-    );
+    )
+    .await;
     let actions_env = config.env();
     let actions = TestActions::spawn(config);
 

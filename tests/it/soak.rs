@@ -110,17 +110,20 @@ async fn consumers_that_started_during_a_broker_outage_consume_once_it_is_back()
         database.url(),
         &unique_name("soak_outage_projector"),
     ));
-    let _actions = TestActions::spawn(actions_config(
-        &brokers,
-        &topic,
-        &actions_dlq,
-        database.url(),
-        &unique_name("soak_outage_actions"),
-        OrderManagement {
-            url: &sim.url,
-            api_key: "kco_test_outage",
-        },
-    ));
+    let _actions = TestActions::spawn(
+        actions_config(
+            &brokers,
+            &topic,
+            &actions_dlq,
+            database.url(),
+            &unique_name("soak_outage_actions"),
+            OrderManagement {
+                url: &sim.url,
+                api_key: "kco_test_outage",
+            },
+        )
+        .await,
+    );
     // Long enough an outage for librdkafka to queue dozens of reconnect errors.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let broker = tokio::task::spawn_blocking(move || {

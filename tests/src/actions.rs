@@ -16,7 +16,10 @@ use crate::{
     cli,
     db::TestDatabase,
     eventually::eventually,
-    inprocess::{actions_config, om_sim_config, OrderManagement, Running, TestActions},
+    inprocess::{
+        actions_config_with_topics, commands_topic_of, om_sim_config, OrderManagement, Running,
+        TestActions,
+    },
     kafka,
     om_sim::OmSim,
     process::{ChildConfig, Service},
@@ -62,6 +65,7 @@ impl Fixture {
             dlq_topic,
             database,
         } = Wiring::create(partitions, "ipp_actions_dlq").await;
+        kafka::create_named_topic(&brokers, &commands_topic_of(&topic), partitions).await;
         let pool = database.pool().await;
         let mut sim_config = om_sim_config(API_KEY);
         sim(&mut sim_config);
@@ -85,7 +89,7 @@ impl Fixture {
         group: &str,
         configure: impl FnOnce(&mut ipp_actions::Config),
     ) -> ipp_actions::Config {
-        let mut config = actions_config(
+        let mut config = actions_config_with_topics(
             &self.brokers,
             &self.topic,
             &self.dlq_topic,

@@ -77,17 +77,20 @@ impl Stack {
             database_url,
             &unique_name("faults_projector"),
         ));
-        let actions = TestActions::spawn(actions_config(
-            brokers,
-            &ipp_topic,
-            &actions_dlq,
-            database_url,
-            &unique_name("faults_actions"),
-            OrderManagement {
-                url: &sim.url,
-                api_key: API_KEY,
-            },
-        ));
+        let actions = TestActions::spawn(
+            actions_config(
+                brokers,
+                &ipp_topic,
+                &actions_dlq,
+                database_url,
+                &unique_name("faults_actions"),
+                OrderManagement {
+                    url: &sim.url,
+                    api_key: API_KEY,
+                },
+            )
+            .await,
+        );
         Self {
             brokers: brokers.to_owned(),
             ipp_topic,

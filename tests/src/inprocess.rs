@@ -342,10 +342,29 @@ pub struct OrderManagement<'a> {
     pub api_key: &'a str,
 }
 
-/// `ipp-actions` consuming `topic` as consumer group `group`, its ledger in
-/// `database_url`, failed actions to `dlq_topic`, capturing through `om`. Retry and
-/// timeout settings are the production defaults; tests shorten what they need.
-pub fn actions_config(
+/// `ipp-actions` consuming `topic` and its commands topic ([`commands_topic_of`], created
+/// here when missing) as consumer group `group`, its ledger in `database_url`, failed
+/// actions to `dlq_topic`, capturing through `om`. Retry and timeout settings are the
+/// production defaults; tests shorten what they need.
+pub async fn actions_config(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    database_url: &str,
+    group: &str,
+    om: OrderManagement<'_>,
+) -> ipp_actions::Config {
+    crate::kafka::ensure_topic(brokers, &commands_topic_of(topic), 2).await;
+    actions_config_with_topics(brokers, topic, dlq_topic, database_url, group, om)
+}
+
+/// The commands topic that goes with the test's event topic `topic`.
+pub fn commands_topic_of(topic: &str) -> String {
+    format!("{topic}.commands")
+}
+
+/// [`actions_config`] for a commands topic that already exists.
+pub fn actions_config_with_topics(
     brokers: &str,
     topic: &str,
     dlq_topic: &str,
@@ -356,10 +375,12 @@ pub fn actions_config(
     let mut config = ipp_actions::cli::Cli::try_parse_from(["ipp-actions"])
         .expect("defaults")
         .config;
-    config.on_finalized = ipp_actions::OnFinalized::Capture;
+    config.capture_policy = Some(ipp_actions::CapturePolicy::OnFinalized);
+    config.on_finalized = None;
     config.kafka = kafka(brokers);
     config.database = database(database_url);
     config.ipp_topic = topic.to_owned();
+    config.commands_topic = commands_topic_of(topic);
     config.dlq_topic = dlq_topic.to_owned();
     config.group = group.to_owned();
     config.kustom_api_url = om.url.to_owned();
@@ -368,12 +389,12 @@ pub fn actions_config(
     config
 }
 
-/// `config` with another policy for finalized sessions.
-pub fn with_on_finalized(
+/// `config` with another capture policy.
+pub fn with_capture_policy(
     mut config: ipp_actions::Config,
-    policy: ipp_actions::OnFinalized,
+    policy: ipp_actions::CapturePolicy,
 ) -> ipp_actions::Config {
-    config.on_finalized = policy;
+    config.capture_policy = Some(policy);
     config
 }
 

@@ -86,7 +86,8 @@ impl Pipeline {
                 url: &sim_url,
                 api_key: API_KEY,
             },
-        );
+        )
+        .await;
         actions_config.retry_min_delay_ms = 200;
         let actions = TestActions::spawn(actions_config);
         Self {

@@ -457,8 +457,13 @@ impl ChildConfig for ipp_actions::Config {
             listen,
             ipp_topic,
             dlq_topic,
+            commands_topic,
             group,
+            capture_policy,
             on_finalized,
+            api_tokens,
+            api_produce_timeout_ms,
+            api_retry_after_secs,
             kustom_api_url,
             kustom_api_key,
             http_timeout_ms,
@@ -483,7 +488,23 @@ impl ChildConfig for ipp_actions::Config {
             ("IPP_TOPIC", ipp_topic.clone()),
             ("ACTIONS_DLQ_TOPIC", dlq_topic.clone()),
             ("ACTIONS_GROUP", group.clone()),
-            ("ACTIONS_ON_FINALIZED", value_name(on_finalized)),
+            ("ACTIONS_COMMANDS_TOPIC", commands_topic.clone()),
+            (
+                "ACTIONS_API_TOKENS",
+                api_tokens
+                    .iter()
+                    .map(|t| t.expose())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "ACTIONS_API_PRODUCE_TIMEOUT_MS",
+                api_produce_timeout_ms.to_string(),
+            ),
+            (
+                "ACTIONS_API_RETRY_AFTER_SECS",
+                api_retry_after_secs.to_string(),
+            ),
             ("KUSTOM_API_URL", kustom_api_url.clone()),
             ("KUSTOM_API_KEY", kustom_api_key.expose().to_owned()),
             ("ACTIONS_HTTP_TIMEOUT_MS", http_timeout_ms.to_string()),
@@ -512,6 +533,13 @@ impl ChildConfig for ipp_actions::Config {
             ("ACTIONS_MIGRATE", migrate.to_string()),
             log_env(log),
         ];
+        // Unset is not the same as any value: these two have no default.
+        if let Some(policy) = capture_policy {
+            env.push(("ACTIONS_CAPTURE_POLICY", value_name(policy)));
+        }
+        if let Some(policy) = on_finalized {
+            env.push(("ACTIONS_ON_FINALIZED", value_name(policy)));
+        }
         env.extend(kafka_env(kafka));
         env.extend(database_env(database));
         env

@@ -9,7 +9,10 @@ use ipp_service::ListenArgs;
 use crate::{
     db::{self, TestDatabase},
     free_port,
-    inprocess::{actions_config, ingest_config, projector_config, OrderManagement},
+    inprocess::{
+        actions_config_with_topics, commands_topic_of, ingest_config, projector_config,
+        OrderManagement,
+    },
     kafka,
     om_sim::OmSim,
     process::{wait_for_tcp, ChildConfig, Service},
@@ -41,8 +44,10 @@ impl Processes {
     pub async fn start() -> Self {
         let brokers = kafka::brokers();
         let sim = OmSim::start(API_KEY);
+        let ipp_topic = kafka::create_topic(&brokers, "e2e_ipp", 4).await;
+        kafka::create_named_topic(&brokers, &commands_topic_of(&ipp_topic), 4).await;
         Self {
-            ipp_topic: kafka::create_topic(&brokers, "e2e_ipp", 4).await,
+            ipp_topic,
             other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
             ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
             actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
@@ -98,7 +103,7 @@ impl Processes {
     }
 
     pub fn actions(&self) -> Service {
-        let mut config = actions_config(
+        let mut config = actions_config_with_topics(
             &self.brokers,
             &self.ipp_topic,
             &self.actions_dlq,

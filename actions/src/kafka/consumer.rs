@@ -8,8 +8,10 @@
 //! and a fresh consumer group never create a second action. This loop never calls Order
 //! Management: the worker pool does, so a slow or failing order cannot hold a partition.
 //!
-//! Only finalized events make a row; every other `ipp.*` type, unknown ones included,
-//! is passed over. A record it cannot use (marked `ipp-route-error` by ingest, not a
+//! It consumes two topics. On `ipp.events` only finalized events make a row (the
+//! automatic capture, or a `skipped` row under the on-command capture policy); every other
+//! `ipp.*` type, unknown ones included, is passed over. On the commands topic every
+//! command makes one row, whatever its redeliveries. A record it cannot use (marked `ipp-route-error` by ingest, not a
 //! parseable `ipp.*` event, a row PostgreSQL refuses) is parked in the DLQ with the
 //! reason, and the partition goes on.
 
@@ -19,7 +21,7 @@ use backon::{ExponentialBuilder, Retryable};
 use ipp_schemas::{
     dlq::route_error_reason,
     record::{header, header_str},
-    IppEvent, IppEventKind,
+    Command, CommandKind, IppEvent, IppEventKind,
 };
 use ipp_service::{error_chain, probe::Readiness};
 use rdkafka::{
@@ -33,8 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use super::{client_config, dead_letters::DeadLetters, CLIENT_ID};
 use crate::{
-    config::{Config, OnFinalized},
-    ledger::{self, NewAction},
+    config::{CapturePolicy, Config},
+    ledger::{self, CommandFields, NewAction},
     metrics::Metrics,
     Error,
 };
@@ -45,7 +47,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ActionConsumer {
     consumer: StreamConsumer,
     topic: String,
-    on_finalized: OnFinalized,
+    commands_topic: String,
+    capture_policy: CapturePolicy,
     pool: PgPool,
     dlq: Arc<DeadLetters>,
     metrics: Arc<Metrics>,
@@ -68,7 +71,8 @@ impl ActionConsumer {
         Ok(Self {
             consumer,
             topic: config.ipp_topic.clone(),
-            on_finalized: config.on_finalized,
+            commands_topic: config.commands_topic.clone(),
+            capture_policy: config.capture_policy(),
             pool,
             dlq,
             metrics,
@@ -76,18 +80,25 @@ impl ActionConsumer {
         })
     }
 
-    /// Consumes until `shutdown`. Subscribes only once the event topic and the
-    /// dead-letter topic exist (not ready until then).
+    /// Consumes until `shutdown`. Subscribes only once the event topic, the commands
+    /// topic and the dead-letter topic exist (not ready until then).
     pub async fn run(self, ready: Readiness, shutdown: CancellationToken) {
-        let topics = vec![self.topic.clone(), self.dlq.topic().to_owned()];
+        let topics = vec![
+            self.topic.clone(),
+            self.commands_topic.clone(),
+            self.dlq.topic().to_owned(),
+        ];
         if !ipp_service::kafka::wait_for_topics(self.dlq.producer(), topics, &shutdown).await {
             return;
         }
-        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
-            error!(error = %e, topic = %self.topic, "cannot subscribe");
+        if let Err(e) = self
+            .consumer
+            .subscribe(&[&self.topic, &self.commands_topic])
+        {
+            error!(error = %e, topic = %self.topic, commands_topic = %self.commands_topic, "cannot subscribe");
             return;
         }
-        info!(topic = %self.topic, "consuming");
+        info!(topic = %self.topic, commands_topic = %self.commands_topic, "consuming");
         ready.set(true);
         loop {
             let message = tokio::select! {
@@ -132,40 +143,18 @@ impl ActionConsumer {
 
     /// Makes the record's effect durable. Returns false only when shutdown interrupted it.
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
-        // A body ingest could not route is parked with ingest's reason, even if it parses.
-        let parsed = match route_error_reason(message.headers()) {
-            Some(reason) => Err(reason),
-            None => {
-                IppEvent::parse(message.payload().unwrap_or_default()).map_err(|e| e.to_string())
+        let new = if message.topic() == self.commands_topic {
+            self.command_action(message)
+        } else {
+            self.event_action(message)
+        };
+        let new = match new {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                self.metrics.records.with_label_values(&["ignored"]).inc();
+                return true;
             }
-        };
-        let event = match parsed {
-            Ok(event) => event,
             Err(reason) => return self.park(message, &reason, shutdown).await,
-        };
-        if event.kind != IppEventKind::SessionFinalized {
-            self.metrics.records.with_label_values(&["ignored"]).inc();
-            return true;
-        }
-        let order_id = event
-            .order_id()
-            .expect("parse guarantees finalized events name their order");
-        let merchant_id = event.envelope.merchant_id.clone().or_else(|| {
-            message
-                .headers()
-                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
-        });
-        let new = NewAction {
-            order_id,
-            action: ledger::CAPTURE,
-            session_id: event.session_id(),
-            merchant_id,
-            event_id: event.id().to_owned(),
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            skip_reason: (self.on_finalized == OnFinalized::None)
-                .then(|| "policy: ACTIONS_ON_FINALIZED=none".to_owned()),
         };
         let recorded = (|| ledger::record(&self.pool, &new))
             .retry(forever())
@@ -186,19 +175,97 @@ impl ActionConsumer {
         };
         if inserted {
             info!(
-                order_id = %order_id,
-                session_id = %new.session_id,
+                order_id = %new.order_id,
+                action = %new.action,
+                session_id = ?new.session_id,
                 event_id = %new.event_id,
                 skipped = new.skip_reason.is_some(),
                 "action recorded"
             );
             self.metrics.records.with_label_values(&["recorded"]).inc();
             self.wake.notify_one();
-        } else {
-            debug!(order_id = %order_id, event_id = %new.event_id, "action already recorded");
-            self.metrics.records.with_label_values(&["duplicate"]).inc();
+            return true;
         }
+        if let Some(fields) = &new.command {
+            // Redelivered, replayed, or appended twice by a client's retry: all the same
+            // command. Another command under an id already taken is parked, not dropped.
+            let conflict = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                conflict = self.command_conflict(&new, fields) => conflict,
+            };
+            if let Some(reason) = conflict {
+                return self.park(message, &reason, shutdown).await;
+            }
+        }
+        debug!(order_id = %new.order_id, action = %new.action, "action already recorded");
+        self.metrics.records.with_label_values(&["duplicate"]).inc();
         true
+    }
+
+    /// The row a finalized session makes; `None` for every other event.
+    fn event_action(&self, message: &BorrowedMessage<'_>) -> Result<Option<NewAction>, String> {
+        // A body ingest could not route is parked with ingest's reason, even if it parses.
+        if let Some(reason) = route_error_reason(message.headers()) {
+            return Err(reason);
+        }
+        let event =
+            IppEvent::parse(message.payload().unwrap_or_default()).map_err(|e| e.to_string())?;
+        if event.kind != IppEventKind::SessionFinalized {
+            return Ok(None);
+        }
+        let order_id = event
+            .order_id()
+            .expect("parse guarantees finalized events name their order");
+        let merchant_id = event.envelope.merchant_id.clone().or_else(|| {
+            message
+                .headers()
+                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
+        });
+        Ok(Some(NewAction {
+            order_id,
+            action: ledger::CAPTURE.to_owned(),
+            kind: CommandKind::Capture,
+            session_id: Some(event.session_id()),
+            merchant_id,
+            event_id: event.id().to_owned(),
+            command: None,
+            source_topic: message.topic().to_owned(),
+            source_partition: message.partition(),
+            source_offset: message.offset(),
+            skip_reason: (self.capture_policy == CapturePolicy::OnCommand)
+                .then(|| "capture policy on-command: the merchant captures by command".to_owned()),
+        }))
+    }
+
+    /// The row of a command record.
+    fn command_action(&self, message: &BorrowedMessage<'_>) -> Result<Option<NewAction>, String> {
+        let command = Command::parse(message.payload().unwrap_or_default())
+            .map_err(|e| format!("unusable command: {e}"))?;
+        Ok(Some(NewAction::command(
+            &command,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        )))
+    }
+
+    /// Why a command record whose id the ledger already holds is not a redelivery of
+    /// that command; `None` when it is.
+    async fn command_conflict(&self, new: &NewAction, fields: &CommandFields) -> Option<String> {
+        let recorded = (|| ledger::recorded_command(&self.pool, fields.command_id))
+            .retry(forever())
+            .notify(|e, d| error!(error = %e, retry_in = ?d, "ledger read failed; retrying"))
+            .await
+            .ok()
+            .flatten()?;
+        let (order_id, kind, recorded) = recorded;
+        let same = order_id == new.order_id && kind == new.kind.as_str() && recorded == *fields;
+        (!same).then(|| {
+            format!(
+                "command id {} is already recorded for another command ({kind} of order {order_id})",
+                fields.command_id
+            )
+        })
     }
 
     /// Parks a record this service cannot use in its dead-letter topic, retrying until

@@ -12,6 +12,6 @@ use crate::config::Config;
 pub const CLIENT_ID: &str = "ipp-actions";
 
 /// A client of the service: `settings`, then the operator's `KAFKA_PROPERTIES`.
-fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
+pub(crate) fn client_config(config: &Config, settings: &[(&str, &str)]) -> ClientConfig {
     ipp_service::kafka::client_config(&config.kafka, CLIENT_ID, settings)
 }

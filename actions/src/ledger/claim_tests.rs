@@ -48,10 +48,12 @@ async fn record_one(pool: &PgPool) -> Uuid {
     let order_id = Uuid::new_v4();
     let new = NewAction {
         order_id,
-        action: CAPTURE,
-        session_id: Uuid::new_v4(),
+        action: CAPTURE.into(),
+        kind: CommandKind::Capture,
+        session_id: Some(Uuid::new_v4()),
         merchant_id: None,
         event_id: format!("kevt_{}", Uuid::new_v4().simple()),
+        command: None,
         source_topic: "ipp.events".into(),
         source_partition: 0,
         source_offset: 0,
@@ -258,6 +260,125 @@ async fn concurrent_claims_never_share_an_action() {
         let distinct: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(all.len(), 60, "every action claimed");
         assert_eq!(distinct.len(), 60, "no action claimed twice");
+    })
+    .await;
+}
+
+fn refund_command(order_id: Uuid, amount: i64) -> NewAction {
+    let command = Command {
+        command_id: Uuid::new_v4(),
+        order_id,
+        kind: CommandKind::Refund,
+        amount: Some(amount),
+        reference: None,
+        description: None,
+        issued_by: "test".into(),
+        idempotency_key: None,
+        issued_at: Utc::now(),
+    };
+    NewAction::command(&command, "ipp.commands", 0, 1)
+}
+
+#[tokio::test]
+async fn an_orders_actions_run_one_at_a_time_in_the_order_they_were_recorded() {
+    with_database(|pool| async move {
+        let order_id = record_one(&pool).await;
+        let refund = refund_command(order_id, 100);
+        assert!(record(&pool, &refund).await.unwrap());
+        let later = refund_command(order_id, 200);
+        assert!(record(&pool, &later).await.unwrap());
+        // Another order's action is not held up by this one.
+        let other = record_one(&pool).await;
+
+        let claimed = claim_due(&pool, 10, LEASE).await.unwrap();
+        let mut actions: Vec<_> = claimed
+            .iter()
+            .map(|a| (a.order_id, a.action.clone()))
+            .collect();
+        actions.sort();
+        let mut expected = vec![(order_id, CAPTURE.to_owned()), (other, CAPTURE.to_owned())];
+        expected.sort();
+        assert_eq!(
+            actions, expected,
+            "only the first action of each order is claimed"
+        );
+
+        // The capture failed to run and waits for a retry: the refund still waits behind it.
+        let capture = claimed.iter().find(|a| a.order_id == order_id).unwrap();
+        assert!(reschedule(
+            &pool,
+            order_id,
+            CAPTURE,
+            capture.claim_token,
+            Duration::ZERO,
+            None,
+            "503"
+        )
+        .await
+        .unwrap());
+        let again = claim_due(&pool, 10, LEASE).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].action, CAPTURE);
+
+        let done = Outcome::default();
+        assert!(finish(
+            &pool,
+            order_id,
+            CAPTURE,
+            again[0].claim_token,
+            Status::Succeeded,
+            &done
+        )
+        .await
+        .unwrap());
+        let next = claim_due(&pool, 10, LEASE).await.unwrap();
+        assert_eq!(next.len(), 1, "then the first refund, alone");
+        assert_eq!(next[0].action, refund.action);
+        assert_eq!(next[0].requested_amount, Some(100));
+        assert_eq!(next[0].kind, "refund");
+        // A refused refund ends `failed`: it does not block the one behind it.
+        assert!(finish(
+            &pool,
+            order_id,
+            &refund.action,
+            next[0].claim_token,
+            Status::Failed,
+            &done
+        )
+        .await
+        .unwrap());
+        let last = claim_due(&pool, 10, LEASE).await.unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].action, later.action);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_command_is_recorded_once_whatever_its_redeliveries() {
+    with_database(|pool| async move {
+        let order_id = Uuid::new_v4();
+        let refund = refund_command(order_id, 100);
+        assert!(record(&pool, &refund).await.unwrap());
+        assert!(!record(&pool, &refund).await.unwrap());
+        let fields = refund.command.clone().unwrap();
+        let (order, kind, recorded) = recorded_command(&pool, fields.command_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (order, kind.as_str(), recorded),
+            (order_id, "refund", fields.clone())
+        );
+        // The same command id for another order is not a second row either.
+        let mut elsewhere = refund.clone();
+        elsewhere.order_id = Uuid::new_v4();
+        assert!(!record(&pool, &elsewhere).await.unwrap());
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_actions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
     })
     .await;
 }

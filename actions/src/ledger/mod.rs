@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ipp_schemas::{Command, CommandKind};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -21,7 +22,14 @@ mod claim_tests;
 /// `https://github.com/ipp-pipeline/ipp-pipeline/ipp-actions`).
 pub const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x3d14a510_fabd_52f4_8d78_27913cea6615);
 
+/// The action of an order's automatic capture (one per order). A command's action is
+/// `{kind}:{command_id}` ([`command_action`]).
 pub const CAPTURE: &str = "capture";
+
+/// The ledger action of a command: one row, and one idempotency key, per command.
+pub fn command_action(kind: CommandKind, command_id: Uuid) -> String {
+    format!("{kind}:{command_id}")
+}
 
 /// The deterministic `Klarna-Idempotency-Key` of an action on an order.
 pub fn idempotency_key(action: &str, order_id: Uuid) -> Uuid {
@@ -54,10 +62,14 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct NewAction {
     pub order_id: Uuid,
-    pub action: &'static str,
-    pub session_id: Uuid,
+    pub action: String,
+    pub kind: CommandKind,
+    /// The finalized session of an automatic capture.
+    pub session_id: Option<Uuid>,
     pub merchant_id: Option<String>,
+    /// The webhook's event id, or a command's id.
     pub event_id: String,
+    pub command: Option<CommandFields>,
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
@@ -65,17 +77,56 @@ pub struct NewAction {
     pub skip_reason: Option<String>,
 }
 
+/// What a command adds to its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandFields {
+    pub command_id: Uuid,
+    pub amount: Option<i64>,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    pub issued_by: String,
+}
+
+impl NewAction {
+    /// The row of a command read from the commands topic.
+    pub fn command(command: &Command, topic: &str, partition: i32, offset: i64) -> Self {
+        Self {
+            order_id: command.order_id,
+            action: command_action(command.kind, command.command_id),
+            kind: command.kind,
+            session_id: None,
+            merchant_id: None,
+            event_id: command.command_id.to_string(),
+            command: Some(CommandFields {
+                command_id: command.command_id,
+                amount: command.amount,
+                reference: command.reference.clone(),
+                description: command.description.clone(),
+                issued_by: command.issued_by.clone(),
+            }),
+            source_topic: topic.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+            skip_reason: None,
+        }
+    }
+}
+
 /// One ledger row, as the worker sees it.
 #[derive(Debug, Clone)]
 pub struct Action {
     pub order_id: Uuid,
     pub action: String,
-    pub session_id: Uuid,
+    /// `capture`, `refund`, `cancel` or `release_remaining_authorization`.
+    pub kind: String,
+    pub command_id: Option<Uuid>,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    pub session_id: Option<Uuid>,
     pub merchant_id: Option<String>,
     pub event_id: String,
     pub attempts: i32,
     pub idempotency_key: Uuid,
-    pub capture_requested_at: Option<DateTime<Utc>>,
     pub requested_amount: Option<i64>,
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
@@ -91,6 +142,10 @@ pub struct Outcome {
     pub reason: Option<String>,
     pub capture_id: Option<String>,
     pub captured_amount: Option<i64>,
+    pub refund_id: Option<String>,
+    pub refunded_amount: Option<i64>,
+    /// Order Management's `error_code` of a refusal.
+    pub error_code: Option<String>,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
 }
@@ -104,39 +159,80 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(pool).await
 }
 
-/// Records an action once; a second call for the same (order, action) changes nothing.
-/// Returns whether a row was created.
+/// Records an action once; a second call for the same (order, action), or the same
+/// command id, changes nothing. Returns whether a row was created.
 pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error> {
     let status = if new.skip_reason.is_some() {
         Status::Skipped
     } else {
         Status::Pending
     };
+    let command = new.command.as_ref();
+    // A command's amount is fixed from the start: every attempt sends that amount.
+    let amount = command.and_then(|c| c.amount);
     let result = sqlx::query!(
-        "INSERT INTO ipp_actions (order_id, action, session_id, merchant_id, event_id, status, \
-             reason, idempotency_key, source_topic, source_partition, source_offset) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (order_id, action) DO NOTHING",
+        "INSERT INTO ipp_actions (order_id, action, kind, session_id, merchant_id, event_id, \
+             status, reason, idempotency_key, source_topic, source_partition, source_offset, \
+             command_id, requested_amount, reference, description, issued_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         ON CONFLICT DO NOTHING",
         new.order_id,
         new.action,
+        new.kind.as_str(),
         new.session_id,
         new.merchant_id,
         new.event_id,
         status.as_str(),
         new.skip_reason,
-        idempotency_key(new.action, new.order_id),
+        idempotency_key(&new.action, new.order_id),
         new.source_topic,
         new.source_partition,
         new.source_offset,
+        command.map(|c| c.command_id),
+        amount,
+        command.and_then(|c| c.reference.clone()),
+        command.and_then(|c| c.description.clone()),
+        command.map(|c| c.issued_by.clone()),
     )
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
 }
 
+/// What the ledger already holds for `command_id`: the fields a command record fixes, to
+/// tell a redelivery (the same fields) from a different command under a reused id.
+pub async fn recorded_command(
+    pool: &PgPool,
+    command_id: Uuid,
+) -> Result<Option<(Uuid, String, CommandFields)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT order_id, kind, command_id AS "command_id!", requested_amount, reference,
+             description, issued_by AS "issued_by!"
+         FROM ipp_actions WHERE command_id = $1"#,
+        command_id,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            r.order_id,
+            r.kind,
+            CommandFields {
+                command_id: r.command_id,
+                amount: r.requested_amount,
+                reference: r.reference,
+                description: r.description,
+                issued_by: r.issued_by,
+            },
+        )
+    }))
+}
+
 /// Takes up to `limit` due actions for this worker: each gets `attempts + 1`, a fresh
 /// `claim_token` and a lease (`next_attempt_at` moves `lease` ahead of the database's
-/// clock), so no other worker or replica takes it meanwhile. The worker keeps the lease
+/// clock), so no other worker or replica takes it meanwhile. An action whose order has an
+/// earlier action still pending waits for it: an order's actions run one at a time, in
+/// the order they were recorded. The worker keeps the lease
 /// with [`renew`]; if it dies, the action is due again when the lease runs out.
 pub async fn claim_due(
     pool: &PgPool,
@@ -147,12 +243,16 @@ pub async fn claim_due(
         Action,
         r#"UPDATE ipp_actions a SET attempts = a.attempts + 1, claim_token = gen_random_uuid(),
              next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
-         FROM (SELECT order_id, action FROM ipp_actions
-               WHERE status = 'pending' AND next_attempt_at <= now()
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+         FROM (SELECT d.order_id, d.action FROM ipp_actions d
+               WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+                 AND NOT EXISTS (SELECT 1 FROM ipp_actions e
+                                 WHERE e.order_id = d.order_id AND e.status = 'pending'
+                                   AND e.seq < d.seq)
+               ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE a.order_id = due.order_id AND a.action = due.action
-         RETURNING a.order_id, a.action, a.session_id, a.merchant_id, a.event_id,
-             a.attempts, a.idempotency_key, a.capture_requested_at, a.requested_amount,
+         RETURNING a.order_id, a.action, a.kind, a.command_id, a.reference, a.description,
+             a.session_id, a.merchant_id, a.event_id,
+             a.attempts, a.idempotency_key, a.requested_amount,
              a.source_topic, a.source_partition, a.source_offset, a.created_at,
              a.claim_token AS "claim_token!""#,
         limit,
@@ -220,8 +320,9 @@ pub async fn finish(
     let result = sqlx::query!(
         "UPDATE ipp_actions SET status = $4, reason = $5, \
              capture_id = coalesce($6, capture_id), captured_amount = coalesce($7, captured_amount), \
-             last_status_code = coalesce($8, last_status_code), last_error = $9, \
-             claim_token = NULL, updated_at = now() \
+             refund_id = coalesce($8, refund_id), refunded_amount = coalesce($9, refunded_amount), \
+             error_code = $10, last_status_code = coalesce($11, last_status_code), \
+             last_error = $12, claim_token = NULL, updated_at = now() \
          WHERE order_id = $1 AND action = $2 AND claim_token = $3 AND status = 'pending'",
         order_id,
         action,
@@ -230,6 +331,9 @@ pub async fn finish(
         outcome.reason,
         outcome.capture_id,
         outcome.captured_amount,
+        outcome.refund_id,
+        outcome.refunded_amount,
+        outcome.error_code,
         outcome.last_status_code,
         outcome.last_error,
     )

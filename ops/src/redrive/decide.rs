@@ -129,7 +129,10 @@ mod tests {
         let action = FailedActionRecord {
             order_id: uuid::Uuid::new_v4(),
             action: "capture".into(),
-            session_id: uuid::Uuid::new_v4(),
+            session_id: Some(uuid::Uuid::new_v4()),
+            command_id: None,
+            kind: None,
+            error_code: None,
             merchant_id: None,
             event_id: "kevt_1".into(),
             status: ipp_schemas::dlq::FailedStatus::Failed,
