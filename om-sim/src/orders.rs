@@ -80,6 +80,9 @@ pub struct Order {
     /// Seeded to refuse captures with 403 CAPTURE_NOT_ALLOWED although money remains
     /// authorized, as Kustom does for an order it has locked (for example in a dispute).
     pub refuse_captures: bool,
+    /// Fields left out of `GET …/orders/{order_id}`, to see how a client copes with an
+    /// answer that lacks what it needs.
+    pub omit_fields: Vec<String>,
     pub purchase_currency: String,
     pub captures: Vec<Capture>,
     pub refunds: Vec<Refund>,
@@ -114,6 +117,9 @@ pub struct Seed {
     pub missing: bool,
     #[serde(default)]
     pub refuse_captures: bool,
+    /// Fields to leave out of the order's GET answers, e.g. `remaining_authorized_amount`.
+    #[serde(default)]
+    pub omit_fields: Vec<String>,
 }
 
 /// Body of `POST …/captures`; fields the simulator does not use are accepted and ignored.
@@ -146,6 +152,7 @@ impl Order {
             released: false,
             missing: false,
             refuse_captures: false,
+            omit_fields: Vec::new(),
             purchase_currency: currency.to_owned(),
             captures: Vec::new(),
             refunds: Vec::new(),
@@ -162,6 +169,7 @@ impl Order {
         );
         order.missing = seed.missing;
         order.refuse_captures = seed.refuse_captures;
+        order.omit_fields = seed.omit_fields.clone();
         if let Some(amount) = seed.order_amount {
             if amount < 0 {
                 return Err(OmError::BadValue("order_amount must be >= 0".into()));

@@ -347,7 +347,15 @@ impl Sim {
             .or_insert_with(|| Order::authorized(order_id, currency));
         let base = format!("/ordermanagement/v1/orders/{order_id}");
         match operation {
-            Operation::GetOrder => Ok(Reply::json(StatusCode::OK, to_json(&order.get()?))),
+            Operation::GetOrder => {
+                let mut view = to_json(&order.get()?);
+                if let Some(fields) = view.as_object_mut() {
+                    for omitted in &order.omit_fields {
+                        fields.remove(omitted);
+                    }
+                }
+                Ok(Reply::json(StatusCode::OK, view))
+            }
             Operation::GetCapture(capture_id) => {
                 order.get()?;
                 let capture = order
