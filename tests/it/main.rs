@@ -4,6 +4,7 @@
 
 mod actions;
 mod bench_smoke;
+mod commands;
 mod db_outage;
 mod end_to_end;
 mod failover;

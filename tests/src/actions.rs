@@ -47,6 +47,7 @@ pub fn expected_key(order_id: Uuid) -> Uuid {
 pub struct Fixture {
     pub brokers: String,
     pub topic: String,
+    pub commands_topic: String,
     pub dlq_topic: String,
     pub pool: PgPool,
     pub sim: OmSim,
@@ -65,7 +66,8 @@ impl Fixture {
             dlq_topic,
             database,
         } = Wiring::create(partitions, "ipp_actions_dlq").await;
-        kafka::create_named_topic(&brokers, &commands_topic_of(&topic), partitions).await;
+        let commands_topic = commands_topic_of(&topic);
+        kafka::create_named_topic(&brokers, &commands_topic, partitions).await;
         let pool = database.pool().await;
         let mut sim_config = om_sim_config(API_KEY);
         sim(&mut sim_config);
@@ -74,6 +76,7 @@ impl Fixture {
         Self {
             brokers,
             topic,
+            commands_topic,
             dlq_topic,
             pool,
             sim,

@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod cli;
+pub mod commands;
 pub mod db;
 pub mod eventually;
 pub mod faults;
