@@ -120,7 +120,12 @@ impl OmClient {
             .await
             .map_err(|e| transport_error(GET_ORDER, e))?;
         let response = check_status(GET_ORDER, response).await?;
-        response.json().await.map_err(|e| OmError::Body {
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(GET_ORDER, e))?;
+        // serde's message names the missing field; reqwest's `json()` would not.
+        serde_json::from_slice(&body).map_err(|e| OmError::Body {
             endpoint: GET_ORDER,
             message: e.to_string(),
         })

@@ -288,7 +288,7 @@ impl Fixture {
             assert_eq!(capture["reference"], json!(event.session_id.to_string()));
             let row = ledger.get(&order_id).expect("ledger row");
             assert_eq!(row.status, "succeeded", "{row:?}");
-            assert_eq!(row.session_id, event.session_id);
+            assert_eq!(row.session_id, Some(event.session_id));
             assert_eq!(row.idempotency_key, expected_key(order_id));
             assert_eq!(row.captured_amount, Some(amount));
             assert_eq!(row.capture_id.as_deref(), capture["capture_id"].as_str());
@@ -311,7 +311,8 @@ pub type Actions = Running<ipp_actions::Error>;
 #[allow(dead_code, reason = "fields are printed in assertion messages")]
 pub struct Row {
     pub order_id: Uuid,
-    pub session_id: Uuid,
+    /// `None` for a command.
+    pub session_id: Option<Uuid>,
     pub merchant_id: Option<String>,
     pub status: String,
     pub attempts: i32,

@@ -490,14 +490,6 @@ impl ChildConfig for ipp_actions::Config {
             ("ACTIONS_GROUP", group.clone()),
             ("ACTIONS_COMMANDS_TOPIC", commands_topic.clone()),
             (
-                "ACTIONS_API_TOKENS",
-                api_tokens
-                    .iter()
-                    .map(|t| t.expose())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            (
                 "ACTIONS_API_PRODUCE_TIMEOUT_MS",
                 api_produce_timeout_ms.to_string(),
             ),
@@ -539,6 +531,11 @@ impl ChildConfig for ipp_actions::Config {
         }
         if let Some(policy) = on_finalized {
             env.push(("ACTIONS_ON_FINALIZED", value_name(policy)));
+        }
+        // An empty list is not a value (an empty token is refused): leave it unset.
+        if !api_tokens.is_empty() {
+            let tokens: Vec<&str> = api_tokens.iter().map(|t| t.expose()).collect();
+            env.push(("ACTIONS_API_TOKENS", tokens.join(",")));
         }
         env.extend(kafka_env(kafka));
         env.extend(database_env(database));
