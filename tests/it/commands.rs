@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipp_tests::{
     actions::{finalized, Fixture},
     commands::{with_api, CommandsClient},
+    eventually::eventually,
     unique_name,
 };
 use serde_json::{json, Value};
@@ -323,4 +324,207 @@ async fn an_order_answer_without_remaining_authorized_amount_is_retried_then_par
         assert_eq!(order_now["effects"]["captures"], 0, "{order_now}");
     }
     actions.stop().await;
+}
+
+/// One order's story and what the simulator must show at the end.
+struct Story {
+    order: Uuid,
+    commands: Vec<(&'static str, String, Option<Value>)>,
+    captures: u64,
+    refunds: u64,
+    cancels: u64,
+    releases: u64,
+    status: &'static str,
+}
+
+fn stories(n: usize, finals: &[ipp_tests::actions::Event]) -> Vec<Story> {
+    finals
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, event)| {
+            let order = event.order_id.unwrap();
+            let key = |what: &str| format!("{what}-{order}");
+            match i % 3 {
+                // Capture in two parts, then two refunds.
+                0 => Story {
+                    order,
+                    commands: vec![
+                        ("captures", key("c1"), Some(json!({"amount": 500}))),
+                        ("captures", key("c2"), None),
+                        ("refunds", key("r1"), Some(json!({"amount": 100}))),
+                        ("refunds", key("r2"), Some(json!({"amount": 200}))),
+                    ],
+                    captures: 2,
+                    refunds: 2,
+                    cancels: 0,
+                    releases: 0,
+                    status: "CAPTURED",
+                },
+                // Nothing handed over: void it.
+                1 => Story {
+                    order,
+                    commands: vec![("cancel", key("x"), None)],
+                    captures: 0,
+                    refunds: 0,
+                    cancels: 1,
+                    releases: 0,
+                    status: "CANCELLED",
+                },
+                // Part of the goods: capture it, release the rest.
+                _ => Story {
+                    order,
+                    commands: vec![
+                        ("captures", key("c1"), Some(json!({"amount": 300}))),
+                        ("release-remaining-authorization", key("rel"), None),
+                    ],
+                    captures: 1,
+                    refunds: 0,
+                    cancels: 0,
+                    releases: 1,
+                    status: "CAPTURED",
+                },
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_moves_money_once_through_duplicates_sigkill_faults_and_a_replay() {
+    // 30 % 5xx and 10 % 429 on every route; another 10 % of requests are applied and then
+    // answered only 3 s later: the window between Kustom's effect and our ledger update
+    // that the SIGKILL below aims at.
+    let fx = Fixture::new(2, |sim| {
+        sim.faults.fail_rate = 0.3;
+        sim.faults.rate_limit_rate = 0.1;
+        sim.faults.hang_rate = 0.1;
+        sim.faults.hang_ms = 3000;
+        sim.faults.fault_after_effect_rate = 1.0;
+        sim.seed = 14;
+    })
+    .await;
+    let finals = finalized(24);
+    fx.produce(&finals).await;
+    let stories = stories(24, &finals);
+    let group = unique_name("actions");
+    let configure = |config: &mut ipp_actions::Config| {
+        with_api(config);
+        config.capture_policy = Some(ipp_actions::CapturePolicy::OnCommand);
+        // A killed member does not leave its group: a short session gives the restarted
+        // one the partitions back quickly.
+        ipp_tests::inprocess::add_properties(
+            &mut config.kafka.properties,
+            &["session.timeout.ms=6000", "heartbeat.interval.ms=1000"],
+        );
+    };
+    let mut actions = fx.start_actions_process(&group, configure);
+    let api = CommandsClient::new(&actions.url());
+
+    // Every command twice with its key (a client retrying a POST it timed out on).
+    let mut ids = Vec::new();
+    for story in &stories {
+        for (what, key, body) in &story.commands {
+            let path = format!("/v1/orders/{}/{what}", story.order);
+            let first = api.post(&path, Some(key), body.as_ref()).await;
+            let again = api.post(&path, Some(key), body.as_ref()).await;
+            ids.push(one_command(&[first, again]));
+        }
+    }
+    // And every record of the commands topic once more in the log, as a producer retry
+    // or an operator's re-publication would leave it.
+    let logged = fx.commands_in_log();
+    assert_eq!(logged.len(), ids.len(), "one record per command");
+    let producer = ipp_tests::produce::Producer::new(&fx.brokers, &fx.commands_topic);
+    for record in &logged {
+        producer
+            .send_raw(
+                record.key.as_deref(),
+                Some(&record.value),
+                rdkafka::message::OwnedHeaders::new(),
+            )
+            .await;
+    }
+
+    // SIGKILL while a command's effect is applied but its answer not yet recorded.
+    let pending_with_effect = || async {
+        let calls = fx.calls().await;
+        let hung: Vec<String> = calls
+            .iter()
+            .filter(|c| c["fault"] == json!("hang") && c["after_effect"] == json!(true))
+            .filter(|c| c["method"] == json!("POST"))
+            .filter_map(|c| c["idempotency_key"].as_str().map(str::to_owned))
+            .collect();
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT idempotency_key::text FROM ipp_actions WHERE status = 'pending' AND command_id IS NOT NULL",
+        )
+        .fetch_all(&fx.pool)
+        .await
+        .unwrap_or_default();
+        hung.iter().filter(|k| pending.contains(k)).count()
+    };
+    eventually(
+        Duration::from_secs(90),
+        "a command applied by Kustom but not yet recorded in the ledger",
+        || async { pending_with_effect().await > 0 },
+    )
+    .await;
+    actions.kill();
+    assert!(
+        pending_with_effect().await > 0,
+        "the kill missed the window"
+    );
+
+    let restarted = fx.start_actions(&group, configure);
+    let api = CommandsClient::new(&restarted.url());
+    for id in &ids {
+        let state = api.settled(*id, Duration::from_secs(180)).await;
+        assert_eq!(state["status"], "succeeded", "{state}");
+    }
+    let check = |stats: Value| {
+        assert_eq!(stats["captures_applied"], 24, "{stats}");
+        assert_eq!(stats["refunds_applied"], 16, "{stats}");
+        assert_eq!(stats["cancels_applied"], 8, "{stats}");
+        assert_eq!(stats["releases_applied"], 8, "{stats}");
+    };
+    let stats = fx.sim.get("/_sim/stats").await;
+    check(stats.clone());
+    for status in ["429", "500", "503"] {
+        assert!(
+            stats["by_status"][status].as_u64() > Some(0),
+            "no {status} injected: {stats}"
+        );
+    }
+    // Redeliveries are duplicates, never parked as conflicts.
+    assert!(ipp_tests::kafka::read_topic(&fx.brokers, &fx.dlq_topic).is_empty());
+    for story in &stories {
+        let order = sim_order(&fx, story.order).await;
+        let effects = &order["effects"];
+        assert_eq!(effects["captures"], story.captures, "{order}");
+        assert_eq!(effects["refunds"], story.refunds, "{order}");
+        assert_eq!(effects["cancels"], story.cancels, "{order}");
+        assert_eq!(effects["releases"], story.releases, "{order}");
+        assert_eq!(order["status"], story.status, "{order}");
+    }
+
+    // A replay of both topics by a fresh consumer group on the same ledger: every record
+    // is a duplicate, nothing is sent.
+    let replay = fx.start_actions(&unique_name("replay"), with_api);
+    let records = (fx.commands_in_log().len() + finals.len()) as f64;
+    eventually(
+        Duration::from_secs(60),
+        "the replay consumed both topics",
+        || async {
+            replay
+                .metric("actions_records_total", "outcome=\"duplicate\"")
+                .await
+                >= records
+        },
+    )
+    .await;
+    // Give the replay's worker a moment in which it could act, were anything due.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check(fx.sim.get("/_sim/stats").await);
+    assert_eq!(fx.count("pending").await, 0);
+    replay.stop().await;
+    restarted.stop().await;
 }

@@ -355,6 +355,36 @@ async fn an_orders_actions_run_one_at_a_time_in_the_order_they_were_recorded() {
 }
 
 #[tokio::test]
+async fn a_capture_command_without_an_amount_is_the_same_command_after_its_amount_was_decided() {
+    with_database(|pool| async move {
+        let order_id = Uuid::new_v4();
+        let mut capture = refund_command(order_id, 1);
+        capture.kind = CommandKind::Capture;
+        let fields = capture.command.as_mut().unwrap();
+        fields.amount = None;
+        let command_id = fields.command_id;
+        capture.action = command_action(CommandKind::Capture, command_id);
+        assert!(record(&pool, &capture).await.unwrap());
+        let claimed = claim_due(&pool, 1, LEASE).await.unwrap();
+        let decided = capture_requested(
+            &pool,
+            order_id,
+            &capture.action,
+            claimed[0].claim_token,
+            600,
+        );
+        assert_eq!(decided.await.unwrap(), Some(600));
+        let (_, _, recorded) = recorded_command(&pool, command_id).await.unwrap().unwrap();
+        assert_eq!(
+            Some(recorded),
+            capture.command,
+            "a redelivery is not another command"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_command_is_recorded_once_whatever_its_redeliveries() {
     with_database(|pool| async move {
         let order_id = Uuid::new_v4();

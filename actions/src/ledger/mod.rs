@@ -206,8 +206,11 @@ pub async fn recorded_command(
     command_id: Uuid,
 ) -> Result<Option<(Uuid, String, CommandFields)>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT order_id, kind, command_id AS "command_id!", requested_amount, reference,
-             description, issued_by AS "issued_by!"
+        // A capture command without an amount gets the decided amount recorded later
+        // (with capture_requested_at): that is not the command's amount.
+        r#"SELECT order_id, kind, command_id AS "command_id!",
+             CASE WHEN capture_requested_at IS NULL THEN requested_amount END AS amount,
+             reference, description, issued_by AS "issued_by!"
          FROM ipp_actions WHERE command_id = $1"#,
         command_id,
     )
@@ -219,7 +222,7 @@ pub async fn recorded_command(
             r.kind,
             CommandFields {
                 command_id: r.command_id,
-                amount: r.requested_amount,
+                amount: r.amount,
                 reference: r.reference,
                 description: r.description,
                 issued_by: r.issued_by,
