@@ -148,6 +148,9 @@ async fn refusals_end_failed_with_oms_code_in_the_dlq_and_the_commands_behind_th
         )
         .await;
     let cancel = api.issue(order, "cancel", "c-after-capture", None).await;
+    let capture_more = api
+        .issue(order, "captures", "c-more", Some(&json!({"amount": 1})))
+        .await;
     let refund = api
         .issue(order, "refunds", "r-ok", Some(&json!({"amount": 100})))
         .await;
@@ -164,6 +167,7 @@ async fn refusals_end_failed_with_oms_code_in_the_dlq_and_the_commands_behind_th
     for (id, code) in [
         (too_much, "REFUND_NOT_ALLOWED"),
         (cancel, "CANCEL_NOT_ALLOWED"),
+        (capture_more, "CAPTURE_NOT_ALLOWED"),
         (nowhere, "NO_SUCH_ORDER"),
         (nowhere_capture, "NO_SUCH_ORDER"),
     ] {
@@ -185,7 +189,7 @@ async fn refusals_end_failed_with_oms_code_in_the_dlq_and_the_commands_behind_th
     assert_eq!(order_now["effects"]["cancels"], 0, "{order_now}");
 
     // Each failure is in ipp.actions.dlq once, with OM's code.
-    fx.wait_for_dlq_records(4, "the four refused commands parked")
+    fx.wait_for_dlq_records(5, "the five refused commands parked")
         .await;
     let parked: Vec<Value> = ipp_tests::kafka::read_topic(&fx.brokers, &fx.dlq_topic)
         .iter()
@@ -196,7 +200,7 @@ async fn refusals_end_failed_with_oms_code_in_the_dlq_and_the_commands_behind_th
         .map(|p| p["command_id"].as_str().unwrap_or_default().to_owned())
         .collect();
     parked_ids.sort();
-    let mut expected: Vec<String> = [too_much, cancel, nowhere, nowhere_capture]
+    let mut expected: Vec<String> = [too_much, cancel, capture_more, nowhere, nowhere_capture]
         .iter()
         .map(Uuid::to_string)
         .collect();
@@ -226,7 +230,9 @@ async fn refusals_end_failed_with_oms_code_in_the_dlq_and_the_commands_behind_th
         .collect();
     assert_eq!(
         listed_ids,
-        [too_much, cancel, refund].map(|id| id.to_string()).to_vec()
+        [too_much, cancel, capture_more, refund]
+            .map(|id| id.to_string())
+            .to_vec()
     );
     actions.stop().await;
 }
@@ -527,4 +533,132 @@ async fn every_command_moves_money_once_through_duplicates_sigkill_faults_and_a_
     assert_eq!(fx.count("pending").await, 0);
     replay.stop().await;
     restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_waits_for_the_orders_pending_capture_and_runs_after_it() {
+    // Order Management is down: the automatic capture stays pending, retried.
+    let fx = Fixture::new(1, |sim| sim.faults.fail_rate = 1.0).await;
+    let finals = finalized(1);
+    let order = finals[0].order_id.unwrap();
+    fx.produce(&finals).await;
+    let actions = fx.start_actions(&unique_name("actions"), with_api);
+    let capture_attempts = || async {
+        sqlx::query_scalar::<_, i32>("SELECT attempts FROM ipp_actions WHERE action = 'capture'")
+            .fetch_one(&fx.pool)
+            .await
+            .unwrap_or(0) // until the service has migrated and recorded it
+    };
+    eventually(SETTLE, "the capture retried in the ledger", || async {
+        capture_attempts().await >= 2
+    })
+    .await;
+    let api = CommandsClient::new(&actions.url());
+    let refund = api
+        .issue(
+            order,
+            "refunds",
+            "after-capture",
+            Some(&json!({"amount": 100})),
+        )
+        .await;
+    // Several more capture attempts go by: the refund is never sent meanwhile.
+    let attempts = capture_attempts().await;
+    eventually(SETTLE, "two more capture attempts", || async {
+        capture_attempts().await >= attempts + 2
+    })
+    .await;
+    let refunds_sent = |calls: &[Value]| {
+        calls
+            .iter()
+            .filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with("/refunds")))
+            .count()
+    };
+    assert_eq!(
+        refunds_sent(&fx.calls().await),
+        0,
+        "a refund was sent before its capture"
+    );
+    let state = api.command(refund).await.body;
+    assert_eq!(state["status"], "pending", "{state}");
+    assert_eq!(state["attempts"], 0, "{state}");
+
+    fx.sim.put("/_sim/faults", json!({})).await;
+    let state = api.settled(refund, SETTLE).await;
+    assert_eq!(state["status"], "succeeded", "{state}");
+    let order_now = sim_order(&fx, order).await;
+    assert_eq!(order_now["status"], "CAPTURED", "{order_now}");
+    assert_eq!(order_now["refunded_amount"], 100, "{order_now}");
+    // In the call log the refund comes after the capture that Kustom applied.
+    let calls = fx.calls().await;
+    let position = |suffix: &str, status: u64| {
+        calls
+            .iter()
+            .position(|c| {
+                c["path"].as_str().is_some_and(|p| p.ends_with(suffix)) && c["status"] == status
+            })
+            .unwrap_or_else(|| panic!("no {suffix} answered {status}"))
+    };
+    assert!(position("/captures", 201) < position("/refunds", 201));
+    assert_eq!(refunds_sent(&calls), 1);
+    actions.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_issues_a_command_once_per_key_and_shows_its_outcome() {
+    let fx = Fixture::new(1, |_| {}).await;
+    let finals = finalized(1);
+    let order = finals[0].order_id.unwrap().to_string();
+    fx.produce(&finals).await;
+    let group = unique_name("actions");
+    let actions = fx.start_actions(&group, |_| {});
+    fx.wait_for_count("succeeded", 1, SETTLE).await;
+    let issue = [
+        "command",
+        "issue",
+        "refund",
+        &order,
+        "--amount",
+        "250",
+        "--reference",
+        "rma-9",
+        "--idempotency-key",
+        "cli-key-1",
+        "--wait-secs",
+        "60",
+        "--json",
+    ];
+    let first = fx.cli(&group, &issue).await.success();
+    let first: Value = serde_json::from_str(first.stdout.trim()).expect("json");
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["refunded_amount"], 250, "{first}");
+    assert_eq!(first["reference"], "rma-9", "{first}");
+    // Issued again (an operator re-running the command): the same command, no new refund.
+    let again = fx.cli(&group, &issue).await.success();
+    let again: Value = serde_json::from_str(again.stdout.trim()).expect("json");
+    assert_eq!(again["command_id"], first["command_id"]);
+    assert_eq!(fx.commands_in_log().len(), 1);
+    let id = first["command_id"].as_str().unwrap();
+    let shown = fx.cli(&group, &["command", "show", id]).await.success();
+    assert!(
+        shown.stdout.contains(id) && shown.stdout.contains("succeeded"),
+        "{}",
+        shown.stdout
+    );
+    // A refund without an amount is refused before anything is appended.
+    let refused = fx
+        .cli(&group, &["command", "issue", "refund", &order])
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("needs an `amount`"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(fx.commands_in_log().len(), 1);
+    assert_eq!(
+        sim_order(&fx, finals[0].order_id.unwrap()).await["effects"]["refunds"],
+        1
+    );
+    actions.stop().await;
 }

@@ -373,6 +373,34 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
         "every other row equals the rebuilt one"
     );
 
+    // A merchant's refund goes through the commands topic and the ledger first: the log
+    // then holds money commands too, which no rebuild may execute again.
+    let captured: uuid::Uuid = sqlx::query_scalar(
+        "SELECT order_id FROM ipp_actions WHERE action = 'capture' AND status = 'succeeded' LIMIT 1",
+    )
+    .fetch_one(&pipeline.pool)
+    .await
+    .expect("a captured order");
+    let refund = pipeline
+        .actions_cli(&[
+            "command",
+            "issue",
+            "refund",
+            &captured.to_string(),
+            "--amount",
+            "100",
+            "--idempotency-key",
+            "rebuild-test-refund",
+            "--wait-secs",
+            "60",
+            "--json",
+        ])
+        .await
+        .success();
+    let refund: Value = serde_json::from_str(refund.stdout.trim()).expect("the command as JSON");
+    assert_eq!(refund["status"], "succeeded", "{refund}");
+    assert_eq!(refund["issued_by"], "cli", "{refund}");
+
     // Rebuild and rollback with the pipeline quiet: zero calls to Order Management and an
     // unchanged ledger.
     pipeline.clear_sim_calls().await;

@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub ingest: TestIngest,
     pub projector: TestProjector,
     pub actions: TestActions,
+    /// The live ipp-actions' configuration, which its operator commands share.
+    pub actions_config: ipp_actions::Config,
     pub sim: OmSim,
     /// Last: dropped after the services that use it.
     pub database: TestDatabase,
@@ -89,7 +91,7 @@ impl Pipeline {
         )
         .await;
         actions_config.retry_min_delay_ms = 200;
-        let actions = TestActions::spawn(actions_config);
+        let actions = TestActions::spawn(actions_config.clone());
         Self {
             brokers,
             topic,
@@ -109,6 +111,7 @@ impl Pipeline {
             ingest,
             projector,
             actions,
+            actions_config,
             sim,
             database,
         }
@@ -139,6 +142,12 @@ impl Pipeline {
         let mut env = self.projector_config().env();
         env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         cli::run_async("ipp-projector", args, &env, Duration::from_secs(180)).await
+    }
+
+    /// Runs `ipp-actions args…` (an operator command) to completion, at most 180 s.
+    pub async fn actions_cli(&self, args: &[&str]) -> cli::Output {
+        let env = self.actions_config.env();
+        cli::run_async("ipp-actions", args, &env, Duration::from_secs(180)).await
     }
 
     pub fn webhook_url(&self) -> String {
