@@ -103,6 +103,8 @@ impl Fixture {
                 api_key: API_KEY,
             },
         );
+        // The fixture's own (a test may point `topic` elsewhere and keep this one).
+        config.commands_topic = self.commands_topic.clone();
         config.http_timeout_ms = 1000;
         config.connect_timeout_ms = 500;
         config.inplace_retries = 3;
