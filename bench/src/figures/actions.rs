@@ -42,6 +42,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let topic =
         infra::create_topic(bench.brokers(), "bench_actions", bench.config.partitions).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_actions_dlq", 1).await?;
+    // Empty here, but ipp-actions consumes it beside the events.
+    let commands = infra::create_topic(bench.brokers(), "bench_commands", 1).await?;
     progress(&format!(
         "actions: prefilling {topic} with {n} finalized sessions"
     ));
@@ -82,6 +84,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("KAFKA_BROKERS", bench.brokers().to_owned()),
             ("IPP_TOPIC", topic),
             ("ACTIONS_DLQ_TOPIC", dlq),
+            ("ACTIONS_COMMANDS_TOPIC", commands),
             ("DATABASE_URL", db.url.clone()),
             ("ACTIONS_GROUP", infra::unique("bench_actions")),
             ("ACTIONS_HTTP", format!("127.0.0.1:{actions_port}")),
