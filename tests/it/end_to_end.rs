@@ -318,6 +318,11 @@ fn help_never_prints_a_secret_from_the_environment() {
             "aHVudGVyMi13ZWJob29r",
         ),
         ("OM_SIM_API_KEY", "hunter2-sim", "hunter2-sim"),
+        (
+            "ACTIONS_API_TOKENS",
+            "backoffice:hunter2-token",
+            "hunter2-token",
+        ),
     ];
     let commands: &[(&str, &[&str])] = &[
         ("ipp-ingest", &["--help"]),
@@ -329,6 +334,7 @@ fn help_never_prints_a_secret_from_the_environment() {
         ("ipp-actions", &["--help"]),
         ("ipp-actions", &["retry", "--help"]),
         ("ipp-actions", &["dlq", "redrive", "--help"]),
+        ("ipp-actions", &["command", "issue", "--help"]),
         ("ipp-om-sim", &["--help"]),
     ];
     for (binary, args) in commands {
