@@ -375,7 +375,7 @@ async fn rebuild_under_load_swaps_atomically_hands_over_and_rolls_back() {
 
     // A merchant's refund goes through the commands topic and the ledger first: the log
     // then holds money commands too, which no rebuild may execute again.
-    let captured: uuid::Uuid = sqlx::query_scalar(
+    let captured: Uuid = sqlx::query_scalar(
         "SELECT order_id FROM ipp_actions WHERE action = 'capture' AND status = 'succeeded' LIMIT 1",
     )
     .fetch_one(&pipeline.pool)

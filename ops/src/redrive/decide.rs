@@ -19,7 +19,7 @@ pub(super) enum Target {
     /// Re-produced to its `dlq-source-topic`.
     Topic(String),
     /// A failed action, re-queued in the service's ledger.
-    Ledger(FailedActionRecord),
+    Ledger(Box<FailedActionRecord>),
 }
 
 /// The first decision: redrivable, and to where, or already settled.
@@ -43,7 +43,7 @@ pub(super) fn target(
         ));
     }
     match (record.failed_action(), record.source_topic()) {
-        (Some(action), _) if has_ledger => Ok(Target::Ledger(action)),
+        (Some(action), _) if has_ledger => Ok(Target::Ledger(Box::new(action))),
         (Some(_), _) => Err(settled(
             Decision::NotRedrivable,
             String::new(),
@@ -149,7 +149,10 @@ mod tests {
             &[("dlq-service", "ipp-actions")],
             &serde_json::to_string(&action).unwrap(),
         );
-        assert_eq!(target(&failed, &none, true), Ok(Target::Ledger(action)));
+        assert_eq!(
+            target(&failed, &none, true),
+            Ok(Target::Ledger(Box::new(action)))
+        );
         let elsewhere = target(&failed, &none, false).unwrap_err();
         assert_eq!(elsewhere.decision, Decision::NotRedrivable);
         assert!(elsewhere.detail.contains("ipp-actions dlq redrive"));
