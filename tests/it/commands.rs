@@ -70,11 +70,44 @@ async fn on_command_capture_partial_then_the_rest_then_refunds_each_once() {
         assert_eq!(state["status"], "succeeded", "{state}");
         assert!(state["refund_id"].as_str().is_some(), "{state}");
     }
+    // The rest of what was captured: refunded in full.
+    let full = api
+        .issue(
+            order,
+            "refunds",
+            "ref-3",
+            Some(&json!({"amount": authorized - 350})),
+        )
+        .await;
+    assert_eq!(api.settled(full, SETTLE).await["status"], "succeeded");
+    let beyond = api
+        .issue(order, "refunds", "ref-4", Some(&json!({"amount": 1})))
+        .await;
+    let state = api.settled(beyond, SETTLE).await;
+    assert_eq!(state["error_code"], "REFUND_NOT_ALLOWED", "{state}");
+
     let order_now = sim_order(&fx, order).await;
     assert_eq!(order_now["captured_amount"], authorized, "{order_now}");
-    assert_eq!(order_now["refunded_amount"], 350, "{order_now}");
+    assert_eq!(order_now["refunded_amount"], authorized, "{order_now}");
     assert_eq!(order_now["effects"]["captures"], 2, "{order_now}");
-    assert_eq!(order_now["effects"]["refunds"], 2, "{order_now}");
+    assert_eq!(order_now["effects"]["refunds"], 3, "{order_now}");
+
+    // Each command was sent with its own key, derived from its id: the documented
+    // UUIDv5 of "{kind}:{command_id}:{order_id}" in the ledger's namespace.
+    let namespace: Uuid = ipp_tests::actions::KEY_NAMESPACE.parse().unwrap();
+    let calls = fx.calls().await;
+    for (id, kind, suffix) in [
+        (first, "capture", "/captures"),
+        (refunds[0], "refund", "/refunds"),
+    ] {
+        let key = Uuid::new_v5(&namespace, format!("{kind}:{id}:{order}").as_bytes()).to_string();
+        let sent = calls
+            .iter()
+            .filter(|c| c["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
+            .filter(|c| c["idempotency_key"] == json!(key))
+            .count();
+        assert_eq!(sent, 1, "{kind} {id} with key {key}: {calls:?}");
+    }
     actions.stop().await;
 }
 
