@@ -13,6 +13,9 @@ use crate::{
     kafka::dead_letters::DeadLetters, ledger, metrics, om, retry, worker, Error,
 };
 
+/// PostgreSQL connections of the commands API, apart from the service's.
+const API_DB_CONNECTIONS: u32 = 4;
+
 /// Applies the ledger migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), Error> {
     let pool = ipp_service::postgres::connect(&config.database, None).await?;
@@ -50,8 +53,14 @@ pub async fn run(
         info!("no ACTIONS_API_TOKENS: the commands API is off");
         None
     } else {
+        // A pool of its own: a burst of API requests (each holds a connection while its
+        // command is appended) can then never starve the worker's lease renewals.
+        let api_database = ipp_service::DatabaseArgs {
+            max_connections: API_DB_CONNECTIONS,
+            ..config.database.clone()
+        };
         Some(Arc::new(api::Api {
-            pool: pool.clone(),
+            pool: ipp_service::postgres::connect(&api_database, None).await?,
             log: CommandLog::new(&config)?,
             tokens,
             metrics: metrics.clone(),
@@ -126,6 +135,7 @@ pub async fn run(
         if let Err(e) = api.log.flush(config.shutdown_timeout()) {
             warn!(error = %e, "command producer flush incomplete at shutdown");
         }
+        api.pool.close().await;
     }
     pool.close().await;
     info!("ipp-actions stopped");
