@@ -3,13 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{
-    http::{Method, StatusCode, Uri},
-    response::{IntoResponse, Response},
-    Json, Router,
-};
+use axum::Router;
 use ipp_service::probe::Readiness;
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,27 +23,7 @@ pub fn router(state: AppState, api: Option<Arc<api::Api>>) -> Router {
         Some(api) => api::router(api),
         None => api::disabled(),
     };
-    api.merge(ipp_service::probe::router(Arc::new(state)))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-}
-
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": code, "message": message }))).into_response()
-}
-
-async fn not_found(method: Method, uri: Uri) -> Response {
-    let message = format!("no route for {method} {}", uri.path());
-    json_error(StatusCode::NOT_FOUND, "not_found", &message)
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let message = format!("{} does not accept {method}", uri.path());
-    json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &message,
-    )
+    ipp_service::http::with_json_fallbacks(api.merge(ipp_service::probe::router(Arc::new(state))))
 }
 
 pub async fn serve(

@@ -80,9 +80,3 @@ impl IntoResponse for IngestError {
         response
     }
 }
-
-/// The JSON error body every answer but a 200 carries, for requests that never reach
-/// the webhook handler (unknown path, wrong method).
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": code, "message": message }))).into_response()
-}

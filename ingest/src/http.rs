@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     body::{Body, Bytes},
     extract::State,
-    http::{header, HeaderMap, Method, StatusCode, Uri},
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
     routing::post,
     Json, Router,
@@ -18,12 +18,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::{
-    clock::Clock,
-    error::{json_error, IngestError},
-    kafka::EventLog,
-    metrics,
-    metrics::Metrics,
-    place::Placement,
+    clock::Clock, error::IngestError, kafka::EventLog, metrics, metrics::Metrics, place::Placement,
     verify::Verifier,
 };
 
@@ -39,26 +34,11 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/webhooks/kustom", post(receive_webhook))
         .with_state(state.clone())
-        .merge(ipp_service::probe::router(state))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-}
-
-async fn not_found(method: Method, uri: Uri) -> Response {
-    let message = format!("no route for {method} {}", uri.path());
-    json_error(StatusCode::NOT_FOUND, "not_found", &message)
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let message = format!("{} does not accept {method}", uri.path());
-    json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &message,
-    )
+        .merge(ipp_service::probe::router(state));
+    ipp_service::http::with_json_fallbacks(routes)
 }
 
 /// Ready when the broker answers and both topics exist.

@@ -3,6 +3,7 @@
 //! are configured, connect, log, probe, stop and allocate the same way.
 
 pub mod args;
+pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod probe;

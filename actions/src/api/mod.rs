@@ -49,14 +49,21 @@ pub struct Api {
 }
 
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/v1/orders/{order_id}/captures", post(capture))
-        .route("/v1/orders/{order_id}/refunds", post(refund))
-        .route("/v1/orders/{order_id}/cancel", post(cancel))
-        .route(
-            "/v1/orders/{order_id}/release-remaining-authorization",
-            post(release),
-        )
+    let mut router = Router::new();
+    for (path, kind) in [
+        ("captures", CommandKind::Capture),
+        ("refunds", CommandKind::Refund),
+        ("cancel", CommandKind::Cancel),
+        (
+            "release-remaining-authorization",
+            CommandKind::ReleaseRemainingAuthorization,
+        ),
+    ] {
+        let handler =
+            move |api, order_id, headers, body| post_command(api, order_id, headers, body, kind);
+        router = router.route(&format!("/v1/orders/{{order_id}}/{path}"), post(handler));
+    }
+    router
         .route("/v1/orders/{order_id}/commands", get(order_commands))
         .route("/v1/commands/{command_id}", get(show_command))
         .with_state(api)
@@ -91,8 +98,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.code, "message": self.message }));
-        let mut response = (self.status, body).into_response();
+        let mut response = ipp_service::http::json_error(self.status, self.code, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -105,49 +111,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-async fn capture(
-    state: State<Arc<Api>>,
-    path: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    post_command(state, path, headers, body, CommandKind::Capture).await
-}
-
-async fn refund(
-    state: State<Arc<Api>>,
-    path: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    post_command(state, path, headers, body, CommandKind::Refund).await
-}
-
-async fn cancel(
-    state: State<Arc<Api>>,
-    path: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    post_command(state, path, headers, body, CommandKind::Cancel).await
-}
-
-async fn release(
-    state: State<Arc<Api>>,
-    path: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    post_command(
-        state,
-        path,
-        headers,
-        body,
-        CommandKind::ReleaseRemainingAuthorization,
-    )
-    .await
 }
 
 async fn post_command(
