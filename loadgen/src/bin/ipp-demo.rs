@@ -562,7 +562,7 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
         let n: i64 = row.get("n");
         let refunded: i64 = row.get("refunded");
         let money = if kind == "refund" { format!("   refunded {}.{:02}", refunded / 100, refunded % 100) } else { String::new() };
-        println!("  {kind:<10} {status:<10} {n:>4}{money}");
+        println!("  {kind:<31} {status:<10} {n:>4}{money}");
     }
     for command in issued {
         let state = &command.state;
