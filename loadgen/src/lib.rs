@@ -5,6 +5,7 @@
 //! signs it. The generator also knows what every session must end up as, so tests can
 //! compare the read model and the captures with it.
 
+pub mod commands;
 pub mod send;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! Sends a realistic stream of signed webhooks through the public endpoint of a running
 //! pipeline (see `scripts/run --demo`), waits until the read model and the captures have
-//! caught up, and prints what a merchant wants to see.
+//! caught up, then issues a few refunds and cancels through ipp-actions' commands API,
+//! waits for their outcome, and prints what a merchant wants to see.
 #![allow(clippy::print_stdout, reason = "a command-line report")]
 
 // Linked for its global allocator: every binary of the workspace runs on mimalloc.
@@ -10,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use ipp_loadgen::{send_all, WebhookSigner, Workload, WorkloadSpec};
+use ipp_loadgen::{
+    commands::{self, CommandsClient, Planned},
+    send_all, WebhookSigner, Workload, WorkloadSpec,
+};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig,
 };
+use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +39,16 @@ struct Args {
     database_url: String,
     #[arg(long, env = "DEMO_OM_SIM_URL", default_value = "http://127.0.0.1:9200")]
     om_sim_url: String,
+    /// ipp-actions, where the commands API is served.
+    #[arg(
+        long,
+        env = "DEMO_ACTIONS_URL",
+        default_value = "http://127.0.0.1:9102"
+    )]
+    actions_url: String,
+    /// The commands API's tokens (NAME:TOKEN,...): the first one is used.
+    #[arg(long, env = "ACTIONS_API_TOKENS", default_value = commands::DEMO_TOKENS, hide_env_values = true)]
+    api_tokens: String,
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
     /// The first secret is used to sign.
@@ -50,8 +66,9 @@ struct Args {
     #[arg(long, default_value_t = 180)]
     wait_secs: u64,
     /// After the report, check the outcome and exit 1 unless every webhook was
-    /// acknowledged, every session's row is what its events imply, and every finalized
-    /// order was captured exactly once, for its amount (what CI runs).
+    /// acknowledged, every session's row is what its events imply, every finalized
+    /// order was captured exactly once, for its amount (but the few seeded to refuse
+    /// captures), and every command ended as planned (what CI runs).
     #[arg(long)]
     check: bool,
 }
@@ -88,6 +105,22 @@ async fn main() -> anyhow::Result<()> {
         workload.deliveries.len(), args.sessions, duplicates, others, args.ingest_url
     );
     let client = reqwest::Client::new();
+    // A few orders refuse their capture (403 CAPTURE_NOT_ALLOWED), so that they stay
+    // uncaptured and a cancel can succeed: seeded before any webhook is sent.
+    let orders: Vec<Uuid> = workload.finalized_orders().map(|(_, o)| o).collect();
+    let refused: Vec<Uuid> = if orders.len() >= commands::ORDERS_NEEDED {
+        orders[..2].to_vec()
+    } else {
+        println!(
+            "  (too few finalized orders for the money commands: {} < {})",
+            orders.len(),
+            commands::ORDERS_NEEDED
+        );
+        Vec::new()
+    };
+    for order_id in &refused {
+        seed_refusing_captures(&client, &args.om_sim_url, *order_id).await?;
+    }
     let url = format!("{}/webhooks/kustom", args.ingest_url.trim_end_matches('/'));
     let report = send_all(
         &client,
@@ -136,7 +169,13 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    print_report(&pool, &args).await?;
+    let issued = if refused.is_empty() {
+        Vec::new()
+    } else {
+        let captured = &orders[2..commands::ORDERS_NEEDED];
+        issue_commands(&client, &args, seed, [refused[0], refused[1]], captured).await?
+    };
+    print_report(&pool, &args, &issued).await?;
     if args.check {
         let mut problems: Vec<String> = report
             .gave_up
@@ -149,7 +188,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect();
         problems.extend(check_sessions(&pool, &workload).await?);
-        problems.extend(check_captures(&pool, &client, &args.om_sim_url, &workload).await?);
+        problems
+            .extend(check_captures(&pool, &client, &args.om_sim_url, &workload, &refused).await?);
+        problems.extend(check_commands(&pool, &client, &args, seed, &refused, &issued).await?);
         if !problems.is_empty() {
             println!("check FAILED: {} problem(s)", problems.len());
             for problem in problems.iter().take(20) {
@@ -158,9 +199,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
         println!(
-            "check passed: {} sessions exactly as sent, {} orders captured once each",
+            "check passed: {} sessions exactly as sent, {} orders captured once each, {} refused as seeded, {} commands as planned",
             workload.sessions.len(),
-            workload.finalized_orders().count()
+            workload.finalized_orders().count() - refused.len(),
+            refused.len(),
+            issued.len()
         );
     }
     Ok(())
@@ -168,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Every session of the workload has the row its events imply.
 async fn check_sessions(pool: &PgPool, workload: &Workload) -> anyhow::Result<Vec<String>> {
-    let ids: Vec<uuid::Uuid> = workload.sessions.keys().copied().collect();
+    let ids: Vec<Uuid> = workload.sessions.keys().copied().collect();
     let rows = sqlx::query(
         "SELECT session_id, merchant_id, status, order_id, failed_attempts, event_count
          FROM ipp_sessions WHERE session_id = ANY($1)",
@@ -179,13 +222,13 @@ async fn check_sessions(pool: &PgPool, workload: &Workload) -> anyhow::Result<Ve
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for row in rows {
-        let id: uuid::Uuid = row.get("session_id");
+        let id: Uuid = row.get("session_id");
         seen.insert(id);
         let want = &workload.sessions[&id];
         let got = (
             row.get::<Option<String>, _>("merchant_id"),
             row.get::<String, _>("status"),
-            row.get::<Option<uuid::Uuid>, _>("order_id"),
+            row.get::<Option<Uuid>, _>("order_id"),
             row.get::<i32, _>("failed_attempts"),
             row.get::<i32, _>("event_count"),
         );
@@ -208,16 +251,21 @@ async fn check_sessions(pool: &PgPool, workload: &Workload) -> anyhow::Result<Ve
     Ok(problems)
 }
 
-/// Every finalized order of the workload: one capture in the simulator, for the amount
-/// the ledger recorded, and its ledger row `succeeded`.
+/// Every finalized order of the workload but those seeded to refuse captures: one
+/// capture in the simulator, for the amount the ledger recorded, and its ledger row
+/// `succeeded`.
 async fn check_captures(
     pool: &PgPool,
     client: &reqwest::Client,
     om_sim_url: &str,
     workload: &Workload,
+    refused: &[Uuid],
 ) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     for (_, order_id) in workload.finalized_orders() {
+        if refused.contains(&order_id) {
+            continue;
+        }
         let ledger = sqlx::query(
             "SELECT status, captured_amount FROM ipp_actions WHERE order_id = $1 AND action = 'capture'",
         )
@@ -230,16 +278,7 @@ async fn check_captures(
         };
         let status: String = ledger.get("status");
         let amount: Option<i64> = ledger.get("captured_amount");
-        let order: serde_json::Value = client
-            .get(format!(
-                "{}/_sim/orders/{order_id}",
-                om_sim_url.trim_end_matches('/')
-            ))
-            .send()
-            .await
-            .with_context(|| format!("asking the simulator for order {order_id}"))?
-            .json()
-            .await?;
+        let order = sim_order(client, om_sim_url, order_id).await?;
         let captures = order["effects"]["captures"].as_i64();
         let captured = order["captured_amount"].as_i64();
         if status != "succeeded" || captures != Some(1) || amount.is_none() || captured != amount {
@@ -251,7 +290,232 @@ async fn check_captures(
     Ok(problems)
 }
 
-async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
+/// The simulator's view of an order: its amounts, status and applied effects.
+async fn sim_order(
+    client: &reqwest::Client,
+    om_sim_url: &str,
+    order_id: Uuid,
+) -> anyhow::Result<Value> {
+    let url = format!(
+        "{}/_sim/orders/{order_id}",
+        om_sim_url.trim_end_matches('/')
+    );
+    client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("asking the simulator for order {order_id}"))?
+        .json()
+        .await
+        .with_context(|| format!("reading GET {url}"))
+}
+
+async fn seed_refusing_captures(
+    client: &reqwest::Client,
+    om_sim_url: &str,
+    order_id: Uuid,
+) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/_sim/orders/{order_id}",
+        om_sim_url.trim_end_matches('/')
+    );
+    client
+        .put(&url)
+        .json(&json!({ "refuse_captures": true }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("seeding order {order_id} to refuse captures (PUT {url})"))?;
+    Ok(())
+}
+
+/// A command the demo issued: the plan, its id and its last state.
+struct Issued {
+    planned: Planned,
+    command_id: String,
+    state: Value,
+}
+
+/// Issues the plan's commands one after the other (an order's commands are recorded in
+/// the order they are acknowledged), then waits for each outcome.
+async fn issue_commands(
+    client: &reqwest::Client,
+    args: &Args,
+    seed: u64,
+    uncaptured: [Uuid; 2],
+    captured: &[Uuid],
+) -> anyhow::Result<Vec<Issued>> {
+    let api = CommandsClient::new(
+        client.clone(),
+        &args.actions_url,
+        commands::first_token(&args.api_tokens),
+    );
+    let mut with_amounts = Vec::new();
+    for &order_id in captured {
+        let amount = sim_order(client, &args.om_sim_url, order_id).await?["captured_amount"]
+            .as_i64()
+            .unwrap_or(0);
+        with_amounts.push((order_id, amount));
+    }
+    let captured: [(Uuid, i64); 4] = with_amounts
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the plan takes exactly four captured orders"))?;
+    let plan = commands::plan(uncaptured, captured);
+    println!(
+        "
+issuing {} money commands through {}/v1 (Idempotency-Key demo-{seed}-N)",
+        plan.len(),
+        args.actions_url.trim_end_matches('/')
+    );
+    let mut issued = Vec::new();
+    for (n, planned) in plan.into_iter().enumerate() {
+        let key = format!("demo-{seed}-{n}");
+        let (status, body) = api
+            .post(
+                planned.order_id,
+                planned.path,
+                planned.body().as_ref(),
+                &key,
+            )
+            .await?;
+        if status != 202 {
+            anyhow::bail!(
+                "POST /v1/orders/{}/{} answered {status}: {body} (is ACTIONS_API_TOKENS the same for ipp-actions and the demo?)",
+                planned.order_id, planned.path
+            );
+        }
+        let command_id = body["command_id"].as_str().unwrap_or_default().to_owned();
+        issued.push(Issued {
+            planned,
+            command_id,
+            state: body,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    for command in &mut issued {
+        command.state = api.wait(&command.command_id, deadline).await?;
+    }
+    Ok(issued)
+}
+
+/// The first command again with its Idempotency-Key: the same command (202, nothing new
+/// appended); with that key and another amount: 422 idempotency_key_reused.
+async fn check_idempotency(
+    api: &CommandsClient,
+    seed: u64,
+    first: &Issued,
+) -> anyhow::Result<Vec<String>> {
+    let key = format!("demo-{seed}-0");
+    let planned = &first.planned;
+    let mut problems = Vec::new();
+    let (status, body) = api
+        .post(
+            planned.order_id,
+            planned.path,
+            planned.body().as_ref(),
+            &key,
+        )
+        .await?;
+    if status != 202 || body["command_id"].as_str() != Some(first.command_id.as_str()) {
+        problems.push(format!(
+            "the same request with Idempotency-Key {key} answered {status} {body}, not 202 for command {}",
+            first.command_id
+        ));
+    }
+    let other = json!({ "amount": planned.amount.unwrap_or(1) + 1 });
+    let (status, body) = api
+        .post(planned.order_id, planned.path, Some(&other), &key)
+        .await?;
+    if status != 422 || body["error"] != "idempotency_key_reused" {
+        problems.push(format!(
+            "Idempotency-Key {key} reused with another amount answered {status} {body}, not 422 idempotency_key_reused"
+        ));
+    }
+    Ok(problems)
+}
+
+/// Every command ended as planned, and the simulator agrees: the refunded amounts, the
+/// seeded orders cancelled without a capture, their automatic capture refused.
+async fn check_commands(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    args: &Args,
+    seed: u64,
+    refused: &[Uuid],
+    issued: &[Issued],
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut refunded = std::collections::BTreeMap::<Uuid, i64>::new();
+    for command in issued {
+        let (planned, state) = (&command.planned, &command.state);
+        let status = state["status"].as_str().unwrap_or("?");
+        let error = state["error_code"].as_str();
+        if status != planned.expect_status || error != planned.expect_error {
+            problems.push(format!(
+                "command {} ({} of order {}): {status} {error:?}, expected {} {:?} ({})",
+                command.command_id,
+                planned.what,
+                planned.order_id,
+                planned.expect_status,
+                planned.expect_error,
+                state["last_error"]
+            ));
+        }
+        if planned.path == "refunds" && status == "succeeded" {
+            if state["refunded_amount"].as_i64() != planned.amount || state["refund_id"].is_null() {
+                problems.push(format!(
+                    "refund {}: refunded {} (refund id {}), expected {:?}",
+                    command.command_id,
+                    state["refunded_amount"],
+                    state["refund_id"],
+                    planned.amount
+                ));
+            }
+            *refunded.entry(planned.order_id).or_default() += planned.amount.unwrap_or(0);
+        }
+    }
+    for (order_id, amount) in refunded {
+        let order = sim_order(client, &args.om_sim_url, order_id).await?;
+        if order["refunded_amount"].as_i64() != Some(amount) {
+            problems.push(format!(
+                "order {order_id}: the simulator refunded {}, the commands {amount}",
+                order["refunded_amount"]
+            ));
+        }
+    }
+    for &order_id in refused {
+        let order = sim_order(client, &args.om_sim_url, order_id).await?;
+        if order["status"] != "CANCELLED" || order["effects"]["captures"] != 0 {
+            problems.push(format!(
+                "order {order_id}: {} with {} capture(s) in the simulator, expected CANCELLED without any",
+                order["status"], order["effects"]["captures"]
+            ));
+        }
+        let capture: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, error_code FROM ipp_actions WHERE order_id = $1 AND action = 'capture'",
+        )
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+        if capture != Some(("failed".into(), Some("CAPTURE_NOT_ALLOWED".into()))) {
+            problems.push(format!(
+                "order {order_id}: the automatic capture is {capture:?}, expected failed with CAPTURE_NOT_ALLOWED"
+            ));
+        }
+    }
+    if let Some(first) = issued.first() {
+        let api = CommandsClient::new(
+            client.clone(),
+            &args.actions_url,
+            commands::first_token(&args.api_tokens),
+        );
+        problems.extend(check_idempotency(&api, seed, first).await?);
+    }
+    Ok(problems)
+}
+
+async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::Result<()> {
     println!("\nsessions by status (ipp_sessions)");
     for row in sqlx::query("SELECT status, count(*) AS n, sum(failed_attempts) AS failed FROM ipp_sessions GROUP BY status ORDER BY n DESC")
         .fetch_all(pool)
@@ -262,8 +526,8 @@ async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
         let failed: Option<i64> = row.get("failed");
         println!("  {status:<10} {n:>6}   (failed payment attempts: {})", failed.unwrap_or(0));
     }
-    println!("\ncaptures (ipp_actions)");
-    for row in sqlx::query("SELECT status, count(*) AS n, coalesce(sum(captured_amount), 0)::bigint AS amount FROM ipp_actions GROUP BY status ORDER BY n DESC")
+    println!("\nautomatic captures (ipp_actions)");
+    for row in sqlx::query("SELECT status, count(*) AS n, coalesce(sum(captured_amount), 0)::bigint AS amount FROM ipp_actions WHERE command_id IS NULL GROUP BY status ORDER BY n DESC")
         .fetch_all(pool)
         .await?
     {
@@ -272,7 +536,7 @@ async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
         let amount: i64 = row.get("amount");
         println!("  {status:<10} {n:>6}   captured {}.{:02}", amount / 100, amount % 100);
     }
-    let failures = sqlx::query("SELECT order_id::text, reason FROM ipp_actions WHERE status = 'failed' ORDER BY updated_at DESC LIMIT 5")
+    let failures = sqlx::query("SELECT order_id::text, reason FROM ipp_actions WHERE status = 'failed' AND command_id IS NULL ORDER BY updated_at DESC LIMIT 5")
         .fetch_all(pool)
         .await?;
     for row in failures {
@@ -281,12 +545,43 @@ async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
         println!("  failed {order}: {}", reason.unwrap_or_default());
     }
     if let Ok(stats) = reqwest::get(format!("{}/_sim/stats", args.om_sim_url)).await {
-        if let Ok(stats) = stats.json::<serde_json::Value>().await {
+        if let Ok(stats) = stats.json::<Value>().await {
             println!(
                 "  simulator: {} requests, {} captures applied",
                 stats["requests"], stats["captures_applied"]
             );
         }
+    }
+    println!("\nmoney commands (ipp_commands)");
+    for row in sqlx::query("SELECT kind, status, count(*) AS n, coalesce(sum(refunded_amount), 0)::bigint AS refunded FROM ipp_commands GROUP BY 1, 2 ORDER BY 1, 2")
+        .fetch_all(pool)
+        .await?
+    {
+        let kind: String = row.get("kind");
+        let status: String = row.get("status");
+        let n: i64 = row.get("n");
+        let refunded: i64 = row.get("refunded");
+        let money = if kind == "refund" { format!("   refunded {}.{:02}", refunded / 100, refunded % 100) } else { String::new() };
+        println!("  {kind:<31} {status:<10} {n:>4}{money}");
+    }
+    for command in issued {
+        let state = &command.state;
+        let outcome = match (state["refund_id"].as_str(), state["error_code"].as_str()) {
+            (Some(refund_id), _) => format!("refund {refund_id}"),
+            (None, Some(code)) => code.to_owned(),
+            (None, None) => String::new(),
+        };
+        let amount = state["amount"]
+            .as_i64()
+            .map_or("-".to_owned(), |a| a.to_string());
+        println!(
+            "  {} {:<8} order {} amount {amount:>6} {:<9} {outcome}   ({})",
+            command.command_id,
+            state["type"].as_str().unwrap_or("?"),
+            command.planned.order_id,
+            state["status"].as_str().unwrap_or("?"),
+            command.planned.what
+        );
     }
     println!("\ndead letters");
     for topic in [
@@ -302,7 +597,10 @@ async fn print_report(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
         "\nlook further:\n  psql {db} -c \"SELECT status, count(*) FROM ipp_sessions GROUP BY 1\"\n  \
          psql {db} -c \"SELECT * FROM ipp_sessions WHERE cardinality(anomalies) > 0\"\n  \
          psql {db} -c \"SELECT order_id, status, captured_amount, attempts, last_error FROM ipp_actions ORDER BY updated_at DESC LIMIT 20\"\n  \
-         psql {db} -c \"SELECT event_type, count(*) FROM ipp_events GROUP BY 1\"\n",
+         psql {db} -c \"SELECT event_type, count(*) FROM ipp_events GROUP BY 1\"\n  \
+         curl -sS -H 'Authorization: Bearer {token}' {actions}/v1/commands/COMMAND_ID\n",
+        token = commands::first_token(&args.api_tokens),
+        actions = args.actions_url.trim_end_matches('/'),
         db = args.database_url
     );
     Ok(())
