@@ -14,7 +14,10 @@ use chrono::Utc;
 use ipp_tests::{
     db,
     eventually::eventually,
-    inprocess::{actions_config, projector_config, OrderManagement, TestActions, TestProjector},
+    inprocess::{
+        actions_config_with_topics, commands_topic_of, projector_config, OrderManagement,
+        TestActions, TestProjector,
+    },
     kafka::{self, OwnBroker},
     om_sim::OmSim,
     process::bin_path,
@@ -99,6 +102,7 @@ async fn consumers_that_started_during_a_broker_outage_consume_once_it_is_back()
     let topic = kafka::create_topic(&brokers, "soak_outage", 2).await;
     let projector_dlq = kafka::create_topic(&brokers, "soak_outage_dlq", 1).await;
     let actions_dlq = kafka::create_topic(&brokers, "soak_outage_actions_dlq", 1).await;
+    kafka::create_named_topic(&brokers, &commands_topic_of(&topic), 2).await;
     let database = db::fresh_database().await;
     let sim = OmSim::start("kco_test_outage");
     broker.stop();
@@ -110,20 +114,18 @@ async fn consumers_that_started_during_a_broker_outage_consume_once_it_is_back()
         database.url(),
         &unique_name("soak_outage_projector"),
     ));
-    let _actions = TestActions::spawn(
-        actions_config(
-            &brokers,
-            &topic,
-            &actions_dlq,
-            database.url(),
-            &unique_name("soak_outage_actions"),
-            OrderManagement {
-                url: &sim.url,
-                api_key: "kco_test_outage",
-            },
-        )
-        .await,
-    );
+    // The topics exist already: the broker is down, nothing could create one now.
+    let _actions = TestActions::spawn(actions_config_with_topics(
+        &brokers,
+        &topic,
+        &actions_dlq,
+        database.url(),
+        &unique_name("soak_outage_actions"),
+        OrderManagement {
+            url: &sim.url,
+            api_key: "kco_test_outage",
+        },
+    ));
     // Long enough an outage for librdkafka to queue dozens of reconnect errors.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let broker = tokio::task::spawn_blocking(move || {
