@@ -356,6 +356,20 @@ async fn a_body_one_byte_over_16_kib_is_413() {
     s.stop().await;
 }
 
+/// The limit is 16 KiB exactly: a body of that size is read (JSON padded with spaces).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_of_exactly_16_kib_is_accepted() {
+    let s = setup().await;
+    let mut body = br#"{"amount": 500"#.to_vec();
+    body.resize(16 * 1024 - 1, b' ');
+    body.push(b'}');
+    let answer = s.refund(&body).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+    assert_eq!(answer.body["amount"], 500, "{answer:?}");
+    assert_eq!(s.fx.commands_in_log().len(), 1);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_json_body_sent_as_text_plain_is_415() {
     let s = setup().await;
@@ -380,6 +394,28 @@ async fn a_json_body_sent_as_text_plain_is_415() {
         "application/json",
     )
     .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn application_json_with_a_charset_is_accepted() {
+    let s = setup().await;
+    let order = Uuid::new_v4();
+    let bearer = bearer();
+    let answer = s
+        .api
+        .send(
+            Method::POST,
+            &format!("/v1/orders/{order}/refunds"),
+            &[
+                ("authorization", bearer.as_str()),
+                ("content-type", "Application/JSON; charset=utf-8"),
+            ],
+            Some(br#"{"amount": 500}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+    assert_eq!(s.fx.commands_in_log().len(), 1);
     s.stop().await;
 }
 
@@ -664,5 +700,34 @@ async fn a_log_that_refuses_the_command_is_503_log_unavailable_and_stores_nothin
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{retried:?}");
     assert_eq!(s.fx.commands_in_log().len(), 1);
     assert_eq!(s.fx.command_requests().await, 1);
+    s.stop().await;
+}
+
+/// A child process, for its output: neither a rejected token, nor the configured one,
+/// nor one sent with the wrong scheme shows in the answers or the service's logs, while
+/// the logs do show the requests were served.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_never_show_in_the_answers_or_the_logs() {
+    let fx = Fixture::new(1, |_| {}).await;
+    let actions = fx.start_actions_process(&unique_name("actions"), with_api);
+    let api = CommandsClient::new(&actions.url());
+    let guess = "guessed-token-5f2c9a7e1b";
+    let s = Setup { fx, actions, api };
+    for authorization in [format!("Bearer {guess}"), format!("Basic {TOKEN}")] {
+        let answer = capture_with(&s, Some(&authorization)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+        assert_unauthorized(&answer, Some(guess));
+    }
+    let accepted = s.api.assert_still_accepts().await;
+    let Actions::Process { service, .. } = &s.actions else {
+        unreachable!("started as a process")
+    };
+    let logs = service.logs();
+    assert!(
+        logs.contains(&accepted.to_string()),
+        "the accepted command is not logged, so the logs prove nothing: {logs}"
+    );
+    assert!(!logs.contains(guess), "the logs show a rejected token");
+    assert!(!logs.contains(TOKEN), "the logs show the configured token");
     s.stop().await;
 }
