@@ -5,6 +5,7 @@
 mod actions;
 mod bench_smoke;
 mod commands;
+mod commands_api;
 mod db_outage;
 mod end_to_end;
 mod failover;

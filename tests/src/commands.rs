@@ -115,6 +115,13 @@ impl CommandsClient {
         answer.command_id()
     }
 
+    /// A cancel of a fresh order with a fresh key, expecting 202: the API still works
+    /// after a refusal. The command id.
+    pub async fn assert_still_accepts(&self) -> Uuid {
+        let key = Uuid::new_v4().to_string();
+        self.issue(Uuid::new_v4(), "cancel", &key, None).await
+    }
+
     /// `GET /v1/commands/{id}` with the test token.
     pub async fn command(&self, id: Uuid) -> Answer {
         let bearer = format!("Bearer {TOKEN}");
@@ -152,6 +159,33 @@ impl Fixture {
         sqlx::query_scalar("SELECT count(*) FROM ipp_command_requests")
             .fetch_one(&self.pool)
             .await
-            .unwrap_or(0)
+            // Not 0 on an error: a refusal test would pass without looking.
+            .expect("count ipp_command_requests")
     }
+
+    /// Asserts a refusal left no trace: nothing in the commands topic, no request row.
+    pub async fn assert_nothing_issued(&self, what: &str) {
+        let log = self.commands_in_log();
+        assert!(
+            log.is_empty(),
+            "{what}: {} command(s) in the log",
+            log.len()
+        );
+        assert_eq!(
+            self.command_requests().await,
+            0,
+            "{what}: a row in ipp_command_requests"
+        );
+    }
+}
+
+/// Asserts `answer` is the refusal `status` `code` with a message containing `says`.
+pub fn assert_refused(answer: &Answer, status: StatusCode, code: &str, says: &str) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert_eq!(answer.error(), code, "{answer:?}");
+    let message = answer.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.to_lowercase().contains(&says.to_lowercase()),
+        "the message should say {says:?}: {answer:?}"
+    );
 }
