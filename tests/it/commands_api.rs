@@ -453,6 +453,20 @@ async fn an_idempotency_key_of_256_characters_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_with_a_space_inside_is_400() {
+    let s = setup().await;
+    let answer = cancel_with_key(&s, "order 17").await;
+    s.assert_harmless_refusal(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+        "without spaces",
+    )
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_of_255_characters_is_accepted() {
     let s = setup().await;
     let key = "k".repeat(255);

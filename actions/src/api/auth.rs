@@ -23,8 +23,9 @@ impl Tokens {
             .iter()
             .map(|secret| {
                 let entry = secret.expose();
+                // Trimmed like the token a client sends, so `name: token` matches.
                 let (name, token) = match entry.split_once(':') {
-                    Some((name, token)) => (name.trim(), token),
+                    Some((name, token)) => (name.trim(), token.trim()),
                     None => (DEFAULT_NAME, entry),
                 };
                 if name.is_empty() || token.is_empty() {
@@ -80,7 +81,7 @@ mod tests {
 
     #[test]
     fn named_and_unnamed_tokens_authenticate_by_name() {
-        let tokens = tokens(&["backoffice:tok-old", "backoffice:tok-new", "tok-pos"]);
+        let tokens = tokens(&["backoffice:tok-old", "backoffice: tok-new", "tok-pos"]);
         assert_eq!(
             tokens.authenticate(Some("Bearer tok-old")),
             Ok("backoffice")

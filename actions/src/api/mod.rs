@@ -300,6 +300,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .to_str()
         .map_err(|_| invalid("the Idempotency-Key must be visible ASCII".into()))?
         .trim();
+    // Inner spaces or tabs would make two keys that look alike differ.
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "the Idempotency-Key must be visible ASCII, without spaces".into(),
+        ));
+    }
     if key.is_empty() {
         return Err(invalid("the Idempotency-Key is empty".into()));
     }
