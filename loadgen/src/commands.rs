@@ -18,6 +18,16 @@ pub fn first_token(tokens: &str) -> &str {
     first.split_once(':').map_or(first, |(_, token)| token)
 }
 
+/// The token to show in a printed example: the local demo token, else a placeholder (a
+/// token of the operator's own is a secret and is never printed).
+pub fn printable_token(tokens: &str) -> &str {
+    if tokens == DEMO_TOKENS {
+        first_token(tokens)
+    } else {
+        "<a token of ACTIONS_API_TOKENS>"
+    }
+}
+
 /// A command as the API answered it (its JSON state).
 pub type CommandState = Value;
 
@@ -167,6 +177,8 @@ mod tests {
     #[test]
     fn the_first_token_is_the_part_after_its_name() {
         assert_eq!(first_token(DEMO_TOKENS), "local-demo-token");
+        assert_eq!(printable_token(DEMO_TOKENS), "local-demo-token");
+        assert!(!printable_token("backoffice:s3cret").contains("s3cret"));
         assert_eq!(first_token("bare-token,b:other"), "bare-token");
         assert_eq!(first_token(" a:x:y , b:z"), "x:y");
     }

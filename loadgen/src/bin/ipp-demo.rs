@@ -599,7 +599,7 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
          psql {db} -c \"SELECT order_id, status, captured_amount, attempts, last_error FROM ipp_actions ORDER BY updated_at DESC LIMIT 20\"\n  \
          psql {db} -c \"SELECT event_type, count(*) FROM ipp_events GROUP BY 1\"\n  \
          curl -sS -H 'Authorization: Bearer {token}' {actions}/v1/commands/COMMAND_ID\n",
-        token = commands::first_token(&args.api_tokens),
+        token = commands::printable_token(&args.api_tokens),
         actions = args.actions_url.trim_end_matches('/'),
         db = args.database_url
     );
