@@ -56,8 +56,8 @@ FROM ipp_actions a
 WHERE a.command_id IS NOT NULL
 UNION ALL
 SELECT r.command_id, r.order_id, r.kind, r.amount, r.reference, r.description, r.scope,
-       'pending', false, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.appended_at,
-       r.appended_at, NULL
+       'pending', false, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.created_at,
+       r.created_at, NULL
 FROM ipp_command_requests r
 WHERE r.appended_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM ipp_actions a WHERE a.command_id = r.command_id);

@@ -31,7 +31,7 @@ use uuid::Uuid;
 pub use auth::Tokens;
 
 use crate::{
-    command::{self, CommandLog, CommandRequest, IssueError, RequestError},
+    command::{self, CommandLog, CommandRequest, CommandState, IssueError, RequestError},
     metrics::Metrics,
 };
 
@@ -200,27 +200,18 @@ async fn accept_command(
         replayed = issued.replayed,
         "command accepted"
     );
-    // The state as far as it is known: a replay may already have an outcome.
-    let state = command::state::find(&api.pool, command.command_id)
-        .await
-        .ok()
-        .flatten();
-    let body = match state {
-        Some(state) => serde_json::to_value(state).unwrap_or_default(),
-        None => json!({
-            "command_id": command.command_id,
-            "order_id": command.order_id,
-            "type": command.kind,
-            "amount": command.amount,
-            "reference": command.reference,
-            "description": command.description,
-            "issued_by": command.issued_by,
-            "status": "pending",
-            "recorded": false,
-        }),
+    // A replay may already have an outcome; a command just appended is pending.
+    let known = if issued.replayed {
+        command::state::find(&api.pool, command.command_id)
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
     };
+    let body = Json(known.unwrap_or_else(|| CommandState::accepted(command)));
     let location = format!("/v1/commands/{}", command.command_id);
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let mut response = (StatusCode::ACCEPTED, body).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }

@@ -9,7 +9,7 @@
 //! consumer records it once all the same: its ledger row is keyed by the command id).
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::{command::command_id_for_key, Command, CommandKind};
+use ipp_schemas::{command::command_id_for_key, Command};
 use rdkafka::error::KafkaError;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -80,16 +80,16 @@ pub async fn issue(
     .await?;
     let existing = CommandRequest {
         order_id: stored.order_id,
-        kind: CommandKind::parse(&stored.kind).unwrap_or(request.kind),
+        kind: request.kind,
         amount: stored.amount,
         reference: stored.reference,
         description: stored.description,
     };
-    if existing != *request || stored.kind != request.kind.as_str() {
+    if stored.kind != request.kind.as_str() || existing != *request {
         return Err(IssueError::KeyReused {
             key: idempotency_key.unwrap_or_default().to_owned(),
             command_id,
-            existing: describe(&existing),
+            existing: describe(&stored.kind, &existing),
         });
     }
     let command = command(
@@ -141,8 +141,9 @@ fn command(
     }
 }
 
-fn describe(request: &CommandRequest) -> String {
-    let mut text = format!("{} of order {}", request.kind, request.order_id);
+/// What a key already stands for: `kind` as stored (`request.kind` is the new one's).
+fn describe(kind: &str, request: &CommandRequest) -> String {
+    let mut text = format!("{kind} of order {}", request.order_id);
     if let Some(amount) = request.amount {
         text.push_str(&format!(", amount {amount}"));
     }

@@ -60,23 +60,42 @@ impl CommandRequest {
             ));
         }
         let amount = fields.get("amount").map(amount).transpose()?;
-        check_amount(kind, amount)?;
         let text = |field: &str| -> Result<Option<String>, String> {
             match fields.get(field) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::String(text)) => {
-                    check_text(field, text)?;
-                    Ok(Some(text.clone()))
-                }
+                Some(Value::String(text)) => Ok(Some(text.clone())),
                 Some(_) => Err(format!("`{field}` must be a string")),
             }
         };
+        Self::new(
+            order_id,
+            kind,
+            amount,
+            text("reference")?,
+            text("description")?,
+        )
+    }
+
+    /// A request from its fields, checked by the rules every command obeys.
+    pub fn new(
+        order_id: Uuid,
+        kind: CommandKind,
+        amount: Option<i64>,
+        reference: Option<String>,
+        description: Option<String>,
+    ) -> Result<Self, String> {
+        check_amount(kind, amount)?;
+        for (field, text) in [("reference", &reference), ("description", &description)] {
+            if let Some(text) = text {
+                check_text(field, text)?;
+            }
+        }
         Ok(Self {
             order_id,
             kind,
             amount,
-            reference: text("reference")?,
-            description: text("description")?,
+            reference,
+            description,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! else what the API accepted).
 
 use chrono::{DateTime, Utc};
+use ipp_schemas::Command;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -39,6 +40,33 @@ pub struct CommandState {
 }
 
 impl CommandState {
+    /// A command just appended to the log: pending, not yet recorded, as `find` would
+    /// show it until the consumer records it.
+    pub fn accepted(command: &Command) -> Self {
+        Self {
+            command_id: command.command_id,
+            order_id: command.order_id,
+            kind: command.kind.as_str().to_owned(),
+            amount: command.amount,
+            reference: command.reference.clone(),
+            description: command.description.clone(),
+            issued_by: Some(command.issued_by.clone()),
+            status: "pending".to_owned(),
+            recorded: false,
+            attempts: 0,
+            capture_id: None,
+            captured_amount: None,
+            refund_id: None,
+            refunded_amount: None,
+            error_code: None,
+            reason: None,
+            last_error: None,
+            last_status_code: None,
+            created_at: Some(command.issued_at),
+            updated_at: Some(command.issued_at),
+        }
+    }
+
     pub fn is_pending(&self) -> bool {
         self.status == "pending"
     }

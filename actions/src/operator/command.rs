@@ -104,22 +104,14 @@ pub async fn run(config: &Config, command: &CommandCommand) -> Result<(), Error>
 }
 
 async fn issue(config: &Config, pool: &sqlx::PgPool, args: &IssueArgs) -> Result<(), Error> {
-    let kind = CommandKind::from(args.kind);
-    let mut body = serde_json::Map::new();
-    if let Some(amount) = args.amount {
-        body.insert("amount".into(), amount.into());
-    }
-    for (field, value) in [
-        ("reference", &args.reference),
-        ("description", &args.description),
-    ] {
-        if let Some(value) = value {
-            body.insert(field.into(), value.clone().into());
-        }
-    }
-    let body = serde_json::to_vec(&body).expect("a map serializes");
-    let request = CommandRequest::from_body(args.order_id, kind, &body)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let request = CommandRequest::new(
+        args.order_id,
+        CommandKind::from(args.kind),
+        args.amount,
+        args.reference.clone(),
+        args.description.clone(),
+    )
+    .map_err(Error::Usage)?;
     let log = CommandLog::new(config)?;
     let issued = command::issue(
         pool,
