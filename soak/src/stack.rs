@@ -107,6 +107,7 @@ impl Stack {
         for (topic, partitions) in [
             (topics::IPP_EVENTS, IPP_PARTITIONS),
             (topics::KUSTOM_EVENTS, 2),
+            (topics::IPP_COMMANDS, IPP_PARTITIONS),
             (topics::IPP_EVENTS_DLQ, 1),
             (topics::IPP_ACTIONS_DLQ, 1),
             (CLEAN_DLQ, 1),
@@ -158,9 +159,9 @@ impl Stack {
                 url: &sim_url,
                 api_key: API_KEY,
             },
-        )
-        .await;
+        );
         actions.listen = loopback(free_port());
+        actions.commands_topic = topics::IPP_COMMANDS.to_owned();
 
         let spec = |name: &'static str,
                     program: &str,

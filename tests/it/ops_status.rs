@@ -146,8 +146,7 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
             url: &sim.url,
             api_key: API_KEY,
         },
-    )
-    .await;
+    );
     let env = config.env();
 
     // 12 finalized sessions (2 of them on cancelled orders), 8 other events, 1 record

@@ -15,8 +15,8 @@ use ipp_tests::{
     db,
     eventually::eventually,
     inprocess::{
-        actions_config_with_topics, commands_topic_of, projector_config, OrderManagement,
-        TestActions, TestProjector,
+        actions_config, commands_topic_of, projector_config, OrderManagement, TestActions,
+        TestProjector,
     },
     kafka::{self, OwnBroker},
     om_sim::OmSim,
@@ -114,8 +114,7 @@ async fn consumers_that_started_during_a_broker_outage_consume_once_it_is_back()
         database.url(),
         &unique_name("soak_outage_projector"),
     ));
-    // The topics exist already: the broker is down, nothing could create one now.
-    let _actions = TestActions::spawn(actions_config_with_topics(
+    let _actions = TestActions::spawn(actions_config(
         &brokers,
         &topic,
         &actions_dlq,

@@ -16,10 +16,7 @@ use crate::{
     cli,
     db::TestDatabase,
     eventually::eventually,
-    inprocess::{
-        actions_config_with_topics, commands_topic_of, om_sim_config, OrderManagement, Running,
-        TestActions,
-    },
+    inprocess::{actions_config, om_sim_config, OrderManagement, Running, TestActions},
     kafka,
     om_sim::OmSim,
     process::{ChildConfig, Service},
@@ -63,11 +60,10 @@ impl Fixture {
         let Wiring {
             brokers,
             topic,
+            commands_topic,
             dlq_topic,
             database,
         } = Wiring::create(partitions, "ipp_actions_dlq").await;
-        let commands_topic = commands_topic_of(&topic);
-        kafka::create_named_topic(&brokers, &commands_topic, partitions).await;
         let pool = database.pool().await;
         let mut sim_config = om_sim_config(API_KEY);
         sim(&mut sim_config);
@@ -92,7 +88,7 @@ impl Fixture {
         group: &str,
         configure: impl FnOnce(&mut ipp_actions::Config),
     ) -> ipp_actions::Config {
-        let mut config = actions_config_with_topics(
+        let mut config = actions_config(
             &self.brokers,
             &self.topic,
             &self.dlq_topic,

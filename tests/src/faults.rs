@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::{
     inprocess::{
-        actions_config, ingest_config, projector_config, OrderManagement, TestActions, TestIngest,
-        TestProjector,
+        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
+        TestActions, TestIngest, TestProjector,
     },
     kafka::{self, Record},
     om_sim::OmSim,
@@ -54,8 +54,10 @@ impl Stack {
         let topic = |prefix: &str| unique_name(&format!("faults_{prefix}"));
         let (ipp_topic, other_topic) = (topic("ipp"), topic("other"));
         let (ipp_dlq, actions_dlq) = (topic("ipp_dlq"), topic("actions_dlq"));
+        let commands_topic = commands_topic_of(&ipp_topic);
         for (name, partitions) in [
             (&ipp_topic, 6),
+            (&commands_topic, 2),
             (&other_topic, 2),
             (&ipp_dlq, 1),
             (&actions_dlq, 1),
@@ -77,20 +79,17 @@ impl Stack {
             database_url,
             &unique_name("faults_projector"),
         ));
-        let actions = TestActions::spawn(
-            actions_config(
-                brokers,
-                &ipp_topic,
-                &actions_dlq,
-                database_url,
-                &unique_name("faults_actions"),
-                OrderManagement {
-                    url: &sim.url,
-                    api_key: API_KEY,
-                },
-            )
-            .await,
-        );
+        let actions = TestActions::spawn(actions_config(
+            brokers,
+            &ipp_topic,
+            &actions_dlq,
+            database_url,
+            &unique_name("faults_actions"),
+            OrderManagement {
+                url: &sim.url,
+                api_key: API_KEY,
+            },
+        ));
         Self {
             brokers: brokers.to_owned(),
             ipp_topic,

@@ -342,29 +342,16 @@ pub struct OrderManagement<'a> {
     pub api_key: &'a str,
 }
 
-/// `ipp-actions` consuming `topic` and its commands topic ([`commands_topic_of`], created
-/// here when missing) as consumer group `group`, its ledger in `database_url`, failed
-/// actions to `dlq_topic`, capturing through `om`. Retry and timeout settings are the
-/// production defaults; tests shorten what they need.
-pub async fn actions_config(
-    brokers: &str,
-    topic: &str,
-    dlq_topic: &str,
-    database_url: &str,
-    group: &str,
-    om: OrderManagement<'_>,
-) -> ipp_actions::Config {
-    crate::kafka::ensure_topic(brokers, &commands_topic_of(topic), 2).await;
-    actions_config_with_topics(brokers, topic, dlq_topic, database_url, group, om)
-}
-
 /// The commands topic that goes with the test's event topic `topic`.
 pub fn commands_topic_of(topic: &str) -> String {
     format!("{topic}.commands")
 }
 
-/// [`actions_config`] for a commands topic that already exists.
-pub fn actions_config_with_topics(
+/// `ipp-actions` consuming `topic` and its commands topic ([`commands_topic_of`], which
+/// the caller creates with its other topics) as consumer group `group`, its ledger in
+/// `database_url`, failed actions to `dlq_topic`, capturing through `om`. Retry and
+/// timeout settings are the production defaults; tests shorten what they need.
+pub fn actions_config(
     brokers: &str,
     topic: &str,
     dlq_topic: &str,

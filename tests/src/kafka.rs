@@ -83,21 +83,6 @@ pub async fn create_replicated_topic(
     }
 }
 
-/// Creates `name` unless it exists.
-pub async fn ensure_topic(brokers: &str, name: &str, partitions: i32) {
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin(brokers)
-        .create_topics([&topic], &admin_options())
-        .await
-        .expect("create_topics request");
-    for result in results {
-        match result {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => panic!("create topic {topic}: {code}"),
-        }
-    }
-}
-
 /// Replaces the topic-level configuration of `name` with `configs` (what is not named
 /// goes back to the broker's default).
 pub async fn set_topic_configs(brokers: &str, name: &str, configs: &[(&str, &str)]) {

@@ -17,8 +17,8 @@ use crate::{
     cli,
     db::TestDatabase,
     inprocess::{
-        actions_config, ingest_config, projector_config, OrderManagement, TestActions, TestIngest,
-        TestProjector,
+        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
+        TestActions, TestIngest, TestProjector,
     },
     kafka,
     om_sim::OmSim,
@@ -59,6 +59,7 @@ impl Pipeline {
         let database_url = database.url().to_owned();
         let pool = database.pool().await;
         let topic = kafka::create_topic(&brokers, &format!("{prefix}_ipp"), 3).await;
+        kafka::create_named_topic(&brokers, &commands_topic_of(&topic), 3).await;
         let other_topic = kafka::create_topic(&brokers, &format!("{prefix}_other"), 1).await;
         let dlq = kafka::create_topic(&brokers, &format!("{prefix}_dlq"), 1).await;
         let actions_dlq = kafka::create_topic(&brokers, &format!("{prefix}_adlq"), 1).await;
@@ -88,8 +89,7 @@ impl Pipeline {
                 url: &sim_url,
                 api_key: API_KEY,
             },
-        )
-        .await;
+        );
         actions_config.retry_min_delay_ms = 200;
         let actions = TestActions::spawn(actions_config.clone());
         Self {

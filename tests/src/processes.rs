@@ -10,8 +10,7 @@ use crate::{
     db::{self, TestDatabase},
     free_port,
     inprocess::{
-        actions_config_with_topics, commands_topic_of, ingest_config, projector_config,
-        OrderManagement,
+        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
     },
     kafka,
     om_sim::OmSim,
@@ -103,7 +102,7 @@ impl Processes {
     }
 
     pub fn actions(&self) -> Service {
-        let mut config = actions_config_with_topics(
+        let mut config = actions_config(
             &self.brokers,
             &self.ipp_topic,
             &self.actions_dlq,
