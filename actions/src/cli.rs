@@ -115,4 +115,31 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Migrate)));
         assert_eq!(cli.config.database.url.expose(), "postgres://x/y");
     }
+
+    #[test]
+    fn om_rate_limit_defaults_to_100_per_account_and_takes_the_deprecated_name() {
+        let rate = |args: &[&str]| {
+            let cli = Cli::parse_from([&["ipp-actions"], args].concat());
+            cli.config.check().map(|()| cli.config.om_rate_limit())
+        };
+        assert_eq!(rate(&[]), Ok(100.0));
+        assert_eq!(rate(&["--om-rate-limit", "0"]), Ok(0.0));
+        assert_eq!(rate(&["--max-calls-per-sec", "20"]), Ok(20.0));
+        assert_eq!(
+            rate(&["--max-calls-per-sec", "20", "--om-rate-limit", "20"]),
+            Ok(20.0)
+        );
+        let contradiction = rate(&["--max-calls-per-sec", "20", "--om-rate-limit", "50"]);
+        assert!(
+            contradiction.is_err_and(|e| e.contains("ACTIONS_MAX_CALLS_PER_SEC")),
+            "a contradiction is refused"
+        );
+        for bad in ["-1", "inf", "NaN", "fast"] {
+            assert!(
+                Cli::try_parse_from(["ipp-actions", "--om-rate-limit", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["ipp-actions", "--om-rate-burst", "0"]).is_err());
+    }
 }

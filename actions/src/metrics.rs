@@ -1,7 +1,8 @@
 //! Prometheus metrics of the actions service.
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    CounterVec, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -10,6 +11,9 @@ pub struct Metrics {
     /// `429`, `timeout`, `connect_error`, ...).
     pub calls: IntCounterVec,
     pub call_seconds: HistogramVec,
+    /// Seconds requests waited for a token of their account's rate limit, by account
+    /// (`merchant_id`, `(none)` for actions without one).
+    pub rate_limit_wait_seconds: CounterVec,
     /// In-place retries by endpoint and the status that caused them.
     pub retries: IntCounterVec,
     /// Actions put back into the ledger for a later attempt.
@@ -51,6 +55,14 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             &["endpoint"],
+        )
+        .expect("valid metric");
+        let rate_limit_wait_seconds = CounterVec::new(
+            Opts::new(
+                "actions_om_rate_limit_wait_seconds_total",
+                "Seconds Order Management requests waited for their account's rate limit",
+            ),
+            &["account"],
         )
         .expect("valid metric");
         let retries = IntCounterVec::new(
@@ -115,6 +127,7 @@ impl Metrics {
         for metric in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
+            Box::new(rate_limit_wait_seconds.clone()),
             Box::new(retries.clone()),
             Box::new(rescheduled.clone()),
             Box::new(finished.clone()),
@@ -132,6 +145,7 @@ impl Metrics {
             registry,
             calls,
             call_seconds,
+            rate_limit_wait_seconds,
             retries,
             rescheduled,
             finished,

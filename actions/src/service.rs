@@ -32,6 +32,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.check().map_err(Error::Config)?;
+    if config.max_calls_per_sec.is_some() {
+        warn!("ACTIONS_MAX_CALLS_PER_SEC is deprecated: set ACTIONS_OM_RATE_LIMIT instead (per account)");
+    }
     let pool = ipp_service::postgres::connect(&config.database, None).await?;
     if config.migrate {
         ledger::migrate(&pool).await?;
@@ -82,7 +85,7 @@ pub async fn run(
         policy: retry::RetryPolicy::from_config(&config),
         dlq: dead_letters,
         metrics: metrics.clone(),
-        pacer: worker::Pacer::per_second(config.max_calls_per_sec),
+        rate_limits: worker::rate::RateLimits::new(config.om_rate_limit(), config.om_rate_burst),
         concurrency: config.concurrency,
         lease: config.lease(),
         poll_interval: config.poll_interval(),
@@ -115,6 +118,8 @@ pub async fn run(
         commands_topic = %config.commands_topic,
         commands_api = api.is_some(),
         kustom_api_url = %config.kustom_api_url,
+        om_rate_limit = config.om_rate_limit(),
+        om_rate_burst = config.om_rate_burst,
         "ipp-actions started"
     );
     let consuming = tokio::spawn(consumer.run(consumer_ready, shutdown.clone()));

@@ -16,13 +16,9 @@
 
 mod lease;
 mod operations;
+pub mod rate;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use backon::Retryable;
 use chrono::Utc;
@@ -45,6 +41,7 @@ use crate::{
     retry::RetryPolicy,
 };
 use lease::{Hold, Leases};
+use rate::RateLimits;
 
 pub struct Worker {
     pub pool: PgPool,
@@ -52,7 +49,8 @@ pub struct Worker {
     pub policy: RetryPolicy,
     pub dlq: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
-    pub pacer: Option<Pacer>,
+    /// Order Management requests per account (`rate.rs`); `None`: no limit.
+    pub rate_limits: Option<RateLimits>,
     pub concurrency: usize,
     /// How long a claim lasts unless renewed (see `lease.rs`).
     pub lease: Duration,
@@ -77,6 +75,9 @@ enum CallError {
     /// The claim could not be proven any more: nothing more may be sent.
     Lost,
 }
+
+/// The metric label of the rate limit shared by actions without a `merchant_id`.
+const NO_ACCOUNT: &str = "(none)";
 
 /// An action a task is working on, for the shutdown.
 struct Claimed {
@@ -289,9 +290,12 @@ impl Worker {
     }
 
     /// One Order Management call with its in-place retries, each sent only while the
-    /// claim is provably this worker's.
+    /// claim is provably this worker's, and each taking a token of the action's account.
+    /// The wait for a token comes before the claim is checked: the claim is renewed
+    /// meanwhile, and one lost while waiting ends the attempt (`execute`).
     async fn call<T, F, Fut>(
         &self,
+        action: &Action,
         hold: &Hold,
         endpoint: &'static str,
         call: F,
@@ -301,8 +305,15 @@ impl Worker {
         Fut: Future<Output = Result<T, OmError>>,
     {
         let once = || async {
-            if let Some(pacer) = &self.pacer {
-                pacer.wait().await;
+            if let Some(limits) = &self.rate_limits {
+                let account = action.merchant_id.as_deref();
+                let waited = limits.acquire(account).await;
+                if !waited.is_zero() {
+                    self.metrics
+                        .rate_limit_wait_seconds
+                        .with_label_values(&[account.unwrap_or(NO_ACCOUNT)])
+                        .inc_by(waited.as_secs_f64());
+                }
             }
             hold.check().map_err(|_| CallError::Lost)?;
             let started = Instant::now();
@@ -441,30 +452,5 @@ fn reap(
                 error!(error = %e, "action task panicked; the action is due again when its lease runs out");
             }
         }
-    }
-}
-
-/// Spaces calls evenly to stay under a calls-per-second limit, across all workers.
-pub struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    pub fn per_second(calls: f64) -> Option<Self> {
-        (calls > 0.0 && calls.is_finite()).then(|| Self {
-            interval: Duration::from_secs_f64(1.0 / calls),
-            next: Mutex::new(Instant::now()),
-        })
-    }
-
-    pub async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().expect("pacer lock");
-            let at = (*next).max(Instant::now());
-            *next = at + self.interval;
-            at
-        };
-        tokio::time::sleep_until(at).await;
     }
 }

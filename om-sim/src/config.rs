@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 cancel, release remaining authorization) under /ordermanagement/v1/orders/{order_id}. Any order id \
 not seen before is an AUTHORIZED order whose amount derives from the id. It checks the \
 Authorization header, honours Klarna-Idempotency-Key (same key: same response, one effect) and \
-injects faults on demand: 500/503, 429 with Retry-After, latency, hangs and dropped connections.\n\n\
+injects faults on demand: 500/503, 429 with Retry-After, latency, hangs and dropped connections. \
+Like Kustom it can limit the requests of each account (each API key), answering 429 over the \
+limit.\n\n\
 Control endpoints (no auth): PUT/GET /_sim/orders/{order_id}, GET/DELETE /_sim/calls, \
-GET/DELETE /_sim/stats, PUT/GET /_sim/faults, GET /healthz."
+GET/DELETE /_sim/stats, PUT/GET /_sim/faults, PUT/GET /_sim/limits, GET /healthz."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -46,6 +48,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub faults: Faults,
+
+    #[command(flatten)]
+    pub limits: Limits,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -146,6 +151,49 @@ impl Faults {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0 and 1, got {rate}"));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The per-account rate limit Kustom enforces: a token bucket per API key presented. Over
+/// it, a request is answered 429 TOO_MANY_REQUESTS with Retry-After (the whole seconds
+/// until a token is back, at least 1) and has no effect; a refused request takes no token.
+/// `PUT /_sim/limits` replaces these at run time (a field left out takes its default),
+/// and every account starts again with a full bucket.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Order Management requests per second per account; 0: no limit.
+    #[arg(long, env = "OM_SIM_ACCOUNT_RATE_LIMIT", default_value_t = 0.0)]
+    pub account_rate_limit: f64,
+
+    /// Requests an account's bucket holds: how many may come at once after a quiet
+    /// spell. Unset: one second's worth (OM_SIM_ACCOUNT_RATE_LIMIT, at least 1), the
+    /// nearest a bucket comes to "N requests per second".
+    #[arg(long, env = "OM_SIM_ACCOUNT_RATE_BURST")]
+    pub account_rate_burst: Option<u32>,
+}
+
+impl Limits {
+    /// The tokens a bucket holds.
+    pub fn burst(&self) -> f64 {
+        match self.account_rate_burst {
+            Some(burst) => f64::from(burst),
+            None => self.account_rate_limit.ceil().max(1.0),
+        }
+    }
+
+    /// The rate must be a finite number of requests per second, the burst at least 1.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate = self.account_rate_limit;
+        if !(rate >= 0.0 && rate.is_finite()) {
+            return Err(format!(
+                "account_rate_limit must be a number of requests per second (0: no limit), got {rate}"
+            ));
+        }
+        if self.account_rate_burst == Some(0) {
+            return Err("account_rate_burst must be at least 1".into());
         }
         Ok(())
     }

@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Faults,
+    config::{Faults, Limits},
     error::OmError,
+    limits::retry_after_secs,
     orders::Seed,
     sim::{Fault, Operation, Sim},
 };
@@ -47,6 +48,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/calls", get(calls).delete(clear_calls))
         .route("/_sim/stats", get(stats).delete(clear_stats))
         .route("/_sim/faults", put(set_faults).get(faults))
+        .route("/_sim/limits", put(set_limits).get(limits))
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .fallback(|| async { OmError::NotFound.reply() })
@@ -133,8 +135,9 @@ async fn release(State(sim): State<Arc<Sim>>, ctx: Ctx, Path(order_id): Path<Str
     .await
 }
 
-/// One Order Management request: log it, add latency, check the key, roll for a fault,
-/// and apply the operation before or after the fault as the dice say.
+/// One Order Management request: log it, add latency, check the key and the account's
+/// rate limit, roll for a fault, and apply the operation before or after the fault as
+/// the dice say.
 async fn handle(
     sim: &Sim,
     ctx: Ctx,
@@ -148,10 +151,17 @@ async fn handle(
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     }
-    if !sim.authorized(ctx.authorization.as_deref()) {
+    let Some(account) = sim.account(ctx.authorization.as_deref()) else {
         let reply = OmError::Unauthorized.reply();
         sim.finish_call(seq, Some(reply.status), false, Fault::None);
         tracing::debug!(method = %ctx.method, path = %ctx.path, "unauthorized");
+        return reply.into_response();
+    };
+    if let Err(wait) = sim.take_token(&account) {
+        let retry_after = retry_after_secs(wait).to_string();
+        let reply = OmError::TooManyRequests { retry_after }.reply();
+        sim.finish_call(seq, Some(reply.status), false, Fault::AccountLimit);
+        tracing::debug!(method = %ctx.method, path = %ctx.path, "over the account's rate limit");
         return reply.into_response();
     }
 
@@ -307,6 +317,29 @@ async fn set_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
 
 async fn faults(State(sim): State<Arc<Sim>>) -> Json<Faults> {
     Json(sim.faults())
+}
+
+/// Replaces the per-account rate limit (a field left out takes its default); every
+/// account starts again with a full bucket.
+async fn set_limits(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let parsed = parse_body::<Limits>(&body).and_then(|limits| {
+        limits
+            .validate()
+            .map(|()| limits)
+            .map_err(OmError::BadValue)
+    });
+    match parsed {
+        Ok(limits) => {
+            tracing::info!(?limits, "limits replaced");
+            sim.set_limits(limits);
+            Json(sim.limits()).into_response()
+        }
+        Err(e) => e.reply().into_response(),
+    }
+}
+
+async fn limits(State(sim): State<Arc<Sim>>) -> Json<Limits> {
+    Json(sim.limits())
 }
 
 async fn health() -> Json<serde_json::Value> {

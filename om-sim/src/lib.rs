@@ -8,6 +8,7 @@
 pub mod config;
 mod error;
 mod http;
+mod limits;
 mod orders;
 mod reply;
 mod sim;
@@ -19,7 +20,7 @@ use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use config::{Config, Faults};
+pub use config::{Config, Faults, Limits};
 pub use orders::authorized_amount_for;
 
 use crate::sim::Sim;
@@ -29,7 +30,7 @@ use crate::sim::Sim;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves the simulator on `listener` until `shutdown` is cancelled. Refuses to start
-/// (`InvalidInput`) with fault rates that are not fractions.
+/// (`InvalidInput`) with fault rates that are not fractions or limits that are no limits.
 ///
 /// A hand-written accept loop rather than `axum::serve`: each connection gets a token
 /// that a request can cancel to close the connection without an answer. HTTP/1 only, so
@@ -42,6 +43,7 @@ pub async fn run(
     config
         .faults
         .validate()
+        .and_then(|()| config.limits.validate())
         .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidInput, reason))?;
     let sim = Arc::new(Sim::new(&config));
     let router = http::router(sim);
@@ -49,6 +51,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         faults = ?config.faults,
+        limits = ?config.limits,
         seed = config.seed,
         "order management simulator listening"
     );

@@ -16,8 +16,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    config::{Config, Faults},
+    config::{Config, Faults, Limits},
     error::OmError,
+    limits::AccountLimiter,
     orders::{CaptureRequest, Effects, Order, OrderView, RefundRequest, Seed},
     reply::Reply,
 };
@@ -47,6 +48,9 @@ pub enum Fault {
     Fail(StatusCode),
     /// 429 with the Retry-After of [`Faults::retry_after_header`].
     RateLimit,
+    /// 429 because the account is over its rate limit ([`Limits`]): not a dice roll, but
+    /// logged like the faults so a test can tell the two 429s apart.
+    AccountLimit,
     /// Sleep `ms`; `after_effect` when the operation is applied before the sleep.
     Hang {
         ms: u64,
@@ -64,6 +68,7 @@ impl Fault {
             Self::None => None,
             Self::Fail(_) => Some("error"),
             Self::RateLimit => Some("rate_limit"),
+            Self::AccountLimit => Some("account_limit"),
             Self::Hang { .. } => Some("hang"),
             Self::Drop { .. } => Some("drop"),
         }
@@ -81,7 +86,8 @@ pub struct Call {
     pub status: Option<u16>,
     /// Answered from the idempotency store, with no new effect.
     pub replayed: bool,
-    /// The injected fault, if any: error, rate_limit, hang or drop.
+    /// The injected fault, if any: error, rate_limit, hang or drop; account_limit for a
+    /// 429 of the account's rate limit.
     pub fault: Option<&'static str>,
     /// Whether the fault came after the operation was applied.
     pub after_effect: bool,
@@ -99,6 +105,9 @@ pub struct Stats {
     /// Keyed by the status code as a string, e.g. "201".
     pub by_status: BTreeMap<String, u64>,
     pub replays: u64,
+    /// Requests refused with 429 because their account was over its rate limit (also
+    /// counted in `by_status`, with the injected 429s).
+    pub rate_limited: u64,
     pub dropped: u64,
     pub hung: u64,
 }
@@ -140,6 +149,7 @@ pub struct Sim {
     idempotency_ttl: Duration,
     inner: Mutex<Inner>,
     dice: Mutex<Dice>,
+    limiter: Mutex<AccountLimiter>,
 }
 
 impl Sim {
@@ -153,6 +163,7 @@ impl Sim {
                 faults: config.faults.clone(),
                 rng: StdRng::seed_from_u64(config.seed),
             }),
+            limiter: Mutex::new(AccountLimiter::new(config.limits.clone())),
         }
     }
 
@@ -166,8 +177,18 @@ impl Sim {
         self.dice.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn limiter(&self) -> MutexGuard<'_, AccountLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The account `header` authenticates, by its API key (there is one account, whose
+    /// key is the configured one); `None` is a 401.
+    pub fn account(&self, header: Option<&str>) -> Option<String> {
+        self.authorized(header).then(|| self.api_key.clone())
+    }
+
     /// `Basic <key>` or `Basic base64(<any user>:<key>)`.
-    pub fn authorized(&self, header: Option<&str>) -> bool {
+    fn authorized(&self, header: Option<&str>) -> bool {
         use base64::Engine as _;
         let Some(token) = header.and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -184,6 +205,19 @@ impl Sim {
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|pair| pair.split_once(':').map(|(_, key)| key == self.api_key))
             .unwrap_or(false)
+    }
+
+    /// Takes a token of `account`'s rate limit, or says how long until one is back.
+    pub fn take_token(&self, account: &str) -> Result<(), Duration> {
+        self.limiter().take(account, Instant::now())
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limiter().limits().clone()
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        self.limiter().replace(limits);
     }
 
     pub fn faults(&self) -> Faults {
@@ -268,6 +302,9 @@ impl Sim {
         }
         if replayed {
             stats.replays += 1;
+        }
+        if fault == Fault::AccountLimit {
+            stats.rate_limited += 1;
         }
         let base = inner.calls_base;
         if let Some(call) = seq

@@ -518,12 +518,13 @@ async fn a_wrong_api_key_keeps_actions_pending_until_the_key_is_fixed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn calls_per_second_limit_spaces_order_management_calls() {
+async fn the_deprecated_calls_per_second_setting_still_limits_order_management_calls() {
     let fx = Fixture::new(1, |_| {}).await;
     let finals = finalized(30);
     fx.produce(&finals).await;
     let actions = fx.start_actions(&unique_name("actions"), |config| {
-        config.max_calls_per_sec = 20.0
+        config.om_rate_limit = None;
+        config.max_calls_per_sec = Some(20.0);
     });
     fx.wait_for_count("succeeded", 30, Duration::from_secs(60))
         .await;
@@ -531,10 +532,11 @@ async fn calls_per_second_limit_spaces_order_management_calls() {
     let calls = fx.calls().await;
     assert_eq!(calls.len(), 60, "a GET and a POST per order");
     let at = |c: &Value| DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
-    // 60 calls at 20 per second cannot span less than 59 intervals of 50 ms.
+    // 60 calls at 20 per second, the first 10 (the default burst) at once: the last
+    // cannot leave less than 50 intervals of 50 ms after the first.
     let span = at(&calls[59]) - at(&calls[0]);
     assert!(
-        span >= chrono::Duration::milliseconds(2800),
+        span >= chrono::Duration::milliseconds(2300),
         "60 calls took only {span}"
     );
     actions.stop().await;

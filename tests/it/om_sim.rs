@@ -304,6 +304,73 @@ async fn rate_limited_requests_carry_retry_after_and_have_no_effect() {
 }
 
 #[tokio::test]
+async fn an_account_over_its_rate_limit_gets_429_with_retry_after_and_the_limit_changes_at_run_time(
+) {
+    let mut config = om_sim_config(KEY);
+    // One token per 10 s: the burst is all a test this short can spend.
+    config.limits.account_rate_limit = 0.1;
+    config.limits.account_rate_burst = Some(3);
+    let sim = OmSim::start_with(config);
+    let order = new_order();
+    for _ in 0..3 {
+        assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
+    }
+    let response = sim.capture(&order, 10, Some("over-the-limit")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((9..=10).contains(&retry_after), "{retry_after}");
+    assert_eq!(error_code(response).await, "TOO_MANY_REQUESTS");
+    assert_eq!(
+        sim.captures(&order).await,
+        0,
+        "a refused request has no effect"
+    );
+    // Unauthenticated requests are no account's: 401, not 429.
+    let anonymous = sim.client.get(sim.order_url(&order)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let stats = sim.stats().await;
+    assert_eq!(stats["rate_limited"], json!(1));
+    assert_eq!(stats["by_status"]["429"], json!(1));
+    let last = sim.calls().await.into_iter().rev().nth(1).expect("the 429");
+    assert_eq!(last["fault"], json!("account_limit"));
+
+    // Raised at run time: a full bucket of the new size, and the key was not used up.
+    sim.put(
+        "/_sim/limits",
+        json!({"account_rate_limit": 1000, "account_rate_burst": 50}),
+    )
+    .await;
+    assert_eq!(
+        sim.control_json("/_sim/limits").await,
+        json!({"account_rate_limit": 1000.0, "account_rate_burst": 50})
+    );
+    let response = sim.capture(&order, 10, Some("over-the-limit")).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(sim.captures(&order).await, 1);
+
+    for bad in [
+        json!({"account_rate_limit": -1}),
+        json!({"account_rate_burst": 0}),
+        json!({"rate": 5}),
+    ] {
+        let response = sim
+            .control(reqwest::Method::PUT, "/_sim/limits", Some(bad.clone()))
+            .await;
+        assert_error(response, StatusCode::BAD_REQUEST, "BAD_VALUE").await;
+    }
+    // Off again: no limit at all.
+    sim.put("/_sim/limits", json!({})).await;
+    for _ in 0..100 {
+        assert_eq!(sim.get_order(&order).await.status(), StatusCode::OK);
+    }
+    assert_eq!(sim.stats().await["rate_limited"], json!(1));
+}
+
+#[tokio::test]
 async fn a_retry_after_set_as_text_is_sent_as_it_is_and_unprintable_text_is_refused() {
     let sim = OmSim::start(KEY);
     let order = new_order();

@@ -469,6 +469,8 @@ impl ChildConfig for ipp_actions::Config {
             http_timeout_ms,
             connect_timeout_ms,
             concurrency,
+            om_rate_limit,
+            om_rate_burst,
             max_calls_per_sec,
             inplace_retries,
             inplace_min_delay_ms,
@@ -502,7 +504,7 @@ impl ChildConfig for ipp_actions::Config {
             ("ACTIONS_HTTP_TIMEOUT_MS", http_timeout_ms.to_string()),
             ("ACTIONS_CONNECT_TIMEOUT_MS", connect_timeout_ms.to_string()),
             ("ACTIONS_CONCURRENCY", concurrency.to_string()),
-            ("ACTIONS_MAX_CALLS_PER_SEC", max_calls_per_sec.to_string()),
+            ("ACTIONS_OM_RATE_BURST", om_rate_burst.to_string()),
             ("ACTIONS_INPLACE_RETRIES", inplace_retries.to_string()),
             (
                 "ACTIONS_INPLACE_MIN_DELAY_MS",
@@ -525,12 +527,18 @@ impl ChildConfig for ipp_actions::Config {
             ("ACTIONS_MIGRATE", migrate.to_string()),
             log_env(log),
         ];
-        // Unset is not the same as any value: these two have no default.
+        // Unset is not the same as any value: these have no default of their own.
         if let Some(policy) = capture_policy {
             env.push(("ACTIONS_CAPTURE_POLICY", value_name(policy)));
         }
         if let Some(policy) = on_finalized {
             env.push(("ACTIONS_ON_FINALIZED", value_name(policy)));
+        }
+        if let Some(limit) = om_rate_limit {
+            env.push(("ACTIONS_OM_RATE_LIMIT", limit.to_string()));
+        }
+        if let Some(limit) = max_calls_per_sec {
+            env.push(("ACTIONS_MAX_CALLS_PER_SEC", limit.to_string()));
         }
         // An empty list is not a value (an empty token is refused): leave it unset.
         if !api_tokens.is_empty() {
@@ -554,8 +562,13 @@ impl ChildConfig for ipp_om_sim::Config {
             idempotency_ttl_secs,
             seed,
             faults,
+            limits,
             log,
         } = self;
+        let ipp_om_sim::Limits {
+            account_rate_limit,
+            account_rate_burst,
+        } = limits;
         let ipp_om_sim::Faults {
             fail_rate,
             rate_limit_rate,
@@ -587,10 +600,14 @@ impl ChildConfig for ipp_om_sim::Config {
                 "OM_SIM_FAULT_AFTER_EFFECT_RATE",
                 fault_after_effect_rate.to_string(),
             ),
+            ("OM_SIM_ACCOUNT_RATE_LIMIT", account_rate_limit.to_string()),
             log_env(log),
         ];
         if let Some(value) = retry_after {
             env.push(("OM_SIM_RETRY_AFTER", value.clone()));
+        }
+        if let Some(burst) = account_rate_burst {
+            env.push(("OM_SIM_ACCOUNT_RATE_BURST", burst.to_string()));
         }
         env
     }

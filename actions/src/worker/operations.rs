@@ -30,7 +30,7 @@ impl Worker {
             CommandKind::Refund => self.refund(action, hold).await,
             CommandKind::Cancel => {
                 let result = self
-                    .call(hold, om::CANCEL, || {
+                    .call(action, hold, om::CANCEL, || {
                         self.om.cancel(action.order_id, action.idempotency_key)
                     })
                     .await;
@@ -38,7 +38,7 @@ impl Worker {
             }
             CommandKind::ReleaseRemainingAuthorization => {
                 let result = self
-                    .call(hold, om::RELEASE, || {
+                    .call(action, hold, om::RELEASE, || {
                         self.om.release_remaining_authorization(
                             action.order_id,
                             action.idempotency_key,
@@ -70,7 +70,7 @@ impl Worker {
             (None, None, None) => action.action.clone(),
         };
         let result = self
-            .call(hold, om::CAPTURE, || {
+            .call(action, hold, om::CAPTURE, || {
                 self.om.capture(
                     action.order_id,
                     amount,
@@ -102,7 +102,9 @@ impl Worker {
     /// sent. `Err` ends the attempt: nothing to capture, or the order could not be read.
     async fn decide_capture(&self, action: &Action, hold: &super::Hold) -> Result<i64, Attempt> {
         let order = match self
-            .call(hold, om::GET_ORDER, || self.om.get_order(action.order_id))
+            .call(action, hold, om::GET_ORDER, || {
+                self.om.get_order(action.order_id)
+            })
             .await
         {
             Ok(order) => order,
@@ -160,7 +162,7 @@ impl Worker {
             return Attempt::Done(Status::Failed, outcome);
         };
         let result = self
-            .call(hold, om::REFUND, || {
+            .call(action, hold, om::REFUND, || {
                 self.om.refund(
                     action.order_id,
                     amount,

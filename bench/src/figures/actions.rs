@@ -91,6 +91,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("KUSTOM_API_URL", sim_url.clone()),
             ("KUSTOM_API_KEY", API_KEY.into()),
             ("ACTIONS_CONCURRENCY", concurrency.to_string()),
+            // The workers' ceiling, not Kustom's limit (100 requests/s per account by
+            // default, 50 captures/s): the rate limit is tests/it/rate_limit.rs' figure.
+            ("ACTIONS_OM_RATE_LIMIT", "0".into()),
             ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
         ],
     )?;
