@@ -142,18 +142,19 @@ async fn handle(
     operation: Result<Operation, OmError>,
 ) -> Response {
     let key = ctx.idempotency_key.as_deref();
-    let seq = sim.log_call(ctx.method.as_str(), &ctx.path, key);
+    let account = sim.account_of(ctx.authorization.as_deref());
+    let seq = sim.log_call(ctx.method.as_str(), &ctx.path, key, account);
     let is_post = ctx.method == Method::POST;
     let (fault, latency_ms) = sim.roll(is_post);
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     }
-    if !sim.authorized(ctx.authorization.as_deref()) {
+    let Some(account) = account else {
         let reply = OmError::Unauthorized.reply();
         sim.finish_call(seq, Some(reply.status), false, Fault::None);
         tracing::debug!(method = %ctx.method, path = %ctx.path, "unauthorized");
         return reply.into_response();
-    }
+    };
 
     // Faults that come before the operation leave no trace in the order or the key store.
     let early = match fault {
@@ -191,7 +192,7 @@ async fn handle(
         _ => {}
     }
 
-    let (reply, replayed) = sim.apply(order_id, operation, key);
+    let (reply, replayed) = sim.apply(account, order_id, operation, key);
     let status = reply.status.as_u16();
     if is_post {
         tracing::info!(method = %ctx.method, path = %ctx.path, order_id, idempotency_key = key, status, replayed, "operation");

@@ -19,7 +19,7 @@ use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use config::{Config, Faults};
+pub use config::{Config, Faults, SimAccount};
 pub use orders::authorized_amount_for;
 
 use crate::sim::Sim;
