@@ -401,7 +401,14 @@ mod tests {
         )
         .unwrap();
         let timeout = Duration::from_secs(1);
-        OmClients::new("http://om", &Secret::new(default_key), &accounts, timeout, timeout).unwrap()
+        OmClients::new(
+            "http://om",
+            &Secret::new(default_key),
+            &accounts,
+            timeout,
+            timeout,
+        )
+        .unwrap()
     }
 
     #[test]
