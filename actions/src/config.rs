@@ -1,6 +1,6 @@
 //! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::ValueEnum;
 use ipp_schemas::topics;
@@ -104,6 +104,20 @@ pub struct Config {
         global = true
     )]
     pub kustom_api_key: Secret,
+
+    /// The accounts file (TOML) of a deployment serving several Kustom accounts: an
+    /// action is sent with the `api_key` of its order's account (`[accounts.<merchant_id>]`),
+    /// or with KUSTOM_API_KEY when the file gives that account none; with neither it waits,
+    /// never using another account's key. `[api_tokens.<name>]` entries (`token`,
+    /// `accounts`) are commands API tokens limited to those accounts' orders. ipp-ingest
+    /// reads the same file. See the README, "Several accounts".
+    #[arg(
+        long = "accounts-file",
+        env = "KUSTOM_ACCOUNTS_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub accounts_file: Option<PathBuf>,
 
     /// Timeout of one Order Management request, in milliseconds.
     #[arg(

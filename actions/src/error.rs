@@ -56,6 +56,22 @@ pub enum OmError {
         endpoint: &'static str,
         message: String,
     },
+    /// No API key for the action's account, so nothing was sent: the action waits for
+    /// one (a fixed accounts file, or the order's finalized session naming its account).
+    #[error("{}", no_api_key(.account))]
+    NoApiKey { account: Option<String> },
+}
+
+fn no_api_key(account: &Option<String>) -> String {
+    match account {
+        Some(account) => format!(
+            "no Order Management API key for account {account:?}: give it an `api_key` in \
+             the accounts file, or set KUSTOM_API_KEY"
+        ),
+        None => "the order's account is not known (no finalized session of it recorded yet) \
+                 and KUSTOM_API_KEY is not set"
+            .to_owned(),
+    }
 }
 
 fn code_suffix(code: &Option<String>) -> String {
@@ -72,6 +88,8 @@ impl OmError {
             // A 2xx we cannot read: the same idempotency key replays the same answer,
             // so a retry is safe; the attempt limits stop it eventually.
             Self::Body { .. } => true,
+            // Waits in the ledger instead (see `worker::permanent_or_retry`).
+            Self::NoApiKey { .. } => false,
         }
     }
 
@@ -107,6 +125,7 @@ impl OmError {
             Self::Connect { .. } => "connect_error".into(),
             Self::Transport { .. } => "transport_error".into(),
             Self::Body { .. } => "bad_body".into(),
+            Self::NoApiKey { .. } => "no_api_key".into(),
         }
     }
 

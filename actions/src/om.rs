@@ -1,14 +1,14 @@
 //! The Kustom Order Management client: read an order, capture, refund, cancel, release
 //! the remaining authorization. Every POST carries a `Klarna-Idempotency-Key`.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use reqwest::{header, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use ipp_service::Secret;
+use ipp_service::{Accounts, Secret};
 
 use crate::error::OmError;
 
@@ -81,17 +81,24 @@ struct ErrorBody {
     correlation_id: Option<String>,
 }
 
+/// Order Management for every account: one HTTP client (one connection pool) and the
+/// `Authorization` of each account of the accounts file that has an `api_key`, beside the
+/// default one (`KUSTOM_API_KEY`).
 #[derive(Clone)]
-pub struct OmClient {
+pub struct OmClients {
     http: reqwest::Client,
     base_url: String,
-    authorization: String,
+    default: Option<String>,
+    accounts: HashMap<String, String>,
 }
 
-impl OmClient {
+impl OmClients {
+    /// An empty `default_key` means none: an order of an account without a key of its
+    /// own then waits (see [`OmClients::account`]).
     pub fn new(
         base_url: &str,
-        api_key: &Secret,
+        default_key: &Secret,
+        accounts: &Accounts,
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
@@ -100,13 +107,52 @@ impl OmClient {
             .connect_timeout(connect_timeout)
             .user_agent(concat!("ipp-actions/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let basic = |key: &Secret| format!("Basic {}", key.expose());
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            authorization: format!("Basic {}", api_key.expose()),
+            default: Some(default_key)
+                .filter(|key| !key.expose().is_empty())
+                .map(basic),
+            accounts: accounts
+                .iter()
+                .filter_map(|(id, account)| Some((id.to_owned(), basic(account.api_key.as_ref()?))))
+                .collect(),
         })
     }
 
+    /// Whether some key is configured at all.
+    pub fn has_keys(&self) -> bool {
+        self.default.is_some() || !self.accounts.is_empty()
+    }
+
+    /// Order Management as the account `merchant_id` (an action's ledger row's): with its
+    /// own key when the accounts file gives it one, else with the default key. Without
+    /// either, `NoApiKey`: never another account's key.
+    pub fn account(&self, merchant_id: Option<&str>) -> Result<OmClient<'_>, OmError> {
+        let own = merchant_id.and_then(|id| self.accounts.get(id));
+        let authorization = own
+            .or(self.default.as_ref())
+            .ok_or_else(|| OmError::NoApiKey {
+                account: merchant_id.map(str::to_owned),
+            })?;
+        Ok(OmClient {
+            http: &self.http,
+            base_url: &self.base_url,
+            authorization,
+        })
+    }
+}
+
+/// Order Management as one account.
+#[derive(Clone, Copy)]
+pub struct OmClient<'a> {
+    http: &'a reqwest::Client,
+    base_url: &'a str,
+    authorization: &'a str,
+}
+
+impl OmClient<'_> {
     fn order_url(&self, order_id: Uuid) -> String {
         format!("{}/ordermanagement/v1/orders/{order_id}", self.base_url)
     }
@@ -115,7 +161,7 @@ impl OmClient {
         let response = self
             .http
             .get(self.order_url(order_id))
-            .header(header::AUTHORIZATION, &self.authorization)
+            .header(header::AUTHORIZATION, self.authorization)
             .send()
             .await
             .map_err(|e| transport_error(GET_ORDER, e))?;
@@ -216,7 +262,7 @@ impl OmClient {
         let response = self
             .http
             .post(format!("{}/{path}", self.order_url(order_id)))
-            .header(header::AUTHORIZATION, &self.authorization)
+            .header(header::AUTHORIZATION, self.authorization)
             .header(IDEMPOTENCY_HEADER, idempotency_key.to_string())
             .json(body)
             .send()
@@ -347,6 +393,43 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn clients(default_key: &str) -> OmClients {
+        let accounts = Accounts::parse(
+            "[accounts.DM1]\napi_key = \"kco_1\"\n[accounts.DM2]\nwebhook_secrets = [\"whsec_x\"]\n",
+            std::path::Path::new("accounts.toml"),
+        )
+        .unwrap();
+        let timeout = Duration::from_secs(1);
+        OmClients::new(
+            "http://om",
+            &Secret::new(default_key),
+            &accounts,
+            timeout,
+            timeout,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_account_its_own_key_else_the_default_never_another() {
+        let om = clients("kco_default");
+        let key = |merchant: Option<&str>| om.account(merchant).map(|c| c.authorization.to_owned());
+        assert_eq!(key(Some("DM1")).unwrap(), "Basic kco_1");
+        // In the file without a key, not in the file, not known: the default key.
+        assert_eq!(key(Some("DM2")).unwrap(), "Basic kco_default");
+        assert_eq!(key(Some("DM9")).unwrap(), "Basic kco_default");
+        assert_eq!(key(None).unwrap(), "Basic kco_default");
+
+        let om = clients("");
+        let key = |merchant: Option<&str>| om.account(merchant).map(|c| c.authorization.to_owned());
+        assert_eq!(key(Some("DM1")).unwrap(), "Basic kco_1");
+        for merchant in [Some("DM2"), Some("DM9"), None] {
+            let error = key(merchant).unwrap_err();
+            assert!(matches!(error, OmError::NoApiKey { .. }), "{error}");
+            assert!(!error.to_string().contains("kco_"), "{error}");
+        }
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

@@ -41,17 +41,22 @@ pub async fn run(
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let dead_letters = Arc::new(DeadLetters::new(&config)?);
-    let om = om::OmClient::new(
+    let accounts = ipp_service::Accounts::load_optional(config.accounts_file.as_deref())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let om = om::OmClients::new(
         &config.kustom_api_url,
         &config.kustom_api_key,
+        &accounts,
         config.http_timeout(),
         config.connect_timeout(),
     )
     .map_err(|e| Error::Config(format!("http client: {e}")))?;
-    if config.kustom_api_key.expose().is_empty() {
-        warn!("KUSTOM_API_KEY is empty: Order Management will answer 401");
+    if !om.has_keys() {
+        warn!("no KUSTOM_API_KEY and no api_key in an accounts file: every action waits for one");
+    } else if !accounts.is_empty() {
+        info!(accounts = %accounts, "calling Order Management with the key of each order's account");
     }
-    let tokens = api::Tokens::new(&config.api_tokens).map_err(Error::Config)?;
+    let tokens = api::Tokens::new(&config.api_tokens, &accounts).map_err(Error::Config)?;
     let api = if tokens.is_empty() {
         info!("no ACTIONS_API_TOKENS: the commands API is off");
         None

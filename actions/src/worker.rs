@@ -37,7 +37,7 @@ use crate::{
     kafka::dead_letters::DeadLetters,
     ledger::{self, Action, Outcome, Status},
     metrics::Metrics,
-    om::{self, OmClient},
+    om::{self, OmClients},
     retry::RetryPolicy,
 };
 use lease::{Hold, Leases};
@@ -45,7 +45,8 @@ use rate::RateLimits;
 
 pub struct Worker {
     pub pool: PgPool,
-    pub om: OmClient,
+    /// Order Management, with the API key of each account.
+    pub om: OmClients,
     pub policy: RetryPolicy,
     pub dlq: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
@@ -420,8 +421,9 @@ impl Worker {
 fn permanent_or_retry(e: OmError) -> Attempt {
     // 401 says our API key is wrong, not that the order is: failing every order would
     // bury the ledger in DLQ records, so wait in the ledger for the fix (the attempt
-    // limits still apply), without in-place retries.
-    if e.is_retryable() || e.status_code() == Some(401) {
+    // limits still apply), without in-place retries. So does a missing key.
+    let no_key = matches!(e, OmError::NoApiKey { .. });
+    if e.is_retryable() || e.status_code() == Some(401) || no_key {
         return Attempt::Retry(e);
     }
     Attempt::Done(Status::Failed, failure(&e, e.reason()))

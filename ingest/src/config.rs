@@ -1,6 +1,6 @@
 //! Configuration: every setting is a flag and an environment variable; `--help` is the reference.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use ipp_schemas::topics;
@@ -42,6 +42,18 @@ pub struct Config {
         hide_env_values = true
     )]
     pub webhook_secrets: Vec<Secret>,
+
+    /// The accounts file (TOML) of a deployment serving several Kustom accounts: a
+    /// webhook whose `merchant_id` names an account `[accounts.<merchant_id>]` of the file
+    /// is verified with that account's `webhook_secrets` only; one naming another
+    /// account, or none, with KUSTOM_WEBHOOK_SECRETS (refused when there are none).
+    /// ipp-actions reads the same file. See the README, "Several accounts".
+    #[arg(
+        long = "accounts-file",
+        env = "KUSTOM_ACCOUNTS_FILE",
+        value_name = "PATH"
+    )]
+    pub accounts_file: Option<PathBuf>,
 
     /// Accept unsigned webhooks. Only for local experiments: anyone could post events.
     #[arg(long)]

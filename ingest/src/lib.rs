@@ -23,14 +23,44 @@ pub use kafka::COMPRESSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("no webhook secrets configured: set KUSTOM_WEBHOOK_SECRETS, or pass --insecure-skip-verify for local experiments")]
+    #[error("no webhook secrets configured: set KUSTOM_WEBHOOK_SECRETS or KUSTOM_ACCOUNTS_FILE, or pass --insecure-skip-verify for local experiments")]
     NoSecrets,
+    #[error(transparent)]
+    Accounts(#[from] ipp_service::AccountsError),
     #[error(transparent)]
     InvalidSecret(#[from] verify::InvalidSecret),
     #[error(transparent)]
     Producer(#[from] kafka::ProducerConfigError),
     #[error("http server failed")]
     Serve(#[source] std::io::Error),
+}
+
+/// The default secrets and those of every account of the accounts file that has some.
+fn verifier(
+    config: &Config,
+    accounts: &ipp_service::Accounts,
+) -> Result<verify::Verifier, StartError> {
+    let defaults = config.webhook_secrets.iter().map(|s| s.expose());
+    let mut verifier = verify::Verifier::new(defaults, config.signature_tolerance_secs)?;
+    let mut named = Vec::new();
+    for (merchant_id, account) in accounts.iter() {
+        if !account.webhook_secrets.is_empty() {
+            let secrets = account.webhook_secrets.iter().map(|s| s.expose());
+            verifier = verifier.with_account(merchant_id, secrets)?;
+            named.push(merchant_id);
+        }
+    }
+    if !verifier.has_secrets() {
+        return Err(StartError::NoSecrets);
+    }
+    if !named.is_empty() {
+        tracing::info!(
+            accounts = %named.join(","),
+            default_secrets = !config.webhook_secrets.is_empty(),
+            "verifying webhooks with the secrets of the account they name"
+        );
+    }
+    Ok(verifier)
 }
 
 /// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish
@@ -56,14 +86,9 @@ pub async fn run_with_clock(
             "signature verification is OFF (--insecure-skip-verify): anyone can post events"
         );
         None
-    } else if config.webhook_secrets.is_empty() {
-        return Err(StartError::NoSecrets);
     } else {
-        let secrets = config.webhook_secrets.iter().map(|s| s.expose());
-        Some(verify::Verifier::new(
-            secrets,
-            config.signature_tolerance_secs,
-        )?)
+        let accounts = ipp_service::Accounts::load_optional(config.accounts_file.as_deref())?;
+        Some(verifier(&config, &accounts)?)
     };
     let metrics = metrics::Metrics::new();
     let log = kafka::EventLog::new(

@@ -5,6 +5,13 @@
 //! and the body as bytes (so a body that is not UTF-8 can be verified, and then stored),
 //! HMAC-SHA256 with every secret; each `v1,` entry is decoded and compared in constant
 //! time with every expected MAC. Headers are bounded before any work is done on them.
+//!
+//! With several Kustom accounts (the accounts file), each account has its own secrets:
+//! a webhook is checked against the secrets of the account its body names, and only
+//! those; one naming an account not in the file, or none, against the default secrets
+//! (`KUSTOM_WEBHOOK_SECRETS`).
+
+use std::collections::HashMap;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use hmac::{Hmac, Mac};
@@ -49,6 +56,11 @@ pub enum VerifyError {
     MalformedSignature,
     #[error("no signature matches any configured secret")]
     NoMatch,
+    /// The body's `merchant_id` is not an account of the accounts file (or it names
+    /// none) and no default secrets are configured. The value is not echoed: it is
+    /// unverified.
+    #[error("no webhook secrets for the account this body names (its merchant_id is not in the accounts file, or missing) and no default secrets are set")]
+    UnknownAccount,
 }
 
 impl VerifyError {
@@ -66,18 +78,24 @@ impl VerifyError {
             Self::TooManySignatures => "too_many_signatures",
             Self::MalformedSignature => "malformed_signature",
             Self::NoMatch => "no_match",
+            Self::UnknownAccount => "unknown_account",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("webhook secret #{index} is not valid `whsec_` base64")]
+#[error("webhook secret #{index}{} is not valid `whsec_` base64", account.as_ref().map(|a| format!(" of account {a:?}")).unwrap_or_default())]
 pub struct InvalidSecret {
     pub index: usize,
+    /// The account of the accounts file it belongs to; `None` for the default secrets.
+    pub account: Option<String>,
 }
 
 pub struct Verifier {
+    /// The default secrets' keys (`KUSTOM_WEBHOOK_SECRETS`); may be empty.
     keys: Vec<Vec<u8>>,
+    /// The keys of each account of the accounts file that has secrets.
+    accounts: HashMap<String, Vec<Vec<u8>>>,
     tolerance_secs: i64,
 }
 
@@ -99,22 +117,47 @@ impl Verifier {
         secrets: impl IntoIterator<Item = &'a str>,
         tolerance_secs: u64,
     ) -> Result<Self, InvalidSecret> {
-        let keys = secrets
-            .into_iter()
-            .enumerate()
-            .map(|(index, secret)| decode_secret(secret).ok_or(InvalidSecret { index }))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
-            keys,
+            keys: decode_secrets(secrets, None)?,
+            accounts: HashMap::new(),
             tolerance_secs: i64::try_from(tolerance_secs).unwrap_or(i64::MAX),
         })
     }
 
-    /// Checks the request against every secret; `now` is Unix seconds.
+    /// Adds the secrets of the account `merchant_id`: its webhooks are checked against
+    /// them alone.
+    pub fn with_account<'a>(
+        mut self,
+        merchant_id: &str,
+        secrets: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, InvalidSecret> {
+        let keys = decode_secrets(secrets, Some(merchant_id))?;
+        self.accounts.insert(merchant_id.to_owned(), keys);
+        Ok(self)
+    }
+
+    /// Whether any webhook can be accepted at all.
+    pub fn has_secrets(&self) -> bool {
+        !self.keys.is_empty() || self.accounts.values().any(|keys| !keys.is_empty())
+    }
+
+    /// Checks the request against the default secrets; `now` is Unix seconds.
     pub fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
+        now: i64,
+    ) -> Result<SignedHeaders, VerifyError> {
+        self.verify_for(headers, body, None, now)
+    }
+
+    /// Checks the request against the secrets of `account` (the body's `merchant_id`)
+    /// when the accounts file has it, else against the default secrets.
+    pub fn verify_for(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        account: Option<&str>,
         now: i64,
     ) -> Result<SignedHeaders, VerifyError> {
         let webhook_id = header(headers, HEADER_ID, MAX_WEBHOOK_ID_BYTES)?;
@@ -132,8 +175,14 @@ impl Verifier {
             return Err(VerifyError::InFuture);
         }
         let offered = v1_signatures(signatures)?;
+        let keys = account
+            .and_then(|account| self.accounts.get(account))
+            .unwrap_or(&self.keys);
+        if keys.is_empty() {
+            return Err(VerifyError::UnknownAccount);
+        }
         let mut matched = subtle::Choice::from(0);
-        for key in &self.keys {
+        for key in keys {
             let expected = mac(key, webhook_id, timestamp_text, body);
             for candidate in &offered {
                 matched |= expected.ct_eq(candidate);
@@ -148,6 +197,22 @@ impl Verifier {
             Err(VerifyError::NoMatch)
         }
     }
+}
+
+fn decode_secrets<'a>(
+    secrets: impl IntoIterator<Item = &'a str>,
+    account: Option<&str>,
+) -> Result<Vec<Vec<u8>>, InvalidSecret> {
+    secrets
+        .into_iter()
+        .enumerate()
+        .map(|(index, secret)| {
+            decode_secret(secret).ok_or_else(|| InvalidSecret {
+                index,
+                account: account.map(str::to_owned),
+            })
+        })
+        .collect()
 }
 
 fn mac(key: &[u8], webhook_id: &str, timestamp: &str, body: &[u8]) -> [u8; MAC_BYTES] {

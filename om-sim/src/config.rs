@@ -34,6 +34,24 @@ pub struct Config {
     )]
     pub api_key: Secret,
 
+    /// The account (merchant id) of OM_SIM_API_KEY.
+    #[arg(long, env = "OM_SIM_MERCHANT_ID", default_value = "sim_merchant")]
+    pub merchant_id: String,
+
+    /// More accounts, each `MERCHANT_ID:KEY`, comma-separated. An order belongs to one
+    /// account (seeded with `merchant_id`, or the first that calls it); another
+    /// account's key gets 404 NO_SUCH_ORDER for it, as Kustom answers. Idempotency keys
+    /// are per account too.
+    #[arg(
+        long = "account",
+        env = "OM_SIM_ACCOUNTS",
+        value_name = "MERCHANT_ID:KEY",
+        value_delimiter = ',',
+        value_parser = SimAccount::parse,
+        hide_env_values = true
+    )]
+    pub accounts: Vec<SimAccount>,
+
     /// ISO 4217 currency of every order.
     #[arg(long, env = "OM_SIM_CURRENCY", default_value = "EUR")]
     pub currency: String,
@@ -54,6 +72,32 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// One more account of the simulator: its merchant id and API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimAccount {
+    pub merchant_id: String,
+    pub api_key: Secret,
+}
+
+impl SimAccount {
+    pub fn new(merchant_id: &str, api_key: &str) -> Self {
+        Self {
+            merchant_id: merchant_id.to_owned(),
+            api_key: Secret::new(api_key),
+        }
+    }
+
+    /// `MERCHANT_ID:KEY`, neither part empty; the error never shows the key.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.split_once(':') {
+            Some((merchant, key)) if !merchant.trim().is_empty() && !key.trim().is_empty() => {
+                Ok(Self::new(merchant.trim(), key.trim()))
+            }
+            _ => Err("an account is MERCHANT_ID:KEY, neither part empty".into()),
+        }
+    }
 }
 
 /// Fault injection, applied to the Order Management endpoints only (never to `/_sim`).

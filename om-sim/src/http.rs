@@ -145,19 +145,20 @@ async fn handle(
     operation: Result<Operation, OmError>,
 ) -> Response {
     let key = ctx.idempotency_key.as_deref();
-    let seq = sim.log_call(ctx.method.as_str(), &ctx.path, key);
+    let account = sim.account_of(ctx.authorization.as_deref());
+    let seq = sim.log_call(ctx.method.as_str(), &ctx.path, key, account);
     let is_post = ctx.method == Method::POST;
     let (fault, latency_ms) = sim.roll(is_post);
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     }
-    let Some(account) = sim.account(ctx.authorization.as_deref()) else {
+    let Some(account) = account else {
         let reply = OmError::Unauthorized.reply();
         sim.finish_call(seq, Some(reply.status), false, Fault::None);
         tracing::debug!(method = %ctx.method, path = %ctx.path, "unauthorized");
         return reply.into_response();
     };
-    if let Err(wait) = sim.take_token(&account) {
+    if let Err(wait) = sim.take_token(account) {
         let retry_after = retry_after_secs(wait).to_string();
         let reply = OmError::TooManyRequests { retry_after }.reply();
         sim.finish_call(seq, Some(reply.status), false, Fault::AccountLimit);
@@ -201,7 +202,7 @@ async fn handle(
         _ => {}
     }
 
-    let (reply, replayed) = sim.apply(order_id, operation, key);
+    let (reply, replayed) = sim.apply(account, order_id, operation, key);
     let status = reply.status.as_u16();
     if is_post {
         tracing::info!(method = %ctx.method, path = %ctx.path, order_id, idempotency_key = key, status, replayed, "operation");

@@ -20,7 +20,7 @@ use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use config::{Config, Faults, Limits};
+pub use config::{Config, Faults, Limits, SimAccount};
 pub use orders::authorized_amount_for;
 
 use crate::sim::Sim;

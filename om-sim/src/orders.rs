@@ -68,6 +68,9 @@ pub struct Effects {
 #[derive(Debug, Clone)]
 pub struct Order {
     pub order_id: Uuid,
+    /// The account the order belongs to: seeded, or the first that called it. Another
+    /// account's calls get 404 NO_SUCH_ORDER.
+    pub merchant_id: Option<String>,
     pub status: OrderStatus,
     pub order_amount: i64,
     pub original_order_amount: i64,
@@ -108,6 +111,8 @@ pub struct OrderView {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
+    /// The account it belongs to; by default the first account that calls it.
+    pub merchant_id: Option<String>,
     pub status: Option<OrderStatus>,
     pub order_amount: Option<i64>,
     pub captured_amount: Option<i64>,
@@ -144,6 +149,7 @@ impl Order {
         let amount = authorized_amount_for(&order_id);
         Self {
             order_id,
+            merchant_id: None,
             status: OrderStatus::Authorized,
             order_amount: amount,
             original_order_amount: amount,
@@ -167,6 +173,7 @@ impl Order {
             order_id,
             seed.purchase_currency.as_deref().unwrap_or(currency),
         );
+        order.merchant_id.clone_from(&seed.merchant_id);
         order.missing = seed.missing;
         order.refuse_captures = seed.refuse_captures;
         order.omit_fields = seed.omit_fields.clone();

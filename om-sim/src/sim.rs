@@ -81,6 +81,8 @@ pub struct Call {
     pub seq: u64,
     pub method: String,
     pub path: String,
+    /// The account (merchant id) whose key the request carried; null without a valid key.
+    pub account: Option<String>,
     pub idempotency_key: Option<String>,
     /// The status answered; null when the connection was dropped or the request hung.
     pub status: Option<u16>,
@@ -117,6 +119,8 @@ pub struct Stats {
 pub struct SimOrder {
     #[serde(flatten)]
     pub order: OrderView,
+    /// The account it belongs to; null until an account calls it.
+    pub merchant_id: Option<String>,
     pub missing: bool,
     pub refuse_captures: bool,
     pub effects: Effects,
@@ -144,7 +148,8 @@ struct Dice {
 }
 
 pub struct Sim {
-    api_key: String,
+    /// Every account's API key and merchant id, OM_SIM_API_KEY's first.
+    accounts: Vec<(String, String)>,
     currency: String,
     idempotency_ttl: Duration,
     inner: Mutex<Inner>,
@@ -155,7 +160,15 @@ pub struct Sim {
 impl Sim {
     pub fn new(config: &Config) -> Self {
         Self {
-            api_key: config.api_key.expose().to_owned(),
+            accounts: std::iter::once((config.api_key.expose(), config.merchant_id.as_str()))
+                .chain(
+                    config
+                        .accounts
+                        .iter()
+                        .map(|a| (a.api_key.expose(), a.merchant_id.as_str())),
+                )
+                .map(|(key, merchant)| (key.to_owned(), merchant.to_owned()))
+                .collect(),
             currency: config.currency.clone(),
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
             inner: Mutex::new(Inner::default()),
@@ -181,30 +194,25 @@ impl Sim {
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The account `header` authenticates, by its API key (there is one account, whose
-    /// key is the configured one); `None` is a 401.
-    pub fn account(&self, header: Option<&str>) -> Option<String> {
-        self.authorized(header).then(|| self.api_key.clone())
-    }
-
-    /// `Basic <key>` or `Basic base64(<any user>:<key>)`.
-    fn authorized(&self, header: Option<&str>) -> bool {
+    /// The account (merchant id) of the key an `Authorization` header carries, as
+    /// `Basic <key>` or `Basic base64(<any user>:<key>)`; `None`: no key we know.
+    pub fn account_of(&self, header: Option<&str>) -> Option<&str> {
         use base64::Engine as _;
-        let Some(token) = header.and_then(|h| {
+        let token = header.and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("basic").then(|| token.trim())
-        }) else {
-            return false;
-        };
-        if token == self.api_key {
-            return true;
-        }
-        base64::engine::general_purpose::STANDARD
+        })?;
+        let decoded = base64::engine::general_purpose::STANDARD
             .decode(token)
             .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|pair| pair.split_once(':').map(|(_, key)| key == self.api_key))
-            .unwrap_or(false)
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let paired_key = decoded
+            .as_deref()
+            .and_then(|pair| Some(pair.split_once(':')?.1));
+        self.accounts
+            .iter()
+            .find(|(key, _)| token == key || paired_key == Some(key.as_str()))
+            .map(|(_, merchant)| merchant.as_str())
     }
 
     /// Takes a token of `account`'s rate limit, or says how long until one is back.
@@ -267,7 +275,13 @@ impl Sim {
     }
 
     /// Logs a request on arrival and returns its sequence number.
-    pub fn log_call(&self, method: &str, path: &str, idempotency_key: Option<&str>) -> u64 {
+    pub fn log_call(
+        &self,
+        method: &str,
+        path: &str,
+        idempotency_key: Option<&str>,
+        account: Option<&str>,
+    ) -> u64 {
         let mut inner = self.inner();
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -276,6 +290,7 @@ impl Sim {
             seq,
             method: method.to_owned(),
             path: path.to_owned(),
+            account: account.map(str::to_owned),
             idempotency_key: idempotency_key.map(str::to_owned),
             status: None,
             replayed: false,
@@ -324,17 +339,22 @@ impl Sim {
         }
     }
 
-    /// Applies one Order Management operation. For POSTs with an idempotency key, a key
-    /// seen within the TTL returns the stored reply (`true`) and changes nothing.
+    /// Applies one Order Management operation as `account`. For POSTs with an idempotency
+    /// key, a key this account used within the TTL returns the stored reply (`true`) and
+    /// changes nothing.
     pub fn apply(
         &self,
+        account: &str,
         order_id: &str,
         operation: Result<Operation, OmError>,
         idempotency_key: Option<&str>,
     ) -> (Reply, bool) {
         let mut inner = self.inner();
-        let key =
-            idempotency_key.filter(|_| operation.as_ref().map(Operation::is_post).unwrap_or(true));
+        // Each account has its keys, as at Kustom: a newline cannot be in a header value.
+        let scoped = idempotency_key.map(|key| format!("{account}\n{key}"));
+        let key = scoped
+            .as_deref()
+            .filter(|_| operation.as_ref().map(Operation::is_post).unwrap_or(true));
         if let Some(key) = key {
             let stored = inner.idempotency.get(key).map(|s| {
                 (
@@ -353,7 +373,7 @@ impl Sim {
         }
         let result = operation.and_then(|op| {
             let order_id = parse_order_id(order_id)?;
-            Ok(self.execute(&mut inner, order_id, op))
+            Ok(self.execute(&mut inner, account, order_id, op))
         });
         let (reply, keep) = match result {
             Ok(Ok(reply)) => (reply, true),
@@ -374,6 +394,7 @@ impl Sim {
     fn execute(
         &self,
         inner: &mut Inner,
+        account: &str,
         order_id: Uuid,
         operation: Operation,
     ) -> Result<Reply, OmError> {
@@ -382,6 +403,12 @@ impl Sim {
             .orders
             .entry(order_id)
             .or_insert_with(|| Order::authorized(order_id, currency));
+        // Another account's order does not exist for this one.
+        match &order.merchant_id {
+            Some(owner) if owner != account => return Err(OmError::NoSuchOrder(order_id)),
+            Some(_) => {}
+            None => order.merchant_id = Some(account.to_owned()),
+        }
         let base = format!("/ordermanagement/v1/orders/{order_id}");
         match operation {
             Operation::GetOrder => {
@@ -482,6 +509,7 @@ fn parse_order_id(order_id: &str) -> Result<Uuid, OmError> {
 fn sim_order(order: &Order) -> SimOrder {
     SimOrder {
         order: order.view(),
+        merchant_id: order.merchant_id.clone(),
         missing: order.missing,
         refuse_captures: order.refuse_captures,
         effects: order.effects,

@@ -2,6 +2,7 @@
 //! The plumbing every ipp-pipeline service shares, kept in one place so that all of them
 //! are configured, connect, log, probe, stop and allocate the same way.
 
+pub mod accounts;
 pub mod args;
 pub mod http;
 pub mod kafka;
@@ -10,6 +11,7 @@ pub mod probe;
 pub mod secret;
 pub mod telemetry;
 
+pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
 pub use args::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs};
 pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;

@@ -2,6 +2,7 @@
 //! harness (fresh topics and databases, in-process services, child processes, the
 //! webhook signer) is the `ipp_tests` library in `tests/src`.
 
+mod accounts;
 mod actions;
 mod bench_smoke;
 mod commands;

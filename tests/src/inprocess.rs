@@ -300,6 +300,7 @@ pub fn ingest_config(
     config.ipp_topic = ipp_topic.to_owned();
     config.other_topic = other_topic.to_owned();
     config.webhook_secrets = secrets.iter().map(Secret::new).collect();
+    config.accounts_file = None;
     config.insecure_skip_verify = false;
     config.signature_tolerance_secs = 300;
     config.max_body_bytes = 256 * 1024;
@@ -372,6 +373,7 @@ pub fn actions_config(
     config.group = group.to_owned();
     config.kustom_api_url = om.url.to_owned();
     config.kustom_api_key = Secret::new(om.api_key);
+    config.accounts_file = None;
     config.migrate = true;
     config
 }
@@ -389,6 +391,8 @@ pub fn with_capture_policy(
 pub fn om_sim_config(api_key: &str) -> ipp_om_sim::Config {
     let mut config = ipp_om_sim::Config::try_parse_from(["ipp-om-sim"]).expect("defaults");
     config.api_key = Secret::new(api_key);
+    config.merchant_id = "sim_merchant".to_owned();
+    config.accounts = Vec::new();
     config.faults = ipp_om_sim::Faults::default();
     config.seed = 1;
     config

@@ -366,6 +366,7 @@ impl ChildConfig for ipp_ingest::Config {
             ipp_topic,
             other_topic,
             webhook_secrets,
+            accounts_file,
             insecure_skip_verify: _,
             signature_tolerance_secs,
             max_body_bytes,
@@ -381,6 +382,9 @@ impl ChildConfig for ipp_ingest::Config {
         let mut env = Vec::new();
         if !secrets.is_empty() {
             env.push(("KUSTOM_WEBHOOK_SECRETS", secrets.join(",")));
+        }
+        if let Some(path) = accounts_file {
+            env.push(("KUSTOM_ACCOUNTS_FILE", path.display().to_string()));
         }
         env.extend([
             ("INGEST_LISTEN", listen.addr.to_string()),
@@ -466,6 +470,7 @@ impl ChildConfig for ipp_actions::Config {
             api_retry_after_secs,
             kustom_api_url,
             kustom_api_key,
+            accounts_file,
             http_timeout_ms,
             connect_timeout_ms,
             concurrency,
@@ -540,6 +545,9 @@ impl ChildConfig for ipp_actions::Config {
         if let Some(limit) = max_calls_per_sec {
             env.push(("ACTIONS_MAX_CALLS_PER_SEC", limit.to_string()));
         }
+        if let Some(path) = accounts_file {
+            env.push(("KUSTOM_ACCOUNTS_FILE", path.display().to_string()));
+        }
         // An empty list is not a value (an empty token is refused): leave it unset.
         if !api_tokens.is_empty() {
             let tokens: Vec<&str> = api_tokens.iter().map(|t| t.expose()).collect();
@@ -558,6 +566,8 @@ impl ChildConfig for ipp_om_sim::Config {
         let ipp_om_sim::Config {
             listen,
             api_key,
+            merchant_id,
+            accounts,
             currency,
             idempotency_ttl_secs,
             seed,
@@ -583,6 +593,7 @@ impl ChildConfig for ipp_om_sim::Config {
         let mut env = vec![
             ("OM_SIM_LISTEN", listen.addr.to_string()),
             ("OM_SIM_API_KEY", api_key.expose().to_owned()),
+            ("OM_SIM_MERCHANT_ID", merchant_id.clone()),
             ("OM_SIM_CURRENCY", currency.clone()),
             (
                 "OM_SIM_IDEMPOTENCY_TTL_SECS",
@@ -608,6 +619,13 @@ impl ChildConfig for ipp_om_sim::Config {
         }
         if let Some(burst) = account_rate_burst {
             env.push(("OM_SIM_ACCOUNT_RATE_BURST", burst.to_string()));
+        }
+        if !accounts.is_empty() {
+            let accounts: Vec<String> = accounts
+                .iter()
+                .map(|a| format!("{}:{}", a.merchant_id, a.api_key.expose()))
+                .collect();
+            env.push(("OM_SIM_ACCOUNTS", accounts.join(",")));
         }
         env
     }

@@ -9,6 +9,12 @@
 //! characters, scoped by the token's name). A POST answers 202 with the command once the
 //! broker acknowledged it, 503 with `Retry-After` when the log or the database cannot
 //! take it; every refusal is a JSON `{"error", "message"}` and appends nothing.
+//!
+//! A token limited to some accounts (the accounts file's `[api_tokens.NAME]`) acts only
+//! on orders whose account the ledger knows (its finalized session is recorded) and is
+//! one of its own: any other order, of another account or of none known yet, answers
+//! 404 exactly as an order nobody knows, and so do its commands. Nothing tells it that
+//! another account's order exists.
 
 mod auth;
 
@@ -32,8 +38,10 @@ pub use auth::Tokens;
 
 use crate::{
     command::{self, CommandLog, CommandRequest, CommandState, IssueError, RequestError},
+    ledger,
     metrics::Metrics,
 };
+use auth::Caller;
 
 /// The largest request body: far above any command, far below anything harmful.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -144,8 +152,10 @@ async fn accept_command(
     body: Body,
     kind: CommandKind,
 ) -> Result<(Response, bool), ApiError> {
-    let scope = authenticate(api, headers)?;
+    let caller = authenticate(api, headers)?;
     let order_id = parse_uuid(order_id, "invalid_order_id", "order id")?;
+    check_order_visible(api, caller, order_id).await?;
+    let scope = caller.name;
     let key = idempotency_key(headers)?;
     let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
         ApiError::new(
@@ -223,17 +233,31 @@ async fn show_command(
     Path(command_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&api, &headers)?;
+    let caller = authenticate(&api, &headers)?;
     let command_id = parse_uuid(&command_id, "invalid_command_id", "command id")?;
-    match command::state::find(&api.pool, command_id).await {
-        Ok(Some(state)) => Ok(Json(state).into_response()),
-        Ok(None) => Err(ApiError::new(
+    let no_such_command = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "no_such_command",
             format!("no command {command_id}"),
-        )),
-        Err(e) => Err(database_unavailable(&api, &e)),
-    }
+        )
+    };
+    let state = match command::state::find(&api.pool, command_id).await {
+        Ok(Some(state)) => state,
+        Ok(None) => return Err(no_such_command()),
+        Err(e) => return Err(database_unavailable(&api, &e)),
+    };
+    // Another account's command is answered as one that does not exist.
+    check_order_visible(&api, caller, state.order_id)
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                no_such_command()
+            } else {
+                e
+            }
+        })?;
+    Ok(Json(state).into_response())
 }
 
 async fn order_commands(
@@ -241,8 +265,9 @@ async fn order_commands(
     Path(order_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&api, &headers)?;
+    let caller = authenticate(&api, &headers)?;
     let order_id = parse_uuid(&order_id, "invalid_order_id", "order id")?;
+    check_order_visible(&api, caller, order_id).await?;
     match command::state::for_order(&api.pool, order_id).await {
         Ok(commands) => {
             Ok(Json(json!({ "order_id": order_id, "commands": commands })).into_response())
@@ -260,8 +285,35 @@ fn database_unavailable(api: &Api, e: &sqlx::Error) -> ApiError {
     )
 }
 
-/// The token's name: the scope of its Idempotency-Keys.
-fn authenticate<'a>(api: &'a Api, headers: &HeaderMap) -> Result<&'a str, ApiError> {
+/// For a token limited to some accounts: 404 `no_such_order` unless the order's account
+/// is known and one of the token's. The same answer for an order of another account, of
+/// no known account, or of nobody, so that it reveals nothing.
+async fn check_order_visible(
+    api: &Api,
+    caller: Caller<'_>,
+    order_id: Uuid,
+) -> Result<(), ApiError> {
+    if !caller.is_limited() {
+        return Ok(());
+    }
+    let account = ledger::account_of(&api.pool, order_id)
+        .await
+        .map_err(|e| database_unavailable(api, &e))?;
+    if caller.permits(account.as_deref()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_order",
+        format!(
+            "no order {order_id} of this token's accounts is known (an order is known once \
+             its finalized session is recorded)"
+        ),
+    ))
+}
+
+/// The caller: its token's name (the scope of its Idempotency-Keys) and accounts.
+fn authenticate<'a>(api: &'a Api, headers: &HeaderMap) -> Result<Caller<'a>, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default());

@@ -173,6 +173,31 @@ impl ActionConsumer {
                 return self.park(message, &reason, shutdown).await;
             }
         };
+        if new.command.is_none() {
+            if let Some(merchant_id) = &new.merchant_id {
+                // Also on a redelivery: a crash may have come between the two writes.
+                let adopted = (|| ledger::adopt_account(&self.pool, new.order_id, merchant_id))
+                    .retry(forever())
+                    .when(|e| !is_rejected_data(e))
+                    .notify(
+                        |e, d| error!(error = %e, retry_in = ?d, "ledger write failed; retrying"),
+                    );
+                let adopted = tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    adopted = adopted => adopted,
+                };
+                match adopted {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(order_id = %new.order_id, merchant_id, commands = n, "commands of the order took its account");
+                        self.wake.notify_one();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, order_id = %new.order_id, "could not give the order's commands its account")
+                    }
+                }
+            }
+        }
         if inserted {
             info!(
                 order_id = %new.order_id,

@@ -170,11 +170,17 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     let command = new.command.as_ref();
     // A command's amount is fixed from the start: every attempt sends that amount.
     let amount = command.and_then(|c| c.amount);
+    // A command names no account: it takes its order's, when a finalized session (or an
+    // earlier command that got it) is recorded; else `adopt_account` fills it later.
     let result = sqlx::query!(
         "INSERT INTO ipp_actions (order_id, action, kind, session_id, merchant_id, event_id, \
              status, reason, idempotency_key, source_topic, source_partition, source_offset, \
              command_id, requested_amount, reference, description, issued_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         VALUES ($1, $2, $3, $4, \
+             coalesce($5, (SELECT o.merchant_id FROM ipp_actions o \
+                           WHERE o.order_id = $1 AND o.merchant_id IS NOT NULL \
+                           ORDER BY o.seq LIMIT 1)), \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
          ON CONFLICT DO NOTHING",
         new.order_id,
         new.action,
@@ -197,6 +203,41 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Gives the order's actions that name no account yet (commands recorded before its
+/// finalized session) the account `merchant_id`, and makes those waiting for a key due
+/// now. An action some worker holds keeps its lease (`next_attempt_at` is its end).
+/// Returns how many rows it changed.
+pub async fn adopt_account(
+    pool: &PgPool,
+    order_id: Uuid,
+    merchant_id: &str,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        "UPDATE ipp_actions SET merchant_id = $2, updated_at = now(), \
+             next_attempt_at = CASE WHEN status = 'pending' AND claim_token IS NULL \
+                                    THEN least(next_attempt_at, now()) \
+                                    ELSE next_attempt_at END \
+         WHERE order_id = $1 AND merchant_id IS NULL",
+        order_id,
+        merchant_id,
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The account of an order: the `merchant_id` of its first action that names one (its
+/// finalized session's), `None` while none does.
+pub async fn account_of(pool: &PgPool, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT merchant_id AS "merchant_id!" FROM ipp_actions
+         WHERE order_id = $1 AND merchant_id IS NOT NULL ORDER BY seq LIMIT 1"#,
+        order_id,
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// What the ledger already holds for `command_id`: the fields a command record fixes, to
@@ -244,8 +285,14 @@ pub async fn claim_due(
 ) -> Result<Vec<Action>, sqlx::Error> {
     sqlx::query_as!(
         Action,
+        // `merchant_id`: a command recorded while its order's session was being recorded
+        // by another consumer may have missed the account; it is taken here at the latest.
         r#"UPDATE ipp_actions a SET attempts = a.attempts + 1, claim_token = gen_random_uuid(),
-             next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+             next_attempt_at = now() + make_interval(secs => $2), updated_at = now(),
+             merchant_id = coalesce(a.merchant_id,
+                 (SELECT o.merchant_id FROM ipp_actions o
+                  WHERE o.order_id = a.order_id AND o.merchant_id IS NOT NULL
+                  ORDER BY o.seq LIMIT 1))
          FROM (SELECT d.order_id, d.action FROM ipp_actions d
                WHERE d.status = 'pending' AND d.next_attempt_at <= now()
                  AND NOT EXISTS (SELECT 1 FROM ipp_actions e

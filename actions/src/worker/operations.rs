@@ -9,7 +9,7 @@ use tracing::info;
 use super::{permanent_or_retry, Attempt, CallError, Worker};
 use crate::{
     ledger::{self, Action, Outcome, Status},
-    om,
+    om::{self, OmClient},
 };
 
 impl Worker {
@@ -25,13 +25,18 @@ impl Worker {
                 },
             );
         };
+        // The key of the order's account, never another's: without one the action waits.
+        let client = match self.om.account(action.merchant_id.as_deref()) {
+            Ok(client) => client,
+            Err(e) => return permanent_or_retry(e),
+        };
         match kind {
-            CommandKind::Capture => self.capture(action, hold).await,
-            CommandKind::Refund => self.refund(action, hold).await,
+            CommandKind::Capture => self.capture(client, action, hold).await,
+            CommandKind::Refund => self.refund(client, action, hold).await,
             CommandKind::Cancel => {
                 let result = self
                     .call(action, hold, om::CANCEL, || {
-                        self.om.cancel(action.order_id, action.idempotency_key)
+                        client.cancel(action.order_id, action.idempotency_key)
                     })
                     .await;
                 self.acknowledged(result, 204, "cancelled")
@@ -39,7 +44,7 @@ impl Worker {
             CommandKind::ReleaseRemainingAuthorization => {
                 let result = self
                     .call(action, hold, om::RELEASE, || {
-                        self.om.release_remaining_authorization(
+                        client.release_remaining_authorization(
                             action.order_id,
                             action.idempotency_key,
                         )
@@ -53,10 +58,10 @@ impl Worker {
     /// Read the order, decide, capture. A capture command that names its amount, and an
     /// automatic capture whose request was already made durable, send the recorded amount
     /// again instead of deciding afresh.
-    async fn capture(&self, action: &Action, hold: &super::Hold) -> Attempt {
+    async fn capture(&self, client: OmClient<'_>, action: &Action, hold: &super::Hold) -> Attempt {
         let amount = match action.requested_amount {
             Some(amount) => amount,
-            None => match self.decide_capture(action, hold).await {
+            None => match self.decide_capture(client, action, hold).await {
                 Ok(amount) => amount,
                 Err(attempt) => return attempt,
             },
@@ -71,7 +76,7 @@ impl Worker {
         };
         let result = self
             .call(action, hold, om::CAPTURE, || {
-                self.om.capture(
+                client.capture(
                     action.order_id,
                     amount,
                     &reference,
@@ -100,11 +105,14 @@ impl Worker {
 
     /// What remains authorized is what to capture; it is recorded before the capture is
     /// sent. `Err` ends the attempt: nothing to capture, or the order could not be read.
-    async fn decide_capture(&self, action: &Action, hold: &super::Hold) -> Result<i64, Attempt> {
+    async fn decide_capture(
+        &self,
+        client: OmClient<'_>,
+        action: &Action,
+        hold: &super::Hold,
+    ) -> Result<i64, Attempt> {
         let order = match self
-            .call(action, hold, om::GET_ORDER, || {
-                self.om.get_order(action.order_id)
-            })
+            .call(action, hold, om::GET_ORDER, || client.get_order(action.order_id))
             .await
         {
             Ok(order) => order,
@@ -153,7 +161,7 @@ impl Worker {
         }
     }
 
-    async fn refund(&self, action: &Action, hold: &super::Hold) -> Attempt {
+    async fn refund(&self, client: OmClient<'_>, action: &Action, hold: &super::Hold) -> Attempt {
         let Some(amount) = action.requested_amount else {
             let outcome = Outcome {
                 reason: Some("a refund without an amount".into()),
@@ -163,7 +171,7 @@ impl Worker {
         };
         let result = self
             .call(action, hold, om::REFUND, || {
-                self.om.refund(
+                client.refund(
                     action.order_id,
                     amount,
                     action.reference.as_deref(),
