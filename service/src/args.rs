@@ -388,6 +388,9 @@ mod properties_file_tests {
         let error = Cli::try_parse_from(["test", "--kafka-properties-file", path])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("line 1") && !error.contains("hunter2"), "{error}");
+        assert!(
+            error.contains("line 1") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 }

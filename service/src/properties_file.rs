@@ -42,8 +42,8 @@ impl KafkaPropertiesFile {
             path: path.clone(),
             source,
         })?;
-        let text =
-            String::from_utf8(bytes).map_err(|_| PropertiesFileError::NotText { path: path.clone() })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| PropertiesFileError::NotText { path: path.clone() })?;
         let properties = parse(&text).map_err(|line| PropertiesFileError::NotKeyValue {
             path: path.clone(),
             line,
@@ -121,13 +121,21 @@ mod tests {
     fn errors_name_the_file_and_line_never_the_content() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), "acks=all\nsasl.password: hunter2\n").unwrap();
-        let message = KafkaPropertiesFile::read(file.path()).unwrap_err().to_string();
-        assert!(message.contains(&format!("{} line 2", file.path().display())), "{message}");
+        let message = KafkaPropertiesFile::read(file.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&format!("{} line 2", file.path().display())),
+            "{message}"
+        );
         assert!(!message.contains("hunter2"), "{message}");
         let message = KafkaPropertiesFile::read("/nonexistent.properties")
             .unwrap_err()
             .to_string();
-        assert!(message.starts_with("cannot read /nonexistent.properties: "), "{message}");
+        assert!(
+            message.starts_with("cannot read /nonexistent.properties: "),
+            "{message}"
+        );
     }
 
     #[test]

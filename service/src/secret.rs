@@ -140,18 +140,24 @@ impl clap::builder::TypedValueParser for KafkaPropertyParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Self::Value, clap::Error> {
-        let name = arg.map(|a| a.to_string()).unwrap_or_else(|| "--kafka-property".into());
+        let name = arg
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "--kafka-property".into());
         let invalid = || {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidValue,
                 format!(
                     "an item of {name} (or KAFKA_PROPERTIES) is not KEY=VALUE \
-                     (the item is not shown: it may hold a secret)"
+                     (the item is not shown: it may hold a secret)\n"
                 ),
             )
             .with_cmd(cmd)
         };
-        value.to_str().ok_or_else(invalid)?.parse().map_err(|_| invalid())
+        value
+            .to_str()
+            .ok_or_else(invalid)?
+            .parse()
+            .map_err(|_| invalid())
     }
 }
 

@@ -204,7 +204,11 @@ mod tests {
             let f = file(content);
             let path = f.path().to_str().unwrap();
             let loaded = load(&names, env(&[("KEY_FILE", path)])).unwrap();
-            assert_eq!(loaded, vec![("KEY".to_owned(), value.to_owned())], "{content:?}");
+            assert_eq!(
+                loaded,
+                vec![("KEY".to_owned(), value.to_owned())],
+                "{content:?}"
+            );
         }
         assert!(load(&names, env(&[("KEY", "x")])).unwrap().is_empty());
         assert!(load(&names, env(&[("KEY_FILE", "")])).unwrap().is_empty());
@@ -217,7 +221,10 @@ mod tests {
         let path = f.path().to_str().unwrap();
         let error = load(&names, env(&[("KEY", "from-env"), ("KEY_FILE", path)])).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("KEY and KEY_FILE are both set"), "{message}");
+        assert!(
+            message.contains("KEY and KEY_FILE are both set"),
+            "{message}"
+        );
         assert!(!message.contains("from-env") && !message.contains("from-file"));
         // An empty KEY (a compose file's `KEY: ${KEY:-}`) is no conflict.
         let loaded = load(&names, env(&[("KEY", ""), ("KEY_FILE", path)])).unwrap();
