@@ -19,4 +19,5 @@ mod ops_replay;
 mod ops_status;
 mod poison;
 mod projector;
+mod secrets;
 mod soak;
