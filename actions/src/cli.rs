@@ -56,7 +56,7 @@ pub enum Command {
 
 /// `ipp-actions`: the service, or one of its operator commands (which exit).
 pub async fn main() -> anyhow::Result<()> {
-    let Cli { command, config } = Cli::parse();
+    let Cli { command, config } = ipp_service::secret_files::parse();
     let command = command.unwrap_or(Command::Run);
     if matches!(command, Command::Run | Command::Migrate) {
         ipp_service::telemetry::init_tracing(config.log.format);
@@ -89,6 +89,17 @@ mod tests {
     use ipp_service::LogFormat;
 
     use super::*;
+
+    /// Which settings may come from a file (`X_FILE`), and that `--help` says so.
+    #[test]
+    fn secret_settings_may_come_from_files() {
+        let command = <Cli as clap::CommandFactory>::command();
+        assert_eq!(
+            ipp_service::secret_files::file_variables(&command),
+            ["ACTIONS_API_TOKENS", "DATABASE_URL", "KUSTOM_API_KEY"]
+        );
+        assert!(ipp_service::secret_files::undocumented(&command).is_empty());
+    }
 
     #[test]
     fn secret_is_not_printed() {

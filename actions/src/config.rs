@@ -54,7 +54,8 @@ pub struct Config {
     /// or just `TOKEN` (named `default`). Any of them is accepted, which is how rotation
     /// works: give the new token the old one's name, so that Idempotency-Keys (scoped by
     /// the name) keep their meaning across the rotation. Compared in constant time, never
-    /// logged. Without tokens the commands API is off.
+    /// logged. Without tokens the commands API is off. Or ACTIONS_API_TOKENS_FILE: a file
+    /// holding them.
     #[arg(
         long = "api-token",
         env = "ACTIONS_API_TOKENS",
@@ -94,7 +95,8 @@ pub struct Config {
     )]
     pub kustom_api_url: String,
 
-    /// Kustom API key, sent as `Authorization: Basic <key>`. Never logged.
+    /// Kustom API key, sent as `Authorization: Basic <key>`. Or KUSTOM_API_KEY_FILE: a
+    /// file holding it. Never logged.
     #[arg(
         long,
         env = "KUSTOM_API_KEY",

@@ -32,7 +32,8 @@ pub struct Config {
     pub other_topic: String,
 
     /// Webhook signing secrets (whsec_...), comma-separated. A signature made with any of
-    /// them is accepted, which is how secret rotation works.
+    /// them is accepted, which is how secret rotation works. Or
+    /// KUSTOM_WEBHOOK_SECRETS_FILE: a file holding them. Never logged.
     #[arg(
         long = "webhook-secret",
         env = "KUSTOM_WEBHOOK_SECRETS",
@@ -126,4 +127,20 @@ impl Listens for Ingest {
     const ENV: &'static str = "INGEST_LISTEN";
     const DEFAULT: &'static str = "0.0.0.0:8080";
     const SERVES: &'static str = "POST /webhooks/kustom, /healthz, /readyz, /metrics";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which settings may come from a file (`X_FILE`), and that `--help` says so.
+    #[test]
+    fn secret_settings_may_come_from_files() {
+        let command = <Config as clap::CommandFactory>::command();
+        assert_eq!(
+            ipp_service::secret_files::file_variables(&command),
+            ["KUSTOM_WEBHOOK_SECRETS"]
+        );
+        assert!(ipp_service::secret_files::undocumented(&command).is_empty());
+    }
 }

@@ -24,7 +24,7 @@ pub struct Config {
     pub listen: ListenArgs<OmSim>,
 
     /// The API key clients must send, as `Authorization: Basic <key>` or
-    /// `Basic base64(<any user>:<key>)`.
+    /// `Basic base64(<any user>:<key>)`. Or OM_SIM_API_KEY_FILE: a file holding it.
     #[arg(
         long,
         env = "OM_SIM_API_KEY",
@@ -251,4 +251,20 @@ impl Listens for OmSim {
     const ENV: &'static str = "OM_SIM_LISTEN";
     const DEFAULT: &'static str = "127.0.0.1:9200";
     const SERVES: &'static str = "the Order Management API, /_sim control endpoints, /healthz";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which settings may come from a file (`X_FILE`), and that `--help` says so.
+    #[test]
+    fn secret_settings_may_come_from_files() {
+        let command = <Config as clap::CommandFactory>::command();
+        assert_eq!(
+            ipp_service::secret_files::file_variables(&command),
+            ["OM_SIM_API_KEY"]
+        );
+        assert!(ipp_service::secret_files::undocumented(&command).is_empty());
+    }
 }

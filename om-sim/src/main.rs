@@ -1,10 +1,9 @@
-use clap::Parser;
 use ipp_om_sim::Config;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = ipp_service::secret_files::parse();
     ipp_service::telemetry::init_tracing(config.log.format);
 
     let listener = config.listen.bind().await?;

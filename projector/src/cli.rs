@@ -44,7 +44,7 @@ pub enum Command {
 /// `ipp-projector`: the service, or one of its operator commands (which exit).
 pub async fn main() -> anyhow::Result<()> {
     let renamed = ipp_service::args::accept_renamed_env(RENAMED_ENV);
-    let cli = Cli::parse();
+    let cli: Cli = ipp_service::secret_files::parse();
     let config = cli.config;
     // Operator commands: stdout is their output, logs go to stderr.
     match &cli.command {
@@ -90,6 +90,17 @@ pub async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which settings may come from a file (`X_FILE`), and that `--help` says so.
+    #[test]
+    fn secret_settings_may_come_from_files() {
+        let command = <Cli as clap::CommandFactory>::command();
+        assert_eq!(
+            ipp_service::secret_files::file_variables(&command),
+            ["DATABASE_URL"]
+        );
+        assert!(ipp_service::secret_files::undocumented(&command).is_empty());
+    }
 
     #[test]
     fn parses_flags_after_the_subcommand() {

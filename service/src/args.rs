@@ -11,6 +11,7 @@ use clap::{Arg, ArgMatches, Command};
 use tokio::net::TcpListener;
 
 use crate::{
+    properties_file::KafkaPropertiesFile,
     secret::{DatabaseUrl, KafkaProperty},
     LogFormat,
 };
@@ -31,32 +32,53 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka property for every Kafka client of the service, as KEY=VALUE
     /// (TLS, SASL for a managed Kafka, ...). Repeat the flag, or separate pairs with
-    /// commas in the environment variable. Values of keys naming a password or a
-    /// secret are never logged.
+    /// commas in the environment variable. For the same key, this wins over
+    /// KAFKA_PROPERTIES_FILE. Values of keys naming a password or a secret are never
+    /// logged.
     #[arg(
         id = "kafka_properties",
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
         value_name = "KEY=VALUE",
         value_delimiter = ',',
+        value_parser = KafkaProperty::parser(),
         hide_env_values = true,
         global = true
     )]
     pub properties: Vec<KafkaProperty>,
+
+    /// A properties file of librdkafka settings for every Kafka client of the service
+    /// (SASL credentials, TLS): `key=value` per line, split at the first `=`, so values
+    /// may hold `,` and `=`; lines starting with `#` or `!` are comments; no escapes.
+    /// Read at start-up. KAFKA_PROPERTIES / --kafka-property win over it for the same
+    /// key.
+    #[arg(
+        id = "kafka_properties_file",
+        long = "kafka-properties-file",
+        env = "KAFKA_PROPERTIES_FILE",
+        value_name = "PATH",
+        value_parser = |path: &str| KafkaPropertiesFile::read(path),
+        global = true
+    )]
+    pub properties_file: Option<KafkaPropertiesFile>,
 }
 
 impl KafkaArgs {
-    /// The `key=value` settings given, in order (empty items skipped).
+    /// The `key=value` settings given, in the order they apply: the file's, then
+    /// KAFKA_PROPERTIES' (empty items skipped), so that the latter win.
     pub fn properties(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
-        self.properties.iter().filter_map(KafkaProperty::pair)
+        self.properties_file
+            .iter()
+            .flat_map(KafkaPropertiesFile::pairs)
+            .chain(self.properties.iter().filter_map(KafkaProperty::pair))
     }
 }
 
 /// The PostgreSQL database of the read models and the ledger.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL (the projector and ipp-actions may share one database). `--help`
-    /// never shows the value from the environment: it may hold a password.
+    /// PostgreSQL URL (the projector and ipp-actions may share one database). Or
+    /// DATABASE_URL_FILE: a file holding it. Its password is never printed.
     #[arg(
         id = "database_url",
         value_name = "URL",
@@ -303,7 +325,72 @@ mod tests {
         assert_eq!(cli.database.max_connections, 3);
         assert_eq!(cli.listen.addr, "0.0.0.0:1".parse().unwrap());
         assert_eq!(cli.log.format, LogFormat::Pretty);
-        assert!(Cli::try_parse_from(["test", "--kafka-property", "novalue"]).is_err());
+        let error = Cli::try_parse_from(["test", "--kafka-property", "sasl.password:hunter2"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not KEY=VALUE"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
         assert!(Cli::try_parse_from(["test", "--listen", "nowhere"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties_file_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn the_file_applies_first_and_kafka_properties_win() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "sasl.password=a,b=c\nclient.id=from-file\nacks=all\n",
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "test",
+            "--kafka-properties-file",
+            path,
+            "--kafka-property",
+            "client.id=from-flag",
+        ])
+        .unwrap();
+        let properties: Vec<_> = cli.kafka.properties().collect();
+        assert_eq!(
+            properties,
+            [
+                ("sasl.password", "a,b=c"),
+                ("client.id", "from-file"),
+                ("acks", "all"),
+                ("client.id", "from-flag"),
+            ]
+        );
+        assert!(!format!("{cli:?}").contains("a,b=c"));
+    }
+
+    #[test]
+    fn an_unreadable_or_bad_file_is_a_usage_error_naming_it() {
+        let error = Cli::try_parse_from(["test", "--kafka-properties-file", "/nonexistent.props"])
+            .unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("/nonexistent.props"), "{error}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "sasl.password hunter2\n").unwrap();
+        let path = file.path().to_str().unwrap();
+        let error = Cli::try_parse_from(["test", "--kafka-properties-file", path])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 1") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 }

@@ -21,8 +21,9 @@ use crate::args::KafkaArgs;
 
 /// The settings of one librdkafka client: `bootstrap.servers`, a `client.id` naming the
 /// service (what broker logs, quotas and ACLs see), no topic auto-creation, then the
-/// client's own `settings`, then the operator's `KAFKA_PROPERTIES`, which win over
-/// everything before them except the [`PROTECTED`] keys a client sets itself.
+/// client's own `settings`, then the operator's `KAFKA_PROPERTIES_FILE` and
+/// `KAFKA_PROPERTIES` (in that order), which win over everything before them except
+/// the [`PROTECTED`] keys a client sets itself.
 pub fn client_config(
     kafka: &KafkaArgs,
     client_id: &str,
@@ -43,7 +44,7 @@ pub fn client_config(
             tracing::warn!(
                 key,
                 client_id,
-                "KAFKA_PROPERTIES may not change {key}: ignored"
+                "KAFKA_PROPERTIES(_FILE) may not change {key}: ignored"
             );
             continue;
         }

@@ -8,11 +8,14 @@ pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod probe;
+pub mod properties_file;
 pub mod secret;
+pub mod secret_files;
 pub mod telemetry;
 
 pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
 pub use args::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs};
+pub use properties_file::KafkaPropertiesFile;
 pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;
 

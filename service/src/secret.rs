@@ -62,33 +62,102 @@ impl FromStr for DatabaseUrl {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // scheme://user:password@host/db -> scheme://user:***@host/db
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let userinfo = &self.0[scheme + 3..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                let masked = if userinfo.contains(':') { ":***" } else { "" };
-                write!(
-                    f,
-                    "{}{user}{masked}{}",
-                    &self.0[..scheme + 3],
-                    &self.0[at..]
-                )
-            }
-            _ => f.write_str(&self.0),
-        }
+        f.write_str(&mask_database_url(&self.0))
     }
+}
+
+/// `scheme://user:password@host/db?password=x` -> `scheme://user:***@host/db?password=***`.
+fn mask_database_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut masked = match (base.find("://"), base.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &base[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{}{user}{password}{}", &base[..scheme + 3], &base[at..])
+        }
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        masked.push('?');
+        masked.push_str(&parameters.join("&"));
+    }
+    masked
 }
 
 /// One `key=value` librdkafka setting. An empty item (`KAFKA_PROPERTIES=` or a trailing
 /// comma) is allowed and means nothing. `Debug` masks the value of any key naming a
-/// password or a secret (`sasl.password`, `ssl.key.password`, ...).
+/// password or a secret (`sasl.password`, `ssl.key.password`, ...): see
+/// [`is_secret_kafka_key`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaProperty(Option<(String, String)>);
 
 impl KafkaProperty {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self(Some((key.into(), value.into())))
+    }
+
     pub fn pair(&self) -> Option<(&str, &str)> {
         self.0.as_ref().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// A `value_parser` whose error never repeats the text (clap's own would print
+    /// `invalid value 'sasl.password:hunter2'`).
+    pub fn parser() -> KafkaPropertyParser {
+        KafkaPropertyParser
+    }
+}
+
+/// Whether a librdkafka setting holds a secret: a password, a client secret, a private
+/// key in PEM, the OAUTHBEARER configuration.
+pub fn is_secret_kafka_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "oauthbearer.config"]
+        .iter()
+        .any(|part| key.contains(part))
+}
+
+/// See [`KafkaProperty::parser`].
+#[derive(Clone, Copy, Debug)]
+pub struct KafkaPropertyParser;
+
+impl clap::builder::TypedValueParser for KafkaPropertyParser {
+    type Value = KafkaProperty;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let name = arg
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "--kafka-property".into());
+        let invalid = || {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "an item of {name} (or KAFKA_PROPERTIES) is not KEY=VALUE \
+                     (the item is not shown: it may hold a secret)\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        value
+            .to_str()
+            .ok_or_else(invalid)?
+            .parse()
+            .map_err(|_| invalid())
     }
 }
 
@@ -96,7 +165,7 @@ impl fmt::Debug for KafkaProperty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             None => f.write_str("(none)"),
-            Some((key, _)) if key.contains("password") || key.contains("secret") => {
+            Some((key, _)) if is_secret_kafka_key(key) => {
                 write!(f, "{key}=***")
             }
             Some((key, value)) => write!(f, "{key}={value}"),
@@ -130,6 +199,15 @@ mod tests {
         assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/ipp");
         let url: DatabaseUrl = "postgres://app@db/ipp".parse().unwrap();
         assert_eq!(format!("{url:?}"), "postgres://app@db/ipp");
+        let url: DatabaseUrl = "postgres://app@db/ipp?sslmode=require&password=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            format!("{url:?}"),
+            "postgres://app@db/ipp?sslmode=require&password=***"
+        );
+        let url: DatabaseUrl = "postgres://app:p@ss@db/ipp".parse().unwrap();
+        assert_eq!(format!("{url:?}"), "postgres://app:***@db/ipp");
     }
 
     #[test]
@@ -139,6 +217,15 @@ mod tests {
         assert_eq!(format!("{property:?}"), "sasl.password=***");
         let property: KafkaProperty = "security.protocol=SASL_SSL".parse().unwrap();
         assert_eq!(format!("{property:?}"), "security.protocol=SASL_SSL");
+        for key in [
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+            "SASL.PASSWORD",
+        ] {
+            let property = KafkaProperty::new(key, "hunter2");
+            assert_eq!(format!("{property:?}"), format!("{key}=***"));
+        }
     }
 
     #[test]

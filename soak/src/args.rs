@@ -53,7 +53,8 @@ pub struct Args {
     #[arg(
         long,
         env = "TEST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
     )]
     pub database_server: String,
 

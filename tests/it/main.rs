@@ -21,4 +21,5 @@ mod ops_status;
 mod poison;
 mod projector;
 mod rate_limit;
+mod secrets;
 mod soak;

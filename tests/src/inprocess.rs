@@ -259,6 +259,7 @@ fn kafka(brokers: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: brokers.to_owned(),
         properties: test_properties(),
+        properties_file: None,
     }
 }
 

@@ -317,6 +317,7 @@ fn kafka_env(kafka: &ipp_service::KafkaArgs) -> Vec<(&'static str, String)> {
     let ipp_service::KafkaArgs {
         brokers,
         properties,
+        properties_file,
     } = kafka;
     let properties: Vec<String> = properties
         .iter()
@@ -326,6 +327,9 @@ fn kafka_env(kafka: &ipp_service::KafkaArgs) -> Vec<(&'static str, String)> {
     let mut env = vec![("KAFKA_BROKERS", brokers.clone())];
     if !properties.is_empty() {
         env.push(("KAFKA_PROPERTIES", properties.join(",")));
+    }
+    if let Some(file) = properties_file {
+        env.push(("KAFKA_PROPERTIES_FILE", file.path.display().to_string()));
     }
     env
 }

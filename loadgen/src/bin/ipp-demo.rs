@@ -4,8 +4,7 @@
 //! waits for their outcome, and prints what a merchant wants to see.
 #![allow(clippy::print_stdout, reason = "a command-line report")]
 
-// Linked for its global allocator: every binary of the workspace runs on mimalloc.
-use ipp_service as _;
+use ipp_service::DatabaseUrl;
 
 use std::time::{Duration, Instant};
 
@@ -31,12 +30,14 @@ use uuid::Uuid;
 struct Args {
     #[arg(long, env = "DEMO_INGEST_URL", default_value = "http://127.0.0.1:8080")]
     ingest_url: String,
+    /// The pipeline's database. Or DATABASE_URL_FILE: a file holding it.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/ipp"
+        default_value = ipp_service::args::DEFAULT_DATABASE_URL,
+        hide_env_values = true
     )]
-    database_url: String,
+    database_url: DatabaseUrl,
     #[arg(long, env = "DEMO_OM_SIM_URL", default_value = "http://127.0.0.1:9200")]
     om_sim_url: String,
     /// ipp-actions, where the commands API is served.
@@ -46,12 +47,14 @@ struct Args {
         default_value = "http://127.0.0.1:9102"
     )]
     actions_url: String,
-    /// The commands API's tokens (NAME:TOKEN,...): the first one is used.
+    /// The commands API's tokens (NAME:TOKEN,...): the first one is used. Or
+    /// ACTIONS_API_TOKENS_FILE: a file holding them.
     #[arg(long, env = "ACTIONS_API_TOKENS", default_value = commands::DEMO_TOKENS, hide_env_values = true)]
     api_tokens: String,
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
-    /// The first secret is used to sign.
+    /// The first secret is used to sign. Or KUSTOM_WEBHOOK_SECRETS_FILE: a file holding
+    /// them.
     #[arg(long, env = "KUSTOM_WEBHOOK_SECRETS", hide_env_values = true)]
     secrets: String,
     #[arg(long, default_value_t = 300)]
@@ -79,7 +82,8 @@ fn rand_seed() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // Linked for its global allocator too: every binary of the workspace runs on mimalloc.
+    let args: Args = ipp_service::secret_files::parse();
     let seed = args.seed.unwrap_or_else(rand_seed);
     let secret = args.secrets.split(',').next().unwrap_or_default();
     let signer = WebhookSigner::new(secret).context("KUSTOM_WEBHOOK_SECRETS")?;
@@ -141,9 +145,9 @@ async fn main() -> anyhow::Result<()> {
 
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&args.database_url)
+        .connect(args.database_url.expose())
         .await
-        .with_context(|| format!("connecting to {}", args.database_url))?;
+        .with_context(|| format!("connecting to {:?}", args.database_url))?;
     let event_ids: Vec<String> = ipp_events.iter().map(|s| s.to_string()).collect();
     let finalized = workload.finalized_orders().count() as i64;
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
@@ -601,7 +605,8 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
          curl -sS -H 'Authorization: Bearer {token}' {actions}/v1/commands/COMMAND_ID\n",
         token = commands::printable_token(&args.api_tokens),
         actions = args.actions_url.trim_end_matches('/'),
-        db = args.database_url
+        // Without its password (`***`): give it to psql as PGPASSWORD.
+        db = format!("{:?}", args.database_url)
     );
     Ok(())
 }
