@@ -6,12 +6,14 @@
 pub mod command;
 pub mod dlq;
 pub mod event;
+pub mod observation;
 pub mod record;
 pub mod route;
 pub mod topics;
 
 pub use command::{Command, CommandKind};
 pub use dlq::{DlqService, FailedActionRecord};
+pub use observation::{Observation, ObservationKind, OrderEvent};
 pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
 pub use record::{RecordHeaders, RecordHeadersError};
 pub use route::{Route, RouteError};
