@@ -13,7 +13,7 @@ pub mod topics;
 
 pub use command::{Command, CommandKind};
 pub use dlq::{DlqService, FailedActionRecord};
-pub use observation::{Observation, ObservationKind, OrderEvent};
 pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
+pub use observation::{Observation, ObservationKind, OrderEvent};
 pub use record::{RecordHeaders, RecordHeadersError};
 pub use route::{Route, RouteError};

@@ -307,7 +307,10 @@ mod tests {
                 capture_id: "cap-1".into()
             })
         );
-        assert_eq!(OrderEvent::from_parts("order.created", &data).unwrap(), None);
+        assert_eq!(
+            OrderEvent::from_parts("order.created", &data).unwrap(),
+            None
+        );
         let no_refund_id = json!({"order_id": order_id()});
         let error = OrderEvent::from_parts("refund.created", &no_refund_id).unwrap_err();
         assert!(error.contains("refund_id"), "{error}");
