@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    commands::{self, rebuild::RebuildArgs, replay::ReplayArgs},
+    commands::{self, rebuild::RebuildArgs, reconcile::ReconcileArgs, replay::ReplayArgs},
     config::{Config, RENAMED_ENV},
 };
 
@@ -39,6 +39,9 @@ pub enum Command {
     /// Export the events of a time range as JSON Lines or CSV, or project them into a
     /// schema of your choosing (`--into-schema`). Never commits consumer offsets.
     Replay(ReplayArgs),
+    /// The orders that are not in sync with Kustom (mismatches, operations awaiting
+    /// Kustom's confirmation), with why, and the number of orders per state.
+    Reconcile(ReconcileArgs),
 }
 
 /// `ipp-projector`: the service, or one of its operator commands (which exit).
@@ -59,6 +62,13 @@ pub async fn main() -> anyhow::Result<()> {
         Some(Command::Rebuild(args)) => {
             ipp_service::telemetry::init_cli_tracing();
             ipp_ops::exit("ipp-projector", commands::rebuild::run(&config, args).await);
+        }
+        Some(Command::Reconcile(args)) => {
+            ipp_service::telemetry::init_cli_tracing();
+            ipp_ops::exit(
+                "ipp-projector",
+                commands::reconcile::run(&config, args).await,
+            );
         }
         Some(Command::Replay(args)) => {
             ipp_service::telemetry::init_cli_tracing();

@@ -67,6 +67,42 @@ pub struct Config {
     )]
     pub max_payload_bytes: usize,
 
+    /// Keep the orders read model (`ipp_orders`): each order's amounts and its
+    /// reconciliation with Kustom, from the IPP events, Kustom's other events and
+    /// ipp-actions' observations.
+    #[arg(long, env = "PROJECTOR_ORDERS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub orders: bool,
+
+    /// Consumer group of the orders read model (its offsets are Kafka's: see the docs).
+    #[arg(
+        long,
+        env = "PROJECTOR_ORDERS_GROUP",
+        default_value = "ipp-projector-orders",
+        global = true
+    )]
+    pub orders_group: String,
+
+    /// Topic of every Kustom event other than ipp.* (written by ipp-ingest): capture,
+    /// refund and dispute events reconcile the orders.
+    #[arg(long, env = "KUSTOM_OTHER_TOPIC", default_value = ipp_schemas::topics::KUSTOM_EVENTS, global = true)]
+    pub kustom_topic: String,
+
+    /// Topic of ipp-actions' observations (our calls' outcomes, Order Management's
+    /// answers), keyed by order id.
+    #[arg(long, env = "IPP_OBSERVATIONS_TOPIC", default_value = ipp_schemas::topics::IPP_OBSERVATIONS, global = true)]
+    pub observations_topic: String,
+
+    /// How long a capture or refund we made may stay unconfirmed by Kustom (no webhook,
+    /// not listed by Order Management) before its order turns `mismatch`, in seconds.
+    /// Judged when `ipp_orders` is read: a change needs no rebuild.
+    #[arg(
+        long,
+        env = "PROJECTOR_ORDERS_CONFIRMATION_TIMEOUT_SECS",
+        default_value_t = 600,
+        global = true
+    )]
+    pub orders_confirmation_timeout_secs: u64,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

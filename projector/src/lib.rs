@@ -10,7 +10,7 @@
 //! Everything else is private.
 //!
 //! Modules depend one way: `session` ← `record` ← `store` ← `engine` ← `kafka`,
-//! `commands` ← `service` ← `cli`.
+//! `commands` ← `service` ← `cli`; `orders` (the orders read model) beside `kafka`.
 
 pub mod cli;
 mod commands;
@@ -21,6 +21,7 @@ mod error;
 mod http;
 mod kafka;
 mod metrics;
+mod orders;
 pub mod record;
 mod schema;
 mod service;

@@ -22,6 +22,10 @@ pub struct Metrics {
     /// `received_at` of the last applied event, in microseconds since the epoch.
     last_applied_received_at_us: AtomicI64,
     last_applied_age: prometheus::Gauge,
+    /// Facts merged into the orders read model.
+    pub order_facts: IntCounter,
+    /// Orders per reconciliation state, refreshed every 10 s.
+    pub orders_by_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -77,6 +81,19 @@ impl Metrics {
             "Seconds since ingest received the last event this projector applied",
         )
         .expect("valid metric");
+        let order_facts = IntCounter::new(
+            "ipp_projector_order_facts_total",
+            "Facts merged into the orders read model (finalizations, Kustom reports, our outcomes, Order Management reads)",
+        )
+        .expect("valid metric");
+        let orders_by_state = IntGaugeVec::new(
+            Opts::new(
+                "ipp_projector_orders",
+                "Orders in ipp_orders per reconciliation state (in_sync, awaiting_confirmation, mismatch)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
 
         let registry = Registry::new();
         for collector in [
@@ -88,6 +105,8 @@ impl Metrics {
             Box::new(batch_failures.clone()),
             Box::new(partition_lag.clone()),
             Box::new(last_applied_age.clone()),
+            Box::new(order_facts.clone()),
+            Box::new(orders_by_state.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -102,6 +121,8 @@ impl Metrics {
             partition_lag,
             last_applied_received_at_us: AtomicI64::new(0),
             last_applied_age,
+            order_facts,
+            orders_by_state,
         }
     }
 

@@ -11,9 +11,11 @@ use ipp_service::probe::Readiness;
 
 use crate::{
     config::Config,
+    dead_letters::DeadLetters,
     http::{self, ProbeState},
     kafka::consumer::Projector,
     metrics::Metrics,
+    orders::{OrdersConfig, OrdersProjector},
     schema, Error,
 };
 
@@ -56,8 +58,35 @@ pub async fn run(
         .with_graceful_shutdown(http_shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
 
+    // The orders model runs beside the sessions; either failing for good stops both.
+    let stop = shutdown.child_token();
+    let orders = match config.orders {
+        true => {
+            let orders = OrdersProjector::new(
+                &config,
+                OrdersConfig::from_config(&config),
+                pool.clone(),
+                metrics.clone(),
+                Arc::new(DeadLetters::new(&config)?),
+            )?;
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let result = orders.run(stop.clone()).await;
+                stop.cancel();
+                result
+            }))
+        }
+        false => None,
+    };
     let projector = Projector::new(config, pool.clone(), metrics, ready).await?;
-    let result = projector.run(shutdown).await;
+    let result = projector.run(stop.clone()).await;
+    stop.cancel();
+    let orders_result = match orders {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(Error::Operation(format!("the orders task failed: {e}")))),
+        None => Ok(()),
+    };
 
     http_shutdown.cancel();
     let served = server
@@ -65,5 +94,6 @@ pub async fn run(
         .map_err(|e| Error::Http(std::io::Error::other(e)))?;
     pool.close().await;
     result?;
+    orders_result?;
     served.map_err(Error::Http)
 }

@@ -6,6 +6,7 @@
 pub mod command;
 pub mod dlq;
 pub mod event;
+pub mod observation;
 pub mod record;
 pub mod route;
 pub mod topics;
@@ -13,5 +14,6 @@ pub mod topics;
 pub use command::{Command, CommandKind};
 pub use dlq::{DlqService, FailedActionRecord};
 pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, KustomEvent};
+pub use observation::{Observation, ObservationKind, OrderEvent};
 pub use record::{RecordHeaders, RecordHeadersError};
 pub use route::{Route, RouteError};

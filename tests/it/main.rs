@@ -18,6 +18,7 @@ mod ops_dlq;
 mod ops_rebuild;
 mod ops_replay;
 mod ops_status;
+mod orders;
 mod poison;
 mod projector;
 mod rate_limit;

@@ -334,6 +334,9 @@ pub fn projector_config(
     config.batch_size = 2000;
     config.batch_wait_ms = 0;
     config.max_payload_bytes = 1024 * 1024;
+    config.orders_group = format!("{group}-orders");
+    config.kustom_topic = other_topic_of(topic);
+    config.observations_topic = observations_topic_of(topic);
     config
 }
 
@@ -342,6 +345,16 @@ pub fn projector_config(
 pub struct OrderManagement<'a> {
     pub url: &'a str,
     pub api_key: &'a str,
+}
+
+/// Kustom's other events topic that goes with the test's event topic `topic`.
+pub fn other_topic_of(topic: &str) -> String {
+    format!("{topic}.other")
+}
+
+/// The observations topic that goes with the test's event topic `topic`.
+pub fn observations_topic_of(topic: &str) -> String {
+    format!("{topic}.observations")
 }
 
 /// The commands topic that goes with the test's event topic `topic`.

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod inprocess;
 pub mod kafka;
 pub mod om_sim;
+pub mod orders;
 pub mod pipeline;
 pub mod postgres;
 pub mod process;

@@ -436,10 +436,23 @@ impl ChildConfig for ipp_projector::Config {
             batch_size,
             batch_wait_ms,
             max_payload_bytes,
+            orders,
+            orders_group,
+            kustom_topic,
+            observations_topic,
+            orders_confirmation_timeout_secs,
             log,
         } = self;
         let mut env = vec![
             ("PROJECTOR_HTTP", listen.addr.to_string()),
+            ("PROJECTOR_ORDERS", orders.to_string()),
+            ("PROJECTOR_ORDERS_GROUP", orders_group.clone()),
+            ("KUSTOM_OTHER_TOPIC", kustom_topic.clone()),
+            ("IPP_OBSERVATIONS_TOPIC", observations_topic.clone()),
+            (
+                "PROJECTOR_ORDERS_CONFIRMATION_TIMEOUT_SECS",
+                orders_confirmation_timeout_secs.to_string(),
+            ),
             ("IPP_TOPIC", ipp_topic.clone()),
             ("IPP_DLQ_TOPIC", dlq_topic.clone()),
             ("PROJECTOR_SCHEMA", schema.clone()),

@@ -4,5 +4,6 @@
 pub mod dlq;
 mod progress;
 pub mod rebuild;
+pub mod reconcile;
 pub mod replay;
 pub mod status;
