@@ -273,7 +273,9 @@ fn misused_secret_settings_are_usage_errors_that_show_no_secret() {
 
     let properties = dir.path().join("kafka.properties");
     std::fs::write(&properties, format!("acks=all\nsasl.password {secret}\n")).unwrap();
-    let bad_kafka: [(&str, Vec<(&str, String)>, &str); 3] = [
+    // (what is wrong, the environment, what the message must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let bad_kafka: [Case<'_>; 3] = [
         (
             "a properties file with a bad line",
             vec![("KAFKA_PROPERTIES_FILE", properties.display().to_string())],
@@ -466,7 +468,7 @@ async fn stack(from_files: bool) {
         &brokers,
         &ipp_topic,
         &other_topic,
-        &[webhook_secret.clone()],
+        std::slice::from_ref(&webhook_secret),
     );
     ingest.listen = port_0();
     let (mut ingest_process, ingest_addr) = start("ipp-ingest", as_chosen(ingest.env()));

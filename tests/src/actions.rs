@@ -63,6 +63,7 @@ impl Fixture {
             commands_topic,
             dlq_topic,
             database,
+            ..
         } = Wiring::create(partitions, "ipp_actions_dlq").await;
         let pool = database.pool().await;
         let mut sim_config = om_sim_config(API_KEY);

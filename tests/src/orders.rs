@@ -156,7 +156,7 @@ fn read(order_id: Uuid, event_id: &str, at: DateTime<Utc>, order: Value) -> LogR
     )
 }
 
-fn kustom(event_id: &str, event_type: &str, at: DateTime<Utc>, data: Value) -> LogRecord {
+fn kustom(event_id: &str, event_type: &str, at: DateTime<Utc>, data: &Value) -> LogRecord {
     let body = json!({
         "id": event_id,
         "merchant_id": "DM0001",
@@ -223,7 +223,7 @@ pub fn orders_log(orders: usize, seed: u64) -> OrdersLog {
                     &reported("1"),
                     "capture.created",
                     at + Age::seconds(2),
-                    json!({"order_id": order_id, "capture_id": capture_id}),
+                    &json!({"order_id": order_id, "capture_id": capture_id}),
                 ));
                 let listed = if case == Case::AmountDiffers {
                     json!([{"capture_id": capture_id, "captured_amount": authorized - 100}])
@@ -256,7 +256,7 @@ pub fn orders_log(orders: usize, seed: u64) -> OrdersLog {
                         &event,
                         "refund.created",
                         at + Age::seconds(5),
-                        json!({"order_id": order_id, "refund_id": refund_id}),
+                        &json!({"order_id": order_id, "refund_id": refund_id}),
                     ));
                     records.push(read(
                         order_id,
@@ -276,7 +276,7 @@ pub fn orders_log(orders: usize, seed: u64) -> OrdersLog {
                     &reported("1"),
                     "capture.created",
                     at + Age::seconds(2),
-                    json!({"order_id": order_id, "capture_id": capture_id}),
+                    &json!({"order_id": order_id, "capture_id": capture_id}),
                 ));
                 records.push(read(
                     order_id,
@@ -312,13 +312,13 @@ pub fn orders_log(orders: usize, seed: u64) -> OrdersLog {
                 &format!("kevt_dsp_{i}_1"),
                 "dispute.created",
                 at + Age::seconds(7),
-                dispute,
+                &dispute,
             ));
             records.push(kustom(
                 &format!("kevt_dsp_{i}_2"),
                 "dispute.updated",
                 at + Age::seconds(8),
-                updated,
+                &updated,
             ));
             disputes.insert(order_id, "RESOLVED");
         }

@@ -112,7 +112,9 @@ impl Worker {
         hold: &super::Hold,
     ) -> Result<i64, Attempt> {
         let order = match self
-            .call(action, hold, om::GET_ORDER, || client.get_order(action.order_id))
+            .call(action, hold, om::GET_ORDER, || {
+                client.get_order(action.order_id)
+            })
             .await
         {
             Ok(order) => order,

@@ -241,7 +241,7 @@ mod tests {
 
     const ORDER: &str = "ccf4e76a-f56d-4d3a-abf9-f4fe941f0a1f";
 
-    fn bytes(value: Value) -> Vec<u8> {
+    fn bytes(value: &Value) -> Vec<u8> {
         value.to_string().into_bytes()
     }
 
@@ -252,13 +252,13 @@ mod tests {
             "type": "ipp.session.finalized",
             "data": {"session_id": "dc01aa86-fb99-4d05-97dc-e79a22650f9a", "order_id": ORDER}
         });
-        let facts = decode(Source::Ipp, &bytes(finalized)).unwrap();
+        let facts = decode(Source::Ipp, &bytes(&finalized)).unwrap();
         assert!(matches!(&facts[..], [Fact::Finalized { merchant_id: Some(m), .. }] if m == "DM1"));
         let activated = json!({
             "id": "kevt_2", "timestamp": "2026-12-02T10:00:00Z", "type": "ipp.session.activated",
             "data": {"session_id": "dc01aa86-fb99-4d05-97dc-e79a22650f9a"}
         });
-        assert!(decode(Source::Ipp, &bytes(activated)).unwrap().is_empty());
+        assert!(decode(Source::Ipp, &bytes(&activated)).unwrap().is_empty());
         assert!(decode(Source::Ipp, b"not json").unwrap().is_empty());
     }
 
@@ -268,7 +268,7 @@ mod tests {
             "id": "kevt_3", "merchant_id": "DM1", "timestamp": "2026-12-02T10:00:01Z",
             "type": "capture.created", "data": {"order_id": ORDER, "capture_id": "cap-1"}
         });
-        let facts = decode(Source::Kustom, &bytes(capture)).unwrap();
+        let facts = decode(Source::Kustom, &bytes(&capture)).unwrap();
         assert!(
             matches!(&facts[..], [Fact::Reported { kind: OperationKind::Capture, operation_id, .. }] if operation_id == "cap-1")
         );
@@ -276,12 +276,12 @@ mod tests {
             "id": "kevt_4", "timestamp": "2026-12-02T10:00:01Z", "type": "order.created",
             "data": {"order_id": ORDER}
         });
-        assert!(decode(Source::Kustom, &bytes(other)).unwrap().is_empty());
+        assert!(decode(Source::Kustom, &bytes(&other)).unwrap().is_empty());
         let broken = json!({
             "id": "kevt_5", "timestamp": "2026-12-02T10:00:01Z", "type": "refund.created",
             "data": {"order_id": ORDER}
         });
-        assert!(decode(Source::Kustom, &bytes(broken)).is_err());
+        assert!(decode(Source::Kustom, &bytes(&broken)).is_err());
         assert!(decode(Source::Kustom, b"{").is_err());
     }
 
@@ -293,7 +293,7 @@ mod tests {
             "action": "capture:s1", "kind": "capture", "status": "succeeded",
             "capture_id": "cap-1", "amount": 1200
         });
-        let facts = decode(Source::Observations, &bytes(made)).unwrap();
+        let facts = decode(Source::Observations, &bytes(&made)).unwrap();
         assert!(matches!(
             &facts[..],
             [Fact::Made {
@@ -306,7 +306,7 @@ mod tests {
             "observed_at": "2026-12-02T10:00:02Z", "type": "operation",
             "action": "refund:c1", "kind": "refund", "status": "failed"
         });
-        assert!(decode(Source::Observations, &bytes(failed))
+        assert!(decode(Source::Observations, &bytes(&failed))
             .unwrap()
             .is_empty());
         let read = json!({
@@ -320,7 +320,7 @@ mod tests {
                 "refunds": []
             }
         });
-        let facts = decode(Source::Observations, &bytes(read)).unwrap();
+        let facts = decode(Source::Observations, &bytes(&read)).unwrap();
         let [Fact::Read {
             listed,
             authorized_amount,
@@ -335,6 +335,6 @@ mod tests {
             "observation_id": "00000000-0000-0000-0000-000000000004", "order_id": ORDER,
             "observed_at": "2026-12-02T10:00:03Z", "type": "order_read", "order": [1, 2]
         });
-        assert!(decode(Source::Observations, &bytes(not_an_order)).is_err());
+        assert!(decode(Source::Observations, &bytes(&not_an_order)).is_err());
     }
 }
