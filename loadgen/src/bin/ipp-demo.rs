@@ -587,6 +587,7 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
             command.planned.what
         );
     }
+    print_orders(pool).await?;
     println!("\ndead letters");
     for topic in [
         ipp_schemas::topics::IPP_EVENTS_DLQ,
@@ -602,12 +603,58 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
          psql {db} -c \"SELECT * FROM ipp_sessions WHERE cardinality(anomalies) > 0\"\n  \
          psql {db} -c \"SELECT order_id, status, captured_amount, attempts, last_error FROM ipp_actions ORDER BY updated_at DESC LIMIT 20\"\n  \
          psql {db} -c \"SELECT event_type, count(*) FROM ipp_events GROUP BY 1\"\n  \
+         ipp-projector reconcile   (orders out of sync with Kustom, and why)\n  \
          curl -sS -H 'Authorization: Bearer {token}' {actions}/v1/commands/COMMAND_ID\n",
         token = commands::printable_token(&args.api_tokens),
         actions = args.actions_url.trim_end_matches('/'),
         // Without its password (`***`): give it to psql as PGPASSWORD.
         db = format!("{:?}", args.database_url)
     );
+    Ok(())
+}
+
+/// The orders by reconciliation state (`ipp_orders`), and why those out of sync are.
+async fn print_orders(pool: &PgPool) -> anyhow::Result<()> {
+    println!("\norders by reconciliation state (ipp_orders)");
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('ipp_orders') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        println!("  no orders read model in this database (PROJECTOR_ORDERS=false?)");
+        return Ok(());
+    }
+    for row in sqlx::query(
+        "SELECT reconciliation_state AS state, count(*) AS n, \
+                coalesce(sum(captured_amount), 0)::bigint AS captured, \
+                coalesce(sum(refunded_amount), 0)::bigint AS refunded \
+         FROM ipp_orders GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        let state: String = row.get("state");
+        let n: i64 = row.get("n");
+        let (captured, refunded): (i64, i64) = (row.get("captured"), row.get("refunded"));
+        println!(
+            "  {state:<22} {n:>6}   Kustom says captured {}.{:02}, refunded {}.{:02}",
+            captured / 100,
+            captured % 100,
+            refunded / 100,
+            refunded % 100
+        );
+    }
+    for row in sqlx::query(
+        "SELECT order_id, reconciliation_state, reconciliation_reason FROM ipp_orders \
+         WHERE reconciliation_state <> 'in_sync' ORDER BY reconciliation_state, order_id LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        let order: Uuid = row.get("order_id");
+        let state: String = row.get("reconciliation_state");
+        let reason: Option<String> = row.get("reconciliation_reason");
+        println!("  {state} {order}: {}", reason.unwrap_or_default());
+    }
     Ok(())
 }
 
