@@ -4,6 +4,8 @@ use clap::{Args, Parser};
 use ipp_service::{ListenArgs, Listens, LogArgs, Secret};
 use serde::{Deserialize, Serialize};
 
+use crate::webhooks::WebhookArgs;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ipp-om-sim",
@@ -15,7 +17,10 @@ not seen before is an AUTHORIZED order whose amount derives from the id. It chec
 Authorization header, honours Klarna-Idempotency-Key (same key: same response, one effect) and \
 injects faults on demand: 500/503, 429 with Retry-After, latency, hangs and dropped connections.\n\n\
 Control endpoints (no auth): PUT/GET /_sim/orders/{order_id}, GET/DELETE /_sim/calls, \
-GET/DELETE /_sim/stats, PUT/GET /_sim/faults, GET /healthz."
+GET/DELETE /_sim/stats, PUT/GET /_sim/faults, POST /_sim/orders/{order_id}/captures|refunds|disputes, \
+POST /_sim/orders/{order_id}/disputes/{dispute_id}, GET/PUT/DELETE /_sim/webhooks, GET /healthz.\n\n\
+With OM_SIM_WEBHOOK_URL and OM_SIM_WEBHOOK_SECRET, every capture and refund applied (and every \
+dispute opened or updated) is posted there as a signed Kustom webhook, at least once."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -36,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "OM_SIM_CURRENCY", default_value = "EUR")]
     pub currency: String,
 
+    /// The Kustom account (merchant id) of every order not seeded with another; its
+    /// webhooks carry it.
+    #[arg(long, env = "OM_SIM_MERCHANT_ID", default_value = "DM00000000")]
+    pub merchant_id: String,
+
     /// How long an idempotency key is honoured, in seconds (Klarna: 24 hours).
     #[arg(long, env = "OM_SIM_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
     pub idempotency_ttl_secs: u64,
@@ -46,6 +56,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub faults: Faults,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

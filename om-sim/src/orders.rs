@@ -56,6 +56,20 @@ pub struct Refund {
     pub refunded_at: DateTime<Utc>,
 }
 
+/// A dispute the cardholder opened (`POST /_sim/orders/{id}/disputes`). Kustom's and
+/// Klarna's order documents have no disputes field, so only `/_sim/orders/{id}` shows
+/// them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dispute {
+    pub dispute_id: String,
+    /// Any text the test sets; `OPEN` when opened.
+    pub status: String,
+    pub reason: Option<String>,
+    pub disputed_amount: i64,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Effects actually applied by API calls (seeding is not an effect): what tests count.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Effects {
@@ -68,6 +82,8 @@ pub struct Effects {
 #[derive(Debug, Clone)]
 pub struct Order {
     pub order_id: Uuid,
+    /// The Kustom account (`DM…`) the order belongs to: its webhooks carry it.
+    pub merchant_id: String,
     pub status: OrderStatus,
     pub order_amount: i64,
     pub original_order_amount: i64,
@@ -86,6 +102,7 @@ pub struct Order {
     pub purchase_currency: String,
     pub captures: Vec<Capture>,
     pub refunds: Vec<Refund>,
+    pub disputes: Vec<Dispute>,
     pub effects: Effects,
 }
 
@@ -113,6 +130,8 @@ pub struct Seed {
     pub captured_amount: Option<i64>,
     pub refunded_amount: Option<i64>,
     pub purchase_currency: Option<String>,
+    /// The order's merchant (`OM_SIM_MERCHANT_ID` when left out).
+    pub merchant_id: Option<String>,
     #[serde(default)]
     pub missing: bool,
     #[serde(default)]
@@ -130,6 +149,23 @@ pub struct CaptureRequest {
     pub description: Option<String>,
 }
 
+/// Body of `POST /_sim/orders/{id}/disputes`: a `status` also updates the dispute
+/// right after opening it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeRequest {
+    pub disputed_amount: Option<i64>,
+    pub reason: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Body of `POST /_sim/orders/{id}/disputes/{dispute_id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeUpdate {
+    pub status: String,
+}
+
 /// Body of `POST …/refunds`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RefundRequest {
@@ -140,10 +176,11 @@ pub struct RefundRequest {
 
 impl Order {
     /// An order nobody seeded: AUTHORIZED for `authorized_amount_for(id)`.
-    pub fn authorized(order_id: Uuid, currency: &str) -> Self {
+    pub fn authorized(order_id: Uuid, currency: &str, merchant_id: &str) -> Self {
         let amount = authorized_amount_for(&order_id);
         Self {
             order_id,
+            merchant_id: merchant_id.to_owned(),
             status: OrderStatus::Authorized,
             order_amount: amount,
             original_order_amount: amount,
@@ -156,17 +193,27 @@ impl Order {
             purchase_currency: currency.to_owned(),
             captures: Vec::new(),
             refunds: Vec::new(),
+            disputes: Vec::new(),
             effects: Effects::default(),
         }
     }
 
     /// A fresh order in the seeded state. Amounts already captured or refunded appear as
     /// one capture or refund each so that the order stays consistent (cancel refuses it).
-    pub fn seeded(order_id: Uuid, seed: &Seed, currency: &str) -> Result<Self, OmError> {
+    pub fn seeded(
+        order_id: Uuid,
+        seed: &Seed,
+        currency: &str,
+        merchant_id: &str,
+    ) -> Result<Self, OmError> {
         let mut order = Self::authorized(
             order_id,
             seed.purchase_currency.as_deref().unwrap_or(currency),
+            seed.merchant_id.as_deref().unwrap_or(merchant_id),
         );
+        if order.merchant_id.trim().is_empty() {
+            return Err(OmError::BadValue("merchant_id must not be empty".into()));
+        }
         order.missing = seed.missing;
         order.refuse_captures = seed.refuse_captures;
         order.omit_fields = seed.omit_fields.clone();
@@ -341,6 +388,51 @@ impl Order {
         Ok(refund)
     }
 
+    /// Opens a dispute over `disputed_amount` (default: everything captured), status
+    /// `OPEN`. Only a captured order can be disputed.
+    pub fn open_dispute(&mut self, request: &DisputeRequest) -> Result<Dispute, OmError> {
+        self.exists()?;
+        if self.captured_amount == 0 {
+            return Err(OmError::NotAllowed(
+                "an order without captures cannot be disputed".into(),
+            ));
+        }
+        let amount = request.disputed_amount.unwrap_or(self.captured_amount);
+        if !(1..=self.captured_amount).contains(&amount) {
+            return Err(OmError::BadValue(format!(
+                "disputed_amount must be between 1 and the captured amount {}",
+                self.captured_amount
+            )));
+        }
+        let now = Utc::now();
+        let dispute = Dispute {
+            dispute_id: Uuid::new_v4().to_string(),
+            status: "OPEN".into(),
+            reason: request.reason.clone(),
+            disputed_amount: amount,
+            opened_at: now,
+            updated_at: now,
+        };
+        self.disputes.push(dispute.clone());
+        Ok(dispute)
+    }
+
+    /// Sets the status of one of the order's disputes.
+    pub fn update_dispute(&mut self, dispute_id: &str, status: &str) -> Result<Dispute, OmError> {
+        self.exists()?;
+        if status.trim().is_empty() {
+            return Err(OmError::BadValue("status must not be empty".into()));
+        }
+        let dispute = self
+            .disputes
+            .iter_mut()
+            .find(|d| d.dispute_id == dispute_id)
+            .ok_or(OmError::NotFound)?;
+        dispute.status = status.to_owned();
+        dispute.updated_at = Utc::now();
+        Ok(dispute.clone())
+    }
+
     /// Whole order only, and only while nothing has been captured.
     pub fn cancel(&mut self) -> Result<(), OmError> {
         self.exists()?;
@@ -410,7 +502,7 @@ mod tests {
 
     #[test]
     fn partial_then_full_capture_then_refusal() {
-        let mut order = Order::authorized(Uuid::new_v4(), "EUR");
+        let mut order = Order::authorized(Uuid::new_v4(), "EUR", "DM1");
         let total = order.order_amount;
         order.capture(capture(100)).unwrap();
         assert_eq!(order.status, OrderStatus::PartCaptured);
@@ -427,7 +519,7 @@ mod tests {
 
     #[test]
     fn cancelled_order_refuses_capture() {
-        let mut order = Order::authorized(Uuid::new_v4(), "EUR");
+        let mut order = Order::authorized(Uuid::new_v4(), "EUR", "DM1");
         order.cancel().unwrap();
         assert!(matches!(
             order.capture(capture(1)),
@@ -438,7 +530,7 @@ mod tests {
 
     #[test]
     fn refund_is_bounded_by_captured() {
-        let mut order = Order::authorized(Uuid::new_v4(), "EUR");
+        let mut order = Order::authorized(Uuid::new_v4(), "EUR", "DM1");
         order.capture(capture(500)).unwrap();
         let refund = |amount| RefundRequest {
             refunded_amount: Some(amount),
@@ -455,7 +547,7 @@ mod tests {
 
     #[test]
     fn release_ends_captures() {
-        let mut order = Order::authorized(Uuid::new_v4(), "EUR");
+        let mut order = Order::authorized(Uuid::new_v4(), "EUR", "DM1");
         assert!(order.release_remaining_authorization().is_err());
         order.capture(capture(10)).unwrap();
         order.release_remaining_authorization().unwrap();
@@ -472,13 +564,13 @@ mod tests {
             captured_amount: Some(101),
             ..Seed::default()
         };
-        assert!(Order::seeded(id, &seed, "EUR").is_err());
+        assert!(Order::seeded(id, &seed, "EUR", "DM1").is_err());
         let seed = Seed {
             order_amount: Some(100),
             captured_amount: Some(40),
             ..Seed::default()
         };
-        let order = Order::seeded(id, &seed, "EUR").unwrap();
+        let order = Order::seeded(id, &seed, "EUR", "DM1").unwrap();
         assert_eq!(order.status, OrderStatus::PartCaptured);
         assert_eq!(order.remaining_authorized_amount(), 60);
         assert_eq!(order.effects.captures, 0);

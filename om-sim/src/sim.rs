@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -18,8 +18,11 @@ use uuid::Uuid;
 use crate::{
     config::{Config, Faults},
     error::OmError,
-    orders::{CaptureRequest, Effects, Order, OrderView, RefundRequest, Seed},
+    orders::{
+        CaptureRequest, Dispute, DisputeRequest, Effects, Order, OrderView, RefundRequest, Seed,
+    },
     reply::Reply,
+    webhooks::{OrderEvent, Webhooks},
 };
 
 /// What a request to the Order Management endpoints asks for.
@@ -108,6 +111,8 @@ pub struct Stats {
 pub struct SimOrder {
     #[serde(flatten)]
     pub order: OrderView,
+    pub merchant_id: String,
+    pub disputes: Vec<Dispute>,
     pub missing: bool,
     pub refuse_captures: bool,
     pub effects: Effects,
@@ -137,16 +142,20 @@ struct Dice {
 pub struct Sim {
     api_key: String,
     currency: String,
+    merchant_id: String,
     idempotency_ttl: Duration,
     inner: Mutex<Inner>,
     dice: Mutex<Dice>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Sim {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, webhooks: Arc<Webhooks>) -> Self {
         Self {
             api_key: config.api_key.expose().to_owned(),
             currency: config.currency.clone(),
+            merchant_id: config.merchant_id.clone(),
+            webhooks,
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
             inner: Mutex::new(Inner::default()),
             dice: Mutex::new(Dice {
@@ -340,11 +349,10 @@ impl Sim {
         order_id: Uuid,
         operation: Operation,
     ) -> Result<Reply, OmError> {
-        let currency = &self.currency;
         let order = inner
             .orders
             .entry(order_id)
-            .or_insert_with(|| Order::authorized(order_id, currency));
+            .or_insert_with(|| Order::authorized(order_id, &self.currency, &self.merchant_id));
         let base = format!("/ordermanagement/v1/orders/{order_id}");
         match operation {
             Operation::GetOrder => {
@@ -367,6 +375,13 @@ impl Sim {
             }
             Operation::Capture(request) => {
                 let capture = order.capture(request)?;
+                self.webhooks.publish(
+                    &order.merchant_id,
+                    &OrderEvent::CaptureCreated {
+                        order_id,
+                        capture_id: capture.capture_id,
+                    },
+                );
                 inner.stats.captures_applied += 1;
                 *inner.stats.captures_by_order.entry(order_id).or_default() += 1;
                 let id = capture.capture_id.to_string();
@@ -378,6 +393,13 @@ impl Sim {
             }
             Operation::Refund(request) => {
                 let refund = order.refund(request)?;
+                self.webhooks.publish(
+                    &order.merchant_id,
+                    &OrderEvent::RefundCreated {
+                        order_id,
+                        refund_id: refund.refund_id,
+                    },
+                );
                 inner.stats.refunds_applied += 1;
                 let id = refund.refund_id.to_string();
                 Ok(
@@ -401,7 +423,7 @@ impl Sim {
 
     pub fn seed_order(&self, order_id: &str, seed: &Seed) -> Result<SimOrder, OmError> {
         let order_id = parse_order_id(order_id)?;
-        let order = Order::seeded(order_id, seed, &self.currency)?;
+        let order = Order::seeded(order_id, seed, &self.currency, &self.merchant_id)?;
         let view = sim_order(&order);
         self.inner().orders.insert(order_id, order);
         Ok(view)
@@ -415,8 +437,102 @@ impl Sim {
         let order = inner
             .orders
             .entry(order_id)
-            .or_insert_with(|| Order::authorized(order_id, &self.currency));
+            .or_insert_with(|| Order::authorized(order_id, &self.currency, &self.merchant_id));
         Ok(sim_order(order))
+    }
+
+    /// A capture or refund made outside the Order Management API (in the Portal, by the
+    /// POS): no key, no faults, not in the call log, but an effect like any other, with
+    /// its webhook. An amount left out is everything that remains.
+    pub fn apply_outside(&self, order_id: &str, operation: Operation) -> Reply {
+        let result = parse_order_id(order_id).and_then(|order_id| {
+            let mut inner = self.inner();
+            let order = inner
+                .orders
+                .entry(order_id)
+                .or_insert_with(|| Order::authorized(order_id, &self.currency, &self.merchant_id));
+            let operation = match operation {
+                Operation::Capture(mut request) => {
+                    request.captured_amount = request
+                        .captured_amount
+                        .or(Some(order.remaining_authorized_amount()));
+                    Operation::Capture(request)
+                }
+                Operation::Refund(mut request) => {
+                    request.refunded_amount = request
+                        .refunded_amount
+                        .or(Some(order.captured_amount - order.refunded_amount));
+                    Operation::Refund(request)
+                }
+                other => other,
+            };
+            self.execute(&mut inner, order_id, operation)
+        });
+        result.unwrap_or_else(|e| e.reply())
+    }
+
+    /// Opens a dispute on the order (`dispute.created`), and updates it at once when the
+    /// request has a `status` (`dispute.updated`).
+    pub fn open_dispute(
+        &self,
+        order_id: &str,
+        request: &DisputeRequest,
+    ) -> Result<Dispute, OmError> {
+        let order_id = parse_order_id(order_id)?;
+        let mut inner = self.inner();
+        let order = inner
+            .orders
+            .entry(order_id)
+            .or_insert_with(|| Order::authorized(order_id, &self.currency, &self.merchant_id));
+        let mut dispute = order.open_dispute(request)?;
+        self.webhooks.publish(
+            &order.merchant_id,
+            &OrderEvent::DisputeCreated {
+                order_id,
+                dispute_id: dispute.dispute_id.clone(),
+            },
+        );
+        if let Some(status) = &request.status {
+            dispute = order.update_dispute(&dispute.dispute_id, status)?;
+            self.webhooks.publish(
+                &order.merchant_id,
+                &OrderEvent::DisputeUpdated {
+                    order_id,
+                    dispute_id: dispute.dispute_id.clone(),
+                    status: dispute.status.clone(),
+                },
+            );
+        }
+        Ok(dispute)
+    }
+
+    /// Sets a dispute's status (`dispute.updated`).
+    pub fn update_dispute(
+        &self,
+        order_id: &str,
+        dispute_id: &str,
+        status: &str,
+    ) -> Result<Dispute, OmError> {
+        let order_id = parse_order_id(order_id)?;
+        let mut inner = self.inner();
+        let order = inner
+            .orders
+            .get_mut(&order_id)
+            .ok_or(OmError::NoSuchOrder(order_id))?;
+        let dispute = order.update_dispute(dispute_id, status)?;
+        self.webhooks.publish(
+            &order.merchant_id,
+            &OrderEvent::DisputeUpdated {
+                order_id,
+                dispute_id: dispute.dispute_id.clone(),
+                status: dispute.status.clone(),
+            },
+        );
+        Ok(dispute)
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -445,6 +561,8 @@ fn parse_order_id(order_id: &str) -> Result<Uuid, OmError> {
 fn sim_order(order: &Order) -> SimOrder {
     SimOrder {
         order: order.view(),
+        merchant_id: order.merchant_id.clone(),
+        disputes: order.disputes.clone(),
         missing: order.missing,
         refuse_captures: order.refuse_captures,
         effects: order.effects,
