@@ -551,11 +551,25 @@ impl ChildConfig for ipp_om_sim::Config {
             listen,
             api_key,
             currency,
+            merchant_id,
             idempotency_ttl_secs,
             seed,
             faults,
+            webhooks,
             log,
         } = self;
+        let ipp_om_sim::WebhookArgs {
+            url: webhook_url,
+            secret: webhook_secret,
+            duplicate_rate,
+            delay_ms,
+            delay_jitter_ms,
+            retry_initial_ms,
+            retry_max_ms,
+            give_up_secs,
+            timeout_ms,
+            queue_capacity,
+        } = webhooks;
         let ipp_om_sim::Faults {
             fail_rate,
             rate_limit_rate,
@@ -571,6 +585,7 @@ impl ChildConfig for ipp_om_sim::Config {
             ("OM_SIM_LISTEN", listen.addr.to_string()),
             ("OM_SIM_API_KEY", api_key.expose().to_owned()),
             ("OM_SIM_CURRENCY", currency.clone()),
+            ("OM_SIM_MERCHANT_ID", merchant_id.clone()),
             (
                 "OM_SIM_IDEMPOTENCY_TTL_SECS",
                 idempotency_ttl_secs.to_string(),
@@ -587,10 +602,30 @@ impl ChildConfig for ipp_om_sim::Config {
                 "OM_SIM_FAULT_AFTER_EFFECT_RATE",
                 fault_after_effect_rate.to_string(),
             ),
+            ("OM_SIM_WEBHOOK_DUPLICATE_RATE", duplicate_rate.to_string()),
+            ("OM_SIM_WEBHOOK_DELAY_MS", delay_ms.to_string()),
+            (
+                "OM_SIM_WEBHOOK_DELAY_JITTER_MS",
+                delay_jitter_ms.to_string(),
+            ),
+            (
+                "OM_SIM_WEBHOOK_RETRY_INITIAL_MS",
+                retry_initial_ms.to_string(),
+            ),
+            ("OM_SIM_WEBHOOK_RETRY_MAX_MS", retry_max_ms.to_string()),
+            ("OM_SIM_WEBHOOK_GIVE_UP_SECS", give_up_secs.to_string()),
+            ("OM_SIM_WEBHOOK_TIMEOUT_MS", timeout_ms.to_string()),
+            ("OM_SIM_WEBHOOK_QUEUE_CAPACITY", queue_capacity.to_string()),
             log_env(log),
         ];
         if let Some(value) = retry_after {
             env.push(("OM_SIM_RETRY_AFTER", value.clone()));
+        }
+        if let Some(url) = webhook_url {
+            env.push(("OM_SIM_WEBHOOK_URL", url.clone()));
+        }
+        if let Some(secret) = webhook_secret {
+            env.push(("OM_SIM_WEBHOOK_SECRET", secret.expose().to_owned()));
         }
         env
     }
