@@ -319,6 +319,11 @@ fn help_never_prints_a_secret_from_the_environment() {
         ),
         ("OM_SIM_API_KEY", "hunter2-sim", "hunter2-sim"),
         (
+            "OM_SIM_WEBHOOK_SECRET",
+            "whsec_aHVudGVyMi1zaW0taG9vaw==",
+            "aHVudGVyMi1zaW0taG9vaw",
+        ),
+        (
             "ACTIONS_API_TOKENS",
             "backoffice:hunter2-token",
             "hunter2-token",
