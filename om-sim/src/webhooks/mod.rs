@@ -252,7 +252,7 @@ pub struct Injection {
 }
 
 /// `PUT /_sim/webhooks`: the fields of [`Injection`] to change.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InjectionChange {
     pub duplicate_rate: Option<f64>,
