@@ -4,6 +4,8 @@ use clap::{Args, Parser};
 use ipp_service::{ListenArgs, Listens, LogArgs, Secret};
 use serde::{Deserialize, Serialize};
 
+use crate::webhooks::WebhookArgs;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ipp-om-sim",
@@ -17,7 +19,11 @@ injects faults on demand: 500/503, 429 with Retry-After, latency, hangs and drop
 Like Kustom it can limit the requests of each account (each API key), answering 429 over the \
 limit.\n\n\
 Control endpoints (no auth): PUT/GET /_sim/orders/{order_id}, GET/DELETE /_sim/calls, \
-GET/DELETE /_sim/stats, PUT/GET /_sim/faults, PUT/GET /_sim/limits, GET /healthz."
+GET/DELETE /_sim/stats, PUT/GET /_sim/faults, PUT/GET /_sim/limits, \
+POST /_sim/orders/{order_id}/captures|refunds|disputes, \
+POST /_sim/orders/{order_id}/disputes/{dispute_id}, GET/PUT/DELETE /_sim/webhooks, GET /healthz.\n\n\
+With OM_SIM_WEBHOOK_URL and OM_SIM_WEBHOOK_SECRET, every capture and refund applied (and every \
+dispute opened or updated) is posted there as a signed Kustom webhook, at least once."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -34,14 +40,15 @@ pub struct Config {
     )]
     pub api_key: Secret,
 
-    /// The account (merchant id) of OM_SIM_API_KEY.
-    #[arg(long, env = "OM_SIM_MERCHANT_ID", default_value = "sim_merchant")]
+    /// The account (merchant id) of OM_SIM_API_KEY; also the merchant in the webhooks of
+    /// an order no account has called yet (operations outside the API).
+    #[arg(long, env = "OM_SIM_MERCHANT_ID", default_value = "DM00000000")]
     pub merchant_id: String,
 
     /// More accounts, each `MERCHANT_ID:KEY`, comma-separated. An order belongs to one
     /// account (seeded with `merchant_id`, or the first that calls it); another
     /// account's key gets 404 NO_SUCH_ORDER for it, as Kustom answers. Idempotency keys
-    /// are per account too.
+    /// are per account too. Or OM_SIM_ACCOUNTS_FILE: a file holding them.
     #[arg(
         long = "account",
         env = "OM_SIM_ACCOUNTS",
@@ -69,6 +76,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -263,7 +273,7 @@ mod tests {
         let command = <Config as clap::CommandFactory>::command();
         assert_eq!(
             ipp_service::secret_files::file_variables(&command),
-            ["OM_SIM_API_KEY"]
+            ["OM_SIM_ACCOUNTS", "OM_SIM_API_KEY", "OM_SIM_WEBHOOK_SECRET"]
         );
         assert!(ipp_service::secret_files::undocumented(&command).is_empty());
     }

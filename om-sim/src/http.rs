@@ -18,8 +18,9 @@ use crate::{
     config::{Faults, Limits},
     error::OmError,
     limits::retry_after_secs,
-    orders::Seed,
+    orders::{DisputeRequest, DisputeUpdate, Seed},
     sim::{Fault, Operation, Sim},
+    webhooks::InjectionChange,
 };
 
 pub const IDEMPOTENCY_KEY: &str = "klarna-idempotency-key";
@@ -45,6 +46,17 @@ pub fn router(sim: Arc<Sim>) -> Router {
             post(release),
         )
         .route("/_sim/orders/{order_id}", put(seed_order).get(sim_order))
+        .route("/_sim/orders/{order_id}/captures", post(outside_capture))
+        .route("/_sim/orders/{order_id}/refunds", post(outside_refund))
+        .route("/_sim/orders/{order_id}/disputes", post(open_dispute))
+        .route(
+            "/_sim/orders/{order_id}/disputes/{dispute_id}",
+            post(update_dispute),
+        )
+        .route(
+            "/_sim/webhooks",
+            get(webhooks).put(change_webhooks).delete(clear_webhooks),
+        )
         .route("/_sim/calls", get(calls).delete(clear_calls))
         .route("/_sim/stats", get(stats).delete(clear_stats))
         .route("/_sim/faults", put(set_faults).get(faults))
@@ -262,6 +274,100 @@ async fn seed_order(
         Ok(order) => Json(order).into_response(),
         Err(e) => e.reply().into_response(),
     }
+}
+
+/// `body`, or `{}` when it is empty.
+fn parse_optional_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, OmError> {
+    if body.is_empty() {
+        parse_body(&Bytes::from_static(b"{}"))
+    } else {
+        parse_body(body)
+    }
+}
+
+/// A capture made in the Portal or by the POS: `{captured_amount?, reference?,
+/// description?}`, everything that remains when the amount is left out.
+async fn outside_capture(
+    State(sim): State<Arc<Sim>>,
+    Path(order_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let reply = match parse_optional_body(&body) {
+        Ok(request) => sim.apply_outside(&order_id, Operation::Capture(request)),
+        Err(e) => e.reply(),
+    };
+    tracing::info!(
+        order_id,
+        status = reply.status.as_u16(),
+        "capture outside the API"
+    );
+    reply.into_response()
+}
+
+/// A refund made in the Portal: `{refunded_amount?, …}`, everything refundable by default.
+async fn outside_refund(
+    State(sim): State<Arc<Sim>>,
+    Path(order_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let reply = match parse_optional_body(&body) {
+        Ok(request) => sim.apply_outside(&order_id, Operation::Refund(request)),
+        Err(e) => e.reply(),
+    };
+    tracing::info!(
+        order_id,
+        status = reply.status.as_u16(),
+        "refund outside the API"
+    );
+    reply.into_response()
+}
+
+async fn open_dispute(
+    State(sim): State<Arc<Sim>>,
+    Path(order_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let opened = parse_optional_body::<DisputeRequest>(&body)
+        .and_then(|request| sim.open_dispute(&order_id, &request));
+    match opened {
+        Ok(dispute) => (StatusCode::CREATED, Json(dispute)).into_response(),
+        Err(e) => e.reply().into_response(),
+    }
+}
+
+async fn update_dispute(
+    State(sim): State<Arc<Sim>>,
+    Path((order_id, dispute_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let updated = parse_body::<DisputeUpdate>(&body)
+        .and_then(|update| sim.update_dispute(&order_id, &dispute_id, &update.status));
+    match updated {
+        Ok(dispute) => Json(dispute).into_response(),
+        Err(e) => e.reply().into_response(),
+    }
+}
+
+async fn webhooks(State(sim): State<Arc<Sim>>) -> Response {
+    Json(sim.webhooks().view()).into_response()
+}
+
+/// Changes the injected duplicates and delays, or suppresses webhooks, at run time.
+async fn change_webhooks(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let changed = parse_body::<InjectionChange>(&body)
+        .and_then(|change| sim.webhooks().change(change).map_err(OmError::BadValue));
+    match changed {
+        Ok(injection) => {
+            tracing::info!(?injection, "webhook injection replaced");
+            Json(injection).into_response()
+        }
+        Err(e) => e.reply().into_response(),
+    }
+}
+
+async fn clear_webhooks(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.webhooks().clear();
+    StatusCode::NO_CONTENT
 }
 
 async fn sim_order(State(sim): State<Arc<Sim>>, Path(order_id): Path<String>) -> Response {

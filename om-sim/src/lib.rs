@@ -12,6 +12,7 @@ mod limits;
 mod orders;
 mod reply;
 mod sim;
+mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::{Config, Faults, Limits, SimAccount};
 pub use orders::authorized_amount_for;
+pub use webhooks::{retry_delay, WebhookArgs};
 
 use crate::sim::Sim;
 
@@ -30,7 +32,9 @@ use crate::sim::Sim;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves the simulator on `listener` until `shutdown` is cancelled. Refuses to start
-/// (`InvalidInput`) with fault rates that are not fractions or limits that are no limits.
+/// (`InvalidInput`) with fault rates that are not fractions, limits that are no limits, or
+/// webhook settings that cannot work (a destination without a valid secret). Webhooks are
+/// delivered by a task of their own, stopped with the server.
 ///
 /// A hand-written accept loop rather than `axum::serve`: each connection gets a token
 /// that a request can cancel to close the connection without an answer. HTTP/1 only, so
@@ -40,18 +44,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let invalid = |reason| std::io::Error::new(std::io::ErrorKind::InvalidInput, reason);
     config
         .faults
         .validate()
         .and_then(|()| config.limits.validate())
-        .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidInput, reason))?;
-    let sim = Arc::new(Sim::new(&config));
+        .map_err(invalid)?;
+    let (webhooks, deliveries) =
+        webhooks::Webhooks::new(&config.webhooks, config.seed).map_err(invalid)?;
+    let sim = Arc::new(Sim::new(&config, webhooks));
+    let deliveries = deliveries.map(|deliveries| tokio::spawn(deliveries.run(shutdown.clone())));
     let router = http::router(sim);
     let connections = TaskTracker::new();
     tracing::info!(
         addr = %listener.local_addr()?,
         faults = ?config.faults,
         limits = ?config.limits,
+        webhook_url = config.webhooks.url.as_deref(),
         seed = config.seed,
         "order management simulator listening"
     );
@@ -104,6 +113,10 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("connections still open at shutdown");
+    }
+    if let Some(deliveries) = deliveries {
+        // Cancelled with the server: undelivered events go with the rest of the state.
+        let _ = deliveries.await;
     }
     tracing::info!("order management simulator stopped");
     Ok(())

@@ -56,6 +56,20 @@ pub struct Refund {
     pub refunded_at: DateTime<Utc>,
 }
 
+/// A dispute the cardholder opened (`POST /_sim/orders/{id}/disputes`). Kustom's and
+/// Klarna's order documents have no disputes field, so only `/_sim/orders/{id}` shows
+/// them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dispute {
+    pub dispute_id: String,
+    /// Any text the test sets; `OPEN` when opened.
+    pub status: String,
+    pub reason: Option<String>,
+    pub disputed_amount: i64,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Effects actually applied by API calls (seeding is not an effect): what tests count.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Effects {
@@ -89,6 +103,7 @@ pub struct Order {
     pub purchase_currency: String,
     pub captures: Vec<Capture>,
     pub refunds: Vec<Refund>,
+    pub disputes: Vec<Dispute>,
     pub effects: Effects,
 }
 
@@ -111,7 +126,8 @@ pub struct OrderView {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
-    /// The account it belongs to; by default the first account that calls it.
+    /// The account it belongs to; by default the first account that calls it (its
+    /// webhooks carry `OM_SIM_MERCHANT_ID` until one does).
     pub merchant_id: Option<String>,
     pub status: Option<OrderStatus>,
     pub order_amount: Option<i64>,
@@ -133,6 +149,23 @@ pub struct CaptureRequest {
     pub captured_amount: Option<i64>,
     pub reference: Option<String>,
     pub description: Option<String>,
+}
+
+/// Body of `POST /_sim/orders/{id}/disputes`: a `status` also updates the dispute
+/// right after opening it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeRequest {
+    pub disputed_amount: Option<i64>,
+    pub reason: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Body of `POST /_sim/orders/{id}/disputes/{dispute_id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeUpdate {
+    pub status: String,
 }
 
 /// Body of `POST …/refunds`.
@@ -162,6 +195,7 @@ impl Order {
             purchase_currency: currency.to_owned(),
             captures: Vec::new(),
             refunds: Vec::new(),
+            disputes: Vec::new(),
             effects: Effects::default(),
         }
     }
@@ -173,6 +207,13 @@ impl Order {
             order_id,
             seed.purchase_currency.as_deref().unwrap_or(currency),
         );
+        if seed
+            .merchant_id
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return Err(OmError::BadValue("merchant_id must not be empty".into()));
+        }
         order.merchant_id.clone_from(&seed.merchant_id);
         order.missing = seed.missing;
         order.refuse_captures = seed.refuse_captures;
@@ -346,6 +387,51 @@ impl Order {
         self.refunds.push(refund.clone());
         self.effects.refunds += 1;
         Ok(refund)
+    }
+
+    /// Opens a dispute over `disputed_amount` (default: everything captured), status
+    /// `OPEN`. Only a captured order can be disputed.
+    pub fn open_dispute(&mut self, request: &DisputeRequest) -> Result<Dispute, OmError> {
+        self.exists()?;
+        if self.captured_amount == 0 {
+            return Err(OmError::NotAllowed(
+                "an order without captures cannot be disputed".into(),
+            ));
+        }
+        let amount = request.disputed_amount.unwrap_or(self.captured_amount);
+        if !(1..=self.captured_amount).contains(&amount) {
+            return Err(OmError::BadValue(format!(
+                "disputed_amount must be between 1 and the captured amount {}",
+                self.captured_amount
+            )));
+        }
+        let now = Utc::now();
+        let dispute = Dispute {
+            dispute_id: Uuid::new_v4().to_string(),
+            status: "OPEN".into(),
+            reason: request.reason.clone(),
+            disputed_amount: amount,
+            opened_at: now,
+            updated_at: now,
+        };
+        self.disputes.push(dispute.clone());
+        Ok(dispute)
+    }
+
+    /// Sets the status of one of the order's disputes.
+    pub fn update_dispute(&mut self, dispute_id: &str, status: &str) -> Result<Dispute, OmError> {
+        self.exists()?;
+        if status.trim().is_empty() {
+            return Err(OmError::BadValue("status must not be empty".into()));
+        }
+        let dispute = self
+            .disputes
+            .iter_mut()
+            .find(|d| d.dispute_id == dispute_id)
+            .ok_or(OmError::NotFound)?;
+        dispute.status = status.to_owned();
+        dispute.updated_at = Utc::now();
+        Ok(dispute.clone())
     }
 
     /// Whole order only, and only while nothing has been captured.

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -19,8 +19,11 @@ use crate::{
     config::{Config, Faults, Limits},
     error::OmError,
     limits::AccountLimiter,
-    orders::{CaptureRequest, Effects, Order, OrderView, RefundRequest, Seed},
+    orders::{
+        CaptureRequest, Dispute, DisputeRequest, Effects, Order, OrderView, RefundRequest, Seed,
+    },
     reply::Reply,
+    webhooks::{OrderEvent, Webhooks},
 };
 
 /// What a request to the Order Management endpoints asks for.
@@ -121,6 +124,7 @@ pub struct SimOrder {
     pub order: OrderView,
     /// The account it belongs to; null until an account calls it.
     pub merchant_id: Option<String>,
+    pub disputes: Vec<Dispute>,
     pub missing: bool,
     pub refuse_captures: bool,
     pub effects: Effects,
@@ -151,14 +155,16 @@ pub struct Sim {
     /// Every account's API key and merchant id, OM_SIM_API_KEY's first.
     accounts: Vec<(String, String)>,
     currency: String,
+    merchant_id: String,
     idempotency_ttl: Duration,
     inner: Mutex<Inner>,
     dice: Mutex<Dice>,
     limiter: Mutex<AccountLimiter>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Sim {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, webhooks: Arc<Webhooks>) -> Self {
         Self {
             accounts: std::iter::once((config.api_key.expose(), config.merchant_id.as_str()))
                 .chain(
@@ -170,6 +176,8 @@ impl Sim {
                 .map(|(key, merchant)| (key.to_owned(), merchant.to_owned()))
                 .collect(),
             currency: config.currency.clone(),
+            merchant_id: config.merchant_id.clone(),
+            webhooks,
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
             inner: Mutex::new(Inner::default()),
             dice: Mutex::new(Dice {
@@ -398,11 +406,10 @@ impl Sim {
         order_id: Uuid,
         operation: Operation,
     ) -> Result<Reply, OmError> {
-        let currency = &self.currency;
         let order = inner
             .orders
             .entry(order_id)
-            .or_insert_with(|| Order::authorized(order_id, currency));
+            .or_insert_with(|| Order::authorized(order_id, &self.currency));
         // Another account's order does not exist for this one.
         match &order.merchant_id {
             Some(owner) if owner != account => return Err(OmError::NoSuchOrder(order_id)),
@@ -431,6 +438,13 @@ impl Sim {
             }
             Operation::Capture(request) => {
                 let capture = order.capture(request)?;
+                self.webhooks.publish(
+                    order.merchant_id.as_deref().unwrap_or(&self.merchant_id),
+                    &OrderEvent::CaptureCreated {
+                        order_id,
+                        capture_id: capture.capture_id,
+                    },
+                );
                 inner.stats.captures_applied += 1;
                 *inner.stats.captures_by_order.entry(order_id).or_default() += 1;
                 let id = capture.capture_id.to_string();
@@ -442,6 +456,13 @@ impl Sim {
             }
             Operation::Refund(request) => {
                 let refund = order.refund(request)?;
+                self.webhooks.publish(
+                    order.merchant_id.as_deref().unwrap_or(&self.merchant_id),
+                    &OrderEvent::RefundCreated {
+                        order_id,
+                        refund_id: refund.refund_id,
+                    },
+                );
                 inner.stats.refunds_applied += 1;
                 let id = refund.refund_id.to_string();
                 Ok(
@@ -483,6 +504,106 @@ impl Sim {
         Ok(sim_order(order))
     }
 
+    /// A capture or refund made outside the Order Management API (in the Portal, by the
+    /// POS): no key, no faults, not in the call log, but an effect like any other, with
+    /// its webhook. An amount left out is everything that remains.
+    pub fn apply_outside(&self, order_id: &str, operation: Operation) -> Reply {
+        let result = parse_order_id(order_id).and_then(|order_id| {
+            let mut inner = self.inner();
+            let order = inner
+                .orders
+                .entry(order_id)
+                .or_insert_with(|| Order::authorized(order_id, &self.currency));
+            let operation = match operation {
+                Operation::Capture(mut request) => {
+                    request.captured_amount = request
+                        .captured_amount
+                        .or(Some(order.remaining_authorized_amount()));
+                    Operation::Capture(request)
+                }
+                Operation::Refund(mut request) => {
+                    request.refunded_amount = request
+                        .refunded_amount
+                        .or(Some(order.captured_amount - order.refunded_amount));
+                    Operation::Refund(request)
+                }
+                other => other,
+            };
+            // As the Portal of the order's account (the default one's, for an order no
+            // account has called yet).
+            let account = order
+                .merchant_id
+                .clone()
+                .unwrap_or_else(|| self.merchant_id.clone());
+            self.execute(&mut inner, &account, order_id, operation)
+        });
+        result.unwrap_or_else(|e| e.reply())
+    }
+
+    /// Opens a dispute on the order (`dispute.created`), and updates it at once when the
+    /// request has a `status` (`dispute.updated`).
+    pub fn open_dispute(
+        &self,
+        order_id: &str,
+        request: &DisputeRequest,
+    ) -> Result<Dispute, OmError> {
+        let order_id = parse_order_id(order_id)?;
+        let mut inner = self.inner();
+        let order = inner
+            .orders
+            .entry(order_id)
+            .or_insert_with(|| Order::authorized(order_id, &self.currency));
+        let mut dispute = order.open_dispute(request)?;
+        self.webhooks.publish(
+            order.merchant_id.as_deref().unwrap_or(&self.merchant_id),
+            &OrderEvent::DisputeCreated {
+                order_id,
+                dispute_id: dispute.dispute_id.clone(),
+            },
+        );
+        if let Some(status) = &request.status {
+            dispute = order.update_dispute(&dispute.dispute_id, status)?;
+            self.webhooks.publish(
+                order.merchant_id.as_deref().unwrap_or(&self.merchant_id),
+                &OrderEvent::DisputeUpdated {
+                    order_id,
+                    dispute_id: dispute.dispute_id.clone(),
+                    status: dispute.status.clone(),
+                },
+            );
+        }
+        Ok(dispute)
+    }
+
+    /// Sets a dispute's status (`dispute.updated`).
+    pub fn update_dispute(
+        &self,
+        order_id: &str,
+        dispute_id: &str,
+        status: &str,
+    ) -> Result<Dispute, OmError> {
+        let order_id = parse_order_id(order_id)?;
+        let mut inner = self.inner();
+        let order = inner
+            .orders
+            .get_mut(&order_id)
+            .ok_or(OmError::NoSuchOrder(order_id))?;
+        let dispute = order.update_dispute(dispute_id, status)?;
+        self.webhooks.publish(
+            order.merchant_id.as_deref().unwrap_or(&self.merchant_id),
+            &OrderEvent::DisputeUpdated {
+                order_id,
+                dispute_id: dispute.dispute_id.clone(),
+                status: dispute.status.clone(),
+            },
+        );
+        Ok(dispute)
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.inner().calls.clone()
     }
@@ -510,6 +631,7 @@ fn sim_order(order: &Order) -> SimOrder {
     SimOrder {
         order: order.view(),
         merchant_id: order.merchant_id.clone(),
+        disputes: order.disputes.clone(),
         missing: order.missing,
         refuse_captures: order.refuse_captures,
         effects: order.effects,

@@ -14,6 +14,7 @@ mod ingest;
 mod ingest_bad_input;
 mod ingest_connections;
 mod om_sim;
+mod om_sim_webhooks;
 mod ops_dlq;
 mod ops_rebuild;
 mod ops_replay;

@@ -512,7 +512,12 @@ async fn concurrent_migrate_runs_both_succeed() {
             .await
             .unwrap();
     assert_eq!(versions, vec![1001, 1002]);
-    for table in ["ipp_events", "ipp_sessions", "ipp_projector_offsets", "ipp_order_facts"] {
+    for table in [
+        "ipp_events",
+        "ipp_sessions",
+        "ipp_projector_offsets",
+        "ipp_order_facts",
+    ] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)
             .fetch_one(&pool)

@@ -127,8 +127,18 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
         F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
     {
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), run)
+    }
+
+    /// On `addr`: a port a client was already told about (see [`crate::free_port`]).
+    fn start_at<F, Fut>(name: &'static str, addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
         init_logs();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener =
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
@@ -208,6 +218,13 @@ pub use ipp_service::error_chain as chain;
 impl TestIngest {
     pub fn spawn(config: ipp_ingest::Config) -> Self {
         Self::spawn_with_clock(config, ipp_ingest::Clock::system())
+    }
+
+    /// On `addr`, for a client that posted there before ingest started.
+    pub fn spawn_at(addr: SocketAddr, config: ipp_ingest::Config) -> Self {
+        Self::start_at("ipp-ingest", addr, move |listener, shutdown| {
+            ipp_ingest::run(config, listener, shutdown)
+        })
     }
 
     /// With `clock` for the signature's timestamp tolerance (a fixed one checks its edges).
@@ -409,5 +426,23 @@ pub fn om_sim_config(api_key: &str) -> ipp_om_sim::Config {
     config.accounts = Vec::new();
     config.faults = ipp_om_sim::Faults::default();
     config.seed = 1;
+    config.merchant_id = "DM00000000".to_owned();
+    config.webhooks.url = None;
+    config.webhooks.secret = None;
+    config.webhooks.duplicate_rate = 0.0;
+    config.webhooks.delay_ms = 0;
+    config.webhooks.delay_jitter_ms = 0;
+    config
+}
+
+/// `config` posting its webhooks to `url` (e.g. ingest's `/webhooks/kustom`), signed
+/// with `secret`; the other delivery settings are the defaults.
+pub fn om_sim_posting_to(
+    mut config: ipp_om_sim::Config,
+    url: &str,
+    secret: &str,
+) -> ipp_om_sim::Config {
+    config.webhooks.url = Some(url.to_owned());
+    config.webhooks.secret = Some(Secret::new(secret));
     config
 }

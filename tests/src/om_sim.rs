@@ -7,7 +7,10 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::inprocess::{om_sim_config, TestOmSim};
+use crate::{
+    eventually::eventually,
+    inprocess::{om_sim_config, TestOmSim},
+};
 
 /// A simulator running in-process.
 pub struct OmSim {
@@ -224,6 +227,42 @@ impl SimApi {
 
     pub async fn faults(&self) -> Value {
         self.control_json("/_sim/faults").await
+    }
+
+    /// `GET /_sim/webhooks`: the delivery counters and every published event.
+    pub async fn webhooks(&self) -> Value {
+        self.control_json("/_sim/webhooks").await
+    }
+
+    /// Waits until every published event was delivered (nothing pending) and the
+    /// endpoint acknowledged exactly `deliveries` POSTs; returns `/_sim/webhooks`.
+    pub async fn webhooks_delivered(&self, deliveries: u64) -> Value {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{deliveries} webhook deliveries, none pending"),
+            || async {
+                let view = self.webhooks().await;
+                view["pending"] == 0 && view["delivered"].as_u64() >= Some(deliveries)
+            },
+        )
+        .await;
+        let view = self.webhooks().await;
+        assert_eq!(
+            view["delivered"], deliveries,
+            "more deliveries than expected: {view}"
+        );
+        view
+    }
+
+    /// `POST /_sim/orders/{order_id}/{what}`: an operation made outside the Order
+    /// Management API (`captures`, `refunds` in the Portal; `disputes` by a cardholder).
+    pub async fn outside(&self, order_id: &str, what: &str, body: Value) -> Response {
+        self.control(
+            reqwest::Method::POST,
+            &format!("/_sim/orders/{order_id}/{what}"),
+            Some(body),
+        )
+        .await
     }
 }
 

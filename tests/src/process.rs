@@ -590,12 +590,25 @@ impl ChildConfig for ipp_om_sim::Config {
             seed,
             faults,
             limits,
+            webhooks,
             log,
         } = self;
         let ipp_om_sim::Limits {
             account_rate_limit,
             account_rate_burst,
         } = limits;
+        let ipp_om_sim::WebhookArgs {
+            url: webhook_url,
+            secret: webhook_secret,
+            duplicate_rate,
+            delay_ms,
+            delay_jitter_ms,
+            retry_initial_ms,
+            retry_max_ms,
+            give_up_secs,
+            timeout_ms,
+            queue_capacity,
+        } = webhooks;
         let ipp_om_sim::Faults {
             fail_rate,
             rate_limit_rate,
@@ -629,6 +642,20 @@ impl ChildConfig for ipp_om_sim::Config {
                 fault_after_effect_rate.to_string(),
             ),
             ("OM_SIM_ACCOUNT_RATE_LIMIT", account_rate_limit.to_string()),
+            ("OM_SIM_WEBHOOK_DUPLICATE_RATE", duplicate_rate.to_string()),
+            ("OM_SIM_WEBHOOK_DELAY_MS", delay_ms.to_string()),
+            (
+                "OM_SIM_WEBHOOK_DELAY_JITTER_MS",
+                delay_jitter_ms.to_string(),
+            ),
+            (
+                "OM_SIM_WEBHOOK_RETRY_INITIAL_MS",
+                retry_initial_ms.to_string(),
+            ),
+            ("OM_SIM_WEBHOOK_RETRY_MAX_MS", retry_max_ms.to_string()),
+            ("OM_SIM_WEBHOOK_GIVE_UP_SECS", give_up_secs.to_string()),
+            ("OM_SIM_WEBHOOK_TIMEOUT_MS", timeout_ms.to_string()),
+            ("OM_SIM_WEBHOOK_QUEUE_CAPACITY", queue_capacity.to_string()),
             log_env(log),
         ];
         if let Some(value) = retry_after {
@@ -643,6 +670,12 @@ impl ChildConfig for ipp_om_sim::Config {
                 .map(|a| format!("{}:{}", a.merchant_id, a.api_key.expose()))
                 .collect();
             env.push(("OM_SIM_ACCOUNTS", accounts.join(",")));
+        }
+        if let Some(url) = webhook_url {
+            env.push(("OM_SIM_WEBHOOK_URL", url.clone()));
+        }
+        if let Some(secret) = webhook_secret {
+            env.push(("OM_SIM_WEBHOOK_SECRET", secret.expose().to_owned()));
         }
         env
     }
