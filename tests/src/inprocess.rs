@@ -422,7 +422,6 @@ pub fn with_capture_policy(
 pub fn om_sim_config(api_key: &str) -> ipp_om_sim::Config {
     let mut config = ipp_om_sim::Config::try_parse_from(["ipp-om-sim"]).expect("defaults");
     config.api_key = Secret::new(api_key);
-    config.merchant_id = "sim_merchant".to_owned();
     config.accounts = Vec::new();
     config.faults = ipp_om_sim::Faults::default();
     config.seed = 1;
