@@ -179,6 +179,12 @@ async fn main() -> anyhow::Result<()> {
         let captured = &orders[2..commands::ORDERS_NEEDED];
         issue_commands(&client, &args, seed, [refused[0], refused[1]], captured).await?
     };
+    let orders: Vec<Uuid> = workload
+        .finalized_orders()
+        .map(|(_, order)| order)
+        .chain(issued.iter().map(|c| c.planned.order_id))
+        .collect();
+    let reconciled = wait_for_reconciliation(&pool, &orders, deadline_from_now(&args)).await?;
     print_report(&pool, &args, &issued).await?;
     if args.check {
         let mut problems: Vec<String> = report
@@ -195,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         problems
             .extend(check_captures(&pool, &client, &args.om_sim_url, &workload, &refused).await?);
         problems.extend(check_commands(&pool, &client, &args, seed, &refused, &issued).await?);
+        problems.extend(reconciled.into_iter().take(20));
         if !problems.is_empty() {
             println!("check FAILED: {} problem(s)", problems.len());
             for problem in problems.iter().take(20) {
@@ -203,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
         println!(
-            "check passed: {} sessions exactly as sent, {} orders captured once each, {} refused as seeded, {} commands as planned",
+            "check passed: {} sessions exactly as sent, {} orders captured once each, {} refused as seeded, {} commands as planned, every order in sync with Kustom",
             workload.sessions.len(),
             workload.finalized_orders().count() - refused.len(),
             refused.len(),
@@ -611,6 +618,56 @@ async fn print_report(pool: &PgPool, args: &Args, issued: &[Issued]) -> anyhow::
         db = format!("{:?}", args.database_url)
     );
     Ok(())
+}
+
+fn deadline_from_now(args: &Args) -> Instant {
+    Instant::now() + Duration::from_secs(args.wait_secs)
+}
+
+/// Waits until every one of `orders` is `in_sync` in `ipp_orders` (Kustom's webhooks for
+/// our captures and refunds arrive, ipp-actions reads the orders, the projector merges),
+/// or `deadline`; returns the orders that are not, as problems.
+async fn wait_for_reconciliation(
+    pool: &PgPool,
+    orders: &[Uuid],
+    deadline: Instant,
+) -> anyhow::Result<Vec<String>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('ipp_orders') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(vec!["no orders read model (ipp_orders) in the database".into()]);
+    }
+    loop {
+        let rows = sqlx::query(
+            "SELECT o.id AS order_id, v.reconciliation_state, v.reconciliation_reason \
+             FROM unnest($1::uuid[]) AS o(id) \
+             LEFT JOIN ipp_orders v ON v.order_id = o.id \
+             WHERE v.reconciliation_state IS DISTINCT FROM 'in_sync' ORDER BY 1",
+        )
+        .bind(orders)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if Instant::now() > deadline {
+            return Ok(rows
+                .iter()
+                .map(|row| {
+                    let order: Uuid = row.get("order_id");
+                    let state: Option<String> = row.get("reconciliation_state");
+                    let reason: Option<String> = row.get("reconciliation_reason");
+                    format!(
+                        "order {order} is {} ({})",
+                        state.as_deref().unwrap_or("not in ipp_orders"),
+                        reason.unwrap_or_default()
+                    )
+                })
+                .collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The orders by reconciliation state (`ipp_orders`), and why those out of sync are.
