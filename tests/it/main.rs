@@ -12,6 +12,7 @@ mod failover;
 mod ingest;
 mod ingest_bad_input;
 mod ingest_connections;
+mod observations;
 mod om_sim;
 mod ops_dlq;
 mod ops_rebuild;
