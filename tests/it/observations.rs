@@ -73,7 +73,7 @@ fn order_read(observation: &Observation) -> &OrderRead {
 }
 
 /// A Kustom order event's body, as Kustom posts it and ingest stores it.
-fn order_event(event_type: &str, data: Value) -> (String, Vec<u8>) {
+fn order_event(event_type: &str, data: &Value) -> (String, Vec<u8>) {
     let id = format!("kevt_{}", Uuid::new_v4().simple());
     let body = json!({
         "id": id,
@@ -201,7 +201,7 @@ async fn a_capture_created_event_reads_the_order_once_and_publishes_what_om_answ
     let capture_id = fx.sim.the_only_capture_id(&order.to_string()).await;
     let (event_id, body) = order_event(
         "capture.created",
-        json!({"order_id": order, "capture_id": capture_id, "new_field": {"kept": true}}),
+        &json!({"order_id": order, "capture_id": capture_id, "new_field": {"kept": true}}),
     );
     let kustom = Producer::new(&fx.brokers, &fx.kustom_topic);
     // Delivered twice (Kustom retries a webhook; ingest appends each delivery).
@@ -264,8 +264,8 @@ async fn a_capture_created_event_reads_the_order_once_and_publishes_what_om_answ
 async fn an_order_event_that_does_not_name_its_order_is_parked_and_other_types_are_passed_over() {
     let fx = Fixture::new(1, |_| {}).await;
     let kustom = Producer::new(&fx.brokers, &fx.kustom_topic);
-    let (_, nameless) = order_event("refund.created", json!({"refund_id": "ref-1"}));
-    let (_, other) = order_event("order.created", json!({"order_id": Uuid::new_v4()}));
+    let (_, nameless) = order_event("refund.created", &json!({"refund_id": "ref-1"}));
+    let (_, other) = order_event("order.created", &json!({"order_id": Uuid::new_v4()}));
     kustom.send_event(&nameless).await;
     kustom.send_event(&other).await;
     let actions = fx.start_actions(&unique_name("actions"), |_| {});
@@ -299,7 +299,7 @@ async fn a_read_that_fails_for_good_is_published_as_a_failed_outcome_and_not_dea
         .await;
     let (event_id, body) = order_event(
         "dispute.created",
-        json!({"order_id": order, "dispute_id": "dsp-1", "status": "OPEN"}),
+        &json!({"order_id": order, "dispute_id": "dsp-1", "status": "OPEN"}),
     );
     Producer::new(&fx.brokers, &fx.kustom_topic)
         .send_event(&body)
