@@ -30,6 +30,19 @@ pub struct Config {
     #[arg(long, env = "ACTIONS_COMMANDS_TOPIC", default_value = topics::IPP_COMMANDS, global = true)]
     pub commands_topic: String,
 
+    /// Topic of observations (keyed by order id): this service appends the outcome of
+    /// every settled action and what Order Management answered to reads of orders, the
+    /// orders read model's source (decision 0019).
+    #[arg(long, env = "ACTIONS_OBSERVATIONS_TOPIC", default_value = topics::IPP_OBSERVATIONS, global = true)]
+    pub observations_topic: String,
+
+    /// Topic of the other Kustom events (written by ipp-ingest, its KUSTOM_OTHER_TOPIC):
+    /// `capture.created`, `refund.created`, `dispute.created` and `dispute.updated`
+    /// prompt a read of the order, published as an observation; other types are passed
+    /// over.
+    #[arg(long, env = "ACTIONS_KUSTOM_TOPIC", default_value = topics::KUSTOM_EVENTS, global = true)]
+    pub kustom_topic: String,
+
     /// Consumer group of this service.
     #[arg(
         long,

@@ -19,6 +19,7 @@ mod ledger;
 mod metrics;
 mod om;
 mod operator;
+mod publisher;
 mod retry;
 mod service;
 mod worker;

@@ -33,6 +33,13 @@ pub struct Metrics {
     /// Commands API POSTs by command type and outcome (`accepted`, `replayed`, or the
     /// error code of a refusal).
     pub api_requests: IntCounterVec,
+    /// Observations appended to the observations topic, by type (`operation`,
+    /// `order_read`); a republish after a crash counts again.
+    pub observations: IntCounterVec,
+    /// Settled ledger rows whose observation is not published yet (the outbox's backlog).
+    pub unpublished: IntGauge,
+    /// Reads of orders (`observe` rows) that ended failed: not money, so not in the DLQ.
+    pub reads_failed: IntCounter,
 }
 
 impl Metrics {
@@ -97,13 +104,16 @@ impl Metrics {
         let records = IntCounterVec::new(
             Opts::new(
                 "actions_records_total",
-                "Consumed ipp.events and commands records by outcome",
+                "Consumed ipp.events, commands and Kustom events records by outcome",
             ),
             &["outcome"],
         )
         .expect("valid metric");
-        let pending = IntGauge::new("actions_pending", "Actions waiting in the ledger")
-            .expect("valid metric");
+        let pending = IntGauge::new(
+            "actions_pending",
+            "Money actions waiting in the ledger (reads of orders left out)",
+        )
+        .expect("valid metric");
         let oldest_pending_seconds = Gauge::new(
             "actions_oldest_pending_age_seconds",
             "Age of the oldest pending action",
@@ -124,6 +134,24 @@ impl Metrics {
             &["type", "outcome"],
         )
         .expect("valid metric");
+        let observations = IntCounterVec::new(
+            Opts::new(
+                "actions_observations_published_total",
+                "Observations appended to the observations topic, by type",
+            ),
+            &["type"],
+        )
+        .expect("valid metric");
+        let unpublished = IntGauge::new(
+            "actions_observations_unpublished",
+            "Settled actions whose observation is not published yet",
+        )
+        .expect("valid metric");
+        let reads_failed = IntCounter::new(
+            "actions_reads_failed_total",
+            "Reads of orders prompted by Kustom events that ended failed",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
@@ -138,6 +166,9 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(claims_lost.clone()),
             Box::new(api_requests.clone()),
+            Box::new(observations.clone()),
+            Box::new(unpublished.clone()),
+            Box::new(reads_failed.clone()),
         ] {
             registry.register(metric).expect("register");
         }
@@ -156,6 +187,9 @@ impl Metrics {
             in_flight,
             claims_lost,
             api_requests,
+            observations,
+            unpublished,
+            reads_failed,
         }
     }
 

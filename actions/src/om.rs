@@ -158,6 +158,32 @@ impl OmClient<'_> {
     }
 
     pub async fn get_order(&self, order_id: Uuid) -> Result<Order, OmError> {
+        let body = self.get_order_body(order_id).await?;
+        // serde's message names the missing field; reqwest's `json()` would not.
+        serde_json::from_slice(&body).map_err(|e| OmError::Body {
+            endpoint: GET_ORDER,
+            message: e.to_string(),
+        })
+    }
+
+    /// The order as Order Management answered it, every field kept: what an `observe` row
+    /// publishes. Only a body that is not a JSON object is an error.
+    pub async fn get_order_json(&self, order_id: Uuid) -> Result<serde_json::Value, OmError> {
+        let body = self.get_order_body(order_id).await?;
+        match serde_json::from_slice(&body) {
+            Ok(order @ serde_json::Value::Object(_)) => Ok(order),
+            Ok(_) => Err(OmError::Body {
+                endpoint: GET_ORDER,
+                message: "the order is not a JSON object".into(),
+            }),
+            Err(e) => Err(OmError::Body {
+                endpoint: GET_ORDER,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn get_order_body(&self, order_id: Uuid) -> Result<Vec<u8>, OmError> {
         let response = self
             .http
             .get(self.order_url(order_id))
@@ -170,11 +196,7 @@ impl OmClient<'_> {
             .bytes()
             .await
             .map_err(|e| transport_error(GET_ORDER, e))?;
-        // serde's message names the missing field; reqwest's `json()` would not.
-        serde_json::from_slice(&body).map_err(|e| OmError::Body {
-            endpoint: GET_ORDER,
-            message: e.to_string(),
-        })
+        Ok(body.to_vec())
     }
 
     /// Captures `amount`; the same `idempotency_key` always yields the first answer.

@@ -9,8 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    api, command::CommandLog, config::Config, http, kafka::consumer,
-    kafka::dead_letters::DeadLetters, ledger, metrics, om, retry, worker, Error,
+    api,
+    command::CommandLog,
+    config::Config,
+    http,
+    kafka::{consumer, dead_letters::DeadLetters, observations::ObservationLog},
+    ledger, metrics, om, publisher, retry, worker, Error,
 };
 
 /// PostgreSQL connections of the commands API, apart from the service's.
@@ -76,6 +80,13 @@ pub async fn run(
         }))
     };
     let wake = Arc::new(Notify::new());
+    let settled = Arc::new(Notify::new());
+    let publisher = publisher::Publisher {
+        pool: pool.clone(),
+        log: ObservationLog::new(&config)?,
+        metrics: metrics.clone(),
+        poll_interval: config.poll_interval(),
+    };
     let consumer_ready = Readiness::default();
     let consumer = consumer::ActionConsumer::new(
         &config,
@@ -95,6 +106,7 @@ pub async fn run(
         lease: config.lease(),
         poll_interval: config.poll_interval(),
         shutdown_timeout: config.shutdown_timeout(),
+        settled: settled.clone(),
     });
 
     // The bound address, which differs from the setting's with port 0.
@@ -121,6 +133,8 @@ pub async fn run(
         group = %config.group,
         capture_policy = ?config.capture_policy(),
         commands_topic = %config.commands_topic,
+        kustom_topic = %config.kustom_topic,
+        observations_topic = %config.observations_topic,
         commands_api = api.is_some(),
         kustom_api_url = %config.kustom_api_url,
         om_rate_limit = config.om_rate_limit(),
@@ -129,8 +143,13 @@ pub async fn run(
     );
     let consuming = tokio::spawn(consumer.run(consumer_ready, shutdown.clone()));
     let working = tokio::spawn(worker.run(wake, shutdown.clone()));
+    // Stopped only after the worker: what it settles while stopping is published too.
+    let stop_publishing = CancellationToken::new();
+    let publishing = tokio::spawn(publisher.run(settled, stop_publishing.clone()));
     let (consumed, worked) = tokio::join!(consuming, working);
-    for joined in [consumed, worked] {
+    stop_publishing.cancel();
+    let published = publishing.await;
+    for joined in [consumed, worked, published] {
         if let Err(e) = joined {
             warn!(error = %e, "task ended abnormally");
         }
@@ -152,7 +171,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Pending actions and the age of the oldest, refreshed every few seconds.
+/// Pending actions and the age of the oldest, and the outbox's backlog, refreshed every
+/// few seconds.
 async fn update_gauges(
     pool: sqlx::PgPool,
     metrics: Arc<metrics::Metrics>,
@@ -170,6 +190,10 @@ async fn update_gauges(
                 metrics.oldest_pending_seconds.set(oldest);
             }
             Err(e) => warn!(error = %e, "reading pending actions failed"),
+        }
+        match ledger::outbox::unpublished_count(&pool).await {
+            Ok(count) => metrics.unpublished.set(count),
+            Err(e) => warn!(error = %e, "reading unpublished observations failed"),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Worker {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// Woken whenever an action settles: the publisher appends its observation.
+    pub settled: Arc<Notify>,
 }
 
 /// How one execution of an action ended.
@@ -366,7 +368,13 @@ impl Worker {
             warn!("claim lost: outcome not written, another worker owns the action");
             return;
         }
-        if status == Status::Failed {
+        if status == Status::Failed && action.kind == ledger::OBSERVE {
+            // A read that failed is not a failed payment: it stays `failed` in the ledger
+            // (`ipp-actions retry` reads again) and its outcome is published for the
+            // orders model, but it is no dead letter for the money operators.
+            self.metrics.reads_failed.inc();
+            warn!(reason = ?outcome.reason, "order read failed");
+        } else if status == Status::Failed {
             let reason = outcome.reason.clone().unwrap_or_default();
             // DLQ first: a duplicate DLQ record is better than a failure nobody hears of.
             if let Err(e) = self.dlq.failed_action(action, &reason, &outcome).await {
@@ -405,6 +413,7 @@ impl Worker {
                     .finished
                     .with_label_values(&[status.as_str()])
                     .inc();
+                self.settled.notify_one();
             }
             Ok(false) => {
                 self.metrics.claims_lost.inc();

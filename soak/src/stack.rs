@@ -108,6 +108,7 @@ impl Stack {
             (topics::IPP_EVENTS, IPP_PARTITIONS),
             (topics::KUSTOM_EVENTS, 2),
             (topics::IPP_COMMANDS, IPP_PARTITIONS),
+            (topics::IPP_OBSERVATIONS, IPP_PARTITIONS),
             (topics::IPP_EVENTS_DLQ, 1),
             (topics::IPP_ACTIONS_DLQ, 1),
             (CLEAN_DLQ, 1),
@@ -162,6 +163,8 @@ impl Stack {
         );
         actions.listen = loopback(free_port());
         actions.commands_topic = topics::IPP_COMMANDS.to_owned();
+        actions.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
+        actions.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
 
         let spec = |name: &'static str,
                     program: &str,

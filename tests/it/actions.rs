@@ -686,6 +686,8 @@ async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
     fx.topic = unique_name("ipp_events_not_created_yet");
     // The commands topic is missing too: it is as necessary as the event topic.
     fx.commands_topic = unique_name("ipp_commands_not_created_yet");
+    // And the observations topic, which it only writes.
+    fx.observations_topic = unique_name("ipp_observations_not_created_yet");
     let actions = fx.start_actions(&unique_name("actions"), |_| {});
     let readyz = format!("{}/readyz", actions.url());
     for _ in 0..10 {
@@ -693,7 +695,7 @@ async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
         assert_eq!(status, 503, "ready without its topic");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    for topic in [&fx.topic, &fx.commands_topic] {
+    for topic in [&fx.topic, &fx.commands_topic, &fx.observations_topic] {
         assert!(
             !kafka::topic_exists(&fx.brokers, topic),
             "ipp-actions created {topic}"
@@ -706,6 +708,10 @@ async fn a_missing_topic_keeps_actions_not_ready_and_is_never_created() {
     let status = reqwest::get(&readyz).await.expect("readyz").status();
     assert_eq!(status, 503, "ready without its commands topic");
     kafka::create_named_topic(&fx.brokers, &fx.commands_topic, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = reqwest::get(&readyz).await.expect("readyz").status();
+    assert_eq!(status, 503, "ready without its observations topic");
+    kafka::create_named_topic(&fx.brokers, &fx.observations_topic, 1).await;
     fx.producer = Producer::new(&fx.brokers, &fx.topic);
     let finals = finalized(3);
     fx.produce(&finals).await;

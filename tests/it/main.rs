@@ -13,6 +13,7 @@ mod failover;
 mod ingest;
 mod ingest_bad_input;
 mod ingest_connections;
+mod observations;
 mod om_sim;
 mod om_sim_webhooks;
 mod ops_dlq;

@@ -150,7 +150,7 @@ async fn unusable_order_events_and_observations_are_parked_and_the_rest_flows() 
         .collect();
     sources.sort();
     let mut expected = vec![
-        wiring.other_topic.clone(),
+        wiring.kustom_topic.clone(),
         wiring.observations_topic.clone(),
     ];
     expected.sort();

@@ -21,9 +21,7 @@ use ipp_tests::{
     cli,
     db::TestDatabase,
     eventually::eventually,
-    inprocess::{
-        actions_config, commands_topic_of, projector_config, OrderManagement, TestActions,
-    },
+    inprocess::{actions_config, projector_config, OrderManagement, TestActions},
     kafka::{self, Record},
     om_sim::OmSim,
     process::ChildConfig,
@@ -508,7 +506,7 @@ async fn each_poison_case_is_parked_with_its_reason_by_both_consumers_and_the_pa
     let topic = kafka::create_topic(&brokers, "ipp_events_poison", 1).await;
     let projector_dlq = kafka::create_topic(&brokers, "ipp_events_dlq", 1).await;
     let actions_dlq = kafka::create_topic(&brokers, "ipp_actions_dlq", 1).await;
-    kafka::create_named_topic(&brokers, &commands_topic_of(&topic), 1).await;
+    kafka::create_actions_topics(&brokers, &topic, 1).await;
     let database = TestDatabase::create().await;
     let pool = database.pool().await;
     let sim = OmSim::start(API_KEY);

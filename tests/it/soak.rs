@@ -14,10 +14,7 @@ use chrono::Utc;
 use ipp_tests::{
     db,
     eventually::eventually,
-    inprocess::{
-        actions_config, commands_topic_of, projector_config, OrderManagement, TestActions,
-        TestProjector,
-    },
+    inprocess::{actions_config, projector_config, OrderManagement, TestActions, TestProjector},
     kafka::{self, OwnBroker},
     om_sim::OmSim,
     process::bin_path,
@@ -102,7 +99,7 @@ async fn consumers_that_started_during_a_broker_outage_consume_once_it_is_back()
     let topic = kafka::create_topic(&brokers, "soak_outage", 2).await;
     let projector_dlq = kafka::create_topic(&brokers, "soak_outage_dlq", 1).await;
     let actions_dlq = kafka::create_topic(&brokers, "soak_outage_actions_dlq", 1).await;
-    kafka::create_named_topic(&brokers, &commands_topic_of(&topic), 2).await;
+    kafka::create_actions_topics(&brokers, &topic, 2).await;
     let database = db::fresh_database().await;
     let sim = OmSim::start("kco_test_outage");
     broker.stop();

@@ -45,6 +45,8 @@ pub struct Fixture {
     pub brokers: String,
     pub topic: String,
     pub commands_topic: String,
+    pub kustom_topic: String,
+    pub observations_topic: String,
     pub dlq_topic: String,
     pub pool: PgPool,
     pub sim: OmSim,
@@ -61,6 +63,8 @@ impl Fixture {
             brokers,
             topic,
             commands_topic,
+            kustom_topic,
+            observations_topic,
             dlq_topic,
             database,
             ..
@@ -74,6 +78,8 @@ impl Fixture {
             brokers,
             topic,
             commands_topic,
+            kustom_topic,
+            observations_topic,
             dlq_topic,
             pool,
             sim,
@@ -102,6 +108,8 @@ impl Fixture {
         );
         // The fixture's own (a test may point `topic` elsewhere and keep this one).
         config.commands_topic = self.commands_topic.clone();
+        config.kustom_topic = self.kustom_topic.clone();
+        config.observations_topic = self.observations_topic.clone();
         config.http_timeout_ms = 1000;
         config.connect_timeout_ms = 500;
         config.inplace_retries = 3;

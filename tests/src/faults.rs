@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::{
     inprocess::{
-        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
-        TestActions, TestIngest, TestProjector,
+        actions_config, commands_topic_of, ingest_config, observations_topic_of, projector_config,
+        OrderManagement, TestActions, TestIngest, TestProjector,
     },
     kafka::{self, Record},
     om_sim::OmSim,
@@ -55,9 +55,11 @@ impl Stack {
         let (ipp_topic, other_topic) = (topic("ipp"), topic("other"));
         let (ipp_dlq, actions_dlq) = (topic("ipp_dlq"), topic("actions_dlq"));
         let commands_topic = commands_topic_of(&ipp_topic);
+        let observations_topic = observations_topic_of(&ipp_topic);
         for (name, partitions) in [
             (&ipp_topic, 6),
             (&commands_topic, 2),
+            (&observations_topic, 2),
             (&other_topic, 2),
             (&ipp_dlq, 1),
             (&actions_dlq, 1),
@@ -79,7 +81,7 @@ impl Stack {
             database_url,
             &unique_name("faults_projector"),
         ));
-        let actions = TestActions::spawn(actions_config(
+        let mut actions = actions_config(
             brokers,
             &ipp_topic,
             &actions_dlq,
@@ -89,7 +91,10 @@ impl Stack {
                 url: &sim.url,
                 api_key: API_KEY,
             },
-        ));
+        );
+        // The Kustom events ingest writes.
+        actions.kustom_topic = other_topic.clone();
+        let actions = TestActions::spawn(actions);
         Self {
             brokers: brokers.to_owned(),
             ipp_topic,

@@ -352,7 +352,7 @@ pub fn projector_config(
     config.batch_wait_ms = 0;
     config.max_payload_bytes = 1024 * 1024;
     config.orders_group = format!("{group}-orders");
-    config.kustom_topic = other_topic_of(topic);
+    config.kustom_topic = kustom_topic_of(topic);
     config.observations_topic = observations_topic_of(topic);
     config
 }
@@ -364,23 +364,37 @@ pub struct OrderManagement<'a> {
     pub api_key: &'a str,
 }
 
-/// Kustom's other events topic that goes with the test's event topic `topic`.
-pub fn other_topic_of(topic: &str) -> String {
-    format!("{topic}.other")
-}
-
-/// The observations topic that goes with the test's event topic `topic`.
-pub fn observations_topic_of(topic: &str) -> String {
-    format!("{topic}.observations")
-}
-
 /// The commands topic that goes with the test's event topic `topic`.
 pub fn commands_topic_of(topic: &str) -> String {
     format!("{topic}.commands")
 }
 
-/// `ipp-actions` consuming `topic` and its commands topic ([`commands_topic_of`], which
-/// the caller creates with its other topics) as consumer group `group`, its ledger in
+/// The observations topic (what ipp-actions appends) that goes with the event topic
+/// `topic`.
+pub fn observations_topic_of(topic: &str) -> String {
+    format!("{topic}.observations")
+}
+
+/// The Kustom events topic (ingest's other topic) ipp-actions reads by default beside
+/// the event topic `topic`; a stack whose ingest writes its own other topic points
+/// `kustom_topic` there instead.
+pub fn kustom_topic_of(topic: &str) -> String {
+    format!("{topic}.kustom")
+}
+
+/// Every topic ipp-actions needs beside `topic` and its DLQ: commands, Kustom events,
+/// observations. Create them with the stack's other topics ([`crate::kafka::create_actions_topics`]).
+pub fn actions_topics_of(topic: &str) -> [String; 3] {
+    [
+        commands_topic_of(topic),
+        kustom_topic_of(topic),
+        observations_topic_of(topic),
+    ]
+}
+
+/// `ipp-actions` consuming `topic`, its commands topic and its Kustom events topic, and
+/// appending to its observations topic ([`actions_topics_of`], which the caller creates
+/// with its other topics) as consumer group `group`, its ledger in
 /// `database_url`, failed actions to `dlq_topic`, capturing through `om`. Retry and
 /// timeout settings are the production defaults; tests shorten what they need.
 pub fn actions_config(
@@ -400,6 +414,8 @@ pub fn actions_config(
     config.database = database(database_url);
     config.ipp_topic = topic.to_owned();
     config.commands_topic = commands_topic_of(topic);
+    config.kustom_topic = kustom_topic_of(topic);
+    config.observations_topic = observations_topic_of(topic);
     config.dlq_topic = dlq_topic.to_owned();
     config.group = group.to_owned();
     config.kustom_api_url = om.url.to_owned();

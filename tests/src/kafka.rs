@@ -38,6 +38,14 @@ pub async fn create_named_topic(brokers: &str, name: &str, partitions: i32) {
     create_named_topic_with(brokers, name, partitions, &[]).await;
 }
 
+/// Creates the topics ipp-actions needs beside the event topic `topic` (commands, Kustom
+/// events, observations: [`crate::inprocess::actions_topics_of`]), `partitions` each.
+pub async fn create_actions_topics(brokers: &str, topic: &str, partitions: i32) {
+    for name in crate::inprocess::actions_topics_of(topic) {
+        create_named_topic(brokers, &name, partitions).await;
+    }
+}
+
 fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)

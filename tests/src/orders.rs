@@ -333,7 +333,7 @@ pub fn orders_log(orders: usize, seed: u64) -> OrdersLog {
 /// Produces `records` to the wiring's three topics as ingest and ipp-actions would.
 pub async fn send(wiring: &Wiring, records: &[LogRecord]) {
     let ipp = Producer::new(&wiring.brokers, &wiring.topic);
-    let other = Producer::new(&wiring.brokers, &wiring.other_topic);
+    let other = Producer::new(&wiring.brokers, &wiring.kustom_topic);
     let observations = Producer::new(&wiring.brokers, &wiring.observations_topic);
     for record in records {
         match record.to {

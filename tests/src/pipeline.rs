@@ -17,8 +17,8 @@ use crate::{
     cli,
     db::TestDatabase,
     inprocess::{
-        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
-        TestActions, TestIngest, TestProjector,
+        actions_config, commands_topic_of, ingest_config, observations_topic_of, projector_config,
+        OrderManagement, TestActions, TestIngest, TestProjector,
     },
     kafka,
     om_sim::OmSim,
@@ -60,6 +60,7 @@ impl Pipeline {
         let pool = database.pool().await;
         let topic = kafka::create_topic(&brokers, &format!("{prefix}_ipp"), 3).await;
         kafka::create_named_topic(&brokers, &commands_topic_of(&topic), 3).await;
+        kafka::create_named_topic(&brokers, &observations_topic_of(&topic), 3).await;
         let other_topic = kafka::create_topic(&brokers, &format!("{prefix}_other"), 1).await;
         let dlq = kafka::create_topic(&brokers, &format!("{prefix}_dlq"), 1).await;
         let actions_dlq = kafka::create_topic(&brokers, &format!("{prefix}_adlq"), 1).await;
@@ -91,6 +92,8 @@ impl Pipeline {
             },
         );
         actions_config.retry_min_delay_ms = 200;
+        // The Kustom events ingest writes.
+        actions_config.kustom_topic = other_topic.clone();
         let actions = TestActions::spawn(actions_config.clone());
         Self {
             brokers,

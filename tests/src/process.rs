@@ -479,6 +479,8 @@ impl ChildConfig for ipp_actions::Config {
             ipp_topic,
             dlq_topic,
             commands_topic,
+            observations_topic,
+            kustom_topic,
             group,
             capture_policy,
             on_finalized,
@@ -513,6 +515,8 @@ impl ChildConfig for ipp_actions::Config {
             ("ACTIONS_DLQ_TOPIC", dlq_topic.clone()),
             ("ACTIONS_GROUP", group.clone()),
             ("ACTIONS_COMMANDS_TOPIC", commands_topic.clone()),
+            ("ACTIONS_OBSERVATIONS_TOPIC", observations_topic.clone()),
+            ("ACTIONS_KUSTOM_TOPIC", kustom_topic.clone()),
             (
                 "ACTIONS_API_PRODUCE_TIMEOUT_MS",
                 api_produce_timeout_ms.to_string(),

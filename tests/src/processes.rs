@@ -10,7 +10,8 @@ use crate::{
     db::{self, TestDatabase},
     free_port,
     inprocess::{
-        actions_config, commands_topic_of, ingest_config, projector_config, OrderManagement,
+        actions_config, commands_topic_of, ingest_config, observations_topic_of, projector_config,
+        OrderManagement,
     },
     kafka,
     om_sim::OmSim,
@@ -45,6 +46,7 @@ impl Processes {
         let sim = OmSim::start(API_KEY);
         let ipp_topic = kafka::create_topic(&brokers, "e2e_ipp", 4).await;
         kafka::create_named_topic(&brokers, &commands_topic_of(&ipp_topic), 4).await;
+        kafka::create_named_topic(&brokers, &observations_topic_of(&ipp_topic), 4).await;
         Self {
             ipp_topic,
             other_topic: kafka::create_topic(&brokers, "e2e_other", 2).await,
@@ -115,6 +117,8 @@ impl Processes {
         );
         config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.retry_min_delay_ms = 200;
+        // The Kustom events ingest writes.
+        config.kustom_topic = self.other_topic.clone();
         Self::spawn_on_port_0(&config, "ipp_actions::service").0
     }
 

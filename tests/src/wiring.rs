@@ -1,5 +1,5 @@
-//! What one test's services share, all fresh: an event topic, its commands, other-events
-//! and observations topics, its DLQ topic and a database.
+//! What one test's services share, all fresh: an event topic, ipp-actions' topics beside
+//! it (commands, Kustom events, observations), its DLQ topic and a database.
 
 use crate::db::TestDatabase;
 
@@ -8,9 +8,9 @@ pub struct Wiring {
     pub topic: String,
     /// ipp-actions' commands topic ([`crate::inprocess::commands_topic_of`] `topic`).
     pub commands_topic: String,
-    /// Kustom's other events ([`crate::inprocess::other_topic_of`] `topic`).
-    pub other_topic: String,
-    /// ipp-actions' observations ([`crate::inprocess::observations_topic_of`] `topic`).
+    /// The Kustom events topic ipp-actions reads ([`crate::inprocess::kustom_topic_of`]).
+    pub kustom_topic: String,
+    /// ipp-actions' observations topic ([`crate::inprocess::observations_topic_of`]).
     pub observations_topic: String,
     pub dlq_topic: String,
     /// Dropped with the wiring: keep it for as long as services use it.
@@ -18,24 +18,22 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    /// Creates an `ipp_events…` topic and its commands, other-events and observations
-    /// topics with `partitions` partitions each, a one-partition DLQ topic named after `dlq_prefix`, and an empty database.
+    /// Creates an `ipp_events…` topic and ipp-actions' topics beside it with `partitions`
+    /// partitions each, a one-partition DLQ topic named after `dlq_prefix`, and an empty
+    /// database.
     pub async fn create(partitions: i32, dlq_prefix: &str) -> Self {
         let brokers = crate::kafka::brokers();
         let topic = crate::kafka::create_topic(&brokers, "ipp_events", partitions).await;
-        let commands_topic = crate::inprocess::commands_topic_of(&topic);
-        crate::kafka::create_named_topic(&brokers, &commands_topic, partitions).await;
-        let other_topic = crate::inprocess::other_topic_of(&topic);
-        crate::kafka::create_named_topic(&brokers, &other_topic, partitions).await;
-        let observations_topic = crate::inprocess::observations_topic_of(&topic);
-        crate::kafka::create_named_topic(&brokers, &observations_topic, partitions).await;
+        crate::kafka::create_actions_topics(&brokers, &topic, partitions).await;
+        let [commands_topic, kustom_topic, observations_topic] =
+            crate::inprocess::actions_topics_of(&topic);
         let dlq_topic = crate::kafka::create_topic(&brokers, dlq_prefix, 1).await;
         let database = TestDatabase::create().await;
         Self {
             brokers,
             topic,
             commands_topic,
-            other_topic,
+            kustom_topic,
             observations_topic,
             dlq_topic,
             database,

@@ -8,18 +8,23 @@
 //! and a fresh consumer group never create a second action. This loop never calls Order
 //! Management: the worker pool does, so a slow or failing order cannot hold a partition.
 //!
-//! It consumes two topics. On `ipp.events` only finalized events make a row (the
+//! It consumes three topics. On `ipp.events` only finalized events make a row (the
 //! automatic capture, or a `skipped` row under the on-command capture policy); every other
 //! `ipp.*` type, unknown ones included, is passed over. On the commands topic every
-//! command makes one row, whatever its redeliveries. A record it cannot use (marked `ipp-route-error` by ingest, not a
-//! parseable `ipp.*` event, a row PostgreSQL refuses) is parked in the DLQ with the
-//! reason, and the partition goes on.
+//! command makes one row, whatever its redeliveries. On the Kustom events topic
+//! (`kustom.events`) every order event (`capture.created`, `refund.created`, `dispute.*`)
+//! makes one `observe` row per event id, a read of the order; other types are passed over.
+//! A record it cannot use (marked `ipp-route-error` by ingest, not a parseable `ipp.*`
+//! event, an order event that does not name its order or its capture, refund or dispute,
+//! a row PostgreSQL refuses) is parked in the DLQ with the reason, and the partition goes
+//! on.
 
 use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use ipp_schemas::{
     dlq::route_error_reason,
+    observation::OrderEvent,
     record::{header, header_str},
     Command, CommandKind, IppEvent, IppEventKind,
 };
@@ -28,6 +33,7 @@ use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Message},
 };
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +54,9 @@ pub struct ActionConsumer {
     consumer: StreamConsumer,
     topic: String,
     commands_topic: String,
+    kustom_topic: String,
+    /// Not consumed: awaited, so that the service is not ready before it can publish.
+    observations_topic: String,
     capture_policy: CapturePolicy,
     pool: PgPool,
     dlq: Arc<DeadLetters>,
@@ -72,6 +81,8 @@ impl ActionConsumer {
             consumer,
             topic: config.ipp_topic.clone(),
             commands_topic: config.commands_topic.clone(),
+            kustom_topic: config.kustom_topic.clone(),
+            observations_topic: config.observations_topic.clone(),
             capture_policy: config.capture_policy(),
             pool,
             dlq,
@@ -80,25 +91,26 @@ impl ActionConsumer {
         })
     }
 
-    /// Consumes until `shutdown`. Subscribes only once the event topic, the commands
-    /// topic and the dead-letter topic exist (not ready until then).
+    /// Consumes until `shutdown`. Subscribes only once every topic it reads or writes
+    /// exists (events, commands, Kustom events, observations, dead letters): not ready
+    /// until then.
     pub async fn run(self, ready: Readiness, shutdown: CancellationToken) {
         let topics = vec![
             self.topic.clone(),
             self.commands_topic.clone(),
+            self.kustom_topic.clone(),
+            self.observations_topic.clone(),
             self.dlq.topic().to_owned(),
         ];
         if !ipp_service::kafka::wait_for_topics(self.dlq.producer(), topics, &shutdown).await {
             return;
         }
-        if let Err(e) = self
-            .consumer
-            .subscribe(&[&self.topic, &self.commands_topic])
-        {
-            error!(error = %e, topic = %self.topic, commands_topic = %self.commands_topic, "cannot subscribe");
+        let subscribed = [&self.topic, &self.commands_topic, &self.kustom_topic];
+        if let Err(e) = self.consumer.subscribe(&subscribed.map(String::as_str)) {
+            error!(error = %e, topics = ?subscribed, "cannot subscribe");
             return;
         }
-        info!(topic = %self.topic, commands_topic = %self.commands_topic, "consuming");
+        info!(topic = %self.topic, commands_topic = %self.commands_topic, kustom_topic = %self.kustom_topic, "consuming");
         ready.set(true);
         loop {
             let message = tokio::select! {
@@ -145,6 +157,8 @@ impl ActionConsumer {
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
         let new = if message.topic() == self.commands_topic {
             self.command_action(message)
+        } else if message.topic() == self.kustom_topic {
+            self.observe_action(message)
         } else {
             self.event_action(message)
         };
@@ -249,10 +263,11 @@ impl ActionConsumer {
         Ok(Some(NewAction {
             order_id,
             action: ledger::CAPTURE.to_owned(),
-            kind: CommandKind::Capture,
+            kind: CommandKind::Capture.into(),
             session_id: Some(event.session_id()),
             merchant_id,
             event_id: event.id().to_owned(),
+            event_type: None,
             command: None,
             source_topic: message.topic().to_owned(),
             source_partition: message.partition(),
@@ -260,6 +275,44 @@ impl ActionConsumer {
             skip_reason: (self.capture_policy == CapturePolicy::OnCommand)
                 .then(|| "capture policy on-command: the merchant captures by command".to_owned()),
         }))
+    }
+
+    /// The `observe` row of a Kustom order event; `None` for every other type. Read
+    /// leniently: only the envelope's `id`, `type` and `merchant_id` and the ids of
+    /// `data` are looked at.
+    fn observe_action(&self, message: &BorrowedMessage<'_>) -> Result<Option<NewAction>, String> {
+        if let Some(reason) = route_error_reason(message.headers()) {
+            return Err(reason);
+        }
+        let event: Value = serde_json::from_slice(message.payload().unwrap_or_default())
+            .map_err(|e| format!("not a Kustom event: {e}"))?;
+        let text = |field: &str| {
+            event
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+        };
+        let event_type = text("type").ok_or("a Kustom event without a type")?;
+        let order_event =
+            OrderEvent::from_parts(event_type, event.get("data").unwrap_or(&Value::Null))?;
+        let Some(order_event) = order_event else {
+            return Ok(None);
+        };
+        let event_id = text("id").ok_or_else(|| format!("{event_type} without an event id"))?;
+        let merchant_id = text("merchant_id").map(str::to_owned).or_else(|| {
+            message
+                .headers()
+                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
+        });
+        Ok(Some(NewAction::observe(
+            order_event.order_id(),
+            event_id,
+            event_type,
+            merchant_id,
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        )))
     }
 
     /// The row of a command record.

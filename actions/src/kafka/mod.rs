@@ -1,8 +1,10 @@
 //! ipp-actions' Kafka side: the group consumer that records actions in the ledger
-//! ([`consumer`]) and the dead-letter producer ([`dead_letters`]).
+//! ([`consumer`]), the dead-letter producer ([`dead_letters`]) and the observations
+//! producer ([`observations`]).
 
 pub mod consumer;
 pub mod dead_letters;
+pub mod observations;
 
 use rdkafka::ClientConfig;
 

@@ -49,10 +49,11 @@ async fn record_one(pool: &PgPool) -> Uuid {
     let new = NewAction {
         order_id,
         action: CAPTURE.into(),
-        kind: CommandKind::Capture,
+        kind: CommandKind::Capture.into(),
         session_id: Some(Uuid::new_v4()),
         merchant_id: None,
         event_id: format!("kevt_{}", Uuid::new_v4().simple()),
+        event_type: None,
         command: None,
         source_topic: "ipp.events".into(),
         source_partition: 0,
@@ -359,7 +360,7 @@ async fn a_capture_command_without_an_amount_is_the_same_command_after_its_amoun
     with_database(|pool| async move {
         let order_id = Uuid::new_v4();
         let mut capture = refund_command(order_id, 1);
-        capture.kind = CommandKind::Capture;
+        capture.kind = CommandKind::Capture.into();
         let fields = capture.command.as_mut().unwrap();
         fields.amount = None;
         let command_id = fields.command_id;
@@ -409,6 +410,142 @@ async fn a_command_is_recorded_once_whatever_its_redeliveries() {
             .await
             .unwrap();
         assert_eq!(count, 1);
+    })
+    .await;
+}
+
+fn observe_row(order_id: Uuid) -> NewAction {
+    let event_id = format!("kevt_{}", Uuid::new_v4().simple());
+    NewAction::observe(
+        order_id,
+        &event_id,
+        "capture.created",
+        None,
+        "kustom.events",
+        0,
+        1,
+    )
+}
+
+#[tokio::test]
+async fn reads_of_an_order_neither_wait_behind_nor_hold_back_its_money_actions() {
+    with_database(|pool| async move {
+        let order_id = record_one(&pool).await;
+        // A read recorded after the capture, and a refund recorded after the read.
+        let read = observe_row(order_id);
+        assert!(record(&pool, &read).await.unwrap());
+        let refund = refund_command(order_id, 100);
+        assert!(record(&pool, &refund).await.unwrap());
+
+        let claimed = claim_due(&pool, 10, LEASE).await.unwrap();
+        let mut actions: Vec<_> = claimed.iter().map(|a| a.action.clone()).collect();
+        actions.sort();
+        // The read runs beside the pending capture; the refund waits for the capture only.
+        assert_eq!(actions, vec![CAPTURE.to_owned(), read.action.clone()]);
+        let capture = claimed.iter().find(|a| a.action == CAPTURE).unwrap();
+        let done = Outcome::default();
+        assert!(finish(
+            &pool,
+            order_id,
+            CAPTURE,
+            capture.claim_token,
+            Status::Succeeded,
+            &done
+        )
+        .await
+        .unwrap());
+        // The read is still pending (claimed): the refund does not wait for it.
+        let next = claim_due(&pool, 10, LEASE).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].action, refund.action);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_kustom_event_makes_one_read_whatever_its_redeliveries() {
+    with_database(|pool| async move {
+        let read = observe_row(Uuid::new_v4());
+        assert!(record(&pool, &read).await.unwrap());
+        assert!(!record(&pool, &read).await.unwrap());
+        let (kind, event_type): (String, Option<String>) =
+            sqlx::query_as("SELECT kind, event_type FROM ipp_actions")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (kind.as_str(), event_type.as_deref()),
+            (OBSERVE, Some("capture.created"))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn settled_rows_are_published_once_marked_and_again_after_they_settle_anew() {
+    with_database(|pool| async move {
+        let order_id = record_one(&pool).await;
+        assert!(
+            outbox::unpublished(&pool, 10).await.unwrap().is_empty(),
+            "pending is not settled"
+        );
+        let claimed = claim_due(&pool, 1, LEASE).await.unwrap();
+        let failed = Outcome {
+            reason: Some("refused".into()),
+            ..Outcome::default()
+        };
+        assert!(finish(
+            &pool,
+            order_id,
+            CAPTURE,
+            claimed[0].claim_token,
+            Status::Failed,
+            &failed
+        )
+        .await
+        .unwrap());
+        let settled = outbox::unpublished(&pool, 10).await.unwrap();
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].status, "failed");
+        assert_eq!(outbox::mark_published(&pool, &settled).await.unwrap(), 1);
+        assert!(outbox::unpublished(&pool, 10).await.unwrap().is_empty());
+
+        // Re-queued by an operator and settled again: its new outcome is published, and a
+        // mark with the old read does not hide it.
+        let mut conn = pool.acquire().await.unwrap();
+        let selection = requeue::Selection {
+            all: true,
+            ..requeue::Selection::default()
+        };
+        requeue::requeue(&mut conn, &selection, "test")
+            .await
+            .unwrap();
+        drop(conn);
+        let claimed = claim_due(&pool, 1, LEASE).await.unwrap();
+        let done = Outcome {
+            capture_id: Some("cap-1".into()),
+            captured_amount: Some(10),
+            ..Outcome::default()
+        };
+        assert!(finish(
+            &pool,
+            order_id,
+            CAPTURE,
+            claimed[0].claim_token,
+            Status::Succeeded,
+            &done
+        )
+        .await
+        .unwrap());
+        assert_eq!(
+            outbox::mark_published(&pool, &settled).await.unwrap(),
+            0,
+            "a stale mark"
+        );
+        let again = outbox::unpublished(&pool, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].status, "succeeded");
+        assert_eq!(again[0].capture_id.as_deref(), Some("cap-1"));
     })
     .await;
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ipp_schemas::{Command, CommandKind};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub mod outbox;
 pub mod requeue;
 
 #[cfg(test)]
@@ -29,6 +31,46 @@ pub const CAPTURE: &str = "capture";
 /// The ledger action of a command: one row, and one idempotency key, per command.
 pub fn command_action(kind: CommandKind, command_id: Uuid) -> String {
     format!("{kind}:{command_id}")
+}
+
+/// The kind of the ledger's `observe` rows: a read of the order prompted by a Kustom
+/// event, which moves no money.
+pub const OBSERVE: &str = "observe";
+
+/// The ledger action of the read prompted by the Kustom event `event_id`: one row per
+/// event, whatever its redeliveries.
+pub fn observe_action(event_id: &str) -> String {
+    format!("{OBSERVE}:{event_id}")
+}
+
+/// What a ledger row does: one of the money operations, or a read of the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    Money(CommandKind),
+    Observe,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Money(kind) => kind.as_str(),
+            Self::Observe => OBSERVE,
+        }
+    }
+
+    /// The kind of a row's `kind` column; `None` for one this version does not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value == OBSERVE {
+            return Some(Self::Observe);
+        }
+        CommandKind::parse(value).map(Self::Money)
+    }
+}
+
+impl From<CommandKind> for ActionKind {
+    fn from(kind: CommandKind) -> Self {
+        Self::Money(kind)
+    }
 }
 
 /// The deterministic `Klarna-Idempotency-Key` of an action on an order.
@@ -63,12 +105,14 @@ impl Status {
 pub struct NewAction {
     pub order_id: Uuid,
     pub action: String,
-    pub kind: CommandKind,
+    pub kind: ActionKind,
     /// The finalized session of an automatic capture.
     pub session_id: Option<Uuid>,
     pub merchant_id: Option<String>,
     /// The webhook's event id, or a command's id.
     pub event_id: String,
+    /// The Kustom event's type, for an `observe` row.
+    pub event_type: Option<String>,
     pub command: Option<CommandFields>,
     pub source_topic: String,
     pub source_partition: i32,
@@ -93,10 +137,11 @@ impl NewAction {
         Self {
             order_id: command.order_id,
             action: command_action(command.kind, command.command_id),
-            kind: command.kind,
+            kind: command.kind.into(),
             session_id: None,
             merchant_id: None,
             event_id: command.command_id.to_string(),
+            event_type: None,
             command: Some(CommandFields {
                 command_id: command.command_id,
                 amount: command.amount,
@@ -110,6 +155,33 @@ impl NewAction {
             skip_reason: None,
         }
     }
+
+    /// The `observe` row of a Kustom order event (`event_id` of type `event_type`, about
+    /// `order_id`) read from the Kustom events topic.
+    pub fn observe(
+        order_id: Uuid,
+        event_id: &str,
+        event_type: &str,
+        merchant_id: Option<String>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        Self {
+            order_id,
+            action: observe_action(event_id),
+            kind: ActionKind::Observe,
+            session_id: None,
+            merchant_id,
+            event_id: event_id.to_owned(),
+            event_type: Some(event_type.to_owned()),
+            command: None,
+            source_topic: topic.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+            skip_reason: None,
+        }
+    }
 }
 
 /// One ledger row, as the worker sees it.
@@ -117,7 +189,7 @@ impl NewAction {
 pub struct Action {
     pub order_id: Uuid,
     pub action: String,
-    /// `capture`, `refund`, `cancel` or `release_remaining_authorization`.
+    /// `capture`, `refund`, `cancel`, `release_remaining_authorization` or `observe`.
     pub kind: String,
     pub command_id: Option<Uuid>,
     pub reference: Option<String>,
@@ -148,6 +220,8 @@ pub struct Outcome {
     pub error_code: Option<String>,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
+    /// What an `observe` row read: the order's JSON as Order Management answered it.
+    pub observation: Option<Value>,
 }
 
 /// Applies the ledger migrations (numbered 2001+). The projector owns 1001+ in the same
@@ -175,12 +249,12 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     let result = sqlx::query!(
         "INSERT INTO ipp_actions (order_id, action, kind, session_id, merchant_id, event_id, \
              status, reason, idempotency_key, source_topic, source_partition, source_offset, \
-             command_id, requested_amount, reference, description, issued_by) \
+             command_id, requested_amount, reference, description, issued_by, event_type) \
          VALUES ($1, $2, $3, $4, \
              coalesce($5, (SELECT o.merchant_id FROM ipp_actions o \
                            WHERE o.order_id = $1 AND o.merchant_id IS NOT NULL \
                            ORDER BY o.seq LIMIT 1)), \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT DO NOTHING",
         new.order_id,
         new.action,
@@ -199,6 +273,7 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
         command.and_then(|c| c.reference.clone()),
         command.and_then(|c| c.description.clone()),
         command.map(|c| c.issued_by.clone()),
+        new.event_type,
     )
     .execute(pool)
     .await?;
@@ -276,7 +351,8 @@ pub async fn recorded_command(
 /// `claim_token` and a lease (`next_attempt_at` moves `lease` ahead of the database's
 /// clock), so no other worker or replica takes it meanwhile. An action whose order has an
 /// earlier action still pending waits for it: an order's actions run one at a time, in
-/// the order they were recorded. The worker keeps the lease
+/// the order they were recorded. Reads (`observe` rows) are exempt both ways: they move
+/// no money, so they wait behind nothing and hold nothing back. The worker keeps the lease
 /// with [`renew`]; if it dies, the action is due again when the lease runs out.
 pub async fn claim_due(
     pool: &PgPool,
@@ -295,9 +371,10 @@ pub async fn claim_due(
                   ORDER BY o.seq LIMIT 1))
          FROM (SELECT d.order_id, d.action FROM ipp_actions d
                WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                 AND NOT EXISTS (SELECT 1 FROM ipp_actions e
-                                 WHERE e.order_id = d.order_id AND e.status = 'pending'
-                                   AND e.seq < d.seq)
+                 AND (d.kind = 'observe'
+                      OR NOT EXISTS (SELECT 1 FROM ipp_actions e
+                                     WHERE e.order_id = d.order_id AND e.status = 'pending'
+                                       AND e.seq < d.seq AND e.kind <> 'observe'))
                ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
          WHERE a.order_id = due.order_id AND a.action = due.action
          RETURNING a.order_id, a.action, a.kind, a.command_id, a.reference, a.description,
@@ -372,7 +449,8 @@ pub async fn finish(
              capture_id = coalesce($6, capture_id), captured_amount = coalesce($7, captured_amount), \
              refund_id = coalesce($8, refund_id), refunded_amount = coalesce($9, refunded_amount), \
              error_code = $10, last_status_code = coalesce($11, last_status_code), \
-             last_error = $12, claim_token = NULL, updated_at = now() \
+             last_error = $12, observation = coalesce($13, observation), claim_token = NULL, \
+             published_at = NULL, updated_at = now() \
          WHERE order_id = $1 AND action = $2 AND claim_token = $3 AND status = 'pending'",
         order_id,
         action,
@@ -386,6 +464,7 @@ pub async fn finish(
         outcome.error_code,
         outcome.last_status_code,
         outcome.last_error,
+        outcome.observation,
     )
     .execute(pool)
     .await?;
@@ -420,11 +499,12 @@ pub async fn reschedule(
     Ok(result.rows_affected() == 1)
 }
 
-/// Pending actions and the age of the oldest, in seconds.
+/// Pending money actions (reads left out: they are not money) and the age of the oldest,
+/// in seconds.
 pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     let stats = sqlx::query!(
         r#"SELECT count(*) AS "count!", extract(epoch FROM now() - min(created_at))::float8 AS oldest
-         FROM ipp_actions WHERE status = 'pending'"#,
+         FROM ipp_actions WHERE status = 'pending' AND kind <> 'observe'"#,
     )
     .fetch_one(pool)
     .await?;

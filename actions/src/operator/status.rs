@@ -1,5 +1,6 @@
 //! `ipp-actions status`: lag and committed offsets per partition, pending and failed
-//! actions, DLQ size.
+//! actions, reads of orders (apart: they are not money), unpublished observations, DLQ
+//! size.
 
 use chrono::{DateTime, Utc};
 use ipp_ops::{args::StatusArgs, output, status, Database, Error};
@@ -23,28 +24,41 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let pool = ipp_ops::connect(&Database::new(&config.database.url)).await?;
     let ledger_exists = ipp_ops::table_exists(&pool, "ipp_actions").await?;
     let mut counts = serde_json::Map::new();
+    let mut reads = serde_json::Map::new();
     for state in ["pending", "succeeded", "skipped", "failed"] {
         counts.insert(state.into(), json!(0));
+        reads.insert(state.into(), json!(0));
     }
     let mut oldest_pending: Option<f64> = None;
     let mut newest_action: Option<DateTime<Utc>> = None;
+    let mut unpublished = 0;
     if ledger_exists {
-        for row in
-            sqlx::query!(r#"SELECT status, count(*) AS "n!" FROM ipp_actions GROUP BY status"#)
-                .fetch_all(&pool)
-                .await?
+        for row in sqlx::query!(
+            r#"SELECT status, kind = 'observe' AS "read!", count(*) AS "n!"
+             FROM ipp_actions GROUP BY 1, 2"#
+        )
+        .fetch_all(&pool)
+        .await?
         {
-            counts.insert(row.status, json!(row.n));
+            let map = if row.read { &mut reads } else { &mut counts };
+            map.insert(row.status, json!(row.n));
         }
-        oldest_pending = sqlx::query_scalar!(
-            "SELECT extract(epoch FROM now() - min(created_at))::float8 \
-             FROM ipp_actions WHERE status = 'pending'",
+        unpublished = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM ipp_actions
+             WHERE published_at IS NULL AND status <> 'pending'"#
         )
         .fetch_one(&pool)
         .await?;
-        newest_action = sqlx::query_scalar!("SELECT max(created_at) FROM ipp_actions")
-            .fetch_one(&pool)
-            .await?;
+        oldest_pending = sqlx::query_scalar!(
+            "SELECT extract(epoch FROM now() - min(created_at))::float8 \
+             FROM ipp_actions WHERE status = 'pending' AND kind <> 'observe'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        newest_action =
+            sqlx::query_scalar!("SELECT max(created_at) FROM ipp_actions WHERE kind <> 'observe'")
+                .fetch_one(&pool)
+                .await?;
     }
     let dlq = status::dlq(&kafka, &config.dlq_topic, Some(&pool)).await?;
     pool.close().await;
@@ -60,6 +74,8 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
             "total_lag": status::total_lag(&partitions),
             "ledger_exists": ledger_exists,
             "actions": counts,
+            "reads": reads,
+            "unpublished_observations": unpublished,
             "oldest_pending_age_seconds": oldest_pending,
             "newest_action_at": newest_action,
             "newest_action_age_seconds": newest_age,
@@ -83,6 +99,14 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
         count("skipped"),
         count("failed"),
     ));
+    let read = |s: &str| reads.get(s).cloned().unwrap_or(json!(0));
+    text.push_str(&format!(
+        "reads of orders pending {}  succeeded {}  failed {}\n",
+        read("pending"),
+        read("succeeded"),
+        read("failed"),
+    ));
+    text.push_str(&format!("unpublished     {unpublished} observations\n"));
     text.push_str(&status::age_line("oldest pending", oldest_pending));
     text.push('\n');
     text.push_str(&status::age_line("newest action", newest_age));

@@ -1,21 +1,22 @@
 //! What one attempt of an action does, by kind: the automatic capture and a capture
 //! command decide the amount (or take the command's), a refund sends the command's
 //! amount, a cancel or a release just asks. Every request carries the action's own
-//! idempotency key, so whatever was sent before is replayed by Kustom, not repeated.
+//! idempotency key, so whatever was sent before is replayed by Kustom, not repeated. An
+//! `observe` row reads the order and keeps the answer.
 
 use ipp_schemas::CommandKind;
 use tracing::info;
 
 use super::{permanent_or_retry, Attempt, CallError, Worker};
 use crate::{
-    ledger::{self, Action, Outcome, Status},
+    ledger::{self, Action, ActionKind, Outcome, Status},
     om::{self, OmClient},
 };
 
 impl Worker {
     /// One execution of a claimed action.
     pub(super) async fn attempt(&self, action: &Action, hold: &super::Hold) -> Attempt {
-        let Some(kind) = CommandKind::parse(&action.kind) else {
+        let Some(kind) = ActionKind::parse(&action.kind) else {
             // The table's CHECK constraint rules this out; fail loudly rather than guess.
             return Attempt::Done(
                 Status::Failed,
@@ -24,6 +25,10 @@ impl Worker {
                     ..Outcome::default()
                 },
             );
+        };
+        let kind = match kind {
+            ActionKind::Observe => return self.observe(action, hold).await,
+            ActionKind::Money(kind) => kind,
         };
         // The key of the order's account, never another's: without one the action waits.
         let client = match self.om.account(action.merchant_id.as_deref()) {
@@ -191,6 +196,36 @@ impl Worker {
                         refund_id: Some(refund.refund_id),
                         refunded_amount: Some(amount),
                         last_status_code: Some(201),
+                        ..Outcome::default()
+                    },
+                )
+            }
+            Err(CallError::Lost) => Attempt::Lost,
+            Err(CallError::Om(e)) => permanent_or_retry(e),
+        }
+    }
+
+    /// Reads the order for the Kustom event that prompted it and keeps the answer as it
+    /// came, for the publisher to append (decision 0019).
+    async fn observe(&self, action: &Action, hold: &super::Hold) -> Attempt {
+        // Read with the key of the order's account, like any other call.
+        let client = match self.om.account(action.merchant_id.as_deref()) {
+            Ok(client) => client,
+            Err(e) => return permanent_or_retry(e),
+        };
+        let result = self
+            .call(action, hold, om::GET_ORDER, || {
+                client.get_order_json(action.order_id)
+            })
+            .await;
+        match result {
+            Ok(order) => {
+                info!("order read");
+                Attempt::Done(
+                    Status::Succeeded,
+                    Outcome {
+                        last_status_code: Some(200),
+                        observation: Some(order),
                         ..Outcome::default()
                     },
                 )

@@ -42,8 +42,16 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let topic =
         infra::create_topic(bench.brokers(), "bench_actions", bench.config.partitions).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_actions_dlq", 1).await?;
-    // Empty here, but ipp-actions consumes it beside the events.
+    // Empty here, but ipp-actions consumes them beside the events.
     let commands = infra::create_topic(bench.brokers(), "bench_commands", 1).await?;
+    let kustom = infra::create_topic(bench.brokers(), "bench_kustom", 1).await?;
+    // ipp-actions appends every capture's outcome to it.
+    let observations = infra::create_topic(
+        bench.brokers(),
+        "bench_observations",
+        bench.config.partitions,
+    )
+    .await?;
     progress(&format!(
         "actions: prefilling {topic} with {n} finalized sessions"
     ));
@@ -85,6 +93,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("IPP_TOPIC", topic),
             ("ACTIONS_DLQ_TOPIC", dlq),
             ("ACTIONS_COMMANDS_TOPIC", commands),
+            ("ACTIONS_KUSTOM_TOPIC", kustom),
+            ("ACTIONS_OBSERVATIONS_TOPIC", observations),
             ("DATABASE_URL", db.url.clone()),
             ("ACTIONS_GROUP", infra::unique("bench_actions")),
             ("ACTIONS_HTTP", format!("127.0.0.1:{actions_port}")),

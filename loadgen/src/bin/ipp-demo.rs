@@ -636,7 +636,9 @@ async fn wait_for_reconciliation(
         .fetch_one(pool)
         .await?;
     if !exists {
-        return Ok(vec!["no orders read model (ipp_orders) in the database".into()]);
+        return Ok(vec![
+            "no orders read model (ipp_orders) in the database".into()
+        ]);
     }
     loop {
         let rows = sqlx::query(
