@@ -12,10 +12,7 @@ use ipp_tests::{
     cli,
     db::{self, TestDatabase},
     eventually::eventually,
-    inprocess::{
-        actions_config, commands_topic_of, ingest_config, om_sim_config, projector_config,
-        OrderManagement,
-    },
+    inprocess::{actions_config, ingest_config, om_sim_config, projector_config, OrderManagement},
     kafka,
     om_sim::SimApi,
     process::{ChildConfig, Service},
@@ -397,7 +394,7 @@ async fn stack(from_files: bool) {
     let dir = tempfile::tempdir().unwrap();
     let brokers = kafka::brokers();
     let ipp_topic = kafka::create_topic(&brokers, "secrets_ipp", 2).await;
-    kafka::create_named_topic(&brokers, &commands_topic_of(&ipp_topic), 2).await;
+    kafka::create_actions_topics(&brokers, &ipp_topic, 2).await;
     let other_topic = kafka::create_topic(&brokers, "secrets_other", 1).await;
     let ipp_dlq = kafka::create_topic(&brokers, "secrets_ipp_dlq", 1).await;
     let actions_dlq = kafka::create_topic(&brokers, "secrets_actions_dlq", 1).await;
