@@ -150,13 +150,15 @@ impl OrdersProjector {
             }
         }
         let mut delay = Duration::from_millis(100);
+        // Parked once: a retry after a failed merge must not park the same records again.
+        let mut parked = poison.is_empty();
         loop {
-            let parked = if poison.is_empty() {
-                Ok(())
-            } else {
-                self.dead_letters.send_all(&poison).await
-            };
-            let merged = match parked {
+            let mut attempt = Ok(());
+            if !parked {
+                attempt = self.dead_letters.send_all(&poison).await;
+                parked = attempt.is_ok();
+            }
+            let merged = match attempt {
                 Ok(()) => store::merge(&self.pool, &mut facts).await,
                 Err(e) => Err(e),
             };
