@@ -280,7 +280,8 @@ fn kafka(brokers: &str) -> KafkaArgs {
     }
 }
 
-fn database(url: &str) -> DatabaseArgs {
+/// The database settings of a test service: `url`, the other settings the defaults.
+pub fn database(url: &str) -> DatabaseArgs {
     DatabaseArgs {
         url: url.parse::<DatabaseUrl>().expect("database url"),
         max_connections: 10,

@@ -279,11 +279,12 @@ pub async fn settle(pool: &PgPool, workloads: &[&Workload], within: Duration) {
             .fetch_one(pool)
             .await
             .unwrap_or(0);
-        let settled: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM ipp_actions WHERE status <> 'pending'")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0);
+        let settled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ipp_actions WHERE status <> 'pending' AND kind <> 'observe'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
         if applied == events.len() as i64 && settled == finalized as i64 {
             return;
         }

@@ -1,6 +1,9 @@
-//! The whole pipeline as child processes, for the end-to-end test that SIGKILLs each
-//! service once: ipp-ingest, ipp-projector and ipp-actions (the Order Management
-//! simulator in-process) on fresh topics and a fresh database.
+//! The whole pipeline as child processes, for the tests that SIGKILL services:
+//! ipp-ingest, ipp-projector and ipp-actions (the Order Management simulator
+//! in-process) on fresh topics and a fresh database. The simulator posts its signed
+//! Kustom webhooks (`capture.created`, `refund.created`, …) to ingest, as Kustom does,
+//! so the orders read model is fed by the real chain: ingest's other-events topic,
+//! ipp-actions' reads of the order, its observations, the projector.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -10,8 +13,8 @@ use crate::{
     db::{self, TestDatabase},
     free_port,
     inprocess::{
-        actions_config, commands_topic_of, ingest_config, observations_topic_of, projector_config,
-        OrderManagement,
+        actions_config, commands_topic_of, ingest_config, observations_topic_of, om_sim_config,
+        om_sim_posting_to, projector_config, OrderManagement,
     },
     kafka,
     om_sim::OmSim,
@@ -42,8 +45,19 @@ pub struct Processes {
 
 impl Processes {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Processes::start`], with the simulator's configuration adjusted (its
+    /// webhook delivery already points at ingest).
+    pub async fn start_with(adjust_sim: impl FnOnce(&mut ipp_om_sim::Config)) -> Self {
         let brokers = kafka::brokers();
-        let sim = OmSim::start(API_KEY);
+        let secret = Signer::random_secret();
+        let ingest_port = free_port();
+        let webhook_url = format!("http://127.0.0.1:{ingest_port}/webhooks/kustom");
+        let mut sim_config = om_sim_posting_to(om_sim_config(API_KEY), &webhook_url, &secret);
+        adjust_sim(&mut sim_config);
+        let sim = OmSim::start_with(sim_config);
         let ipp_topic = kafka::create_topic(&brokers, "e2e_ipp", 4).await;
         kafka::create_named_topic(&brokers, &commands_topic_of(&ipp_topic), 4).await;
         kafka::create_named_topic(&brokers, &observations_topic_of(&ipp_topic), 4).await;
@@ -53,8 +67,8 @@ impl Processes {
             ipp_dlq: kafka::create_topic(&brokers, "e2e_ipp_dlq", 1).await,
             actions_dlq: kafka::create_topic(&brokers, "e2e_actions_dlq", 1).await,
             database: db::fresh_database().await,
-            secret: Signer::random_secret(),
-            ingest_port: free_port(),
+            secret,
+            ingest_port,
             sim_url: sim.url.clone(),
             projector_group: unique_name("e2e_projector"),
             actions_group: unique_name("e2e_actions"),
@@ -92,6 +106,19 @@ impl Processes {
     }
 
     pub fn projector(&self) -> Service {
+        self.projector_with(|_| {})
+    }
+
+    /// ipp-projector with its configuration adjusted (e.g. the confirmation timeout).
+    pub fn projector_with(&self, adjust: impl FnOnce(&mut ipp_projector::Config)) -> Service {
+        let mut config = self.projector_config();
+        adjust(&mut config);
+        Self::spawn_on_port_0(&config, "ipp_projector::service").0
+    }
+
+    /// The projector's configuration: its orders consumer reads ingest's other topic,
+    /// where the simulator's webhooks land.
+    pub fn projector_config(&self) -> ipp_projector::Config {
         let mut config = projector_config(
             &self.brokers,
             &self.ipp_topic,
@@ -100,10 +127,16 @@ impl Processes {
             &self.projector_group,
         );
         config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-        Self::spawn_on_port_0(&config, "ipp_projector::service").0
+        config.kustom_topic = self.other_topic.clone();
+        config
     }
 
     pub fn actions(&self) -> Service {
+        Self::spawn_on_port_0(&self.actions_config(), "ipp_actions::service").0
+    }
+
+    /// ipp-actions' configuration; its operator commands (`command issue …`) share it.
+    pub fn actions_config(&self) -> ipp_actions::Config {
         let mut config = actions_config(
             &self.brokers,
             &self.ipp_topic,
@@ -119,7 +152,7 @@ impl Processes {
         config.retry_min_delay_ms = 200;
         // The Kustom events ingest writes.
         config.kustom_topic = self.other_topic.clone();
-        Self::spawn_on_port_0(&config, "ipp_actions::service").0
+        config
     }
 
     pub fn webhook_url(&self) -> String {
