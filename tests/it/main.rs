@@ -21,6 +21,7 @@ mod ops_rebuild;
 mod ops_replay;
 mod ops_status;
 mod orders;
+mod orders_chain;
 mod poison;
 mod projector;
 mod rate_limit;
