@@ -150,6 +150,8 @@ impl Stack {
             PROJECTOR_GROUP,
         );
         projector.listen = loopback(free_port());
+        projector.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
+        projector.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
         let mut actions = actions_config(
             &brokers,
             topics::IPP_EVENTS,
@@ -260,6 +262,8 @@ impl Stack {
         );
         config.schema = CLEAN_SCHEMA.to_owned();
         config.listen = loopback(free_port());
+        config.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
+        config.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
         Process::new(
             Spec {
                 name: "clean-pass",

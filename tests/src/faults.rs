@@ -74,13 +74,16 @@ impl Stack {
             &other_topic,
             std::slice::from_ref(&secret),
         ));
-        let projector = TestProjector::spawn(projector_config(
+        let mut projector = projector_config(
             brokers,
             &ipp_topic,
             &ipp_dlq,
             database_url,
             &unique_name("faults_projector"),
-        ));
+        );
+        // The Kustom events ingest writes.
+        projector.kustom_topic = other_topic.clone();
+        let projector = TestProjector::spawn(projector);
         let mut actions = actions_config(
             brokers,
             &ipp_topic,
