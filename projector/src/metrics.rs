@@ -26,6 +26,8 @@ pub struct Metrics {
     pub order_facts: IntCounter,
     /// Orders per reconciliation state, refreshed every 10 s.
     pub orders_by_state: IntGaugeVec,
+    /// Mismatched orders per rule broken, refreshed with `orders_by_state`.
+    pub order_mismatches: IntGaugeVec,
 }
 
 impl Metrics {
@@ -94,6 +96,14 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let order_mismatches = IntGaugeVec::new(
+            Opts::new(
+                "ipp_projector_order_mismatches",
+                "Orders in mismatch per rule broken (amounts_differ, not_made_by_this_pipeline, not_confirmed, captured_total_differs, refunded_total_differs)",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
 
         let registry = Registry::new();
         for collector in [
@@ -107,6 +117,7 @@ impl Metrics {
             Box::new(last_applied_age.clone()),
             Box::new(order_facts.clone()),
             Box::new(orders_by_state.clone()),
+            Box::new(order_mismatches.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -123,6 +134,7 @@ impl Metrics {
             last_applied_age,
             order_facts,
             orders_by_state,
+            order_mismatches,
         }
     }
 

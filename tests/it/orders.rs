@@ -8,7 +8,7 @@ use ipp_tests::{
     cli,
     eventually::eventually,
     kafka::read_topic,
-    orders::{assert_states, orders_log, orders_tables, send, LogRecord, To},
+    orders::{assert_states, orders_log, orders_tables, send, Case, LogRecord, To},
     process::ChildConfig,
     projector::{Projector, SHORT_SESSION},
     unique_name,
@@ -73,6 +73,23 @@ async fn orders_are_exact_under_shuffles_and_duplicates_and_reconciled_per_case(
             .metric("ipp_projector_orders", "state=\"mismatch\"")
             .await
             == mismatches as f64
+    })
+    .await;
+    // And the mismatches of each rule.
+    let mismatch_cases = [Case::External, Case::UnconfirmedLong, Case::AmountDiffers];
+    let of_case = |case| log.cases.values().filter(|&&c| c == case).count() as f64;
+    assert!(mismatch_cases.iter().all(|&case| of_case(case) > 0.0));
+    eventually(WAIT, "the gauge shows the mismatches by rule", || async {
+        for case in mismatch_cases {
+            let labels = format!("rule=\"{}\"", case.rule().unwrap());
+            let shown = projector
+                .metric("ipp_projector_order_mismatches", &labels)
+                .await;
+            if shown != of_case(case) {
+                return false;
+            }
+        }
+        true
     })
     .await;
     projector.stop().await;
@@ -195,6 +212,11 @@ async fn reconcile_lists_the_orders_out_of_sync_with_their_reasons() {
     for state in ["in_sync", "awaiting_confirmation", "mismatch"] {
         assert_eq!(summary[state], count(state) as u64, "{state}: {summary}");
     }
+    let by_rule = &lines[0]["mismatches_by_rule"];
+    for case in [Case::External, Case::UnconfirmedLong, Case::AmountDiffers] {
+        let expected = log.cases.values().filter(|&&c| c == case).count();
+        assert_eq!(by_rule[case.rule().unwrap()], expected as u64, "{by_rule}");
+    }
     let listed = &lines[1..];
     assert_eq!(
         listed.len(),
@@ -206,6 +228,7 @@ async fn reconcile_lists_the_orders_out_of_sync_with_their_reasons() {
     for order in listed {
         let id: uuid::Uuid = order["order_id"].as_str().unwrap().parse().unwrap();
         assert_eq!(order["state"], log.cases[&id].state());
+        assert_eq!(order["rule"].as_str(), log.cases[&id].rule());
     }
 
     let text = reconcile(&["reconcile"]).await;

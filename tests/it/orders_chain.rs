@@ -230,6 +230,7 @@ async fn operations_made_outside_the_pipeline_are_recorded_flagged_and_never_rep
     assert_eq!(ids(&row, "external_operations"), 1, "{row}");
     let reason = row["reconciliation_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("not made by this pipeline"), "{reason}");
+    assert_eq!(row["mismatch_rule"], "not_made_by_this_pipeline");
 
     // Ours, then refunded in the Portal: the refund is recorded, flagged, not ours.
     let portal_refunded = Uuid::new_v4();
@@ -338,6 +339,7 @@ async fn a_capture_kustom_never_confirms_turns_mismatch_after_the_confirmation_t
         .await;
     let reason = row["reconciliation_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("not confirmed by Kustom"), "{reason}");
+    assert_eq!(row["mismatch_rule"], "not_confirmed");
     assert_eq!(
         sim.webhooks().await["suppressed_events"],
         1,

@@ -70,6 +70,16 @@ impl Case {
         }
     }
 
+    /// The rule a mismatch breaks (the view's `mismatch_rule`).
+    pub fn rule(self) -> Option<&'static str> {
+        match self {
+            Self::Captured | Self::CapturedAndRefunded | Self::Unconfirmed => None,
+            Self::External => Some("not_made_by_this_pipeline"),
+            Self::UnconfirmedLong => Some("not_confirmed"),
+            Self::AmountDiffers => Some("amounts_differ"),
+        }
+    }
+
     /// A word the state's reason must contain.
     pub fn reason_contains(self) -> Option<&'static str> {
         match self {
@@ -380,16 +390,19 @@ pub async fn orders_tables(pool: &PgPool) -> Vec<Value> {
 
 /// Every order of `log` in its expected state, with the expected reason and disputes.
 pub async fn assert_states(pool: &PgPool, log: &OrdersLog) {
-    let rows: Vec<(Uuid, String, Option<String>, Vec<String>)> = sqlx::query_as(
-        "SELECT order_id, reconciliation_state, reconciliation_reason, disputes FROM ipp_orders",
+    type Row = (Uuid, String, Option<String>, Option<String>, Vec<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT order_id, reconciliation_state, reconciliation_reason, mismatch_rule, disputes
+         FROM ipp_orders",
     )
     .fetch_all(pool)
     .await
     .expect("ipp_orders");
     assert_eq!(rows.len(), log.cases.len(), "one row per order");
-    for (order_id, state, reason, disputes) in rows {
+    for (order_id, state, reason, rule, disputes) in rows {
         let case = log.cases[&order_id];
         assert_eq!(state, case.state(), "{order_id} ({case:?}): {reason:?}");
+        assert_eq!(rule.as_deref(), case.rule(), "{order_id} ({case:?})");
         match case.reason_contains() {
             Some(word) => {
                 let reason = reason.unwrap_or_default();

@@ -46,7 +46,8 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> Result<(), Error> {
 
     if args.json {
         let summary = json!({
-            "orders_by_state": counts.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "orders_by_state": as_object(&counts.by_state),
+            "mismatches_by_rule": as_object(&counts.mismatches_by_rule),
             "listed": orders.len(),
         });
         let rows = orders
@@ -55,10 +56,19 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> Result<(), Error> {
         return output::json_lines(std::iter::once(summary).chain(rows));
     }
     let mut text = String::from("orders by reconciliation state:");
-    for (state, n) in &counts {
+    for (state, n) in &counts.by_state {
         text.push_str(&format!("  {state} {n}"));
     }
     text.push('\n');
+    let broken: Vec<String> = counts
+        .mismatches_by_rule
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(rule, n)| format!("  {rule} {n}"))
+        .collect();
+    if !broken.is_empty() {
+        text.push_str(&format!("mismatches by rule:{}\n", broken.concat()));
+    }
     if orders.is_empty() {
         text.push_str("nothing to report\n");
         return output::line(&text);
@@ -91,4 +101,12 @@ pub async fn run(config: &Config, args: &ReconcileArgs) -> Result<(), Error> {
         ]);
     }
     table.print()
+}
+
+/// `[(name, n)]` as a JSON object `{name: n}`, in order.
+fn as_object(counts: &[(&str, i64)]) -> serde_json::Map<String, serde_json::Value> {
+    counts
+        .iter()
+        .map(|(name, n)| ((*name).to_owned(), json!(n)))
+        .collect()
 }

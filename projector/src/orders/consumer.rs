@@ -219,10 +219,16 @@ impl OrdersProjector {
     async fn refresh_gauge(&self) {
         match report::counts(&self.pool).await {
             Ok(counts) => {
-                for (state, orders) in counts {
+                for (state, orders) in counts.by_state {
                     self.metrics
                         .orders_by_state
                         .with_label_values(&[state])
+                        .set(orders);
+                }
+                for (rule, orders) in counts.mismatches_by_rule {
+                    self.metrics
+                        .order_mismatches
+                        .with_label_values(&[rule])
                         .set(orders);
                 }
             }

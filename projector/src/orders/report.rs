@@ -9,6 +9,16 @@ use uuid::Uuid;
 /// The reconciliation states, as the `ipp_orders` view names them.
 pub const STATES: [&str; 3] = ["in_sync", "awaiting_confirmation", "mismatch"];
 
+/// The rules a `mismatch` breaks, as the view's `mismatch_rule` names them (the first
+/// that applies).
+pub const MISMATCH_RULES: [&str; 5] = [
+    "amounts_differ",
+    "not_made_by_this_pipeline",
+    "not_confirmed",
+    "captured_total_differs",
+    "refunded_total_differs",
+];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderReport {
     pub order_id: Uuid,
@@ -16,6 +26,8 @@ pub struct OrderReport {
     pub session_id: Option<Uuid>,
     pub state: String,
     pub reason: Option<String>,
+    /// A mismatch's rule, one of [`MISMATCH_RULES`].
+    pub rule: Option<String>,
     pub currency: Option<String>,
     pub captured_amount: Option<i64>,
     pub refunded_amount: Option<i64>,
@@ -38,7 +50,7 @@ pub async fn orders(
     let rows = sqlx::query!(
         r#"SELECT order_id AS "order_id!", merchant_id, session_id,
                   reconciliation_state AS "state!", reconciliation_reason AS reason,
-                  currency, captured_amount, refunded_amount,
+                  mismatch_rule AS rule, currency, captured_amount, refunded_amount,
                   ledger_captured_amount AS "ledger_captured_amount!",
                   ledger_refunded_amount AS "ledger_refunded_amount!",
                   capture_ids AS "capture_ids!", refund_ids AS "refund_ids!",
@@ -61,6 +73,7 @@ pub async fn orders(
             session_id: r.session_id,
             state: r.state,
             reason: r.reason,
+            rule: r.rule,
             currency: r.currency,
             captured_amount: r.captured_amount,
             refunded_amount: r.refunded_amount,
@@ -76,22 +89,38 @@ pub async fn orders(
         .collect())
 }
 
-/// The number of orders in each of [`STATES`], zeros included.
-pub async fn counts(pool: &PgPool) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+/// How many orders are in each state and break each rule, zeros included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Per each of [`STATES`].
+    pub by_state: Vec<(&'static str, i64)>,
+    /// The mismatches per each of [`MISMATCH_RULES`].
+    pub mismatches_by_rule: Vec<(&'static str, i64)>,
+}
+
+/// Counts the orders of `ipp_orders` by state and, for mismatches, by rule.
+pub async fn counts(pool: &PgPool) -> Result<Counts, sqlx::Error> {
     let counted = sqlx::query!(
-        r#"SELECT reconciliation_state AS "state!", count(*) AS "orders!"
-           FROM ipp_orders GROUP BY 1"#
+        r#"SELECT reconciliation_state AS "state!", mismatch_rule AS rule, count(*) AS "orders!"
+           FROM ipp_orders GROUP BY 1, 2"#
     )
     .fetch_all(pool)
     .await?;
-    Ok(STATES
-        .iter()
-        .map(|state| {
-            let n = counted
-                .iter()
-                .find(|row| row.state == *state)
-                .map_or(0, |row| row.orders);
-            (*state, n)
-        })
-        .collect())
+    let sum = |matches: &dyn Fn(&str, Option<&str>) -> bool| {
+        counted
+            .iter()
+            .filter(|row| matches(&row.state, row.rule.as_deref()))
+            .map(|row| row.orders)
+            .sum::<i64>()
+    };
+    Ok(Counts {
+        by_state: STATES
+            .iter()
+            .map(|&state| (state, sum(&|s, _| s == state)))
+            .collect(),
+        mismatches_by_rule: MISMATCH_RULES
+            .iter()
+            .map(|&rule| (rule, sum(&|_, r| r == Some(rule))))
+            .collect(),
+    })
 }
