@@ -21,6 +21,7 @@ const MERCHANT: &str = "DM11917000";
 const API_KEY: &str = "kco_test_ops_status";
 
 /// Runs `status --json` until `done` holds for its report (at most 90 s), returns it.
+/// A status that fails (the service has not migrated its database yet) is run again.
 async fn status_until(
     binary: &'static str,
     env: &[(&'static str, String)],
@@ -29,25 +30,25 @@ async fn status_until(
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let report = status(binary, env).await;
-        if done(&report) {
-            return report;
+        let out = cli::run_async(binary, &["status", "--json"], env, Duration::from_secs(60)).await;
+        let report = match out.status.success() {
+            true => {
+                let mut lines = out.json_lines();
+                assert_eq!(lines.len(), 1, "{}", out.stdout);
+                Some(lines.remove(0))
+            }
+            false => None,
+        };
+        if let Some(report) = report.as_ref().filter(|r| done(r)) {
+            return report.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "timed out: {what}; last report {report}"
+            "timed out: {what}; last report {report:?}, stderr {}",
+            out.stderr
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn status(binary: &'static str, env: &[(&'static str, String)]) -> Value {
-    let out = cli::run_async(binary, &["status", "--json"], env, Duration::from_secs(60))
-        .await
-        .success();
-    let mut lines = out.json_lines();
-    assert_eq!(lines.len(), 1, "{}", out.stdout);
-    lines.remove(0)
 }
 
 fn body(event_type: &str, session: Uuid, order: Option<Uuid>) -> Vec<u8> {
@@ -79,7 +80,8 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
     config.schema = "ops_live".to_owned();
     let env = config.env();
 
-    // Before anything ran: not migrated, every record is lag.
+    // Before anything ran the schema has no read models: status says so, and does not
+    // report every record as lag.
     let producer = produce::Producer::new(brokers, topic);
     let mut bodies = Vec::new();
     for _ in 0..30 {
@@ -95,10 +97,23 @@ async fn projector_status_reports_lag_checkpoints_newest_event_and_dlq_size() {
         .send_raw(Some(b"poison-2"), Some(b"[]"), OwnedHeaders::new())
         .await;
     let records = bodies.len() as i64 + 2;
-    let before = status("ipp-projector", &env).await;
-    assert_eq!(before["migrated"], json!(false), "{before}");
-    assert_eq!(before["total_lag"], json!(records), "{before}");
-    assert_eq!(before["dlq"]["records"], json!(0), "{before}");
+    let before = cli::run_async(
+        "ipp-projector",
+        &["status", "--json"],
+        &env,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(before.status.code(), Some(2), "{before:?}");
+    assert!(
+        before
+            .stderr
+            .contains("schema ops_live of this database has no projector read models")
+            && before.stderr.contains("ipp-projector migrate"),
+        "{}",
+        before.stderr
+    );
+    assert_eq!(before.stdout, "", "no report");
 
     let projector = TestProjector::spawn(config);
     let pool = wiring.database.pool().await;
@@ -173,6 +188,17 @@ async fn actions_status_reports_lag_committed_offsets_counts_and_dlq_size() {
         .send_raw(Some(b"garbage"), Some(b"{not json"), OwnedHeaders::new())
         .await;
     let records = bodies.len() as i64 + 1;
+
+    // Before the service migrated its database: a clear error, not an empty ledger.
+    let before = cli::run_async("ipp-actions", &["status"], &env, Duration::from_secs(60)).await;
+    assert_eq!(before.status.code(), Some(2), "{before:?}");
+    assert!(
+        before
+            .stderr
+            .contains("this database has no ipp_actions ledger"),
+        "{}",
+        before.stderr
+    );
 
     config.poll_interval_ms = 200;
     config.shutdown_timeout_secs = 5;

@@ -16,27 +16,34 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
     let kafka = kafka(config);
     let marks = status::watermarks(&kafka, &config.ipp_topic).await?;
     let pool = ipp_ops::connect(&database(config)).await?;
-    let migrated = ipp_ops::table_exists(&pool, "ipp_projector_offsets").await?;
+    // Against the wrong database (or schema) every record would look unapplied: a full
+    // lag that pages someone for nothing. Say what is wrong instead.
+    if !ipp_ops::table_exists(&pool, "ipp_projector_offsets").await? {
+        return Err(Error::Usage(format!(
+            "schema {} of this database has no projector read models (ipp_projector_offsets): \
+             is DATABASE_URL the projector's database and PROJECTOR_SCHEMA its schema? A new \
+             database is migrated by `ipp-projector migrate` or the projector's first start",
+            config.schema
+        )));
+    }
     let mut checkpoints: BTreeMap<i32, Option<i64>> = BTreeMap::new();
     let mut last_commit: Option<DateTime<Utc>> = None;
-    let mut newest: Option<DateTime<Utc>> = None;
-    if migrated {
-        for row in sqlx::query!(
-            "SELECT partition, next_offset, updated_at FROM ipp_projector_offsets \
-             WHERE consumer_group = $1 AND topic = $2",
-            config.group,
-            config.ipp_topic,
-        )
-        .fetch_all(&pool)
-        .await?
-        {
-            checkpoints.insert(row.partition, Some(row.next_offset));
-            last_commit = last_commit.max(Some(row.updated_at));
-        }
-        newest = sqlx::query_scalar!("SELECT max(received_at) FROM ipp_events")
+    for row in sqlx::query!(
+        "SELECT partition, next_offset, updated_at FROM ipp_projector_offsets \
+         WHERE consumer_group = $1 AND topic = $2",
+        config.group,
+        config.ipp_topic,
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        checkpoints.insert(row.partition, Some(row.next_offset));
+        last_commit = last_commit.max(Some(row.updated_at));
+    }
+    let newest: Option<DateTime<Utc>> =
+        sqlx::query_scalar!("SELECT max(received_at) FROM ipp_events")
             .fetch_one(&pool)
             .await?;
-    }
     let partitions = status::partitions(&marks, &checkpoints);
     let dlq = status::dlq(&kafka, &config.dlq_topic, Some(&pool)).await?;
     pool.close().await;
@@ -49,7 +56,8 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<(), Error> {
             "topic": config.ipp_topic,
             "group": config.group,
             "checkpoint_source": "ipp_projector_offsets",
-            "migrated": migrated,
+            // Always true (an unmigrated database is an error): kept for scripts.
+            "migrated": true,
             "partitions": partitions,
             "total_lag": status::total_lag(&partitions),
             "newest_event_received_at": newest,
