@@ -288,7 +288,10 @@ pub struct Config {
     )]
     pub shutdown_timeout_secs: u64,
 
-    /// Apply the ledger migrations at start-up.
+    /// Apply the ledger migrations at start-up (and in `ipp-actions retry`). With false
+    /// the service only checks that they are applied and refuses to start otherwise:
+    /// migrations are then a separate step (`ipp-actions migrate`, as the role owning the
+    /// tables), and the service may run as a role that owns nothing.
     #[arg(long, env = "ACTIONS_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate: bool,
 

@@ -42,6 +42,16 @@ pub async fn run(
     let pool = ipp_service::postgres::connect(&config.database, None).await?;
     if config.migrate {
         ledger::migrate(&pool).await?;
+    } else {
+        // Migrations are a separate step: refuse to run on a ledger older than this code.
+        let missing =
+            ipp_service::postgres::unapplied_migrations(&pool, &ledger::migrator()).await?;
+        if !missing.is_empty() {
+            return Err(Error::Config(format!(
+                "the ledger lacks migrations {missing:?} of this version and ACTIONS_MIGRATE \
+                 is false: run `ipp-actions migrate` as the role that owns the tables first"
+            )));
+        }
     }
     let metrics = Arc::new(metrics::Metrics::new());
     let dead_letters = Arc::new(DeadLetters::new(&config)?);

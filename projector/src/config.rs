@@ -103,6 +103,13 @@ pub struct Config {
     )]
     pub orders_confirmation_timeout_secs: u64,
 
+    /// Apply the read models' migrations at start-up. With false the projector only
+    /// checks that they are applied and refuses to start otherwise: migrations are then a
+    /// separate step (`ipp-projector migrate`, as the role owning the tables), and the
+    /// service may run as a role that owns nothing.
+    #[arg(long, env = "PROJECTOR_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate: bool,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -79,6 +79,19 @@ pub async fn prepare(pool: &PgPool, schema: &str) -> Result<(), Error> {
     store::migrate(pool).await
 }
 
+/// Checks that `schema` (which `pool` is connected to) holds every migration of this
+/// build, for a projector that does not migrate (`PROJECTOR_MIGRATE=false`).
+pub async fn require_migrated(pool: &PgPool, schema: &str) -> Result<(), Error> {
+    let missing = ipp_service::postgres::unapplied_migrations(pool, &store::migrator()).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "schema {schema} lacks migrations {missing:?} of this version and PROJECTOR_MIGRATE \
+         is false: run `ipp-projector migrate` as the role that owns the tables first"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate;

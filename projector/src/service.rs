@@ -42,7 +42,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let pool = connect(&config).await?;
-    schema::prepare(&pool, &config.schema).await?;
+    match config.migrate {
+        true => schema::prepare(&pool, &config.schema).await?,
+        false => schema::require_migrated(&pool, &config.schema).await?,
+    }
     let metrics = Arc::new(Metrics::new());
     let ready = Readiness::default();
     let probes = ProbeState {

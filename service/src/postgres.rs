@@ -49,6 +49,9 @@ async fn connect_with(
     patience: Duration,
 ) -> Result<PgPool, sqlx::Error> {
     let mut options = PgConnectOptions::from_str(url.expose())?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(&program_name());
+    }
     if let Some(schema) = search_path {
         options = options.options([("search_path", schema)]);
     }
@@ -72,4 +75,43 @@ async fn connect_with(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The versions of `migrator` that the database `pool` reaches (through its
+/// `search_path`) has not applied, in order: all of them when it has no
+/// `_sqlx_migrations` table. What a service started without migrating (its role owns
+/// nothing) checks, so that it refuses to run on tables older than its code.
+pub async fn unapplied_migrations(
+    pool: &PgPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<i64> = match has_table {
+        true => {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(pool)
+                .await?
+        }
+        false => Vec::new(),
+    };
+    Ok(migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| m.version)
+        .collect())
+}
+
+/// The name our connections show in `pg_stat_activity.application_name` and in the
+/// server's logs, unless the URL sets its own (`?application_name=…`): the program's
+/// (`ipp-projector`, `ipp-actions`), so that a DBA tells the services apart.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ipp-pipeline".to_owned())
 }

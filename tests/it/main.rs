@@ -23,6 +23,7 @@ mod ops_status;
 mod orders;
 mod orders_chain;
 mod poison;
+mod postgres_roles;
 mod projector;
 mod rate_limit;
 mod secrets;

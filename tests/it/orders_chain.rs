@@ -8,16 +8,11 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use ipp_tests::{
     cli,
     eventually::eventually,
-    ingest::post_webhook,
     process::{ChildConfig, Service},
     processes::Processes,
-    produce::ipp_body,
-    projector::FINALIZED,
-    signer::Signer,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -55,22 +50,8 @@ impl Chain {
         }
     }
 
-    /// Posts a signed `ipp.session.finalized` for `order` to ingest; asserts its 200.
     async fn finalize(&self, order: Uuid) {
-        let event_id = format!("kevt_fin_{}", order.simple());
-        let body = ipp_body(
-            &event_id,
-            FINALIZED,
-            MERCHANT,
-            Uuid::new_v4(),
-            Utc::now(),
-            Some(order),
-            None,
-        );
-        let signed = Signer::new(&self.processes.secret).sign(&body);
-        let base = format!("http://127.0.0.1:{}", self.processes.ingest_port);
-        let response = post_webhook(&base, &body, Some(&signed)).await;
-        assert_eq!(response.status(), StatusCode::OK, "finalized {order}");
+        self.processes.finalize(MERCHANT, order).await;
     }
 
     /// `ipp-actions args…` with the live ipp-actions' settings; asserts its success.

@@ -441,6 +441,7 @@ impl ChildConfig for ipp_projector::Config {
             kustom_topic,
             observations_topic,
             orders_confirmation_timeout_secs,
+            migrate,
             log,
         } = self;
         let mut env = vec![
@@ -460,6 +461,7 @@ impl ChildConfig for ipp_projector::Config {
             ("PROJECTOR_BATCH_SIZE", batch_size.to_string()),
             ("PROJECTOR_BATCH_WAIT_MS", batch_wait_ms.to_string()),
             ("PROJECTOR_MAX_PAYLOAD_BYTES", max_payload_bytes.to_string()),
+            ("PROJECTOR_MIGRATE", migrate.to_string()),
             log_env(log),
         ];
         env.extend(kafka_env(kafka));

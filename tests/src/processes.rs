@@ -7,11 +7,15 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use chrono::Utc;
 use ipp_service::ListenArgs;
+use reqwest::StatusCode;
+use uuid::Uuid;
 
 use crate::{
     db::{self, TestDatabase},
     free_port,
+    ingest::post_webhook,
     inprocess::{
         actions_config, commands_topic_of, ingest_config, observations_topic_of, om_sim_config,
         om_sim_posting_to, projector_config, OrderManagement,
@@ -19,6 +23,8 @@ use crate::{
     kafka,
     om_sim::OmSim,
     process::{wait_for_tcp, ChildConfig, Service},
+    produce::ipp_body,
+    projector::FINALIZED,
     signer::Signer,
     unique_name,
 };
@@ -132,7 +138,14 @@ impl Processes {
     }
 
     pub fn actions(&self) -> Service {
-        Self::spawn_on_port_0(&self.actions_config(), "ipp_actions::service").0
+        self.actions_with(|_| {})
+    }
+
+    /// ipp-actions with its configuration adjusted.
+    pub fn actions_with(&self, adjust: impl FnOnce(&mut ipp_actions::Config)) -> Service {
+        let mut config = self.actions_config();
+        adjust(&mut config);
+        Self::spawn_on_port_0(&config, "ipp_actions::service").0
     }
 
     /// ipp-actions' configuration; its operator commands (`command issue …`) share it.
@@ -157,5 +170,24 @@ impl Processes {
 
     pub fn webhook_url(&self) -> String {
         format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+    }
+
+    /// Posts a signed `ipp.session.finalized` of `merchant` for `order` to ingest (a
+    /// session of its own); asserts its 200.
+    pub async fn finalize(&self, merchant: &str, order: Uuid) {
+        let event_id = format!("kevt_fin_{}", order.simple());
+        let body = ipp_body(
+            &event_id,
+            FINALIZED,
+            merchant,
+            Uuid::new_v4(),
+            Utc::now(),
+            Some(order),
+            None,
+        );
+        let signed = Signer::new(&self.secret).sign(&body);
+        let base = format!("http://127.0.0.1:{}", self.ingest_port);
+        let response = post_webhook(&base, &body, Some(&signed)).await;
+        assert_eq!(response.status(), StatusCode::OK, "finalized {order}");
     }
 }

@@ -228,9 +228,14 @@ pub struct Outcome {
 /// database with its own migrator, so each ignores the other's versions; sqlx's advisory
 /// lock serializes them.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}
+
+/// The ledger's migrations, embedded; applied versions it does not know are ignored.
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!();
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    migrator
 }
 
 /// Records an action once; a second call for the same (order, action), or the same

@@ -53,8 +53,11 @@ pub async fn run(config: &Config, args: &RetryArgs) -> Result<(), Error> {
         let mut conn = pool.acquire().await?;
         requeue::failed(&mut conn, &selection).await?
     } else {
-        // The audit table `ipp_action_retries` is one of the ledger's migrations.
-        ledger::migrate(&pool).await?;
+        // The audit table `ipp_action_retries` is one of the ledger's migrations (applied
+        // here unless migrations are a separate step: ACTIONS_MIGRATE=false).
+        if config.migrate {
+            ledger::migrate(&pool).await?;
+        }
         let mut tx = pool.begin().await?;
         let rows = requeue::requeue(&mut tx, &selection, "ipp-actions retry").await?;
         tx.commit().await?;

@@ -34,10 +34,16 @@ pub use copy::{EVENT_COLUMNS, SESSION_COLUMNS};
 /// 1001+, ipp-actions' 2001+, and both ignore applied versions they do not know, so the
 /// two services share one database and one `_sqlx_migrations` table.
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    migrator().run(pool).await?;
+    Ok(())
+}
+
+/// The read models' migrations, embedded; applied versions it does not know (ipp-actions'
+/// 2001+) are ignored.
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
-    Ok(())
+    migrator
 }
 
 /// What storing one batch did.
