@@ -8,6 +8,7 @@ use reqwest::{header, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use ipp_schemas::trace::{TraceContext, TRACEPARENT};
 use ipp_service::{Accounts, Secret};
 
 use crate::error::OmError;
@@ -140,6 +141,7 @@ impl OmClients {
             http: &self.http,
             base_url: &self.base_url,
             authorization,
+            trace: None,
         })
     }
 }
@@ -150,9 +152,28 @@ pub struct OmClient<'a> {
     http: &'a reqwest::Client,
     base_url: &'a str,
     authorization: &'a str,
+    /// The trace the requests join: each is sent as a new child span of it.
+    trace: Option<TraceContext>,
 }
 
 impl OmClient<'_> {
+    /// The same client, its requests part of the trace `traceparent` names (an action's
+    /// row keeps its record's). Without one, or with an invalid one, nothing is sent.
+    pub fn in_trace(self, traceparent: Option<&str>) -> Self {
+        Self {
+            trace: traceparent.and_then(TraceContext::parse),
+            ..self
+        }
+    }
+
+    /// `request` with the `traceparent` of a new span of the client's trace.
+    fn traced(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.trace {
+            Some(trace) => request.header(TRACEPARENT, trace.child().to_header()),
+            None => request,
+        }
+    }
+
     fn order_url(&self, order_id: Uuid) -> String {
         format!("{}/ordermanagement/v1/orders/{order_id}", self.base_url)
     }
@@ -184,10 +205,12 @@ impl OmClient<'_> {
     }
 
     async fn get_order_body(&self, order_id: Uuid) -> Result<Vec<u8>, OmError> {
-        let response = self
+        let request = self
             .http
             .get(self.order_url(order_id))
-            .header(header::AUTHORIZATION, self.authorization)
+            .header(header::AUTHORIZATION, self.authorization);
+        let response = self
+            .traced(request)
             .send()
             .await
             .map_err(|e| transport_error(GET_ORDER, e))?;
@@ -281,12 +304,14 @@ impl OmClient<'_> {
         body: &impl Serialize,
         idempotency_key: Uuid,
     ) -> Result<(Option<String>, Vec<u8>), OmError> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/{path}", self.order_url(order_id)))
             .header(header::AUTHORIZATION, self.authorization)
             .header(IDEMPOTENCY_HEADER, idempotency_key.to_string())
-            .json(body)
+            .json(body);
+        let response = self
+            .traced(request)
             .send()
             .await
             .map_err(|e| transport_error(endpoint, e))?;

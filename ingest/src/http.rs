@@ -12,7 +12,11 @@ use axum::{
     Json, Router,
 };
 use chrono::Utc;
-use ipp_schemas::{record, RecordHeaders};
+use ipp_schemas::{
+    record,
+    trace::{TraceContext, TRACEPARENT},
+    RecordHeaders,
+};
 use prometheus::IntGauge;
 use serde_json::json;
 use tracing::Instrument;
@@ -76,13 +80,21 @@ async fn receive_webhook(
     body: Body,
 ) -> Response {
     let _in_flight = InFlight::start(&state.metrics.in_flight);
+    // The caller's trace continued (or a new one): this request's span, whose context
+    // goes into the record for the consumers to continue.
+    let trace =
+        TraceContext::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     let span = tracing::info_span!(
         "webhook",
+        trace_id = %trace.trace_id(),
+        span_id = %trace.span_id(),
         event_id = tracing::field::Empty,
         event_type = tracing::field::Empty,
         session_id = tracing::field::Empty,
     );
-    let result = accept(&state, &headers, body).instrument(span).await;
+    let result = accept(&state, &headers, body, &trace)
+        .instrument(span)
+        .await;
     let (outcome, event_type) = match &result {
         Ok(stored) => (stored.outcome(), stored.event_type.as_deref()),
         Err((error, event_type)) => (error.outcome(), event_type.as_deref()),
@@ -121,7 +133,12 @@ type Failure = (IngestError, Option<String>);
 /// Read, place, verify, append: a 200 only at the end of it. The body is parsed before
 /// its signature is verified for one thing only, the account (`merchant_id`) whose
 /// secrets verify it; what it says is trusted, logged or stored only once verified.
-async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Stored, Failure> {
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    trace: &TraceContext,
+) -> Result<Stored, Failure> {
     let body = read_body(headers, body, state.max_body_bytes, state.body_read_timeout)
         .await
         .map_err(|e| (e, None))?;
@@ -166,7 +183,9 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Sto
         webhook_timestamp,
         received_at: Utc::now(),
     };
-    let mut kafka_headers = record_headers.to_kafka();
+    let mut kafka_headers = record_headers
+        .to_kafka()
+        .insert(record::kafka_header(TRACEPARENT, &trace.to_header()));
     if let Some(error) = &placement.route_error {
         let reason = error.header_value();
         kafka_headers =

@@ -73,6 +73,8 @@ struct Ctx {
     path: String,
     authorization: Option<String>,
     idempotency_key: Option<String>,
+    /// W3C Trace Context of the caller, recorded so tests can follow a trace.
+    traceparent: Option<String>,
     conn: Option<ConnControl>,
 }
 
@@ -92,6 +94,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             path: parts.uri.path().to_owned(),
             authorization: header("authorization"),
             idempotency_key: header(IDEMPOTENCY_KEY).filter(|k| !k.is_empty()),
+            traceparent: header("traceparent"),
             conn: parts.extensions.get::<ConnControl>().cloned(),
         })
     }
@@ -158,7 +161,13 @@ async fn handle(
 ) -> Response {
     let key = ctx.idempotency_key.as_deref();
     let account = sim.account_of(ctx.authorization.as_deref());
-    let seq = sim.log_call(ctx.method.as_str(), &ctx.path, key, account);
+    let seq = sim.log_call(
+        ctx.method.as_str(),
+        &ctx.path,
+        key,
+        account,
+        ctx.traceparent.as_deref(),
+    );
     let is_post = ctx.method == Method::POST;
     let (fault, latency_ms) = sim.roll(is_post);
     if latency_ms > 0 {

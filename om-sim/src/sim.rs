@@ -87,6 +87,8 @@ pub struct Call {
     /// The account (merchant id) whose key the request carried; null without a valid key.
     pub account: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The request's `traceparent` header, as sent.
+    pub traceparent: Option<String>,
     /// The status answered; null when the connection was dropped or the request hung.
     pub status: Option<u16>,
     /// Answered from the idempotency store, with no new effect.
@@ -289,6 +291,7 @@ impl Sim {
         path: &str,
         idempotency_key: Option<&str>,
         account: Option<&str>,
+        traceparent: Option<&str>,
     ) -> u64 {
         let mut inner = self.inner();
         let seq = inner.next_seq;
@@ -300,6 +303,7 @@ impl Sim {
             path: path.to_owned(),
             account: account.map(str::to_owned),
             idempotency_key: idempotency_key.map(str::to_owned),
+            traceparent: traceparent.map(str::to_owned),
             status: None,
             replayed: false,
             fault: None,

@@ -10,6 +10,7 @@ pub mod observation;
 pub mod record;
 pub mod route;
 pub mod topics;
+pub mod trace;
 
 pub use command::{Command, CommandKind};
 pub use dlq::{DlqService, FailedActionRecord};
@@ -17,3 +18,4 @@ pub use event::{Envelope, EventParseError, IppData, IppEvent, IppEventKind, Kust
 pub use observation::{Observation, ObservationKind, OrderEvent};
 pub use record::{RecordHeaders, RecordHeadersError};
 pub use route::{Route, RouteError};
+pub use trace::TraceContext;

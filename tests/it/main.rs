@@ -28,3 +28,4 @@ mod projector;
 mod rate_limit;
 mod secrets;
 mod soak;
+mod trace_context;

@@ -28,7 +28,10 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use ipp_schemas::CommandKind;
+use ipp_schemas::{
+    trace::{TraceContext, TRACEPARENT},
+    CommandKind,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tracing::{info, warn};
@@ -175,7 +178,10 @@ async fn accept_command(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
         }
     })?;
-    let issued = command::issue(&api.pool, &api.log, scope, key.as_deref(), &request)
+    // The caller's trace continued (or a new one), for the command's calls to join.
+    let trace =
+        TraceContext::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let issued = command::issue(&api.pool, &api.log, scope, key.as_deref(), &request, &trace)
         .await
         .map_err(|e| match e {
             IssueError::KeyReused { .. } => ApiError::new(

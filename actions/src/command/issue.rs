@@ -9,7 +9,7 @@
 //! consumer records it once all the same: its ledger row is keyed by the command id).
 
 use chrono::{DateTime, Utc};
-use ipp_schemas::{command::command_id_for_key, Command};
+use ipp_schemas::{command::command_id_for_key, trace::TraceContext, Command};
 use rdkafka::error::KafkaError;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -50,6 +50,7 @@ pub async fn issue(
     scope: &str,
     idempotency_key: Option<&str>,
     request: &CommandRequest,
+    trace: &TraceContext,
 ) -> Result<Issued, IssueError> {
     let command_id = match idempotency_key {
         Some(key) => command_id_for_key(scope, key),
@@ -107,7 +108,7 @@ pub async fn issue(
         });
     }
     // Dropping `tx` on an error rolls the row back: a retry appends afresh.
-    log.append(&command).await?;
+    log.append(&command, trace).await?;
     sqlx::query!(
         "UPDATE ipp_command_requests SET appended_at = now() WHERE command_id = $1",
         command_id

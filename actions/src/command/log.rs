@@ -3,9 +3,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ipp_schemas::Command;
+use ipp_schemas::{
+    record::kafka_header,
+    trace::{TraceContext, TRACEPARENT},
+    Command,
+};
 use rdkafka::{
     error::KafkaError,
+    message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord},
 };
 
@@ -37,13 +42,20 @@ impl CommandLog {
         })
     }
 
-    /// Appends `command`, keyed by its order id; `Ok` once the broker acknowledged it.
-    pub async fn append(&self, command: &Command) -> Result<(), KafkaError> {
+    /// Appends `command`, keyed by its order id, with the `traceparent` of `trace` (the
+    /// request's span, which the command's Order Management calls continue); `Ok` once
+    /// the broker acknowledged it.
+    pub async fn append(&self, command: &Command, trace: &TraceContext) -> Result<(), KafkaError> {
         let key = command.order_id.to_string();
         let value = command.to_json();
+        let traceparent = trace.to_header();
+        let headers = OwnedHeaders::new().insert(kafka_header(TRACEPARENT, &traceparent));
         self.producer
             .send(
-                FutureRecord::to(&self.topic).key(&key).payload(&value),
+                FutureRecord::to(&self.topic)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers),
                 self.timeout,
             )
             .await

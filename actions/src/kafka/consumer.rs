@@ -26,6 +26,7 @@ use ipp_schemas::{
     dlq::route_error_reason,
     observation::OrderEvent,
     record::{header, header_str},
+    trace::TRACEPARENT,
     Command, CommandKind, IppEvent, IppEventKind,
 };
 use ipp_service::{error_chain, probe::Readiness};
@@ -163,7 +164,13 @@ impl ActionConsumer {
             self.event_action(message)
         };
         let new = match new {
-            Ok(Some(new)) => new,
+            // The trace the record belongs to, continued by the action's calls.
+            Ok(Some(new)) => NewAction {
+                traceparent: message
+                    .headers()
+                    .and_then(|h| header_str(h, TRACEPARENT).ok().flatten()),
+                ..new
+            },
             Ok(None) => {
                 self.metrics.records.with_label_values(&["ignored"]).inc();
                 return true;
@@ -274,6 +281,7 @@ impl ActionConsumer {
             source_offset: message.offset(),
             skip_reason: (self.capture_policy == CapturePolicy::OnCommand)
                 .then(|| "capture policy on-command: the merchant captures by command".to_owned()),
+            traceparent: None,
         }))
     }
 

@@ -59,6 +59,7 @@ async fn record_one(pool: &PgPool) -> Uuid {
         source_partition: 0,
         source_offset: 0,
         skip_reason: None,
+        traceparent: None,
     };
     assert!(record(pool, &new).await.expect("record"));
     order_id

@@ -119,6 +119,8 @@ pub struct NewAction {
     pub source_offset: i64,
     /// `Skipped` with a reason when the policy says to take no action.
     pub skip_reason: Option<String>,
+    /// The record's `traceparent` header: the trace its Order Management calls join.
+    pub traceparent: Option<String>,
 }
 
 /// What a command adds to its row.
@@ -153,6 +155,7 @@ impl NewAction {
             source_partition: partition,
             source_offset: offset,
             skip_reason: None,
+            traceparent: None,
         }
     }
 
@@ -180,6 +183,7 @@ impl NewAction {
             source_partition: partition,
             source_offset: offset,
             skip_reason: None,
+            traceparent: None,
         }
     }
 }
@@ -206,6 +210,8 @@ pub struct Action {
     pub created_at: DateTime<Utc>,
     /// The token of this worker's claim: every write of the attempt is guarded by it.
     pub claim_token: Uuid,
+    /// The trace of the record the action came from (see [`NewAction::traceparent`]).
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended, as written to the row.
@@ -254,12 +260,13 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
     let result = sqlx::query!(
         "INSERT INTO ipp_actions (order_id, action, kind, session_id, merchant_id, event_id, \
              status, reason, idempotency_key, source_topic, source_partition, source_offset, \
-             command_id, requested_amount, reference, description, issued_by, event_type) \
+             command_id, requested_amount, reference, description, issued_by, event_type, \
+             traceparent) \
          VALUES ($1, $2, $3, $4, \
              coalesce($5, (SELECT o.merchant_id FROM ipp_actions o \
                            WHERE o.order_id = $1 AND o.merchant_id IS NOT NULL \
                            ORDER BY o.seq LIMIT 1)), \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
          ON CONFLICT DO NOTHING",
         new.order_id,
         new.action,
@@ -279,6 +286,7 @@ pub async fn record(pool: &PgPool, new: &NewAction) -> Result<bool, sqlx::Error>
         command.and_then(|c| c.description.clone()),
         command.map(|c| c.issued_by.clone()),
         new.event_type,
+        new.traceparent,
     )
     .execute(pool)
     .await?;
@@ -386,7 +394,7 @@ pub async fn claim_due(
              a.session_id, a.merchant_id, a.event_id,
              a.attempts, a.idempotency_key, a.requested_amount,
              a.source_topic, a.source_partition, a.source_offset, a.created_at,
-             a.claim_token AS "claim_token!""#,
+             a.claim_token AS "claim_token!", a.traceparent"#,
         limit,
         lease.as_secs_f64(),
     )

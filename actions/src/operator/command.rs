@@ -10,7 +10,7 @@ use ipp_ops::{
     output::{self, Table},
     Database, Error,
 };
-use ipp_schemas::CommandKind;
+use ipp_schemas::{trace::TraceContext, CommandKind};
 use uuid::Uuid;
 
 use crate::{
@@ -119,6 +119,7 @@ async fn issue(config: &Config, pool: &sqlx::PgPool, args: &IssueArgs) -> Result
         CLI_SCOPE,
         args.idempotency_key.as_deref(),
         &request,
+        &TraceContext::new_root(),
     )
     .await
     .map_err(|e| match e {

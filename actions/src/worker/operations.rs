@@ -32,7 +32,7 @@ impl Worker {
         };
         // The key of the order's account, never another's: without one the action waits.
         let client = match self.om.account(action.merchant_id.as_deref()) {
-            Ok(client) => client,
+            Ok(client) => client.in_trace(action.traceparent.as_deref()),
             Err(e) => return permanent_or_retry(e),
         };
         match kind {
@@ -210,7 +210,7 @@ impl Worker {
     async fn observe(&self, action: &Action, hold: &super::Hold) -> Attempt {
         // Read with the key of the order's account, like any other call.
         let client = match self.om.account(action.merchant_id.as_deref()) {
-            Ok(client) => client,
+            Ok(client) => client.in_trace(action.traceparent.as_deref()),
             Err(e) => return permanent_or_retry(e),
         };
         let result = self
