@@ -65,7 +65,10 @@ async fn connect_with(
             .await;
         match attempt {
             Ok(pool) => return Ok(pool),
-            Err(e @ sqlx::Error::Io(_)) if tokio::time::Instant::now() < deadline => {
+            Err(sqlx::Error::Io(e))
+                if is_transient(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                let e = sqlx::Error::Io(e);
                 tracing::warn!(
                     error = &e as &dyn std::error::Error,
                     "postgresql not reachable yet, retrying"
@@ -75,6 +78,29 @@ async fn connect_with(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether a connection failure may pass by itself (the server is starting, restarting,
+/// or not reachable yet), so that waiting makes sense. A TLS failure (a certificate
+/// the root does not sign, a name that does not match: `InvalidData`) never passes:
+/// it is reported at once.
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | AddrNotAvailable
+            | TimedOut
+            | UnexpectedEof
+            | BrokenPipe
+            | NotFound
+            | Interrupted
+            | HostUnreachable
+            | NetworkUnreachable
+    )
 }
 
 /// The versions of `migrator` that the database `pool` reaches (through its

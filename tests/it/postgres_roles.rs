@@ -216,3 +216,82 @@ async fn services_run_as_roles_that_own_nothing_after_the_owner_migrated() {
             .expect("drop the login role");
     }
 }
+
+/// `sslmode=verify-full` with the provider's root certificate: the services connect
+/// over TLS (PostgreSQL's `pg_stat_ssl` says so for each), and a server whose
+/// certificate another CA signed is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_connect_over_tls_checking_the_servers_certificate() {
+    let server = ipp_tests::postgres::PrivatePostgres::start_with_tls();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&server.url("postgres"))
+        .await
+        .expect("the private server");
+    sqlx::raw_sql("CREATE DATABASE ipp_tls")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let tls_url = |ca: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            server.url("ipp_tls"),
+            ca.display()
+        )
+    };
+    let trusted = tls_url(&server.ca_file());
+
+    // A CA that did not sign the server's certificate: refused, nothing migrated.
+    let refused = cli::run_async(
+        "ipp-projector",
+        &["migrate"],
+        &[("DATABASE_URL", tls_url(&server.other_ca_file()))],
+        WAIT,
+    )
+    .await;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        refused.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+
+    for binary in ["ipp-projector", "ipp-actions"] {
+        cli::run_async(
+            binary,
+            &["migrate"],
+            &[("DATABASE_URL", trusted.clone())],
+            WAIT,
+        )
+        .await
+        .success();
+    }
+    let processes = Processes::start().await;
+    let mut projector = processes.projector_with(|c| c.database.url = trusted.parse().unwrap());
+    let mut actions = processes.actions_with(|c| c.database.url = trusted.parse().unwrap());
+    eventually(WAIT, "both services connected over TLS", || async {
+        let encrypted: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT a.application_name FROM pg_stat_activity a
+             JOIN pg_stat_ssl s USING (pid)
+             WHERE a.datname = 'ipp_tls' AND s.ssl ORDER BY 1",
+        )
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        encrypted == ["ipp-actions", "ipp-projector"]
+    })
+    .await;
+    let plain: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = 'ipp_tls' AND NOT s.ssl",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(plain, 0, "no connection in the clear");
+    for service in [&mut projector, &mut actions] {
+        assert!(service.is_running(), "{} died", service.name);
+        service.signal("TERM");
+        assert!(service.wait(Duration::from_secs(30)).success());
+    }
+}

@@ -26,6 +26,8 @@ pub struct PrivatePostgres {
     /// `Some(user)` when the server runs as another user than the tests (root).
     run_as: Option<&'static str>,
     running: bool,
+    /// With TLS: the server's certificate and key, in the data directory.
+    tls: bool,
     /// How long `initdb` and the first start took.
     pub initdb_took: Duration,
     pub first_start_took: Duration,
@@ -35,6 +37,28 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Creates a cluster in a temporary directory and starts it.
     pub fn start() -> Self {
+        Self::create(false)
+    }
+
+    /// Like [`PrivatePostgres::start`], also accepting TLS (`ssl=on`) with a certificate
+    /// for `127.0.0.1` and `localhost` signed by a CA of the test's own
+    /// ([`PrivatePostgres::ca_file`]), made with `openssl`. Plain connections are still
+    /// accepted: a client asks for TLS with its `sslmode`.
+    pub fn start_with_tls() -> Self {
+        Self::create(true)
+    }
+
+    /// The PEM file of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The PEM file of a CA that signed nothing here (a client trusting it must refuse).
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
+    }
+
+    fn create(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as = is_root().then_some(SERVER_USER);
@@ -57,6 +81,7 @@ impl PrivatePostgres {
             log,
             run_as,
             running: false,
+            tls,
             initdb_took: Duration::ZERO,
             first_start_took: Duration::ZERO,
             dir,
@@ -78,6 +103,9 @@ impl PrivatePostgres {
             ],
         );
         server.initdb_took = started.elapsed();
+        if tls {
+            server.make_certificates();
+        }
         server.first_start_took = server.start_again();
         server
     }
@@ -117,10 +145,13 @@ impl PrivatePostgres {
         let log = self.log.to_str().expect("utf-8 path").to_owned();
         // The socket directory is the data directory: /var/run/postgresql may be missing
         // or another server's.
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {data} -c fsync=off",
             self.port
         );
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         self.run(
             "pg_ctl",
             &[
@@ -138,6 +169,75 @@ impl PrivatePostgres {
         );
         self.running = true;
         started.elapsed()
+    }
+
+    /// A CA, the server's key and certificate (in the data directory, the server's user
+    /// owning them, the key 0600 as PostgreSQL demands), and another CA.
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, subject) in [("ca", "/CN=ipp test CA"), ("other-ca", "/CN=another CA")] {
+            let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &cert]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(&args);
+        }
+        let mut request = vec!["req", "-subj", "/CN=127.0.0.1", "-keyout", "server.key"];
+        request.extend(ec);
+        request.extend(["-out", "server.csr"]);
+        openssl(&request);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        for file in ["server.crt", "server.key"] {
+            let target = self.data.join(file);
+            std::fs::copy(dir.join(file), &target).expect("copy into the data directory");
+            set_mode(&target, 0o600);
+            if let Some(user) = self.run_as {
+                chown(&target, user);
+            }
+        }
     }
 
     /// Runs one of the server's programs (as its user when the tests are root); panics
