@@ -12,14 +12,44 @@ use crate::{store, Error};
 /// The tables a rebuild swaps, in the order the live projector locks them.
 pub const TABLES: [&str; 3] = ["ipp_projector_offsets", "ipp_events", "ipp_sessions"];
 
-/// The read-model tables of `schema`, qualified and in [`TABLES`] order (the order the
-/// live projector locks them), for a `LOCK TABLE`. `schema` was checked by [`validate`].
-pub fn qualified_tables(schema: &str) -> String {
-    TABLES
+/// The orders model's tables (decision 0019), swapped by a rebuild with the view over
+/// them, [`ORDERS_VIEW`]. Locked after [`TABLES`] (the live orders consumer writes only
+/// these and the session projector only those) and after the view (see
+/// `rebuild::swap::lock_order`).
+pub const ORDERS_TABLES: [&str; 4] = [
+    "ipp_order_facts",
+    "ipp_order_operations",
+    "ipp_order_disputes",
+    "ipp_orders_settings",
+];
+
+/// The view over [`ORDERS_TABLES`]. A view binds its tables by OID, not by name: it must
+/// move between schemas with them, or the live `ipp_orders` would go on reading the
+/// tables swapped out.
+pub const ORDERS_VIEW: &str = "ipp_orders";
+
+/// `tables` of `schema`, qualified, comma-separated, for a `LOCK TABLE`.
+pub fn qualified(schema: &str, tables: &[&str]) -> String {
+    tables
         .iter()
         .map(|t| format!("{schema}.{t}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether `schema` holds the orders model (its tables and its view).
+pub async fn has_orders(pool: &PgPool, schema: &str) -> Result<bool, Error> {
+    let mut relations: Vec<&str> = ORDERS_TABLES.to_vec();
+    relations.push(ORDERS_VIEW);
+    let count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = $1 AND c.relname = ANY($2)"#,
+        schema,
+        relations.as_slice() as &[&str],
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(count == relations.len() as i64)
 }
 
 /// Schema names are plain lowercase identifiers, so they never need quoting.

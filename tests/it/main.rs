@@ -18,6 +18,7 @@ mod om_sim;
 mod om_sim_webhooks;
 mod ops_dlq;
 mod ops_rebuild;
+mod ops_rebuild_orders;
 mod ops_replay;
 mod ops_status;
 mod orders;

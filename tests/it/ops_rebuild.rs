@@ -17,7 +17,7 @@ use std::{
 use ipp_loadgen::{Workload, WorkloadSpec};
 use ipp_schemas::dlq::header as dlq;
 use ipp_tests::{
-    inprocess::{projector_config, TestProjector},
+    inprocess::{kustom_topic_of, observations_topic_of, projector_config, TestProjector},
     kafka,
     pipeline::{assert_sessions, Pipeline},
     process::ChildConfig,
@@ -550,6 +550,10 @@ impl SmallSetup {
     async fn start(brokers: &str, topic_configs: &[(&str, &str)]) -> Self {
         let topic = ipp_tests::unique_name("ipp_events_history");
         kafka::create_named_topic_with(brokers, &topic, 2, topic_configs).await;
+        // The orders model's other topics, which a rebuild reads too.
+        for orders_topic in [kustom_topic_of(&topic), observations_topic_of(&topic)] {
+            kafka::create_named_topic(brokers, &orders_topic, 1).await;
+        }
         let dlq = kafka::create_topic(brokers, "ipp_dlq", 1).await;
         let database = ipp_tests::db::fresh_database().await;
         let database_url = database.url().to_owned();

@@ -79,6 +79,8 @@ impl Pipeline {
         let mut projector_config =
             projector_config(&brokers, &topic, &dlq, &database_url, &projector_group);
         projector_config.batch_wait_ms = 20;
+        // The Kustom events ingest writes, for the orders model.
+        projector_config.kustom_topic = other_topic.clone();
         let projector = TestProjector::spawn(projector_config);
         let mut actions_config = actions_config(
             &brokers,
@@ -122,13 +124,15 @@ impl Pipeline {
 
     /// The live projector's configuration, which the operator commands share.
     pub fn projector_config(&self) -> ipp_projector::Config {
-        projector_config(
+        let mut config = projector_config(
             &self.brokers,
             &self.topic,
             &self.dlq,
             &self.database_url,
             &self.projector_group,
-        )
+        );
+        config.kustom_topic = self.other_topic.clone();
+        config
     }
 
     /// Runs `ipp-projector args…` to completion (at most 180 s) off the async runtime.

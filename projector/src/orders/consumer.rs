@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    facts::{self, Fact, Source},
+    facts::{self, Fact},
     report, store, OrdersConfig,
 };
 use crate::{config::CLIENT_ID, dead_letters::DeadLetters, metrics::Metrics, Error};
@@ -53,16 +53,6 @@ impl OrdersProjector {
             consumer: client.create()?,
             dead_letters,
         })
-    }
-
-    fn source(&self, topic: &str) -> Source {
-        if topic == self.topics.kustom_topic {
-            Source::Kustom
-        } else if topic == self.topics.observations_topic {
-            Source::Observations
-        } else {
-            Source::Ipp
-        }
     }
 
     /// Merges until `shutdown`. Waits for its topics first; the session projector's
@@ -143,7 +133,7 @@ impl OrdersProjector {
         let mut facts: Vec<Fact> = Vec::new();
         let mut poison: Vec<(&OwnedMessage, String)> = Vec::new();
         for message in batch {
-            let source = self.source(message.topic());
+            let source = self.topics.source(message.topic());
             match facts::decode(source, message.payload().unwrap_or_default()) {
                 Ok(decoded) => facts.extend(decoded),
                 Err(reason) => poison.push((message, format!("orders: {reason}"))),

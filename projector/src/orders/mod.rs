@@ -8,7 +8,7 @@
 mod consumer;
 pub mod facts;
 pub mod report;
-mod store;
+pub(crate) mod store;
 
 use std::time::Duration;
 
@@ -25,6 +25,26 @@ pub struct OrdersConfig {
 }
 
 impl OrdersConfig {
+    /// The three topics the model is built from.
+    pub fn topics(&self) -> [&str; 3] {
+        [
+            &self.ipp_topic,
+            &self.kustom_topic,
+            &self.observations_topic,
+        ]
+    }
+
+    /// Which source a record of `topic` is.
+    pub fn source(&self, topic: &str) -> facts::Source {
+        if topic == self.kustom_topic {
+            facts::Source::Kustom
+        } else if topic == self.observations_topic {
+            facts::Source::Observations
+        } else {
+            facts::Source::Ipp
+        }
+    }
+
     pub fn from_config(config: &crate::Config) -> Self {
         Self {
             group: config.orders_group.clone(),

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
-use super::{follower::Follower, RebuildArgs};
+use super::{follower::Follower, orders::OrdersFollower, swap::lock_order, RebuildArgs};
 use crate::{commands::progress::Progress, config::Config, schema, store::offsets, Error};
 
 /// One table's differences, rebuilt versus live.
@@ -34,11 +34,28 @@ const COMPARED: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// The orders model's fact tables, compared when the rebuild covers it (the view is
+/// computed from them). Operations and disputes are keyed by their composite keys.
+const COMPARED_ORDERS: [(&str, &str, &str); 3] = [
+    ("ipp_order_facts", "order_id::text", "'{updated_at}'"),
+    (
+        "ipp_order_operations",
+        "order_id::text || ' ' || kind || ' ' || operation_id",
+        "'{}'",
+    ),
+    (
+        "ipp_order_disputes",
+        "order_id::text || ' ' || dispute_id",
+        "'{}'",
+    ),
+];
+
 pub(super) async fn dry_run(
     config: &Config,
     args: &RebuildArgs,
     admin: &PgPool,
     follower: &mut Follower<'_>,
+    mut orders: Option<&mut OrdersFollower<'_>>,
     progress: &mut Progress,
     check_deadline: &dyn Fn() -> Result<(), Error>,
 ) -> Result<Vec<TableDiff>, Error> {
@@ -62,10 +79,21 @@ pub(super) async fn dry_run(
     }
     // Freeze the live tables for writers (readers go on), reach exactly their offsets, compare.
     let mut tx = admin.begin().await?;
-    let tables = schema::qualified_tables(live);
+    let tables = schema::qualified(live, &lock_order(orders.is_some()));
     sqlx::query(&format!("LOCK TABLE {tables} IN SHARE MODE"))
         .execute(&mut *tx)
         .await?;
+    // The orders tables keep no offsets: the rebuilt ones reach the log's end of this
+    // moment. A live orders consumer that lags shows its lag as rows added.
+    if let Some(orders) = orders.as_deref_mut() {
+        let highs = orders.highs()?;
+        let within = Duration::from_millis(args.max_lock_ms.max(30_000));
+        if !orders.catch_up(&highs, within).await? {
+            return Err(Error::Operation(
+                "the rebuilt orders could not reach the log's end".into(),
+            ));
+        }
+    }
     let targets: BTreeMap<i32, i64> = offsets::load(&mut *tx, &config.group, &config.ipp_topic)
         .await?
         .into_iter()
@@ -84,7 +112,14 @@ pub(super) async fn dry_run(
     }
     progress.update("comparing", follower.totals.records, 0)?;
     let mut diffs = Vec::new();
-    for (table, key, ignored) in COMPARED {
+    let compared = COMPARED.iter().chain(
+        orders
+            .is_some()
+            .then_some(COMPARED_ORDERS.iter())
+            .into_iter()
+            .flatten(),
+    );
+    for &(table, key, ignored) in compared {
         let row = sqlx::query(&format!(
             "WITH l AS (SELECT {key} AS k, to_jsonb(t) - {ignored}::text[] AS doc FROM {live}.{table} t),
                   s AS (SELECT {key} AS k, to_jsonb(t) - {ignored}::text[] AS doc FROM {shadow}.{table} t)

@@ -30,6 +30,10 @@ use crate::{
 /// offsets (or the low watermarks).
 pub(super) struct Follower<'a> {
     consumer: StreamConsumer,
+    /// Asks for the watermarks: a request on the fetching consumer's connections waits
+    /// behind its long-poll fetch (up to `fetch.wait.max.ms` per partition), which added
+    /// seconds to the time the swap holds the live tables' locks.
+    marks_client: StreamConsumer,
     engine: Engine<'a>,
     topic: String,
     partitions: Vec<i32>,
@@ -54,8 +58,9 @@ impl<'a> Follower<'a> {
     pub(super) async fn new(config: &'a Config, pool: &'a PgPool) -> Result<Self, Error> {
         let topic = config.ipp_topic.clone();
         let consumer = reader::consumer(config, "rebuild")?;
-        let partitions = reader::partitions(&consumer, &topic)?;
-        let marks = reader::watermarks(&consumer, &topic, &partitions)?;
+        let marks_client = reader::consumer(config, "rebuild-marks")?;
+        let partitions = reader::partitions(&marks_client, &topic)?;
+        let marks = reader::watermarks(&marks_client, &topic, &partitions)?;
         let stored = offsets::load(pool, &config.group, &topic).await?;
         let positions: BTreeMap<i32, i64> = marks
             .iter()
@@ -66,6 +71,7 @@ impl<'a> Follower<'a> {
         parked.refresh().await?;
         Ok(Self {
             consumer,
+            marks_client,
             engine: Engine::new(
                 pool,
                 &config.ipp_topic,
@@ -92,7 +98,7 @@ impl<'a> Follower<'a> {
     /// The low watermarks now, per partition.
     pub(super) fn lows(&self) -> Result<BTreeMap<i32, i64>, Error> {
         Ok(
-            reader::watermarks(&self.consumer, &self.topic, &self.partitions)?
+            reader::watermarks(&self.marks_client, &self.topic, &self.partitions)?
                 .into_iter()
                 .map(|(p, (low, _))| (p, low))
                 .collect(),
@@ -101,7 +107,7 @@ impl<'a> Follower<'a> {
 
     pub(super) fn highs(&self) -> Result<BTreeMap<i32, i64>, Error> {
         Ok(
-            reader::watermarks(&self.consumer, &self.topic, &self.partitions)?
+            reader::watermarks(&self.marks_client, &self.topic, &self.partitions)?
                 .into_iter()
                 .map(|(p, (_, high))| (p, high))
                 .collect(),

@@ -35,6 +35,11 @@
 //! is known and accepted. The low watermarks are checked before the shadow is built
 //! and again inside the swap transaction.
 //!
+//! The orders model (`orders`) is rebuilt beside the sessions in the same shadow and
+//! swapped in the same transaction, its view with its tables; it keeps no offsets, so
+//! the swap catches it up to the high watermarks of its three topics read under the
+//! locks.
+//!
 //! `--rollback` swaps `ipp_previous` back the same way, after catching it up to the
 //! live offsets. `--dry-run` builds the shadow up to exactly the live offsets and
 //! reports rows added, changed and missing. Rebuild writes only the projector's
@@ -42,6 +47,7 @@
 
 mod diff;
 mod follower;
+mod orders;
 mod report;
 mod swap;
 
@@ -52,9 +58,11 @@ use std::{
 
 use ipp_service::DatabaseArgs;
 use sqlx::PgPool;
-use tracing::info;
+use tracing::{info, warn};
 
-use self::{diff::dry_run, follower::Follower, swap::complete_history, swap::swap};
+use self::{
+    diff::dry_run, follower::Follower, orders::OrdersFollower, swap::complete_history, swap::swap,
+};
 use crate::{commands::progress::Progress, config::Config, schema, Error};
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -180,9 +188,32 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
 
     let started = Instant::now();
     let mut follower = Follower::new(config, &pool).await?;
+    // The orders model is rebuilt and swapped with the sessions when the projector builds
+    // it and both sides hold it (a previous version from before migration 1002 does not:
+    // a rollback to it leaves the live orders model as it is).
+    let with_orders = config.orders
+        && schema::has_orders(&admin, live).await?
+        && schema::has_orders(&admin, source).await?;
+    if config.orders && !with_orders {
+        warn!(
+            source,
+            "the orders model is not part of this swap: {source} has no orders tables"
+        );
+    }
+    let mut orders = match with_orders {
+        true => Some(OrdersFollower::new(config, &pool)?),
+        false => None,
+    };
     if args.checks_history() {
-        if let Err(refused) = complete_history(&config.ipp_topic, &follower.lows()?) {
+        let mut checked = complete_history(&config.ipp_topic, &follower.lows()?);
+        if let Some(orders) = &orders {
+            for (topic, lows) in orders.lows_by_topic()? {
+                checked = checked.and_then(|()| complete_history(&topic, &lows));
+            }
+        }
+        if let Err(refused) = checked {
             drop(follower);
+            drop(orders);
             return Err(discard(&admin, pool, shadow, refused).await);
         }
     }
@@ -209,6 +240,7 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
             args,
             &admin,
             &mut follower,
+            orders.as_mut(),
             &mut progress,
             &check_deadline,
         )
@@ -227,22 +259,31 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
 
     // Catch up until close to the high watermarks, then try to swap.
     let mut highs = follower.highs()?;
+    let mut orders_highs = orders.as_ref().map(|o| o.highs()).transpose()?;
     let mut checked = Instant::now();
     let mut attempts = 0u32;
     loop {
         check_deadline()?;
-        let applied = follower.step(None, Duration::from_millis(300)).await?;
+        let mut applied = follower.step(None, Duration::from_millis(300)).await?;
+        if let Some(orders) = orders.as_mut() {
+            applied += orders.step(Duration::from_millis(50)).await?;
+        }
         if checked.elapsed() >= Duration::from_millis(500) || applied == 0 {
             highs = follower.highs()?;
+            orders_highs = orders.as_ref().map(|o| o.highs()).transpose()?;
             checked = Instant::now();
         }
+        let orders_lag = match (&orders, &orders_highs) {
+            (Some(orders), Some(highs)) => orders.lag(highs),
+            _ => 0,
+        };
         let lag = follower.lag(&highs);
-        progress.update("catching_up", follower.totals.records, lag)?;
-        if lag > args.swap_lag {
+        progress.update("catching_up", follower.totals.records, lag + orders_lag)?;
+        if lag > args.swap_lag || orders_lag > args.swap_lag {
             continue;
         }
         attempts += 1;
-        match swap(config, args, &admin, &mut follower, source).await {
+        match swap(config, args, &admin, &mut follower, orders.as_mut(), source).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(refused @ Error::TruncatedHistory(_)) => {
@@ -259,7 +300,9 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
     }
     progress.finish();
     let (totals, poison_parked) = (follower.totals, follower.poison_parked);
+    let orders_read = orders.as_ref().map(|o| (o.records, o.skipped));
     drop(follower);
+    drop(orders);
     pool.close().await;
     if !args.rollback {
         // Only its `_sqlx_migrations` is left.
@@ -267,9 +310,17 @@ pub async fn run(config: &Config, args: &RebuildArgs) -> Result<(), Error> {
             .execute(&admin)
             .await?;
     }
-    let counts = row_counts(&admin, live).await?;
+    let counts = row_counts(&admin, live, orders_read.is_some()).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    report::swapped(args, live, &totals, poison_parked, &counts, elapsed)?;
+    report::swapped(
+        args,
+        live,
+        &totals,
+        poison_parked,
+        orders_read,
+        &counts,
+        elapsed,
+    )?;
     drop(guard);
     Ok(())
 }
@@ -287,9 +338,21 @@ async fn discard(admin: &PgPool, pool: PgPool, shadow: &str, refused: Error) -> 
     }
 }
 
-async fn row_counts(pool: &PgPool, schema_name: &str) -> Result<HashMap<String, i64>, Error> {
+async fn row_counts(
+    pool: &PgPool,
+    schema_name: &str,
+    with_orders: bool,
+) -> Result<HashMap<String, i64>, Error> {
     let mut counts = HashMap::new();
-    for table in ["ipp_events", "ipp_sessions"] {
+    let mut tables = vec!["ipp_events", "ipp_sessions"];
+    if with_orders {
+        tables.extend([
+            "ipp_order_facts",
+            "ipp_order_operations",
+            "ipp_order_disputes",
+        ]);
+    }
+    for table in tables {
         // Runtime SQL: a schema-qualified name (the schema was validated).
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema_name}.{table}"))
             .fetch_one(pool)

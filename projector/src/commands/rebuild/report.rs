@@ -29,12 +29,12 @@ pub(super) fn dry_run(
     }
     text("dry run: rebuilt read models versus the live tables (nothing swapped)")?;
     text(&format!(
-        "{:<14} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "{:<22} {:>10} {:>10} {:>8} {:>8} {:>8}",
         "table", "live", "rebuilt", "added", "changed", "missing"
     ))?;
     for d in diffs {
         text(&format!(
-            "{:<14} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            "{:<22} {:>10} {:>10} {:>8} {:>8} {:>8}",
             d.table, d.live_rows, d.rebuilt_rows, d.added, d.changed, d.missing
         ))?;
     }
@@ -80,6 +80,7 @@ pub(super) fn swapped(
     live: &str,
     totals: &Totals,
     poison_parked: u64,
+    orders: Option<(u64, u64)>,
     counts: &HashMap<String, i64>,
     elapsed: f64,
 ) -> Result<(), Error> {
@@ -100,6 +101,11 @@ pub(super) fn swapped(
             "poison_skipped": totals.poison,
             "poison_parked": poison_parked,
             "rows": counts,
+            // Null when the orders model was not part of the swap.
+            "orders": orders.map(|(records, skipped)| json!({
+                "records_read": records,
+                "unusable_skipped": skipped,
+            })),
             "elapsed_seconds": (elapsed * 10.0).round() / 10.0,
         }))
     } else {
@@ -112,6 +118,13 @@ pub(super) fn swapped(
             "{what} ({live}): ipp_events {} rows, ipp_sessions {} rows; {} records read, {} events applied, {} duplicates, {} poison records skipped ({poison_parked} of them parked by this rebuild, the others were in the dead-letter topic already), in {elapsed:.1}s",
             counts["ipp_events"], counts["ipp_sessions"], totals.records, totals.applied, totals.duplicates, totals.poison
         ))?;
+        match orders {
+            Some((records, skipped)) => text(&format!(
+                "orders: ipp_order_facts {} rows, ipp_order_operations {} rows, ipp_order_disputes {} rows; {records} records read, {skipped} unusable skipped (the live orders consumer parks them)",
+                counts["ipp_order_facts"], counts["ipp_order_operations"], counts["ipp_order_disputes"]
+            ))?,
+            None => text("orders: not part of this swap (the live orders model is unchanged)")?,
+        }
         text(&format!(
             "the replaced version is kept in schema {previous}: `ipp-projector rebuild --rollback` swaps it back"
         ))
