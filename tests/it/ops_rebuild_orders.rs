@@ -28,9 +28,19 @@ async fn state_of(pool: &PgPool, order: Uuid) -> Option<String> {
         .expect("ipp_orders")
 }
 
-async fn wait_for_state(pool: &PgPool, order: Uuid, state: &str) {
-    eventually(WAIT, &format!("{order} {state}"), || async {
-        state_of(pool, order).await.as_deref() == Some(state)
+/// Waits until `order` is captured once (an order without operations is `in_sync`
+/// from its finalized event on) and in sync.
+async fn wait_until_captured_in_sync(pool: &PgPool, order: Uuid) {
+    eventually(WAIT, &format!("{order} captured, in sync"), || async {
+        let captured: Option<bool> = sqlx::query_scalar(
+            "SELECT reconciliation_state = 'in_sync' AND cardinality(capture_ids) = 1
+             FROM ipp_orders WHERE order_id = $1",
+        )
+        .bind(order)
+        .fetch_optional(pool)
+        .await
+        .expect("ipp_orders");
+        captured == Some(true)
     })
     .await;
 }
@@ -80,7 +90,7 @@ async fn a_rebuild_restores_the_orders_model_from_the_log_and_rollback_brings_it
         processes.finalize(MERCHANT, order).await;
     }
     for &order in &orders[..4] {
-        wait_for_state(&pool, order, "in_sync").await;
+        wait_until_captured_in_sync(&pool, order).await;
     }
     let refunded = orders[0].to_string();
     let env = processes.actions_config().env();
@@ -93,10 +103,13 @@ async fn a_rebuild_restores_the_orders_model_from_the_log_and_rollback_brings_it
         "250",
         "--wait-secs",
         "60",
+        "--json",
     ];
-    cli::run_async("ipp-actions", &args, &env, WAIT)
+    let issued = cli::run_async("ipp-actions", &args, &env, WAIT)
         .await
         .success();
+    let issued: Value = serde_json::from_str(issued.stdout.trim()).expect("json");
+    assert_eq!(issued["status"], "succeeded", "{issued}");
     eventually(WAIT, "the refund confirmed, the Portal's capture flagged", || async {
         let refunds: Option<i64> = sqlx::query_scalar(
             "SELECT refunded_amount FROM ipp_orders WHERE order_id = $1 AND reconciliation_state = 'in_sync'",
@@ -211,7 +224,7 @@ async fn a_rebuild_restores_the_orders_model_from_the_log_and_rollback_brings_it
     // The live orders consumer goes on, into the rebuilt tables.
     let later = Uuid::new_v4();
     processes.finalize(MERCHANT, later).await;
-    wait_for_state(&pool, later, "in_sync").await;
+    wait_until_captured_in_sync(&pool, later).await;
 
     // The previous (damaged) version comes back, caught up with the log: the order
     // finalized since is there, the deleted rows merged again, the edited amount kept.

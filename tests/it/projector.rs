@@ -511,7 +511,7 @@ async fn concurrent_migrate_runs_both_succeed() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, vec![1001, 1002]);
+    assert_eq!(versions, vec![1001, 1002, 1003]);
     for table in [
         "ipp_events",
         "ipp_sessions",

@@ -283,8 +283,10 @@ pub async fn settle(pool: &PgPool, workloads: &[&Workload], within: Duration) {
             .fetch_one(pool)
             .await
             .unwrap_or(0);
+        // Settled and its outcome published: the ledger row then stays as it is.
         let settled: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM ipp_actions WHERE status <> 'pending' AND kind <> 'observe'",
+            "SELECT count(*) FROM ipp_actions
+             WHERE status <> 'pending' AND kind <> 'observe' AND published_at IS NOT NULL",
         )
         .fetch_one(pool)
         .await
