@@ -4,6 +4,7 @@
 
 mod accounts;
 mod actions;
+mod alert_rules;
 mod bench_smoke;
 mod commands;
 mod commands_api;
