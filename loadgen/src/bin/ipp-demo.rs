@@ -157,9 +157,14 @@ async fn main() -> anyhow::Result<()> {
                 .bind(&event_ids)
                 .fetch_one(&pool)
                 .await?;
+        // The automatic captures only: the reads Kustom's capture.created prompts
+        // (`observe` rows) settle too, and counting them ended this wait before every
+        // capture had (the plan then saw captured amounts of 0).
         let settled: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM ipp_actions a JOIN ipp_events e ON e.order_id = a.order_id \
-             WHERE e.event_id = ANY($1) AND a.status <> 'pending'",
+            "SELECT count(DISTINCT a.order_id) FROM ipp_actions a \
+             JOIN ipp_events e ON e.order_id = a.order_id \
+             WHERE e.event_id = ANY($1) AND a.kind = 'capture' AND a.action = 'capture' \
+               AND a.status <> 'pending'",
         )
         .bind(&event_ids)
         .fetch_one(&pool)
@@ -367,6 +372,12 @@ async fn issue_commands(
         let amount = sim_order(client, &args.om_sim_url, order_id).await?["captured_amount"]
             .as_i64()
             .unwrap_or(0);
+        // A plan over an order not captured yet would refund 0.01 and expect refusals
+        // that cannot come: say so instead.
+        anyhow::ensure!(
+            amount > 0,
+            "order {order_id} is not captured yet: the commands' plan needs its amount"
+        );
         with_amounts.push((order_id, amount));
     }
     let captured: [(Uuid, i64); 4] = with_amounts
