@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::ValueEnum;
 use ipp_schemas::topics;
-use ipp_service::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
+use ipp_service::{
+    AdminListenArgs, AdminListens, DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs, Secret,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -16,6 +18,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub listen: ListenArgs<Actions>,
+
+    #[command(flatten)]
+    pub admin_listen: AdminListenArgs<Actions>,
 
     /// Topic of ipp.* events (written by ipp-ingest).
     #[arg(long, env = "IPP_TOPIC", default_value = topics::IPP_EVENTS, global = true)]
@@ -404,4 +409,8 @@ impl Listens for Actions {
     const ENV: &'static str = "ACTIONS_HTTP";
     const DEFAULT: &'static str = "0.0.0.0:9102";
     const SERVES: &'static str = "the commands API (/v1/...), /healthz, /readyz, /metrics";
+}
+
+impl AdminListens for Actions {
+    const ENV: &'static str = "ACTIONS_ADMIN_LISTEN";
 }

@@ -17,24 +17,44 @@ pub struct AppState {
     pub consumer_ready: Readiness,
 }
 
-/// The API when `api` is given (tokens are configured), else an answer saying it is off.
-pub fn router(state: AppState, api: Option<Arc<api::Api>>) -> Router {
+/// The API when `api` is given (tokens are configured), else an answer saying it is off;
+/// `probes` says whether `/metrics` is here or on the admin address.
+pub fn router(
+    state: Arc<AppState>,
+    api: Option<Arc<api::Api>>,
+    probes: ipp_service::probe::Routes,
+) -> Router {
     let api = match api {
         Some(api) => api::router(api),
         None => api::disabled(),
     };
-    ipp_service::http::with_json_fallbacks(api.merge(ipp_service::probe::router(Arc::new(state))))
+    ipp_service::http::with_json_fallbacks(api.merge(ipp_service::probe::router(state, probes)))
 }
 
+/// Serves the API and the probes on `listener`, and the probes alone on `admin` when
+/// there is one (which then has `/metrics`), until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     state: AppState,
     api: Option<Arc<api::Api>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, api))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let state = Arc::new(state);
+    let probes = match admin {
+        Some(_) => ipp_service::probe::Routes::HealthOnly,
+        None => ipp_service::probe::Routes::All,
+    };
+    let main = axum::serve(listener, router(state.clone(), api, probes))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    match admin {
+        Some(admin) => {
+            let admin = ipp_service::probe::serve_admin(admin, state, shutdown);
+            let (main, admin) = tokio::join!(main, admin);
+            main.and(admin)
+        }
+        None => main.await,
+    }
 }
 
 /// Ready when the ledger answers and the consumer is running.

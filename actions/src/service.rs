@@ -13,7 +13,7 @@ use crate::{
     command::CommandLog,
     config::Config,
     http,
-    kafka::{consumer, dead_letters::DeadLetters, observations::ObservationLog},
+    kafka::{self, consumer, dead_letters::DeadLetters, observations::ObservationLog},
     ledger, metrics, om, publisher, retry, worker, Error,
 };
 
@@ -123,8 +123,17 @@ pub async fn run(
     info!(listen = %listener.local_addr()?, "ipp-actions listening");
     // The operations server outlives the rest so that /metrics works during shutdown.
     let http_stop = CancellationToken::new();
+    let admin = config
+        .admin_listen
+        .bind()
+        .await
+        .map_err(|e| Error::Config(ipp_service::error_chain(&e)))?;
+    if let Some(admin) = &admin {
+        info!(admin_listen = %admin.local_addr()?, "serving /metrics on the admin address");
+    }
     let http = tokio::spawn(http::serve(
         listener,
+        admin,
         http::AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
@@ -138,6 +147,25 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
+    let dead_letter_size = tokio::spawn({
+        let (kafka, topic, gauge) = (
+            config.kafka.clone(),
+            config.dlq_topic.clone(),
+            metrics.dead_letter_records.clone(),
+        );
+        let (client_id, stop) = (format!("{}-dlq-size", kafka::CLIENT_ID), shutdown.clone());
+        async move {
+            ipp_service::kafka::watch_topic_size(
+                &kafka,
+                &client_id,
+                topic,
+                gauge,
+                DLQ_SIZE_EVERY,
+                stop,
+            )
+            .await
+        }
+    });
     info!(
         topic = %config.ipp_topic,
         group = %config.group,
@@ -165,6 +193,7 @@ pub async fn run(
         }
     }
     let _ = gauges.await;
+    let _ = dead_letter_size.await;
     http_stop.cancel();
     match http.await {
         Ok(result) => result?,
@@ -181,6 +210,9 @@ pub async fn run(
     Ok(())
 }
 
+/// How often the dead-letter topic's size is measured.
+const DLQ_SIZE_EVERY: Duration = Duration::from_secs(30);
+
 /// Pending actions and the age of the oldest, and the outbox's backlog, refreshed every
 /// few seconds.
 async fn update_gauges(
@@ -195,9 +227,14 @@ async fn update_gauges(
             _ = tick.tick() => {}
         }
         match ledger::pending_stats(&pool).await {
-            Ok((count, oldest)) => {
-                metrics.pending.set(count);
-                metrics.oldest_pending_seconds.set(oldest);
+            Ok(pending) => {
+                metrics.pending.set(pending.count);
+                metrics
+                    .oldest_pending_seconds
+                    .set(pending.oldest_age_seconds);
+                metrics
+                    .oldest_pending_created
+                    .set(pending.oldest_created.unwrap_or(pending.now));
             }
             Err(e) => warn!(error = %e, "reading pending actions failed"),
         }

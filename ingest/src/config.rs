@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use ipp_schemas::topics;
-use ipp_service::{KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
+use ipp_service::{AdminListenArgs, AdminListens, KafkaArgs, ListenArgs, Listens, LogArgs, Secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -19,6 +19,9 @@ HTTP: POST /webhooks/kustom, GET /healthz (alive), GET /readyz (broker reachable
 pub struct Config {
     #[command(flatten)]
     pub listen: ListenArgs<Ingest>,
+
+    #[command(flatten)]
+    pub admin_listen: AdminListenArgs<Ingest>,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -127,6 +130,10 @@ impl Listens for Ingest {
     const ENV: &'static str = "INGEST_LISTEN";
     const DEFAULT: &'static str = "0.0.0.0:8080";
     const SERVES: &'static str = "POST /webhooks/kustom, /healthz, /readyz, /metrics";
+}
+
+impl AdminListens for Ingest {
+    const ENV: &'static str = "INGEST_ADMIN_LISTEN";
 }
 
 #[cfg(test)]

@@ -37,11 +37,12 @@ pub struct AppState {
     pub retry_after_secs: u64,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The public router; `probes` says whether `/metrics` is on it or on the admin address.
+pub fn router(state: Arc<AppState>, probes: ipp_service::probe::Routes) -> Router {
     let routes = Router::new()
         .route("/webhooks/kustom", post(receive_webhook))
         .with_state(state.clone())
-        .merge(ipp_service::probe::router(state));
+        .merge(ipp_service::probe::router(state, probes));
     ipp_service::http::with_json_fallbacks(routes)
 }
 
@@ -80,6 +81,7 @@ async fn receive_webhook(
     body: Body,
 ) -> Response {
     let _in_flight = InFlight::start(&state.metrics.in_flight);
+    let started = std::time::Instant::now();
     // The caller's trace continued (or a new one): this request's span, whose context
     // goes into the record for the consumers to continue.
     let trace =
@@ -104,6 +106,11 @@ async fn receive_webhook(
         .requests
         .with_label_values(&[outcome, metrics::event_type_label(event_type)])
         .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(stored) => stored.response,
         Err((error, _)) => error.into_response(),
@@ -210,6 +217,7 @@ async fn accept(
         .observe(started.elapsed().as_secs_f64());
     match appended {
         Ok(at) => {
+            state.metrics.acknowledged(&topic, at.partition, at.offset);
             tracing::info!(
                 topic,
                 partition = at.partition,

@@ -33,6 +33,8 @@ pub enum StartError {
     Producer(#[from] kafka::ProducerConfigError),
     #[error("http server failed")]
     Serve(#[source] std::io::Error),
+    #[error("INGEST_ADMIN_LISTEN")]
+    AdminListen(#[source] ipp_service::args::BindError),
 }
 
 /// The default secrets and those of every account of the accounts file that has some.
@@ -123,9 +125,29 @@ pub async fn run_with_clock(
         header_read_timeout: config.header_read_timeout(),
         max_connections: config.max_connections,
     };
+    let admin = match config
+        .admin_listen
+        .bind()
+        .await
+        .map_err(StartError::AdminListen)?
+    {
+        Some(admin) => {
+            tracing::info!(admin_listen = %admin.local_addr().map_err(StartError::Serve)?, "serving /metrics on the admin address");
+            Some(tokio::spawn(ipp_service::probe::serve_admin(
+                admin,
+                state.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let probes = match &admin {
+        Some(_) => ipp_service::probe::Routes::HealthOnly,
+        None => ipp_service::probe::Routes::All,
+    };
     let server = server::serve(
         listener,
-        http::router(state.clone()),
+        http::router(state.clone(), probes),
         limits,
         shutdown.clone(),
     );
@@ -136,6 +158,13 @@ pub async fn run_with_clock(
     tokio::select! {
         () = server => {}
         () = drain_deadline => tracing::warn!("in-flight requests did not finish in time"),
+    }
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
+            Err(error) => tracing::warn!(%error, "admin server task ended abnormally"),
+        }
     }
     if let Err(error) = state.log.flush(config.shutdown_timeout()).await {
         tracing::warn!(%error, "producer flush incomplete at shutdown");

@@ -42,5 +42,5 @@ impl Probe for ProbeState {
 }
 
 pub fn router(state: ProbeState) -> Router {
-    ipp_service::probe::router(Arc::new(state))
+    ipp_service::probe::router(Arc::new(state), ipp_service::probe::Routes::All)
 }

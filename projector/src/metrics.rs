@@ -2,12 +2,11 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use ipp_service::ServiceMetrics;
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 pub struct Metrics {
-    registry: Registry,
+    registry: ServiceMetrics,
     /// Distinct events newly stored, by event type.
     pub events_applied: IntCounterVec,
     /// Records whose event id was already stored (redeliveries, webhook retries).
@@ -19,9 +18,18 @@ pub struct Metrics {
     pub batch_failures: IntCounter,
     /// High watermark minus the stored next offset, per assigned partition.
     pub partition_lag: IntGaugeVec,
+    /// The next offset to apply per assigned partition (the offset stored with the read
+    /// models), beside ingest's `ipp_ingest_partition_high_offset`: their difference is
+    /// the lag, and Prometheus can still compute it once this process is gone.
+    pub partition_next_offset: IntGaugeVec,
     /// `received_at` of the last applied event, in microseconds since the epoch.
     last_applied_received_at_us: AtomicI64,
-    last_applied_age: prometheus::Gauge,
+    last_applied_received: Gauge,
+    /// Deprecated for `last_applied_received`: an age grows between scrapes and hides a
+    /// stall behind the scrape interval; alerts compute `time() - timestamp` instead.
+    last_applied_age: Gauge,
+    /// Records in the dead-letter topic (high minus low watermark), refreshed every 30 s.
+    pub dead_letter_records: IntGaugeVec,
     /// Facts merged into the orders read model.
     pub order_facts: IntCounter,
     /// Orders per reconciliation state, refreshed every 10 s.
@@ -78,9 +86,30 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("valid metric");
-        let last_applied_age = prometheus::Gauge::new(
+        let partition_next_offset = IntGaugeVec::new(
+            Opts::new(
+                "ipp_projector_partition_next_offset",
+                "The next offset to apply in the partition (stored with the read models)",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let last_applied_received = Gauge::new(
+            "ipp_projector_last_applied_event_received_timestamp_seconds",
+            "When ingest received the newest event this projector applied (Unix time)",
+        )
+        .expect("valid metric");
+        let last_applied_age = Gauge::new(
             "ipp_projector_last_applied_event_age_seconds",
-            "Seconds since ingest received the last event this projector applied",
+            "Deprecated: use time() - ipp_projector_last_applied_event_received_timestamp_seconds",
+        )
+        .expect("valid metric");
+        let dead_letter_records = IntGaugeVec::new(
+            Opts::new(
+                "ipp_projector_dead_letter_records",
+                "Records in the dead-letter topic (redriven ones included), refreshed every 30 s",
+            ),
+            &["topic"],
         )
         .expect("valid metric");
         let order_facts = IntCounter::new(
@@ -105,7 +134,7 @@ impl Metrics {
         )
         .expect("valid metric");
 
-        let registry = Registry::new();
+        let registry = ServiceMetrics::new("projector", &[]);
         for collector in [
             Box::new(events_applied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duplicate_events.clone()),
@@ -114,12 +143,15 @@ impl Metrics {
             Box::new(batch_seconds.clone()),
             Box::new(batch_failures.clone()),
             Box::new(partition_lag.clone()),
+            Box::new(partition_next_offset.clone()),
+            Box::new(last_applied_received.clone()),
             Box::new(last_applied_age.clone()),
+            Box::new(dead_letter_records.clone()),
             Box::new(order_facts.clone()),
             Box::new(orders_by_state.clone()),
             Box::new(order_mismatches.clone()),
         ] {
-            registry.register(collector).expect("unique metric");
+            registry.register(collector);
         }
         Self {
             registry,
@@ -130,8 +162,11 @@ impl Metrics {
             batch_seconds,
             batch_failures,
             partition_lag,
+            partition_next_offset,
             last_applied_received_at_us: AtomicI64::new(0),
+            last_applied_received,
             last_applied_age,
+            dead_letter_records,
             order_facts,
             orders_by_state,
             order_mismatches,
@@ -143,15 +178,17 @@ impl Metrics {
             .fetch_max(received_at.timestamp_micros(), Ordering::Relaxed);
     }
 
-    /// The text exposition format, with the event age computed at scrape time.
+    /// The text exposition format, with the (deprecated) event age computed at scrape
+    /// time.
     pub fn render(&self) -> String {
         let last = self.last_applied_received_at_us.load(Ordering::Relaxed);
         if last > 0 {
             let now = chrono::Utc::now().timestamp_micros();
+            self.last_applied_received.set(last as f64 / 1_000_000.0);
             self.last_applied_age
                 .set((now - last).max(0) as f64 / 1_000_000.0);
         }
-        ipp_service::render_metrics(&self.registry)
+        self.registry.render()
     }
 }
 

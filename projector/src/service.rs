@@ -1,6 +1,6 @@
 //! The service: migrate, serve the probes, project until shut down.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -10,7 +10,7 @@ use tracing::info;
 use ipp_service::probe::Readiness;
 
 use crate::{
-    config::Config,
+    config::{Config, CLIENT_ID},
     dead_letters::DeadLetters,
     http::{self, ProbeState},
     kafka::consumer::Projector,
@@ -18,6 +18,9 @@ use crate::{
     orders::{OrdersConfig, OrdersProjector},
     schema, Error,
 };
+
+/// How often the dead-letter topic's size is measured.
+const DLQ_SIZE_EVERY: Duration = Duration::from_secs(30);
 
 /// Connects to PostgreSQL with bounded waits, every connection's `search_path` set
 /// to `PROJECTOR_SCHEMA`. A database that is still starting (the usual case when
@@ -63,6 +66,25 @@ pub async fn run(
 
     // The orders model runs beside the sessions; either failing for good stops both.
     let stop = shutdown.child_token();
+    let dead_letter_size = tokio::spawn({
+        let (kafka, topic, gauge) = (
+            config.kafka.clone(),
+            config.dlq_topic.clone(),
+            metrics.dead_letter_records.clone(),
+        );
+        let (client_id, stop) = (format!("{CLIENT_ID}-dlq-size"), stop.clone());
+        async move {
+            ipp_service::kafka::watch_topic_size(
+                &kafka,
+                &client_id,
+                topic,
+                gauge,
+                DLQ_SIZE_EVERY,
+                stop,
+            )
+            .await
+        }
+    });
     let orders = match config.orders {
         true => {
             let orders = OrdersProjector::new(
@@ -84,6 +106,7 @@ pub async fn run(
     let projector = Projector::new(config, pool.clone(), metrics, ready).await?;
     let result = projector.run(stop.clone()).await;
     stop.cancel();
+    let _ = dead_letter_size.await;
     let orders_result = match orders {
         Some(task) => task
             .await

@@ -220,6 +220,88 @@ impl<S: Listens> clap::FromArgMatches for ListenArgs<S> {
     }
 }
 
+/// A service whose `/metrics` may move to an admin address of its own, away from the
+/// listener its clients reach.
+pub trait AdminListens {
+    /// The environment variable (`<SERVICE>_ADMIN_LISTEN`).
+    const ENV: &'static str;
+}
+
+/// `--admin-listen` / `<SERVICE>_ADMIN_LISTEN`: see [`AdminListens`]. Unset, `/metrics`
+/// is served on the main listener.
+pub struct AdminListenArgs<S> {
+    pub addr: Option<SocketAddr>,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> AdminListenArgs<S> {
+    pub fn new(addr: Option<SocketAddr>) -> Self {
+        Self {
+            addr,
+            service: PhantomData,
+        }
+    }
+
+    /// Binds the admin listener, when one is set.
+    pub async fn bind(&self) -> Result<Option<TcpListener>, BindError> {
+        match self.addr {
+            Some(addr) => ListenArgs::<S>::new(addr).bind().await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<S> Clone for AdminListenArgs<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.addr)
+    }
+}
+
+impl<S> fmt::Debug for AdminListenArgs<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+const ADMIN_LISTEN_ID: &str = "admin_listen_address";
+
+impl<S: AdminListens> clap::Args for AdminListenArgs<S> {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.arg(
+            Arg::new(ADMIN_LISTEN_ID)
+                .long("admin-listen")
+                .env(S::ENV)
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .global(true)
+                .help(
+                    "Address of a second HTTP server for operators: /metrics moves there \
+                     (with /healthz and /readyz, which stay on the main address too). \
+                     Unset, /metrics is on the main address.",
+                ),
+        )
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl<S: AdminListens> clap::FromArgMatches for AdminListenArgs<S> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self::new(
+            matches.get_one::<SocketAddr>(ADMIN_LISTEN_ID).copied(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(addr) = matches.get_one::<SocketAddr>(ADMIN_LISTEN_ID) {
+            self.addr = Some(*addr);
+        }
+        Ok(())
+    }
+}
+
 /// Environment variables that were renamed, as (old, new). Call before parsing: an old
 /// name that is set, while its new name is not, is carried over to the new name.
 /// Returns the old names found, for a warning once logging is up.

@@ -151,6 +151,54 @@ pub fn watermarks<C: ClientContext>(
         .collect()
 }
 
+/// Keeps `gauge{topic}` at the number of records stored in `topic` (high minus low
+/// watermark, summed over its partitions), asking the brokers every `every` from a
+/// client of its own that never joins a group. A topic that cannot be read keeps its
+/// last value (logged at debug). Runs until `shutdown`.
+pub async fn watch_topic_size(
+    kafka: &KafkaArgs,
+    client_id: &str,
+    topic: String,
+    gauge: prometheus::IntGaugeVec,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let reader: rdkafka::consumer::BaseConsumer =
+        match assign_only_config(kafka, client_id).create() {
+            Ok(reader) => reader,
+            Err(error) => {
+                tracing::warn!(%error, %topic, "cannot create the client that measures the topic");
+                return;
+            }
+        };
+    let reader = Arc::new(reader);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (reader, name) = (reader.clone(), topic.clone());
+        let size = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            topic_size(reader.client(), &name)
+        })
+        .await;
+        match size {
+            Ok(Ok(records)) => gauge.with_label_values(&[&topic]).set(records),
+            Ok(Err(error)) => tracing::debug!(%error, %topic, "topic size unknown for now"),
+            Err(error) => tracing::debug!(%error, %topic, "topic size task failed"),
+        }
+    }
+}
+
+fn topic_size<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<i64, String> {
+    let timeout = Duration::from_secs(5);
+    let partitions = partitions(client, topic, timeout).map_err(|e| e.to_string())?;
+    let marks = watermarks(client, topic, &partitions, timeout).map_err(|e| e.to_string())?;
+    Ok(marks.values().map(|(low, high)| high - low).sum())
+}
+
 /// Waits until every topic of `topics` exists, asking through `producer` every 2 s (on
 /// a blocking thread) and logging why not, at once and then every 30 s. Returns
 /// `false` when `shutdown` came first.

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod args;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod postgres;
 pub mod probe;
 pub mod properties_file;
@@ -14,12 +15,14 @@ pub mod secret_files;
 pub mod telemetry;
 
 pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
-pub use args::{DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs};
+pub use args::{
+    AdminListenArgs, AdminListens, DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs,
+};
+pub use metrics::{render_metrics, Renamed, ServiceMetrics};
 pub use properties_file::KafkaPropertiesFile;
 pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;
 
-use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc for every binary that links this crate (the services, and the benchmark that
@@ -60,13 +63,4 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The registry in Prometheus' text exposition format, for `GET /metrics`.
-pub fn render_metrics(registry: &Registry) -> String {
-    let mut buffer = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buffer)
-        .expect("text encoding of gathered metrics cannot fail");
-    String::from_utf8(buffer).expect("prometheus text is UTF-8")
 }

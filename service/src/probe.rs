@@ -27,13 +27,38 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
-/// The three probe routes over `probe`; merge the service's own routes into it.
-pub fn router<P: Probe>(probe: Arc<P>) -> Router {
-    Router::new()
+/// Which of the probe routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/healthz`, `/readyz` and `/metrics`.
+    All,
+    /// `/healthz` and `/readyz`: `/metrics` is on the admin address.
+    HealthOnly,
+}
+
+/// The probe routes over `probe`; merge the service's own routes into it.
+pub fn router<P: Probe>(probe: Arc<P>, routes: Routes) -> Router {
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz::<P>))
-        .route("/metrics", get(metrics::<P>))
-        .with_state(probe)
+        .route("/readyz", get(readyz::<P>));
+    let router = match routes {
+        Routes::All => router.route("/metrics", get(metrics::<P>)),
+        Routes::HealthOnly => router,
+    };
+    router.with_state(probe)
+}
+
+/// The admin server (`<SERVICE>_ADMIN_LISTEN`): every probe route, nothing else, until
+/// `shutdown`.
+pub async fn serve_admin<P: Probe>(
+    listener: tokio::net::TcpListener,
+    probe: Arc<P>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let router = crate::http::with_json_fallbacks(router(probe, Routes::All));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn readyz<P: Probe>(State(probe): State<Arc<P>>) -> impl IntoResponse {

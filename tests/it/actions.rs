@@ -27,6 +27,64 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------------------
 // Tests.
 
+/// With `ACTIONS_ADMIN_LISTEN`, `/metrics` leaves the commands API's listener for the
+/// admin address; the new names, the lag per partition and the former names are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_to_the_admin_address_with_lag_per_partition() {
+    let fx = Fixture::new(2, |_| {}).await;
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", ipp_tests::free_port())
+        .parse()
+        .unwrap();
+    let finals = finalized(3);
+    fx.produce(&finals).await;
+    let actions = fx.start_actions(&unique_name("actions"), |config| {
+        config.admin_listen = ipp_service::AdminListenArgs::new(Some(admin));
+    });
+    fx.wait_for_count("succeeded", 3, Duration::from_secs(60))
+        .await;
+    let get = |url: String| async move { reqwest::get(url).await.expect("GET") };
+    assert_eq!(
+        get(format!("{}/metrics", actions.url())).await.status(),
+        404
+    );
+    assert_eq!(
+        get(format!("{}/healthz", actions.url())).await.status(),
+        200
+    );
+    let metrics = || async {
+        get(format!("http://{admin}/metrics"))
+            .await
+            .text()
+            .await
+            .unwrap()
+    };
+    // librdkafka's statistics come every 5 s: each of the two partitions, all consumed.
+    eventually(
+        Duration::from_secs(30),
+        "every partition's lag is 0",
+        || async {
+            let text = metrics().await;
+            let lags: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("ipp_actions_partition_lag{") && l.contains(&fx.topic))
+                .collect();
+            lags.len() == 2 && lags.iter().all(|l| l.ends_with(" 0"))
+        },
+    )
+    .await;
+    let text = metrics().await;
+    for wanted in [
+        "ipp_actions_build_info{version=",
+        "\nipp_actions_finished_total{status=\"succeeded\"} 3",
+        // The former name, kept for one release.
+        "\nactions_finished_total{status=\"succeeded\"} 3",
+        "\nipp_actions_oldest_pending_created_timestamp_seconds ",
+        "\nprocess_cpu_seconds_total ",
+    ] {
+        assert!(text.contains(wanted), "{wanted} missing: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types_are_not() {
     let fx = Fixture::new(1, |_| {}).await;
@@ -61,7 +119,7 @@ async fn finalized_session_is_captured_once_with_a_deterministic_key_other_types
         "only finalized sessions get a row"
     );
     assert_eq!(
-        actions.metric("actions_records_total", "ignored").await,
+        actions.metric("ipp_actions_records_total", "ignored").await,
         4.0
     );
 
@@ -108,7 +166,7 @@ async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
         "20 succeeded, 80 duplicates seen",
         || async {
             fx.count("succeeded").await == 20
-                && first.metric("actions_records_total", "duplicate").await == 80.0
+                && first.metric("ipp_actions_records_total", "duplicate").await == 80.0
         },
     )
     .await;
@@ -120,7 +178,12 @@ async fn duplicates_and_a_full_replay_by_a_fresh_group_still_capture_once() {
     eventually(
         Duration::from_secs(90),
         "all 100 records replayed as duplicates",
-        || async { replay.metric("actions_records_total", "duplicate").await == 100.0 },
+        || async {
+            replay
+                .metric("ipp_actions_records_total", "duplicate")
+                .await
+                == 100.0
+        },
     )
     .await;
     replay.stop().await;
@@ -183,7 +246,7 @@ async fn with_5xx_429_and_timeouts_every_order_succeeds_once_and_retry_after_is_
     );
     let checked = assert_retry_after_respected(&calls, retry_after);
     assert!(checked > 0, "no retry after a 429 to check");
-    assert!(actions.metric("actions_om_retries_total", "").await > 0.0);
+    assert!(actions.metric("ipp_actions_om_retries_total", "").await > 0.0);
     actions.stop().await;
 }
 
@@ -421,7 +484,7 @@ async fn an_outage_longer_than_in_place_retries_leaves_actions_pending_then_all_
     )
     .await;
     assert!(fx.sim.captures_by_order().await.is_empty());
-    assert!(actions.metric("actions_rescheduled_total", "").await >= 60.0);
+    assert!(actions.metric("ipp_actions_rescheduled_total", "").await >= 60.0);
 
     fx.sim.put("/_sim/faults", json!({})).await;
     // After the recovery.
@@ -477,11 +540,14 @@ async fn a_retry_after_longer_than_in_place_retries_waits_in_the_ledger() {
     assert!(checked > 0, "no retry after a 429 to check");
     assert!(
         actions
-            .metric("actions_rescheduled_total", "cause=\"429\"")
+            .metric("ipp_actions_rescheduled_total", "cause=\"429\"")
             .await
             > 0.0
     );
-    assert_eq!(actions.metric("actions_om_retries_total", "").await, 0.0);
+    assert_eq!(
+        actions.metric("ipp_actions_om_retries_total", "").await,
+        0.0
+    );
     actions.stop().await;
 }
 
@@ -610,8 +676,8 @@ async fn two_replicas_share_the_ledger_without_working_one_action_twice() {
     let gets = calls.iter().filter(|c| c["method"] == "GET").count();
     assert_eq!((gets, posts), (200, 200));
     let (by_a, by_b) = (
-        a.metric("actions_om_calls_total", "capture").await,
-        b.metric("actions_om_calls_total", "capture").await,
+        a.metric("ipp_actions_om_calls_total", "capture").await,
+        b.metric("ipp_actions_om_calls_total", "capture").await,
     );
     assert_eq!(by_a + by_b, 200.0);
     assert!(
@@ -652,7 +718,7 @@ async fn a_third_replica_joining_and_leaving_while_records_flow_captures_each_or
     }
     let c = fx.start_actions(&group, |_| {});
     let joined = Instant::now();
-    while c.metric("actions_records_total", "recorded").await == 0.0 {
+    while c.metric("ipp_actions_records_total", "recorded").await == 0.0 {
         assert!(
             joined.elapsed() < Duration::from_secs(60),
             "the third replica was given no partition within 60 s"
@@ -982,7 +1048,8 @@ async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing(
         Duration::from_secs(30),
         "the woken worker gave up its attempts",
         || async {
-            frozen.metrics().await.is_ok() && frozen.metric("actions_in_flight", "").await == 0.0
+            frozen.metrics().await.is_ok()
+                && frozen.metric("ipp_actions_in_flight", "").await == 0.0
         },
     )
     .await;
@@ -1002,7 +1069,10 @@ async fn a_frozen_worker_that_wakes_up_after_its_lease_sends_and_writes_nothing(
         assert_eq!(row.attempts, 2, "claimed by both, run by one: {row:?}");
     }
     assert!(service.logs().contains("claim lost"), "{}", service.logs());
-    assert_eq!(frozen.metric("actions_claims_lost_total", "").await, 8.0);
+    assert_eq!(
+        frozen.metric("ipp_actions_claims_lost_total", "").await,
+        8.0
+    );
     taker.stop().await;
     frozen.stop().await;
 }

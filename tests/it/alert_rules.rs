@@ -24,7 +24,7 @@ fn metrics_in_rules() -> BTreeSet<String> {
                 word.push(c);
                 continue;
             }
-            if ["ingest_", "ipp_projector_", "actions_"]
+            if ["ipp_ingest_", "ipp_projector_", "ipp_actions_"]
                 .iter()
                 .any(|p| word.starts_with(p))
             {

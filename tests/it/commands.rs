@@ -554,7 +554,7 @@ async fn every_command_moves_money_once_through_duplicates_sigkill_faults_and_a_
         "the replay consumed both topics",
         || async {
             replay
-                .metric("actions_records_total", "outcome=\"duplicate\"")
+                .metric("ipp_actions_records_total", "outcome=\"duplicate\"")
                 .await
                 >= records
         },

@@ -312,7 +312,7 @@ async fn broker_outage_answers_503_never_200_and_the_same_producer_recovers() {
     }
     let metrics = ingest.metrics().await;
     assert!(
-        metrics.contains("ingest_producer_replacements_total 0"),
+        metrics.contains("ipp_ingest_producer_replacements_total 0"),
         "the producer was replaced: {metrics}"
     );
     // No false 200: every acknowledged body is in the log, byte for byte. The 503s may or
@@ -513,6 +513,60 @@ async fn refuses_to_start_without_secrets_unless_explicitly_insecure() {
     );
 }
 
+/// With `INGEST_ADMIN_LISTEN`, `/metrics` is served there and no longer on the public
+/// listener, which keeps the webhook and the probes.
+#[tokio::test]
+async fn metrics_move_to_the_admin_address() {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", ipp_tests::free_port())
+        .parse()
+        .unwrap();
+    let ingest = Ingest::start_with(Options::default(), |config| {
+        config.admin_listen = ipp_service::AdminListenArgs::new(Some(admin));
+    })
+    .await;
+    assert_eq!(
+        ingest
+            .post_signed(&fixture("session-created.json"))
+            .await
+            .status(),
+        200
+    );
+    let get = |url: String| async move { reqwest::get(url).await.expect("GET") };
+    let public = get(format!("{}/metrics", ingest.url)).await;
+    assert_eq!(public.status(), 404);
+    for probe in ["healthz", "readyz"] {
+        assert_eq!(get(format!("{}/{probe}", ingest.url)).await.status(), 200);
+        assert_eq!(get(format!("http://{admin}/{probe}")).await.status(), 200);
+    }
+    let metrics = get(format!("http://{admin}/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"ipp_ingest_requests_total{event_type="ipp.session.created",outcome="accepted"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ipp_ingest_build_info{version="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nprocess_resident_memory_bytes "),
+        "{metrics}"
+    );
+    // The admin server serves nothing else.
+    let webhook = reqwest::Client::new()
+        .post(format!("http://{admin}/webhooks/kustom"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 404);
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let ingest = Ingest::start().await;
@@ -547,15 +601,44 @@ async fn health_readiness_and_metrics() {
     let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(
-            r#"ingest_requests_total{event_type="ipp.session.created",outcome="accepted"} 1"#
+            r#"ipp_ingest_requests_total{event_type="ipp.session.created",outcome="accepted"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains(r#"ipp_ingest_requests_total{event_type="unknown",outcome="unauthorized"} 1"#));
+    assert!(metrics.contains("ipp_ingest_produce_duration_seconds_bucket"));
+    assert!(metrics.contains("ipp_ingest_in_flight_requests 0"));
+    assert!(
+        metrics.contains(r#"ipp_ingest_request_duration_seconds_count{outcome="accepted"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ipp_ingest_request_duration_seconds_count{outcome="unauthorized"} 1"#),
+        "{metrics}"
+    );
+    // The one record landed at offset 0 of its partition: the next one is 1.
+    let high_offsets: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ipp_ingest_partition_high_offset{"))
+        .collect();
+    assert!(
+        high_offsets.len() == 1 && high_offsets[0].ends_with(" 1"),
+        "{metrics}"
+    );
+    // The former names, kept for one release (CHANGELOG).
+    assert!(
+        metrics.contains(
+            "\ningest_requests_total{event_type=\"ipp.session.created\",outcome=\"accepted\"} 1"
         ),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"ingest_requests_total{event_type="unknown",outcome="unauthorized"} 1"#)
+        metrics.contains(
+            "# HELP ingest_in_flight_requests Deprecated: renamed ipp_ingest_in_flight_requests"
+        ),
+        "{metrics}"
     );
-    assert!(metrics.contains("ingest_produce_duration_seconds_bucket"));
-    assert!(metrics.contains("ingest_in_flight_requests 0"));
 }
 
 #[test]

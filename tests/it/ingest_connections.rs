@@ -237,14 +237,14 @@ async fn in_flight_gauge_comes_back_down_when_the_client_vanishes_mid_body() {
     eventually(
         Duration::from_secs(10),
         "the request is in flight",
-        || async { ingest.metric("ingest_in_flight_requests", "").await == 1.0 },
+        || async { ingest.metric("ipp_ingest_in_flight_requests", "").await == 1.0 },
     )
     .await;
     connection.reset();
     eventually(
         Duration::from_secs(10),
         "the in-flight gauge is back to 0",
-        || async { ingest.metric("ingest_in_flight_requests", "").await == 0.0 },
+        || async { ingest.metric("ipp_ingest_in_flight_requests", "").await == 0.0 },
     )
     .await;
     only_a_good_webhook_is_stored(&ingest).await;

@@ -163,7 +163,10 @@ async fn an_outcome_settled_but_unpublished_when_the_process_died_is_published_a
     let mut actions = fx.start_actions_process(&group, |_| {});
     fx.wait_for_count("succeeded", 1, SETTLE).await;
     eventually(SETTLE, "a refused append", || async {
-        actions.metric("actions_observations_unpublished", "").await >= 1.0
+        actions
+            .metric("ipp_actions_observations_unpublished", "")
+            .await
+            >= 1.0
     })
     .await;
     assert!(!published_at_is_set(&fx, order, "capture").await);
@@ -235,7 +238,7 @@ async fn a_capture_created_event_reads_the_order_once_and_publishes_what_om_answ
     // The redelivery was consumed and made no second row nor a second read.
     eventually(SETTLE, "the redelivered event consumed", || async {
         actions
-            .metric("actions_records_total", "outcome=\"duplicate\"")
+            .metric("ipp_actions_records_total", "outcome=\"duplicate\"")
             .await
             >= 1.0
     })
@@ -282,7 +285,7 @@ async fn an_order_event_that_does_not_name_its_order_is_parked_and_other_types_a
     );
     eventually(SETTLE, "the other event passed over", || async {
         actions
-            .metric("actions_records_total", "outcome=\"ignored\"")
+            .metric("ipp_actions_records_total", "outcome=\"ignored\"")
             .await
             >= 1.0
     })

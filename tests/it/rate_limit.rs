@@ -67,7 +67,7 @@ async fn three_thousand_captures_at_100_per_second_meet_no_429_and_take_the_time
     // Every task waits its turn: their waits (which overlap) add up to more than the run.
     let waited = actions
         .metric(
-            "actions_om_rate_limit_wait_seconds_total",
+            "ipp_actions_om_rate_limit_wait_seconds_total",
             &format!("account=\"{MERCHANT}\""),
         )
         .await;
@@ -114,7 +114,7 @@ async fn a_simulator_limit_lowered_below_the_clients_gives_429s_and_every_captur
     assert!(checked > 0, "no retry after a 429 to check");
     assert!(
         actions
-            .metric("actions_om_retries_total", "cause=\"429\"")
+            .metric("ipp_actions_om_retries_total", "cause=\"429\"")
             .await
             > 0.0
     );

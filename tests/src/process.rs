@@ -366,6 +366,7 @@ impl ChildConfig for ipp_ingest::Config {
     fn env(&self) -> Vec<(&'static str, String)> {
         let ipp_ingest::Config {
             listen,
+            admin_listen,
             kafka,
             ipp_topic,
             other_topic,
@@ -389,6 +390,9 @@ impl ChildConfig for ipp_ingest::Config {
         }
         if let Some(path) = accounts_file {
             env.push(("KUSTOM_ACCOUNTS_FILE", path.display().to_string()));
+        }
+        if let Some(admin) = admin_listen.addr {
+            env.push(("INGEST_ADMIN_LISTEN", admin.to_string()));
         }
         env.extend([
             ("INGEST_LISTEN", listen.addr.to_string()),
@@ -478,6 +482,7 @@ impl ChildConfig for ipp_actions::Config {
             kafka,
             database,
             listen,
+            admin_listen,
             ipp_topic,
             dlq_topic,
             commands_topic,
@@ -567,6 +572,9 @@ impl ChildConfig for ipp_actions::Config {
         }
         if let Some(limit) = max_calls_per_sec {
             env.push(("ACTIONS_MAX_CALLS_PER_SEC", limit.to_string()));
+        }
+        if let Some(admin) = admin_listen.addr {
+            env.push(("ACTIONS_ADMIN_LISTEN", admin.to_string()));
         }
         if let Some(path) = accounts_file {
             env.push(("KUSTOM_ACCOUNTS_FILE", path.display().to_string()));

@@ -30,9 +30,11 @@ use ipp_schemas::{
     Command, CommandKind, IppEvent, IppEventKind,
 };
 use ipp_service::{error_chain, probe::Readiness};
+use prometheus::IntGaugeVec;
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
     message::{BorrowedMessage, Message},
+    ClientContext, Statistics,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -52,7 +54,7 @@ use crate::{
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ActionConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     topic: String,
     commands_topic: String,
     kustom_topic: String,
@@ -75,9 +77,13 @@ impl ActionConsumer {
     ) -> Result<Self, Error> {
         let mut settings = vec![("group.id", config.group.as_str())];
         settings.extend_from_slice(ipp_service::kafka::GROUP_CONSUMER);
+        // The statistics carry each partition's lag (see `LagContext`).
+        settings.push(("statistics.interval.ms", "5000"));
         // An offset is stored only once the record's effect is durable.
         let client = client_config(config, &settings);
-        let consumer: StreamConsumer = client.create()?;
+        let consumer = client.create_with_context(LagContext {
+            partition_lag: metrics.partition_lag.clone(),
+        })?;
         Ok(Self {
             consumer,
             topic: config.ipp_topic.clone(),
@@ -400,3 +406,32 @@ fn forever() -> ExponentialBuilder {
         .with_jitter()
         .without_max_times()
 }
+
+/// Exports each assigned partition's lag from librdkafka's statistics: the high
+/// watermark minus the offset stored once a record's effect is durable (what a restart
+/// resumes from), so a record in the works counts as not consumed yet.
+pub struct LagContext {
+    partition_lag: IntGaugeVec,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, partition_stats) in &stats.partitions {
+                let label = [topic.as_str(), &partition.to_string()];
+                if *partition < 0 || !partition_stats.desired {
+                    // Revoked, or librdkafka's internal partition: not ours to report.
+                    let _ = self.partition_lag.remove_label_values(&label);
+                    continue;
+                }
+                if partition_stats.consumer_lag_stored >= 0 {
+                    self.partition_lag
+                        .with_label_values(&label)
+                        .set(partition_stats.consumer_lag_stored);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}

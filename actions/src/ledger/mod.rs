@@ -514,15 +514,34 @@ pub async fn reschedule(
 
 /// Pending money actions (reads left out: they are not money) and the age of the oldest,
 /// in seconds.
-pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+pub async fn pending_stats(pool: &PgPool) -> Result<PendingStats, sqlx::Error> {
     let stats = sqlx::query!(
-        r#"SELECT count(*) AS "count!", extract(epoch FROM now() - min(created_at))::float8 AS oldest
+        r#"SELECT count(*) AS "count!",
+                  extract(epoch FROM min(created_at))::float8 AS oldest_created,
+                  extract(epoch FROM now() - min(created_at))::float8 AS oldest_age,
+                  extract(epoch FROM now())::float8 AS "now!"
          FROM ipp_actions WHERE status = 'pending' AND kind <> 'observe'"#,
     )
     .fetch_one(pool)
     .await?;
-    let (count, oldest) = (stats.count, stats.oldest);
-    Ok((count, oldest.unwrap_or(0.0)))
+    Ok(PendingStats {
+        count: stats.count,
+        oldest_created: stats.oldest_created,
+        oldest_age_seconds: stats.oldest_age.unwrap_or(0.0),
+        now: stats.now,
+    })
+}
+
+/// The money actions waiting in the ledger (reads of orders left out).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingStats {
+    pub count: i64,
+    /// `created_at` of the oldest, in seconds since the epoch; `None` when none waits.
+    pub oldest_created: Option<f64>,
+    /// Its age, 0 when none waits.
+    pub oldest_age_seconds: f64,
+    /// The database's clock, in seconds since the epoch, when it answered.
+    pub now: f64,
 }
 
 #[cfg(test)]

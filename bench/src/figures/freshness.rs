@@ -169,7 +169,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let (produce_sum, produced) = infra::histogram(
         &client,
         &metrics(ingest_port),
-        "ingest_produce_duration_seconds",
+        "ipp_ingest_produce_duration_seconds",
     )
     .await;
     bench.note_memory(&ingest);

@@ -49,10 +49,15 @@ impl ClientContext for ProjectorContext {
                 .copied()
                 .unwrap_or(0)
                 .max(stats.lo_offset);
+            let label = [self.topic.as_str(), &partition.to_string()];
             self.metrics
                 .partition_lag
-                .with_label_values(&[&self.topic, &partition.to_string()])
+                .with_label_values(&label)
                 .set((stats.hi_offset - applied).max(0));
+            self.metrics
+                .partition_next_offset
+                .with_label_values(&label)
+                .set(applied);
         }
     }
 }
@@ -99,10 +104,12 @@ impl ConsumerContext for ProjectorContext {
                         partition = e.partition(),
                         "partition revoked"
                     );
+                    let label = [e.topic(), &e.partition().to_string()];
+                    let _ = self.metrics.partition_lag.remove_label_values(&label);
                     let _ = self
                         .metrics
-                        .partition_lag
-                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                        .partition_next_offset
+                        .remove_label_values(&label);
                 }
                 if cooperative {
                     consumer.incremental_unassign(tpl)
