@@ -27,6 +27,7 @@ mod orders_chain;
 mod poison;
 mod postgres_roles;
 mod projector;
+mod prometheus_alerts;
 mod rate_limit;
 mod secrets;
 mod soak;

@@ -5,6 +5,7 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+#[derive(Clone)]
 pub struct Signer {
     key: Vec<u8>,
 }
