@@ -147,25 +147,13 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let dead_letter_size = tokio::spawn({
-        let (kafka, topic, gauge) = (
-            config.kafka.clone(),
-            config.dlq_topic.clone(),
-            metrics.dead_letter_records.clone(),
-        );
-        let (client_id, stop) = (format!("{}-dlq-size", kafka::CLIENT_ID), shutdown.clone());
-        async move {
-            ipp_service::kafka::watch_topic_size(
-                &kafka,
-                &client_id,
-                topic,
-                gauge,
-                DLQ_SIZE_EVERY,
-                stop,
-            )
-            .await
-        }
-    });
+    let dead_letter_size = tokio::spawn(ipp_service::kafka::watch_topic_size(
+        config.kafka.clone(),
+        format!("{}-dlq-size", kafka::CLIENT_ID),
+        config.dlq_topic.clone(),
+        metrics.dead_letter_records.clone(),
+        shutdown.clone(),
+    ));
     info!(
         topic = %config.ipp_topic,
         group = %config.group,
@@ -209,9 +197,6 @@ pub async fn run(
     info!("ipp-actions stopped");
     Ok(())
 }
-
-/// How often the dead-letter topic's size is measured.
-const DLQ_SIZE_EVERY: Duration = Duration::from_secs(30);
 
 /// Pending actions and the age of the oldest, and the outbox's backlog, refreshed every
 /// few seconds.

@@ -1,6 +1,6 @@
 //! The service: migrate, serve the probes, project until shut down.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -18,9 +18,6 @@ use crate::{
     orders::{OrdersConfig, OrdersProjector},
     schema, Error,
 };
-
-/// How often the dead-letter topic's size is measured.
-const DLQ_SIZE_EVERY: Duration = Duration::from_secs(30);
 
 /// Connects to PostgreSQL with bounded waits, every connection's `search_path` set
 /// to `PROJECTOR_SCHEMA`. A database that is still starting (the usual case when
@@ -66,25 +63,13 @@ pub async fn run(
 
     // The orders model runs beside the sessions; either failing for good stops both.
     let stop = shutdown.child_token();
-    let dead_letter_size = tokio::spawn({
-        let (kafka, topic, gauge) = (
-            config.kafka.clone(),
-            config.dlq_topic.clone(),
-            metrics.dead_letter_records.clone(),
-        );
-        let (client_id, stop) = (format!("{CLIENT_ID}-dlq-size"), stop.clone());
-        async move {
-            ipp_service::kafka::watch_topic_size(
-                &kafka,
-                &client_id,
-                topic,
-                gauge,
-                DLQ_SIZE_EVERY,
-                stop,
-            )
-            .await
-        }
-    });
+    let dead_letter_size = tokio::spawn(ipp_service::kafka::watch_topic_size(
+        config.kafka.clone(),
+        format!("{CLIENT_ID}-dlq-size"),
+        config.dlq_topic.clone(),
+        metrics.dead_letter_records.clone(),
+        stop.clone(),
+    ));
     let orders = match config.orders {
         true => {
             let orders = OrdersProjector::new(

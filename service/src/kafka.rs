@@ -151,20 +151,23 @@ pub fn watermarks<C: ClientContext>(
         .collect()
 }
 
+/// How often [`watch_topic_size`] measures its topic.
+pub const TOPIC_SIZE_EVERY: Duration = Duration::from_secs(30);
+
 /// Keeps `gauge{topic}` at the number of records stored in `topic` (high minus low
-/// watermark, summed over its partitions), asking the brokers every `every` from a
-/// client of its own that never joins a group. A topic that cannot be read keeps its
-/// last value (logged at debug). Runs until `shutdown`.
+/// watermark, summed over its partitions), asking the brokers every
+/// [`TOPIC_SIZE_EVERY`] from a client of its own that never joins a group. A topic that
+/// cannot be read keeps its last value (logged at debug). Runs until `shutdown`; spawn
+/// it.
 pub async fn watch_topic_size(
-    kafka: &KafkaArgs,
-    client_id: &str,
+    kafka: KafkaArgs,
+    client_id: String,
     topic: String,
     gauge: prometheus::IntGaugeVec,
-    every: Duration,
     shutdown: CancellationToken,
 ) {
     let reader: rdkafka::consumer::BaseConsumer =
-        match assign_only_config(kafka, client_id).create() {
+        match assign_only_config(&kafka, &client_id).create() {
             Ok(reader) => reader,
             Err(error) => {
                 tracing::warn!(%error, %topic, "cannot create the client that measures the topic");
@@ -172,7 +175,7 @@ pub async fn watch_topic_size(
             }
         };
     let reader = Arc::new(reader);
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(TOPIC_SIZE_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

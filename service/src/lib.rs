@@ -18,7 +18,7 @@ pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
 pub use args::{
     AdminListenArgs, AdminListens, DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs,
 };
-pub use metrics::{render_metrics, Renamed, ServiceMetrics};
+pub use metrics::{Renamed, ServiceMetrics};
 pub use properties_file::KafkaPropertiesFile;
 pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;

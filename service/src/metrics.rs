@@ -89,11 +89,6 @@ fn encode(families: &[MetricFamily]) -> String {
     String::from_utf8(buffer).expect("prometheus text is UTF-8")
 }
 
-/// The registry in Prometheus' text exposition format.
-pub fn render_metrics(registry: &Registry) -> String {
-    encode(&registry.gather())
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus::IntCounter;

@@ -23,7 +23,7 @@ pub trait Probe: Send + Sync + 'static {
     /// `Ok` when the service can do its work, else why not (the body of the 503).
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
 
-    /// The metrics in Prometheus' text format (see [`crate::render_metrics`]).
+    /// The metrics in Prometheus' text format (see [`crate::ServiceMetrics::render`]).
     fn metrics(&self) -> String;
 }
 
