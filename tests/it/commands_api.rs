@@ -4,10 +4,13 @@
 //! The idempotency and token-scope rules are here too. In-process `ipp-actions`, a real
 //! broker and real PostgreSQL.
 
+use std::time::Duration;
+
 use ipp_service::Secret;
 use ipp_tests::{
     actions::{Actions, Fixture},
     commands::{assert_refused, with_api, Answer, CommandsClient, TOKEN},
+    eventually::eventually,
     kafka, unique_name,
 };
 use reqwest::{Method, StatusCode};
@@ -736,11 +739,16 @@ async fn tokens_never_show_in_the_answers_or_the_logs() {
     let Actions::Process { service, .. } = &s.actions else {
         unreachable!("started as a process")
     };
+    // The child's output is read by a thread of its own: the line may come a moment
+    // after the answer.
+    let accepted_id = accepted.to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the accepted command is logged (else the logs prove nothing)",
+        || async { service.logs().contains(&accepted_id) },
+    )
+    .await;
     let logs = service.logs();
-    assert!(
-        logs.contains(&accepted.to_string()),
-        "the accepted command is not logged, so the logs prove nothing: {logs}"
-    );
     assert!(!logs.contains(guess), "the logs show a rejected token");
     assert!(!logs.contains(TOKEN), "the logs show the configured token");
     s.stop().await;

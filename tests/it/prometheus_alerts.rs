@@ -286,12 +286,22 @@ async fn a_real_prometheus_pages_for_a_projector_killed_under_load() {
         [r#"sum(rate(ipp_ingest_produce_duration_seconds_count{result="error"}[5m]))"#];
     let queries = dashboard_queries();
     assert!(queries.len() >= 20, "{queries:?}");
-    let mut empty = Vec::new();
-    for (title, expr) in &queries {
-        if prometheus.query(expr).await.is_empty() && !only_on_trouble.contains(&expr.as_str()) {
-            empty.push(format!("{title}: {expr}"));
+    // Some series come from refreshes (the orders gauge every 10 s, librdkafka's
+    // statistics every 5 s): they may not be scraped yet, so ask again until 30 s pass.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let empty = loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            if prometheus.query(expr).await.is_empty() && !only_on_trouble.contains(&expr.as_str())
+            {
+                empty.push(format!("{title}: {expr}"));
+            }
         }
-    }
+        if empty.is_empty() || tokio::time::Instant::now() > deadline {
+            break empty;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(
         empty.is_empty(),
         "dashboard queries without data: {empty:#?}"
