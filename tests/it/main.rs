@@ -14,6 +14,7 @@ mod failover;
 mod ingest;
 mod ingest_bad_input;
 mod ingest_connections;
+mod kafka_sasl_ssl;
 mod observations;
 mod om_sim;
 mod om_sim_webhooks;

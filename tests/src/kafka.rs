@@ -386,7 +386,8 @@ const BROKER_START: Duration = Duration::from_secs(90);
 pub struct OwnBroker {
     pub port: u16,
     broker: BrokerProcess,
-    _dir: tempfile::TempDir,
+    /// The data directory's parent: the broker's log, and its keys if it has any.
+    dir: tempfile::TempDir,
 }
 
 impl OwnBroker {
@@ -396,18 +397,24 @@ impl OwnBroker {
 
     /// A broker with extra `KEY=VALUE` broker properties (over scripts/kafka-broker's).
     pub fn start_with(settings: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settings.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_in(tempfile::tempdir().expect("tempdir"), Vec::new(), settings)
+    }
+
+    /// A broker whose data directory is `dir/kafka`, with scripts/kafka-broker's
+    /// `options` and `settings`.
+    fn start_in(dir: tempfile::TempDir, options: Vec<String>, settings: Vec<String>) -> Self {
         let port = crate::free_port();
         let mut broker = Self {
             port,
             broker: BrokerProcess {
                 port,
                 data_dir: dir.path().join("kafka"),
-                options: Vec::new(),
-                settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+                options,
+                settings,
                 child: None,
             },
-            _dir: dir,
+            dir,
         };
         broker.restart();
         broker
@@ -436,6 +443,140 @@ impl Drop for OwnBroker {
         self.broker.kill();
         print_log_if_panicking(&self.broker, "the test's Kafka broker");
     }
+}
+
+/// The SCRAM mechanism of [`SaslSslBroker`]'s listener.
+pub const SCRAM_MECHANISM: &str = "SCRAM-SHA-512";
+
+/// A broker of the test's own with a second client listener, SASL_SSL with
+/// SCRAM-SHA-512, as a managed Kafka offers: TLS with a self-signed certificate for
+/// 127.0.0.1 and localhost (made with the JDK's keytool; its PEM is the clients'
+/// `ssl.ca.location`) and one SCRAM user, created when the log is formatted
+/// (`scripts/kafka-broker --scram-user`). The PLAINTEXT listener stays for the
+/// controller-side and for the harness's own admin clients (topics, reading back).
+pub struct SaslSslBroker {
+    broker: OwnBroker,
+    pub sasl_ssl_port: u16,
+    /// The broker's certificate (PEM), what clients trust.
+    pub ca_pem: PathBuf,
+}
+
+impl SaslSslBroker {
+    /// Starts it with `username` / `password` as its SCRAM user.
+    pub fn start(username: &str, password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keystore = dir.path().join("broker.p12");
+        let ca_pem = dir.path().join("broker.pem");
+        let keystore_password = crate::unique_name("keystore");
+        keytool(&[
+            "-genkeypair",
+            "-alias",
+            "broker",
+            "-keyalg",
+            "EC",
+            "-groupname",
+            "secp256r1",
+            "-validity",
+            "30",
+            "-dname",
+            "CN=localhost",
+            // librdkafka verifies the broker's name (ssl.endpoint.identification.algorithm
+            // is https by default): the address the clients dial must be in the SAN.
+            "-ext",
+            "SAN=ip:127.0.0.1,dns:localhost",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            &keystore.display().to_string(),
+            "-storepass",
+            &keystore_password,
+        ]);
+        keytool(&[
+            "-exportcert",
+            "-rfc",
+            "-alias",
+            "broker",
+            "-keystore",
+            &keystore.display().to_string(),
+            "-storepass",
+            &keystore_password,
+            "-file",
+            &ca_pem.display().to_string(),
+        ]);
+        let sasl_ssl_port = crate::free_port();
+        let options = vec![
+            "--listener".to_owned(),
+            format!("SASL_SSL://127.0.0.1:{sasl_ssl_port}"),
+            "--scram-user".to_owned(),
+            format!("{username}:{password}"),
+        ];
+        let listener = "listener.name.sasl_ssl";
+        let settings = vec![
+            format!("{listener}.sasl.enabled.mechanisms={SCRAM_MECHANISM}"),
+            format!(
+                "{listener}.scram-sha-512.sasl.jaas.config=\
+                 org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            format!("{listener}.ssl.keystore.location={}", keystore.display()),
+            format!("{listener}.ssl.keystore.password={keystore_password}"),
+            format!("{listener}.ssl.keystore.type=PKCS12"),
+        ];
+        let broker = OwnBroker::start_in(dir, options, settings);
+        // Every listener opens at the end of start-up: the PLAINTEXT one did already.
+        crate::process::wait_for_tcp(sasl_ssl_port, Duration::from_secs(10));
+        Self {
+            broker,
+            sasl_ssl_port,
+            ca_pem,
+        }
+    }
+
+    /// The SASL_SSL listener's bootstrap address, all the services are given.
+    pub fn sasl_ssl_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_ssl_port)
+    }
+
+    /// The PLAINTEXT listener, for the harness's admin clients (topics, reading back).
+    pub fn plaintext_brokers(&self) -> String {
+        self.broker.brokers()
+    }
+
+    /// Writes a `KAFKA_PROPERTIES_FILE` for the SASL_SSL listener with these credentials
+    /// and returns its path.
+    pub fn client_properties_file(&self, username: &str, password: &str) -> PathBuf {
+        let path = self
+            .broker
+            .dir
+            .path()
+            .join(format!("{}.properties", crate::unique_name("client")));
+        let text = format!(
+            "# The services' Kafka settings for the test's SASL_SSL listener.\n\
+             security.protocol=SASL_SSL\n\
+             sasl.mechanisms={SCRAM_MECHANISM}\n\
+             sasl.username={username}\n\
+             sasl.password={password}\n\
+             ssl.ca.location={}\n",
+            self.ca_pem.display()
+        );
+        std::fs::write(&path, text).expect("write the client properties");
+        path
+    }
+}
+
+/// Runs the JDK's keytool quietly; panics with its output if it fails.
+fn keytool(args: &[&str]) {
+    let output = Command::new("keytool")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("keytool (the JDK's, beside java)");
+    assert!(
+        output.status.success(),
+        "keytool {} failed:\n{}{}",
+        args[0],
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Each node's JVM heap: three of them share a small machine with the services.

@@ -5,10 +5,10 @@
 //! so the orders read model is fed by the real chain: ingest's other-events topic,
 //! ipp-actions' reads of the order, its observations, the projector.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chrono::Utc;
-use ipp_service::ListenArgs;
+use ipp_service::{KafkaArgs, KafkaPropertiesFile, ListenArgs};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
@@ -31,8 +31,20 @@ use crate::{
 
 pub const API_KEY: &str = "kco_test_e2e";
 
-pub struct Processes {
+/// How the services reach a broker the harness itself reaches otherwise: the
+/// bootstrap servers of another listener and the `KAFKA_PROPERTIES_FILE` for it (e.g.
+/// SASL_SSL credentials), instead of the test's broker as is.
+#[derive(Debug, Clone)]
+pub struct ServicesKafka {
     pub brokers: String,
+    pub properties_file: PathBuf,
+}
+
+pub struct Processes {
+    /// Where the harness creates the topics and reads them back.
+    pub brokers: String,
+    /// Where the services go, when not to `brokers`.
+    pub services_kafka: Option<ServicesKafka>,
     pub ipp_topic: String,
     pub other_topic: String,
     pub secret: String,
@@ -57,7 +69,16 @@ impl Processes {
     /// Like [`Processes::start`], with the simulator's configuration adjusted (its
     /// webhook delivery already points at ingest).
     pub async fn start_with(adjust_sim: impl FnOnce(&mut ipp_om_sim::Config)) -> Self {
-        let brokers = kafka::brokers();
+        Self::start_on(kafka::brokers(), None, adjust_sim).await
+    }
+
+    /// Like [`Processes::start_with`] on a broker of the test's own: the harness creates
+    /// the topics through `brokers`, the services use `services_kafka` when given.
+    pub async fn start_on(
+        brokers: String,
+        services_kafka: Option<ServicesKafka>,
+        adjust_sim: impl FnOnce(&mut ipp_om_sim::Config),
+    ) -> Self {
         let secret = Signer::random_secret();
         let ingest_port = free_port();
         let webhook_url = format!("http://127.0.0.1:{ingest_port}/webhooks/kustom");
@@ -79,7 +100,19 @@ impl Processes {
             projector_group: unique_name("e2e_projector"),
             actions_group: unique_name("e2e_actions"),
             brokers,
+            services_kafka,
             sim,
+        }
+    }
+
+    /// Points a service's Kafka settings at [`Processes::services_kafka`], if any.
+    fn connect(&self, kafka: &mut KafkaArgs) {
+        if let Some(services) = &self.services_kafka {
+            kafka.brokers = services.brokers.clone();
+            kafka.properties_file = Some(
+                KafkaPropertiesFile::read(&services.properties_file)
+                    .expect("the services' Kafka properties file"),
+            );
         }
     }
 
@@ -98,6 +131,13 @@ impl Processes {
     }
 
     pub fn ingest(&self) -> Service {
+        let service = Service::start(&self.ingest_config(), &[]);
+        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
+        service
+    }
+
+    /// ipp-ingest's configuration, on [`Processes::ingest_port`].
+    pub fn ingest_config(&self) -> ipp_ingest::Config {
         let mut config = ingest_config(
             &self.brokers,
             &self.ipp_topic,
@@ -106,9 +146,8 @@ impl Processes {
         );
         config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], self.ingest_port)));
         config.max_body_bytes = 16384;
-        let service = Service::start(&config, &[]);
-        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
-        service
+        self.connect(&mut config.kafka);
+        config
     }
 
     pub fn projector(&self) -> Service {
@@ -134,6 +173,7 @@ impl Processes {
         );
         config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.kustom_topic = self.other_topic.clone();
+        self.connect(&mut config.kafka);
         config
     }
 
@@ -165,6 +205,7 @@ impl Processes {
         config.retry_min_delay_ms = 200;
         // The Kustom events ingest writes.
         config.kustom_topic = self.other_topic.clone();
+        self.connect(&mut config.kafka);
         config
     }
 
