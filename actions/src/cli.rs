@@ -72,6 +72,8 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Command(command) => exit(operator::command::run(&config, &command).await),
         Command::Migrate => crate::migrate(&config).await?,
         Command::Run => {
+            // Exports spans while it lives; dropped last, it sends what is buffered.
+            let _spans = ipp_service::traces::TraceExport::from_env("ipp-actions")?;
             let listener = config.listen.bind().await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(ipp_service::cancel_on_signal(

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use ipp_schemas::trace::{TraceContext, TRACEPARENT};
+use ipp_service::traces::{Kind, Span};
 use ipp_service::{Accounts, Secret};
 
 use crate::error::OmError;
@@ -166,12 +167,35 @@ impl OmClient<'_> {
         }
     }
 
-    /// `request` with the `traceparent` of a new span of the client's trace.
-    fn traced(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.trace {
-            Some(trace) => request.header(TRACEPARENT, trace.child().to_header()),
-            None => request,
+    /// Sends `request` as a new span of the client's trace (its `traceparent`, and an
+    /// exported client span when spans are exported); a 2xx answer or the error.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, OmError> {
+        let (request, mut span) = match &self.trace {
+            Some(parent) => {
+                let own = parent.child();
+                let span = Span::start(endpoint, Kind::Client, &own, Some(parent));
+                (request.header(TRACEPARENT, own.to_header()), span)
+            }
+            None => (request, Span::none()),
+        };
+        let answered = match request.send().await {
+            Ok(response) => {
+                span.attribute(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+                check_status(endpoint, response).await
+            }
+            Err(e) => Err(transport_error(endpoint, e)),
+        };
+        if let Err(e) = &answered {
+            span.error(e.to_string());
         }
+        answered
     }
 
     fn order_url(&self, order_id: Uuid) -> String {
@@ -209,12 +233,7 @@ impl OmClient<'_> {
             .http
             .get(self.order_url(order_id))
             .header(header::AUTHORIZATION, self.authorization);
-        let response = self
-            .traced(request)
-            .send()
-            .await
-            .map_err(|e| transport_error(GET_ORDER, e))?;
-        let response = check_status(GET_ORDER, response).await?;
+        let response = self.send(GET_ORDER, request).await?;
         let body = response
             .bytes()
             .await
@@ -310,12 +329,7 @@ impl OmClient<'_> {
             .header(header::AUTHORIZATION, self.authorization)
             .header(IDEMPOTENCY_HEADER, idempotency_key.to_string())
             .json(body);
-        let response = self
-            .traced(request)
-            .send()
-            .await
-            .map_err(|e| transport_error(endpoint, e))?;
-        let response = check_status(endpoint, response).await?;
+        let response = self.send(endpoint, request).await?;
         let location = response
             .headers()
             .get(header::LOCATION)

@@ -17,6 +17,7 @@ use ipp_schemas::{
     trace::{TraceContext, TRACEPARENT},
     RecordHeaders,
 };
+use ipp_service::traces::{Kind, Span};
 use prometheus::IntGauge;
 use serde_json::json;
 use tracing::Instrument;
@@ -84,8 +85,14 @@ async fn receive_webhook(
     let started = std::time::Instant::now();
     // The caller's trace continued (or a new one): this request's span, whose context
     // goes into the record for the consumers to continue.
-    let trace =
+    let (trace, caller) =
         TraceContext::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let mut exported = Span::start(
+        "POST /webhooks/kustom",
+        Kind::Server,
+        &trace,
+        caller.as_ref(),
+    );
     let span = tracing::info_span!(
         "webhook",
         trace_id = %trace.trace_id(),
@@ -101,6 +108,17 @@ async fn receive_webhook(
         Ok(stored) => (stored.outcome(), stored.event_type.as_deref()),
         Err((error, event_type)) => (error.outcome(), event_type.as_deref()),
     };
+    exported.attribute("ipp.outcome", outcome);
+    exported.attribute(
+        "ipp.event_type",
+        metrics::event_type_label(event_type).to_owned(),
+    );
+    // Only a failure of ours is an error span; a refused request is the caller's.
+    if let Err((error, _)) = &result {
+        if matches!(outcome, "unavailable" | "timeout") {
+            exported.error(error.to_string());
+        }
+    }
     state
         .metrics
         .requests

@@ -5,6 +5,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config: Config = ipp_service::secret_files::parse();
     ipp_service::telemetry::init_tracing(config.log.format);
+    // Exports spans while it lives; dropped last, it sends what is buffered.
+    let _spans = ipp_service::traces::TraceExport::from_env("ipp-ingest")?;
     let listener = config.listen.bind().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(ipp_service::cancel_on_signal(

@@ -86,6 +86,8 @@ pub async fn main() -> anyhow::Result<()> {
             .context("ipp-projector migrate");
     }
 
+    // Exports spans while it lives; dropped last, it sends what is buffered.
+    let _spans = ipp_service::traces::TraceExport::from_env("ipp-projector")?;
     let listener = config.listen.bind().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(ipp_service::cancel_on_signal(

@@ -3,8 +3,9 @@
 //!
 //! ipp-ingest continues the caller's `traceparent` (or starts a trace) and writes its own
 //! span's context in the record's `traceparent` header, beside the body (which stays byte
-//! for byte); ipp-actions keeps the context of the record an action came from in its
-//! ledger row and sends a child of it on every Order Management request. A malformed
+//! for byte); ipp-actions handles the record in a child span, keeps that span's context in
+//! the action's ledger row and sends a child of it on every Order Management request
+//! (`ipp_service::traces` exports these spans). A malformed
 //! `traceparent` is never an error: the record starts a trace of its own.
 
 use uuid::Uuid;
@@ -41,11 +42,12 @@ impl TraceContext {
         }
     }
 
-    /// Continues `traceparent` (a child of it) when it is valid, else starts a trace.
-    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
-        traceparent
-            .and_then(Self::parse)
-            .map_or_else(Self::new_root, |parent| parent.child())
+    /// A span that continues `traceparent` (a child of it) when it is valid, else starts
+    /// a trace; with the parent it continued, if any.
+    pub fn continue_or_start(traceparent: Option<&str>) -> (Self, Option<Self>) {
+        let parent = traceparent.and_then(Self::parse);
+        let own = parent.map_or_else(Self::new_root, |parent| parent.child());
+        (own, parent)
     }
 
     /// Parses a `traceparent` value. Version `00` must be exactly its four fields; a
@@ -100,6 +102,28 @@ impl TraceContext {
     pub fn span_id(&self) -> String {
         format!("{:016x}", self.span_id)
     }
+
+    /// The `traceparent` header of a Kafka record: the span that wrote it. `None` when
+    /// absent or invalid (a record older than the header, or written by another tool).
+    pub fn of_record(headers: Option<&impl rdkafka::message::Headers>) -> Option<Self> {
+        let value = crate::record::header_str(headers?, TRACEPARENT).ok()??;
+        Self::parse(&value)
+    }
+
+    /// The trace id's 128 bits, for an exporter.
+    pub fn trace_id_bits(&self) -> u128 {
+        self.trace_id
+    }
+
+    /// The span id's 64 bits, for an exporter.
+    pub fn span_id_bits(&self) -> u64 {
+        self.span_id
+    }
+
+    /// Whether the caller asked for the trace to be recorded (the `sampled` flag).
+    pub fn is_sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
 }
 
 fn new_span_id() -> u64 {
@@ -133,10 +157,10 @@ mod tests {
         assert_eq!(child.trace_id(), parent.trace_id());
         assert_ne!(child.span_id(), parent.span_id());
         assert!(child.to_header().ends_with("-01"));
-        assert_eq!(
-            TraceContext::continue_or_start(Some(VALID)).trace_id(),
-            parent.trace_id()
-        );
+        let (continued, continued_from) = TraceContext::continue_or_start(Some(VALID));
+        assert_eq!(continued.trace_id(), parent.trace_id());
+        assert_ne!(continued.span_id(), parent.span_id());
+        assert_eq!(continued_from, Some(parent));
     }
 
     #[test]
@@ -153,7 +177,8 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad}");
-            let started = TraceContext::continue_or_start(Some(bad));
+            let (started, parent) = TraceContext::continue_or_start(Some(bad));
+            assert_eq!(parent, None, "{bad}");
             assert_ne!(started.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
             assert!(TraceContext::parse(&started.to_header()).is_some());
         }

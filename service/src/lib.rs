@@ -13,6 +13,7 @@ pub mod properties_file;
 pub mod secret;
 pub mod secret_files;
 pub mod telemetry;
+pub mod traces;
 
 pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
 pub use args::{

@@ -15,12 +15,14 @@ use ipp_tests::{
     ingest::post_webhook,
     inprocess::commands_topic_of,
     kafka::{read_topic, Record},
+    otlp::{OtlpReceiver, ReceivedSpan},
     process::ChildConfig,
     processes::Processes,
     produce::ipp_body,
     projector::FINALIZED,
     signer::Signer,
 };
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
@@ -216,5 +218,98 @@ async fn a_commands_refund_request_continues_the_commands_trace() {
         refund.trace_id(),
         capture[0].1.trace_id(),
         "not the capture's trace"
+    );
+}
+
+/// The spans the services export over OTLP, once `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (nothing else): one tree from the caller's span to the capture request, with the ids
+/// that travel in the record headers and the requests, and the projector's batch linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_spans_make_one_trace_from_the_webhook_to_the_capture() {
+    let receiver = OtlpReceiver::start().await;
+    let mut processes = Processes::start().await;
+    processes.service_env = receiver.env();
+    let (_ingest, _projector, _actions) = (
+        processes.ingest(),
+        processes.projector(),
+        processes.actions(),
+    );
+    let caller = TraceContext::parse(CALLER).unwrap();
+    let order = Uuid::new_v4();
+    let body = finalize(&processes, order, Some(CALLER)).await;
+    let record = stored(&read_topic(&processes.brokers, &processes.ipp_topic), &body);
+    let calls = calls_of(&processes, order, "/captures").await;
+    let (_, capture) = calls
+        .iter()
+        .find(|(what, _)| what.ends_with("/captures"))
+        .unwrap();
+
+    // Spans leave in batches (every 5 s by default).
+    let in_trace = |spans: &[ReceivedSpan], id: &str| -> Option<ReceivedSpan> {
+        spans.iter().find(|s| s.span_id == id).cloned()
+    };
+    eventually(WAIT, "the capture's client span exported", || async {
+        in_trace(&receiver.spans(), &capture.span_id()).is_some()
+    })
+    .await;
+    eventually(WAIT, "the projector's batch span exported", || async {
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.service == "ipp-projector")
+    })
+    .await;
+    let spans = receiver.spans();
+
+    let webhook = in_trace(&spans, &record.span_id()).expect("ingest's span, as in the record");
+    assert_eq!(webhook.service, "ipp-ingest");
+    assert_eq!(webhook.kind, SpanKind::Server);
+    assert_eq!(webhook.trace_id, caller.trace_id());
+    assert_eq!(
+        webhook.parent_span_id,
+        caller.span_id(),
+        "a child of the caller's"
+    );
+    assert_eq!(webhook.attribute("ipp.outcome"), Some("accepted"));
+    assert_eq!(webhook.attribute("ipp.event_type"), Some(FINALIZED));
+    assert!(!webhook.is_error);
+
+    let request = in_trace(&spans, &capture.span_id()).unwrap();
+    assert_eq!(request.service, "ipp-actions");
+    assert_eq!(request.kind, SpanKind::Client);
+    assert_eq!(request.name, "capture");
+    assert_eq!(request.trace_id, caller.trace_id());
+    assert!(!request.is_error);
+    assert!(
+        request
+            .attribute("http.response.status_code")
+            .is_some_and(|s| s.starts_with('2')),
+        "{request:?}"
+    );
+    let consumed = in_trace(&spans, &request.parent_span_id).expect("the capture's parent");
+    assert_eq!(consumed.service, "ipp-actions");
+    assert_eq!(consumed.kind, SpanKind::Consumer);
+    assert_eq!(consumed.trace_id, caller.trace_id());
+    assert_eq!(
+        consumed.parent_span_id,
+        record.span_id(),
+        "a child of ingest's"
+    );
+    assert_eq!(
+        consumed.attribute("messaging.destination.name"),
+        Some(processes.ipp_topic.as_str())
+    );
+
+    let batch = spans
+        .iter()
+        .find(|s| {
+            s.service == "ipp-projector" && s.links.contains(&(record.trace_id(), record.span_id()))
+        })
+        .unwrap_or_else(|| panic!("a projector span linked to the record: {spans:#?}"));
+    assert_eq!(batch.kind, SpanKind::Consumer);
+    assert_ne!(
+        batch.trace_id,
+        caller.trace_id(),
+        "a batch is a trace of its own"
     );
 }

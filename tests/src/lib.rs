@@ -14,6 +14,7 @@ pub mod inprocess;
 pub mod kafka;
 pub mod om_sim;
 pub mod orders;
+pub mod otlp;
 pub mod pipeline;
 pub mod postgres;
 pub mod process;

@@ -57,6 +57,8 @@ pub struct Processes {
     pub ipp_dlq: String,
     pub actions_dlq: String,
     pub sim: OmSim,
+    /// Added to every service's environment (e.g. the `OTEL_*` variables of span export).
+    pub service_env: Vec<(&'static str, String)>,
     /// Last: dropped after the services that use it.
     pub database: TestDatabase,
 }
@@ -102,6 +104,7 @@ impl Processes {
             brokers,
             services_kafka,
             sim,
+            service_env: Vec::new(),
         }
     }
 
@@ -120,18 +123,27 @@ impl Processes {
     /// logging warnings and the line that gives its address (`listening`, of
     /// `service_target`), which is returned with it.
     pub fn spawn_on_port_0<C: ChildConfig>(
+        &self,
         config: &C,
         service_target: &str,
     ) -> (Service, SocketAddr) {
-        let mut env = config.env();
+        let mut env = self.env_of(config);
         env.push(("RUST_LOG", format!("warn,{service_target}=info")));
         let mut service = Service::spawn_watched(C::BINARY, &[], &env);
         let addr = service.listen_addr(Duration::from_secs(30));
         (service, addr)
     }
 
+    /// The environment that runs `config`, with [`Processes::service_env`].
+    fn env_of<C: ChildConfig>(&self, config: &C) -> Vec<(&'static str, String)> {
+        let mut env = config.env();
+        env.extend(self.service_env.iter().cloned());
+        env
+    }
+
     pub fn ingest(&self) -> Service {
-        let service = Service::start(&self.ingest_config(), &[]);
+        let env = self.env_of(&self.ingest_config());
+        let service = Service::spawn_watched(ipp_ingest::Config::BINARY, &[], &env);
         wait_for_tcp(self.ingest_port, Duration::from_secs(20));
         service
     }
@@ -158,7 +170,7 @@ impl Processes {
     pub fn projector_with(&self, adjust: impl FnOnce(&mut ipp_projector::Config)) -> Service {
         let mut config = self.projector_config();
         adjust(&mut config);
-        Self::spawn_on_port_0(&config, "ipp_projector::service").0
+        self.spawn_on_port_0(&config, "ipp_projector::service").0
     }
 
     /// The projector's configuration: its orders consumer reads ingest's other topic,
@@ -185,7 +197,7 @@ impl Processes {
     pub fn actions_with(&self, adjust: impl FnOnce(&mut ipp_actions::Config)) -> Service {
         let mut config = self.actions_config();
         adjust(&mut config);
-        Self::spawn_on_port_0(&config, "ipp_actions::service").0
+        self.spawn_on_port_0(&config, "ipp_actions::service").0
     }
 
     /// ipp-actions' configuration; its operator commands (`command issue …`) share it.

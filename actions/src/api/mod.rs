@@ -32,6 +32,7 @@ use ipp_schemas::{
     trace::{TraceContext, TRACEPARENT},
     CommandKind,
 };
+use ipp_service::traces::{Kind, Span};
 use serde_json::json;
 use sqlx::PgPool;
 use tracing::{info, warn};
@@ -179,10 +180,17 @@ async fn accept_command(
         }
     })?;
     // The caller's trace continued (or a new one), for the command's calls to join.
-    let trace =
+    let (trace, caller_trace) =
         TraceContext::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let mut span = Span::start("issue command", Kind::Server, &trace, caller_trace.as_ref());
+    span.attribute("ipp.command.kind", kind.as_str());
     let issued = command::issue(&api.pool, &api.log, scope, key.as_deref(), &request, &trace)
         .await
+        .inspect_err(|e| {
+            if !matches!(e, IssueError::KeyReused { .. }) {
+                span.error(e.to_string());
+            }
+        })
         .map_err(|e| match e {
             IssueError::KeyReused { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

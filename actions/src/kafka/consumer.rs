@@ -26,10 +26,14 @@ use ipp_schemas::{
     dlq::route_error_reason,
     observation::OrderEvent,
     record::{header, header_str},
-    trace::TRACEPARENT,
+    trace::TraceContext,
     Command, CommandKind, IppEvent, IppEventKind,
 };
-use ipp_service::{error_chain, probe::Readiness};
+use ipp_service::{
+    error_chain,
+    probe::Readiness,
+    traces::{Kind, Span},
+};
 use prometheus::IntGaugeVec;
 use rdkafka::{
     consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
@@ -162,6 +166,22 @@ impl ActionConsumer {
 
     /// Makes the record's effect durable. Returns false only when shutdown interrupted it.
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+        // This record's span, a child of the one that wrote it; the action's Order
+        // Management calls are its children in turn (its context goes into the ledger).
+        let record_trace = TraceContext::of_record(message.headers());
+        let own_trace = record_trace.map(|parent| parent.child());
+        let mut span = match (&own_trace, &record_trace) {
+            (Some(own), parent) => {
+                Span::start("process record", Kind::Consumer, own, parent.as_ref())
+            }
+            (None, _) => Span::none(),
+        };
+        span.attribute("messaging.destination.name", message.topic().to_owned());
+        span.attribute(
+            "messaging.destination.partition.id",
+            message.partition().to_string(),
+        );
+        span.attribute("messaging.kafka.offset", message.offset());
         let new = if message.topic() == self.commands_topic {
             self.command_action(message)
         } else if message.topic() == self.kustom_topic {
@@ -170,11 +190,8 @@ impl ActionConsumer {
             self.event_action(message)
         };
         let new = match new {
-            // The trace the record belongs to, continued by the action's calls.
             Ok(Some(new)) => NewAction {
-                traceparent: message
-                    .headers()
-                    .and_then(|h| header_str(h, TRACEPARENT).ok().flatten()),
+                traceparent: own_trace.map(|own| own.to_header()),
                 ..new
             },
             Ok(None) => {

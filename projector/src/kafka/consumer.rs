@@ -7,11 +7,15 @@ use std::{
     time::Duration,
 };
 
-use ipp_service::probe::Readiness;
+use ipp_schemas::trace::TraceContext;
+use ipp_service::{
+    probe::Readiness,
+    traces::{Kind, Span},
+};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
-    message::OwnedMessage,
+    message::{Message, OwnedMessage},
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
@@ -216,6 +220,14 @@ impl Projector {
             shutdown,
             on_failure: &on_failure,
         };
+        // One span per batch, linked to the span that wrote each record (each webhook
+        // is a trace of its own). The links are only read when spans are exported.
+        let links = batch
+            .iter()
+            .filter_map(|message| TraceContext::of_record(message.headers()));
+        let mut span = Span::linked("apply batch", Kind::Consumer, links);
+        span.attribute("messaging.destination.name", self.config.ipp_topic.clone());
+        span.attribute("messaging.batch.message_count", batch.len() as i64);
         engine
             .apply_isolating(batch, retry, |outcome| self.committed(outcome))
             .await
