@@ -41,11 +41,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Partitions of the benchmark's ipp topics.
-    #[arg(long, env = "BENCH_PARTITIONS", default_value_t = 4)]
+    /// Partitions of the benchmark's ipp topics (8, as the production guide suggests).
+    #[arg(long, env = "BENCH_PARTITIONS", default_value_t = 8)]
     pub partitions: i32,
 
-    /// Webhook requests per ingest run (each concurrency); default 10000, smoke 200.
+    /// Webhook requests per ingest run (each concurrency); default 30000, smoke 200.
     #[arg(long)]
     pub ingest_requests: Option<usize>,
 
@@ -53,7 +53,12 @@ pub struct Config {
     #[arg(long)]
     pub catchup_events: Option<usize>,
 
-    /// Fixed rate for the freshness figure, events per second; default 500, smoke 50.
+    /// Events prefilled for the large run of the growth figure (its small run has
+    /// --catchup-events); default 1000000, smoke 2000.
+    #[arg(long)]
+    pub growth_events: Option<usize>,
+
+    /// Fixed rate for the freshness figure, events per second; default 2000, smoke 50.
     #[arg(long)]
     pub freshness_rate: Option<u32>,
 
@@ -72,6 +77,11 @@ pub struct Config {
     /// Simulated Order Management latency, milliseconds.
     #[arg(long, default_value_t = 50)]
     pub om_latency_ms: u64,
+
+    /// ipp-actions' Order Management rate limit per account (ACTIONS_OM_RATE_LIMIT),
+    /// requests per second: its default unless set; 0 measures the in-flight bound alone.
+    #[arg(long, default_value_t = ipp_actions::config::DEFAULT_OM_RATE_LIMIT)]
+    pub om_rate_limit: f64,
 
     /// ipp-actions' in-flight bound (ACTIONS_CONCURRENCY).
     #[arg(long, default_value_t = 32)]
@@ -96,11 +106,12 @@ pub struct Config {
     pub producer_properties: Vec<String>,
 
     /// Run only these figure groups (comma-separated): ingest, catchup (projector
-    /// catch-up), apply (projector apply engine, needs no broker), freshness, actions.
+    /// catch-up), apply (projector apply engine, needs no broker), growth (catch-up of
+    /// --growth-events beside --catchup-events), freshness, actions.
     #[arg(
         long,
         value_delimiter = ',',
-        value_parser = ["ingest", "catchup", "apply", "freshness", "actions"]
+        value_parser = ["ingest", "catchup", "apply", "growth", "freshness", "actions"]
     )]
     pub only: Vec<String>,
 
@@ -115,6 +126,7 @@ pub struct Sizes {
     pub ingest_requests: usize,
     pub concurrencies: Vec<usize>,
     pub catchup_events: usize,
+    pub growth_events: usize,
     pub freshness_rate: u32,
     pub freshness_secs: u64,
     pub actions_sessions: usize,
@@ -126,12 +138,13 @@ impl Config {
             flag.unwrap_or(if self.smoke { smoke } else { full })
         };
         Sizes {
-            ingest_requests: pick(self.ingest_requests, 10_000, 200),
+            ingest_requests: pick(self.ingest_requests, 30_000, 200),
             concurrencies: vec![64, 256],
             catchup_events: pick(self.catchup_events, 100_000, 400),
+            growth_events: pick(self.growth_events, 1_000_000, 2000),
             freshness_rate: self
                 .freshness_rate
-                .unwrap_or(if self.smoke { 50 } else { 500 }),
+                .unwrap_or(if self.smoke { 50 } else { 2000 }),
             freshness_secs: self
                 .freshness_secs
                 .unwrap_or(if self.smoke { 3 } else { 20 }),

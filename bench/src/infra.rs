@@ -23,6 +23,82 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Peak resident set size so far (VmHWM) of process `pid`, in MiB.
+pub fn peak_rss_mb_of(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    kb_field(&status, "VmHWM:")
+        .map(|kb| kb / 1024.0)
+        .context("no VmHWM in /proc/PID/status")
+}
+
+/// The sum of the proportional set sizes of every `postgres` process, in MiB; `None`
+/// when none can be read (another user's processes, or PostgreSQL elsewhere).
+pub fn postgres_pss_mb() -> Option<f64> {
+    let mut kb = 0.0;
+    let mut seen = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let is_postgres =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "postgres");
+        if !is_postgres {
+            continue;
+        }
+        if let Some(pss) = std::fs::read_to_string(path.join("smaps_rollup"))
+            .ok()
+            .and_then(|rollup| kb_field(&rollup, "Pss:"))
+        {
+            kb += pss;
+            seen = true;
+        }
+    }
+    seen.then_some(kb / 1024.0)
+}
+
+/// The value of a `Name:   123 kB` line.
+fn kb_field(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The CPU time (user + system, every thread) process `pid` has used so far, from
+/// `/proc/PID/stat`. `std::process::id()` is this process.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing paren,
+    // where field 3 (state) is the first; utime and stime are fields 14 and 15.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |field: usize| -> anyhow::Result<u64> {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {field} in /proc/{pid}/stat"))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_secs_f64(
+        total as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+/// `getconf CLK_TCK` (the unit of `/proc/PID/stat` times), once; 100 when it cannot say.
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|out| out.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -82,13 +158,7 @@ impl Service {
 
     /// Peak resident set size so far (VmHWM), in MiB.
     pub fn peak_rss_mb(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/PID/status")?;
-        Ok(kb / 1024.0)
+        peak_rss_mb_of(self.pid())
     }
 
     /// Fails if the process already exited (a crash would otherwise look like a stall).

@@ -58,10 +58,18 @@ impl Bench {
 
     /// Records the service's peak RSS so far (call right before stopping it).
     pub fn note_memory(&self, service: &infra::Service) {
-        if let Ok(mb) = service.peak_rss_mb() {
-            let mut peaks = self.peaks.lock().expect("peaks lock");
-            let entry = peaks.entry(service.name.clone()).or_insert(0.0);
+        let mut peaks = self.peaks.lock().expect("peaks lock");
+        let mut note = |name: &str, mb: f64| {
+            let entry = peaks.entry(name.to_owned()).or_insert(0.0);
             *entry = entry.max(mb);
+        };
+        if let Ok(mb) = service.peak_rss_mb() {
+            note(&service.name, mb);
+        }
+        // PostgreSQL's footprint at the same moment: its processes share memory, so
+        // their proportional set sizes add up to what it holds.
+        if let Some(mb) = infra::postgres_pss_mb() {
+            note(POSTGRES, mb);
         }
     }
 
@@ -70,7 +78,7 @@ impl Bench {
         let targets = [
             ("ipp-ingest", Some(50.0)),
             ("ipp-projector", Some(100.0)),
-            ("ipp-actions", None),
+            ("ipp-actions", Some(50.0)),
         ];
         targets
             .iter()
@@ -89,9 +97,65 @@ impl Bench {
                     ),
                 )
             })
+            .chain(self.neighbours_memory(&peaks))
             .collect()
     }
+
+    /// The broker's and PostgreSQL's memory, beside the services' (no target: not ours).
+    fn neighbours_memory(&self, peaks: &BTreeMap<String, f64>) -> Vec<Figure> {
+        let mut figures = Vec::new();
+        let broker = std::env::var("BENCH_BROKER_PID")
+            .ok()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(|pid| infra::peak_rss_mb_of(pid).ok());
+        if let Some(mb) = broker {
+            figures.push(Figure::bounded(
+                "memory_broker",
+                "Peak RSS Kafka broker",
+                mb,
+                "MiB",
+                None,
+                "VmHWM of the broker's JVM (BENCH_BROKER_PID, set by scripts/bench) at the end \
+                 of the run; its heap is capped by scripts/kafka-broker"
+                    .into(),
+            ));
+        }
+        if let Some(&mb) = peaks.get(POSTGRES) {
+            figures.push(Figure::bounded(
+                "memory_postgres",
+                "PostgreSQL memory",
+                mb,
+                "MiB",
+                None,
+                "The sum of the proportional set sizes (Pss, /proc/PID/smaps_rollup) of every \
+                 postgres process, sampled whenever a service is stopped; the highest sample \
+                 (shared buffers counted once)"
+                    .into(),
+            ));
+        }
+        figures
+    }
 }
+
+/// Writes records to a topic of its own before any figure: a broker just started runs
+/// its first seconds on an interpreted, unwarmed JVM, and the first figure would pay
+/// for it.
+async fn warm_up_broker(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let n = if bench.config.smoke { 200 } else { 50_000 };
+    let topic =
+        infra::create_topic(bench.brokers(), "bench_warmup", bench.config.partitions).await?;
+    progress(&format!("warming up the broker: {n} records into {topic}"));
+    let bodies: Vec<Vec<u8>> = figures::ingest::deliveries(n, 5)
+        .into_iter()
+        .map(|d| d.body)
+        .collect();
+    let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    infra::prefill(bench.brokers(), &topic, &slices).await?;
+    Ok(Vec::new())
+}
+
+/// The key of PostgreSQL's samples among the services' peaks.
+const POSTGRES: &str = "postgres";
 
 /// Runs every figure, writes `results.md` and `results.json` under `--out`.
 pub async fn run(config: Config) -> anyhow::Result<Report> {
@@ -119,6 +183,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     // fresh broker; each group starts after a CHECKPOINT, so none pays for the previous
     // one's writes.
     let server = bench.config.database_url.clone();
+    let uses_broker = ["freshness", "ingest", "catchup", "growth", "actions"]
+        .iter()
+        .any(|group| bench.config.runs(group));
+    if uses_broker {
+        if let Err(e) = warm_up_broker(&bench).await {
+            record("broker warm-up", Err(e));
+        }
+    }
     if bench.config.runs("freshness") {
         infra::checkpoint(&server).await;
         record("freshness", figures::freshness::run(&bench).await);
@@ -143,15 +215,23 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 .map(|f| vec![f]),
         );
     }
+    if bench.config.runs("growth") {
+        infra::checkpoint(&server).await;
+        record(
+            "growth",
+            figures::projector::growth(&bench).await.map(|f| vec![f]),
+        );
+    }
     if bench.config.runs("actions") {
         infra::checkpoint(&server).await;
         record("actions", figures::actions::run(&bench).await);
     }
     // The table keeps the issue's order.
-    const ORDER: [&str; 5] = [
+    const ORDER: [&str; 6] = [
         "ingest_",
         "projector_catchup",
         "projector_apply",
+        "projector_growth",
         "freshness_",
         "actions_",
     ];

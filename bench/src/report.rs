@@ -65,6 +65,23 @@ impl Figure {
         }
     }
 
+    /// A figure beside a ceiling, with no target of its own: the ratio is reported (e.g.
+    /// what HTTP alone serves, next to ingest).
+    pub fn beside_ceiling(
+        id: &str,
+        name: &str,
+        value: f64,
+        ceiling: f64,
+        unit: &str,
+        detail: String,
+    ) -> Self {
+        Self {
+            ceiling: Some(ceiling),
+            ratio: Some(if ceiling > 0.0 { value / ceiling } else { 0.0 }),
+            ..Self::bounded(id, name, value, unit, None, detail)
+        }
+    }
+
     /// A figure with no ceiling: an absolute bound, or (`target: None`) just reported.
     pub fn bounded(
         id: &str,

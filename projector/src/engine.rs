@@ -27,8 +27,8 @@ use crate::{dead_letters::DeadLetters, record, store::offsets, Error};
 pub use crate::{
     record::{decode, NewEvent},
     store::{
-        migrate, project, statistics::AutoAnalyze, store_batch, StepTimings, Stored, WriteMode,
-        EVENT_COLUMNS, SESSION_COLUMNS,
+        copy_events, copy_sessions, migrate, project, statistics::AutoAnalyze, store_batch,
+        StepTimings, Stored, WriteMode, EVENT_COLUMNS, SESSION_COLUMNS,
     },
 };
 

@@ -3,10 +3,14 @@
 //! `ACTIONS_CONCURRENCY ÷ (calls per capture × latency)`; a capture is two calls
 //! (GET the order, POST the capture).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context};
 use ipp_loadgen::{Workload, WorkloadSpec};
+use ipp_schemas::Route;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{
@@ -80,10 +84,26 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     )
     .await?;
 
-    let ceiling = concurrency as f64 / (CALLS_PER_CAPTURE * latency_ms as f64 / 1000.0);
+    let in_flight_bound = concurrency as f64 / (CALLS_PER_CAPTURE * latency_ms as f64 / 1000.0);
+    // The limit is per account (merchant_id): the busiest account takes longest, at
+    // `limit ÷ 2` captures per second, so the whole workload is done no sooner.
+    let rate_limit = bench.config.om_rate_limit;
+    let mut per_account: HashMap<Option<String>, usize> = HashMap::new();
+    for body in &bodies {
+        *per_account
+            .entry(Route::parse(body)?.merchant_id)
+            .or_default() += 1;
+    }
+    let busiest = per_account.values().copied().max().unwrap_or(1);
+    let rate_bound = if rate_limit > 0.0 {
+        n as f64 * rate_limit / (CALLS_PER_CAPTURE * busiest as f64)
+    } else {
+        f64::INFINITY
+    };
+    let ceiling = in_flight_bound.min(rate_bound);
     progress(&format!(
-        "actions: ipp-actions with {concurrency} in flight, OM latency {latency_ms} ms \
-         (ceiling {ceiling:.0} captures/s)"
+        "actions: ipp-actions with {concurrency} in flight, OM latency {latency_ms} ms, rate \
+         limit {rate_limit} requests/s (ceiling {ceiling:.0} captures/s)"
     ));
     let mut actions = bench.spawn(
         "ipp-actions",
@@ -101,9 +121,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ("KUSTOM_API_URL", sim_url.clone()),
             ("KUSTOM_API_KEY", API_KEY.into()),
             ("ACTIONS_CONCURRENCY", concurrency.to_string()),
-            // The workers' ceiling, not Kustom's limit (100 requests/s per account by
-            // default, 50 captures/s): the rate limit is tests/it/rate_limit.rs' figure.
-            ("ACTIONS_OM_RATE_LIMIT", "0".into()),
+            ("ACTIONS_OM_RATE_LIMIT", rate_limit.to_string()),
             ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
         ],
     )?;
@@ -203,9 +221,18 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              {n} succeeded, {captures} captures applied, {requests} OM requests ({:.2} per \
              capture); at least {backlog} rows were pending throughout the window (more than \
              {concurrency} means the workers, not the consumer, set the pace); whole run {:.1} s. \
-             Ceiling: in-flight bound ÷ (2 calls × latency)",
+             Ceiling: the lower of the in-flight bound ÷ (2 calls × latency), {in_flight_bound:.0} \
+             captures/s, and what the rate limit per account allows (ACTIONS_OM_RATE_LIMIT=\
+             {rate_limit} ÷ 2 calls for the busiest of {} accounts, {busiest} of the {n} \
+             sessions), {}",
             requests as f64 / n as f64,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            per_account.len(),
+            if rate_bound.is_finite() {
+                format!("{rate_bound:.0} captures/s")
+            } else {
+                "none (0: no limit)".into()
+            }
         ),
     )])
 }

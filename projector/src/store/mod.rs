@@ -26,6 +26,27 @@ pub mod statistics;
 
 pub use copy::{EVENT_COLUMNS, SESSION_COLUMNS};
 
+/// One binary `COPY` of `events` into `ipp_events`, the bytes [`WriteMode::Copy`] sends:
+/// the benchmark's ceiling for the event half of a batch.
+pub async fn copy_events(conn: &mut sqlx::PgConnection, events: &[&NewEvent]) -> Result<(), Error> {
+    copy::copy_rows(conn, "ipp_events", &EVENT_COLUMNS, &copy::events(events)).await
+}
+
+/// One binary `COPY` of `sessions` into `ipp_sessions`, the bytes [`WriteMode::Copy`]
+/// sends for new sessions: the benchmark's ceiling for the session half.
+pub async fn copy_sessions(
+    conn: &mut sqlx::PgConnection,
+    sessions: &[SessionRow],
+) -> Result<(), Error> {
+    copy::copy_rows(
+        conn,
+        "ipp_sessions",
+        &SESSION_COLUMNS,
+        &copy::sessions(sessions),
+    )
+    .await
+}
+
 /// Applies the projector's migrations.
 ///
 /// sqlx's migrator takes `pg_advisory_lock` (keyed by the database name) before it
