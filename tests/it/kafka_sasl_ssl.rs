@@ -16,13 +16,13 @@ use ipp_tests::{
     inprocess::ingest_config,
     json_of,
     kafka::{self, SaslSslBroker},
+    orders::order_row,
     process::Service,
     processes::{Processes, ServicesKafka},
     produce::ipp_body,
     projector::FINALIZED,
     signer::Signer,
 };
-use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -38,14 +38,6 @@ async fn session_status(pool: &PgPool, order: Uuid) -> Option<String> {
         .fetch_optional(pool)
         .await
         .expect("ipp_sessions")
-}
-
-async fn order_row(pool: &PgPool, order: Uuid) -> Option<Value> {
-    sqlx::query_scalar("SELECT to_jsonb(o) FROM ipp_orders o WHERE order_id = $1")
-        .bind(order)
-        .fetch_optional(pool)
-        .await
-        .expect("ipp_orders")
 }
 
 /// A finalized session posted to ingest is stored over SASL_SSL, projected, captured

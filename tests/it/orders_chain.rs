@@ -93,11 +93,7 @@ impl Chain {
     }
 
     async fn order(&self, order: Uuid) -> Option<Value> {
-        sqlx::query_scalar("SELECT to_jsonb(o) FROM ipp_orders o WHERE order_id = $1")
-            .bind(order)
-            .fetch_optional(&self.pool)
-            .await
-            .expect("ipp_orders")
+        ipp_tests::orders::order_row(&self.pool, order).await
     }
 
     /// The ledger's money actions for `order`: (kind, status).

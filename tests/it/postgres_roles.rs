@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use ipp_tests::{
-    cli, eventually::eventually, process::ChildConfig, processes::Processes, unique_name,
+    cli, eventually::eventually, orders::order_row, process::ChildConfig, processes::Processes,
+    unique_name,
 };
-use serde_json::Value;
-use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
+use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
 use uuid::Uuid;
 
 const MERCHANT: &str = "DM00000000";
@@ -23,14 +23,6 @@ fn url_as(owner_url: &str, role: &str) -> String {
     let (scheme, rest) = owner_url.split_once("://").expect("url");
     let host = rest.split_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://{role}@{host}")
-}
-
-async fn order_row(pool: &PgPool, order: Uuid) -> Option<Value> {
-    sqlx::query_scalar("SELECT to_jsonb(o) FROM ipp_orders o WHERE order_id = $1")
-        .bind(order)
-        .fetch_optional(pool)
-        .await
-        .expect("ipp_orders")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -366,6 +366,15 @@ pub async fn send(wiring: &Wiring, records: &[LogRecord]) {
     }
 }
 
+/// The `ipp_orders` row of `order` as JSON, if there is one.
+pub async fn order_row(pool: &PgPool, order: Uuid) -> Option<Value> {
+    sqlx::query_scalar("SELECT to_jsonb(o) FROM ipp_orders o WHERE order_id = $1")
+        .bind(order)
+        .fetch_optional(pool)
+        .await
+        .expect("ipp_orders")
+}
+
 /// The three fact tables and the view, as JSON rows in a stable order, without the
 /// bookkeeping column `updated_at`.
 pub async fn orders_tables(pool: &PgPool) -> Vec<Value> {
