@@ -42,13 +42,11 @@ impl TraceExport {
     /// Export as the standard `OTEL_*` variables say, `service` being the service name
     /// unless `OTEL_SERVICE_NAME` gives one; `None` when no OTLP endpoint is set.
     pub fn from_env(service: &'static str) -> Result<Option<Self>, TraceExportError> {
-        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-        let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true");
-        if disabled
-            || !(set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-        {
+        let var = |name: &str| std::env::var(name).ok();
+        if !export_wanted(var) {
             return Ok(None);
         }
+        let set = |name: &str| var(name).is_some_and(|v| !v.is_empty());
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -69,6 +67,14 @@ impl TraceExport {
         let _ = TRACER.set(provider.tracer("ipp-pipeline"));
         Ok(Some(Self { provider }))
     }
+}
+
+/// Whether the variables `var` reads ask for export: an endpoint set (an empty value
+/// counts as unset, as compose files pass them) and the SDK not disabled.
+fn export_wanted(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
 impl Drop for TraceExport {
@@ -187,4 +193,50 @@ fn span_context(context: &TraceContext) -> SpanContext {
         true,
         TraceState::default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(vars: &[(&str, &str)]) -> bool {
+        export_wanted(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn export_only_with_an_endpoint_and_not_disabled() {
+        assert!(!wanted(&[]), "nothing set: no export");
+        assert!(
+            !wanted(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]),
+            "empty is unset"
+        );
+        assert!(wanted(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]));
+        assert!(wanted(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces"
+        )]));
+        assert!(!wanted(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ]));
+        assert!(wanted(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "false"),
+        ]));
+    }
+
+    #[test]
+    fn without_export_a_span_is_nothing() {
+        // No test here sets up export: the tracer is never installed in this process.
+        let own = TraceContext::new_root();
+        let mut span = Span::start("a", Kind::Server, &own, None);
+        span.attribute("k", "v");
+        span.error("e");
+        assert!(span.0.is_none());
+        assert!(Span::linked("b", Kind::Consumer, [own]).0.is_none());
+    }
 }
