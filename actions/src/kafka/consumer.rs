@@ -441,10 +441,14 @@ impl ClientContext for LagContext {
                     let _ = self.partition_lag.remove_label_values(&label);
                     continue;
                 }
-                if partition_stats.consumer_lag_stored >= 0 {
-                    self.partition_lag
-                        .with_label_values(&label)
-                        .set(partition_stats.consumer_lag_stored);
+                let lag = partition_lag(
+                    partition_stats.consumer_lag_stored,
+                    partition_stats.hi_offset,
+                    partition_stats.lo_offset,
+                    partition_stats.committed_offset,
+                );
+                if let Some(lag) = lag {
+                    self.partition_lag.with_label_values(&label).set(lag);
                 }
             }
         }
@@ -452,3 +456,47 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {}
+
+/// A partition's lag from librdkafka's statistics: `consumer_lag_stored` once this
+/// consumer stored an offset there; before that (an empty partition, or nothing read
+/// since the start), what lies between where it starts (the committed offset, else the
+/// earliest, as `auto.offset.reset` says) and the end. `None` while the end is unknown.
+fn partition_lag(stored_lag: i64, end: i64, earliest: i64, committed: i64) -> Option<i64> {
+    if stored_lag >= 0 {
+        return Some(stored_lag);
+    }
+    let start = if committed >= 0 { committed } else { earliest };
+    (end >= 0 && start >= 0).then(|| (end - start).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+
+    /// librdkafka's "unknown": an offset or a lag of -1 (or -1001 for offsets).
+    const UNKNOWN: i64 = -1;
+    const INVALID_OFFSET: i64 = -1001;
+
+    #[test]
+    fn a_stored_offset_gives_librdkafkas_lag() {
+        assert_eq!(partition_lag(7, 100, 0, 50), Some(7));
+        assert_eq!(partition_lag(0, 100, 0, 100), Some(0));
+    }
+
+    #[test]
+    fn an_empty_partition_has_no_lag_before_anything_is_stored() {
+        assert_eq!(partition_lag(UNKNOWN, 0, 0, INVALID_OFFSET), Some(0));
+    }
+
+    #[test]
+    fn before_the_first_record_the_lag_counts_from_the_committed_offset_else_the_earliest() {
+        assert_eq!(partition_lag(UNKNOWN, 100, 20, 60), Some(40));
+        assert_eq!(partition_lag(UNKNOWN, 100, 20, INVALID_OFFSET), Some(80));
+    }
+
+    #[test]
+    fn an_unknown_end_is_no_figure() {
+        assert_eq!(partition_lag(UNKNOWN, UNKNOWN, 0, INVALID_OFFSET), None);
+        assert_eq!(partition_lag(UNKNOWN, 10, UNKNOWN, INVALID_OFFSET), None);
+    }
+}
