@@ -56,6 +56,20 @@ impl Bench {
         infra::Service::spawn(&self.bin_dir, &self.logs, name, args, env)
     }
 
+    /// A new topic of `bench.config.partitions` partitions (`prefix` and a unique
+    /// suffix) holding `bodies`, written as ingest writes them.
+    pub async fn prefilled_topic(
+        &self,
+        prefix: &str,
+        bodies: &[Vec<u8>],
+    ) -> anyhow::Result<String> {
+        let topic = infra::create_topic(self.brokers(), prefix, self.config.partitions).await?;
+        progress(&format!("prefilling {topic} with {} records", bodies.len()));
+        let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        infra::prefill(self.brokers(), &topic, &slices).await?;
+        Ok(topic)
+    }
+
     /// Records the service's peak RSS so far (call right before stopping it).
     pub fn note_memory(&self, service: &infra::Service) {
         let mut peaks = self.peaks.lock().expect("peaks lock");
@@ -140,18 +154,15 @@ impl Bench {
 /// Writes records to a topic of its own before any figure: a broker just started runs
 /// its first seconds on an interpreted, unwarmed JVM, and the first figure would pay
 /// for it.
-async fn warm_up_broker(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+async fn warm_up_broker(bench: &Bench) -> anyhow::Result<()> {
     let n = if bench.config.smoke { 200 } else { 50_000 };
-    let topic =
-        infra::create_topic(bench.brokers(), "bench_warmup", bench.config.partitions).await?;
-    progress(&format!("warming up the broker: {n} records into {topic}"));
+    progress(&format!("warming up the broker with {n} records"));
     let bodies: Vec<Vec<u8>> = figures::ingest::deliveries(n, 5)
         .into_iter()
         .map(|d| d.body)
         .collect();
-    let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-    infra::prefill(bench.brokers(), &topic, &slices).await?;
-    Ok(Vec::new())
+    bench.prefilled_topic("bench_warmup", &bodies).await?;
+    Ok(())
 }
 
 /// The key of PostgreSQL's samples among the services' peaks.
@@ -187,9 +198,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         .iter()
         .any(|group| bench.config.runs(group));
     if uses_broker {
-        if let Err(e) = warm_up_broker(&bench).await {
-            record("broker warm-up", Err(e));
-        }
+        let warmed = warm_up_broker(&bench).await;
+        record("broker warm-up", warmed.map(|()| Vec::new()));
     }
     if bench.config.runs("freshness") {
         infra::checkpoint(&server).await;

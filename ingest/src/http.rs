@@ -108,15 +108,15 @@ async fn receive_webhook(
         Ok(stored) => (stored.outcome(), stored.event_type.as_deref()),
         Err((error, event_type)) => (error.outcome(), event_type.as_deref()),
     };
-    exported.attribute("ipp.outcome", outcome);
-    exported.attribute(
-        "ipp.event_type",
-        metrics::event_type_label(event_type).to_owned(),
-    );
-    // Only a failure of ours is an error span; a refused request is the caller's.
-    if let Err((error, _)) = &result {
-        if matches!(outcome, "unavailable" | "timeout") {
-            exported.error(error.to_string());
+    if exported.is_recording() {
+        exported.attribute("ipp.outcome", outcome);
+        let event_type = metrics::event_type_label(event_type).to_owned();
+        exported.attribute("ipp.event_type", event_type);
+        // Only a failure of ours is an error span; a refused request is the caller's.
+        if let Err((error, _)) = &result {
+            if matches!(outcome, "unavailable" | "timeout") {
+                exported.error(error.to_string());
+            }
         }
     }
     state

@@ -165,6 +165,12 @@ impl Span {
         Self(Some(span))
     }
 
+    /// Whether spans are exported: attributes that cost something to build are worth
+    /// building only then.
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn attribute(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(span) = &mut self.0 {
             use opentelemetry::trace::Span as _;
@@ -236,7 +242,7 @@ mod tests {
         let mut span = Span::start("a", Kind::Server, &own, None);
         span.attribute("k", "v");
         span.error("e");
-        assert!(span.0.is_none());
+        assert!(!span.is_recording());
         assert!(Span::linked("b", Kind::Consumer, [own]).0.is_none());
     }
 }

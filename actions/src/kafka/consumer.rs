@@ -171,17 +171,17 @@ impl ActionConsumer {
         let record_trace = TraceContext::of_record(message.headers());
         let own_trace = record_trace.map(|parent| parent.child());
         let mut span = match (&own_trace, &record_trace) {
-            (Some(own), parent) => {
-                Span::start("process record", Kind::Consumer, own, parent.as_ref())
+            (Some(own), Some(parent)) => {
+                Span::start("process record", Kind::Consumer, own, Some(parent))
             }
-            (None, _) => Span::none(),
+            _ => Span::none(),
         };
-        span.attribute("messaging.destination.name", message.topic().to_owned());
-        span.attribute(
-            "messaging.destination.partition.id",
-            message.partition().to_string(),
-        );
-        span.attribute("messaging.kafka.offset", message.offset());
+        if span.is_recording() {
+            span.attribute("messaging.destination.name", message.topic().to_owned());
+            let partition = message.partition().to_string();
+            span.attribute("messaging.destination.partition.id", partition);
+            span.attribute("messaging.kafka.offset", message.offset());
+        }
         let new = if message.topic() == self.commands_topic {
             self.command_action(message)
         } else if message.topic() == self.kustom_topic {

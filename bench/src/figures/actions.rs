@@ -43,8 +43,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     if bodies.len() < n {
         bail!("workload has only {} finalized sessions", bodies.len());
     }
-    let topic =
-        infra::create_topic(bench.brokers(), "bench_actions", bench.config.partitions).await?;
+    let topic = bench.prefilled_topic("bench_actions", &bodies).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_actions_dlq", 1).await?;
     // Empty here, but ipp-actions consumes them beside the events.
     let commands = infra::create_topic(bench.brokers(), "bench_commands", 1).await?;
@@ -56,11 +55,6 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         bench.config.partitions,
     )
     .await?;
-    progress(&format!(
-        "actions: prefilling {topic} with {n} finalized sessions"
-    ));
-    let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-    infra::prefill(bench.brokers(), &topic, &slices).await?;
 
     let db = Database::create(&bench.config.database_url).await?;
     let sim_port = infra::free_port()?;

@@ -43,19 +43,6 @@ fn bodies_of(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A new topic (`prefix` and a unique suffix) holding `bodies`, as ingest writes them.
-async fn prefilled_topic(
-    bench: &Bench,
-    prefix: &str,
-    bodies: &[Vec<u8>],
-) -> anyhow::Result<String> {
-    let topic = infra::create_topic(bench.brokers(), prefix, bench.config.partitions).await?;
-    progress(&format!("prefilling {topic} with {} events", bodies.len()));
-    let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-    infra::prefill(bench.brokers(), &topic, &slices).await?;
-    Ok(topic)
-}
-
 /// Distinct events and sessions in `bodies`: what the read models must hold.
 fn expected(bodies: &[Vec<u8>]) -> (usize, usize) {
     let mut events = HashSet::new();
@@ -72,7 +59,7 @@ fn expected(bodies: &[Vec<u8>]) -> (usize, usize) {
 pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
     let bodies = &bodies(bench);
     let n = bodies.len();
-    let topic = prefilled_topic(bench, "bench_catchup", bodies).await?;
+    let topic = bench.prefilled_topic("bench_catchup", bodies).await?;
 
     let distinct = decoded(bodies)?;
     let rounds = if bench.config.smoke { 1 } else { 3 };
@@ -140,7 +127,7 @@ pub async fn growth(bench: &Bench) -> anyhow::Result<Figure> {
     let mut rates = Vec::new();
     for bodies in [small, &large[..]] {
         let n = bodies.len();
-        let topic = prefilled_topic(bench, "bench_growth", bodies).await?;
+        let topic = bench.prefilled_topic("bench_growth", bodies).await?;
         infra::checkpoint(&bench.config.database_url).await;
         let rate = projector_catch_up(bench, &topic, bodies).await?;
         progress(&format!(

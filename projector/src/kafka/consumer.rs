@@ -226,8 +226,10 @@ impl Projector {
             .iter()
             .filter_map(|message| TraceContext::of_record(message.headers()));
         let mut span = Span::linked("apply batch", Kind::Consumer, links);
-        span.attribute("messaging.destination.name", self.config.ipp_topic.clone());
-        span.attribute("messaging.batch.message_count", batch.len() as i64);
+        if span.is_recording() {
+            span.attribute("messaging.destination.name", self.config.ipp_topic.clone());
+            span.attribute("messaging.batch.message_count", batch.len() as i64);
+        }
         engine
             .apply_isolating(batch, retry, |outcome| self.committed(outcome))
             .await
