@@ -29,10 +29,12 @@ ensure_build_deps() {
 }
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+# Connects without a password, as every script and test does.
+pg_trusts() { psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; }
 
 # PostgreSQL on 127.0.0.1:5432 with trust auth for local connections.
 ensure_postgres() {
-  if pg_ready; then return 0; fi
+  if pg_ready && pg_trusts; then return 0; fi
   if ! command -v pg_ctlcluster >/dev/null; then
     apt_install postgresql postgresql-client
   fi
@@ -40,15 +42,21 @@ ensure_postgres() {
   version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
   [ -n "$version" ] || die "postgresql is installed but has no cluster"
   local hba=/etc/postgresql/$version/main/pg_hba.conf
-  # A cluster this script installed uses password auth on TCP; development wants trust.
+  # A cluster Debian's package made uses password auth on TCP; development wants trust.
   if ! grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
     log "allowing trust auth on 127.0.0.1 in $hba"
     as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
   fi
-  log "starting PostgreSQL $version"
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-  for _ in $(seq 1 60); do pg_ready && return 0; sleep 0.5; done
-  die "PostgreSQL did not come up on 127.0.0.1:5432"
+  if pg_ready; then
+    # Started before (by hand, or by the package) with the old rules: reload them.
+    log "reloading PostgreSQL $version's authentication rules"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  else
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  fi
+  for _ in $(seq 1 60); do pg_ready && pg_trusts && return 0; sleep 0.5; done
+  die "PostgreSQL did not come up on 127.0.0.1:5432 with trust auth"
 }
 
 free_port() {
