@@ -347,10 +347,29 @@ async fn poison_records_go_to_the_dlq_with_provenance_and_later_records_apply() 
 }
 
 /// Not how ingest keys records, but what a re-keyed or hand-fed topic could hold: a
-/// session's events spread over partitions that two projectors apply concurrently.
+/// session's events spread over partitions that two projectors apply concurrently (one
+/// with a single lane, one with the default lanes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
     let target = Target::new(4).await;
+    let mut single_lane = target.config(5, &[]);
+    single_lane.apply_lanes = 1;
+    spread_sessions_fold(&target, vec![target.config(5, &[]), single_lane]).await;
+}
+
+/// The same within one projector: its lanes apply the partitions side by side, each in
+/// its own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_of_one_projector_fold_sessions_spread_over_their_partitions() {
+    let target = Target::new(4).await;
+    let mut config = target.config(5, &[]);
+    config.apply_lanes = 4;
+    spread_sessions_fold(&target, vec![config]).await;
+}
+
+/// Sends a workload keyed by event id (so each session's events land in several
+/// partitions), runs `projectors` until they applied it all and checks the rows.
+async fn spread_sessions_fold(target: &Target, projectors: Vec<ipp_projector::Config>) {
     let work = workload(150, 23);
     let producer = Producer::new(&target.wiring.brokers, &target.wiring.topic);
     let mut positions = Vec::with_capacity(work.bodies.len());
@@ -369,18 +388,18 @@ async fn sessions_spread_over_partitions_still_fold_over_all_their_events() {
     assert!(ends.len() > 1, "events spread over several partitions");
 
     let pool = target.pool().await;
-    let mut first = Projector::spawn(target.config(5, &[]));
-    let mut second = Projector::spawn(target.config(5, &[]));
+    let mut running: Vec<Projector> = projectors.into_iter().map(Projector::spawn).collect();
+    let mut refs: Vec<&mut Projector> = running.iter_mut().collect();
     wait_for_offsets(
         &pool,
         &target.group,
         &target.wiring.topic,
         &ends,
         Duration::from_secs(120),
-        &mut [&mut first, &mut second],
+        &mut refs,
     )
     .await;
-    tokio::join!(first.stop(), second.stop());
+    futures::future::join_all(running.into_iter().map(Projector::stop)).await;
 
     assert_exact(&pool, &work, &positions).await;
 }

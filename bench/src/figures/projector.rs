@@ -64,25 +64,32 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
     let distinct = decoded(bodies)?;
     let rounds = if bench.config.smoke { 1 } else { 3 };
     let (mut ceilings, mut values) = (Vec::new(), Vec::new());
-    let (mut consumes, mut copies) = (Vec::new(), Vec::new());
+    let (mut consumes, mut copies, mut parallel_copies) = (Vec::new(), Vec::new(), Vec::new());
+    let lanes = ipp_projector::config::DEFAULT_APPLY_LANES as usize;
     for round in 1..=rounds {
         progress(&format!(
             "projector catch-up, round {round}/{rounds}: ceilings (a bare consumer from offset 0, binary COPY)"
         ));
         let consume = bare_consumer(bench, &topic, n).await?;
-        // The COPY ceiling in records of the topic: the time to load its distinct events.
-        let copy = copy_ceiling(bench, &distinct).await? * n as f64 / distinct.len() as f64;
+        // The COPY ceilings in records of the topic: the time to load its distinct events,
+        // in one stream and in as many as the projector has lanes.
+        let in_records = n as f64 / distinct.len() as f64;
+        let copy = copy_ceiling(bench, &distinct, 1).await? * in_records;
+        let parallel_copy = copy_ceiling(bench, &distinct, lanes).await? * in_records;
         let ceiling = consume.min(copy);
         consumes.push(consume);
         copies.push(copy);
+        parallel_copies.push(parallel_copy);
         progress(&format!(
             "projector catch-up: ceilings {consume:.0} records/s (consume), {copy:.0} records/s \
-             (COPY); now ipp-projector"
+             (COPY), {parallel_copy:.0} records/s (COPY in {lanes} connections); now ipp-projector"
         ));
         let value = projector_catch_up(bench, &topic, bodies).await?;
         progress(&format!(
-            "projector catch-up: {value:.0} records/s ({:.2}×)",
-            value / ceiling
+            "projector catch-up: {value:.0} records/s ({:.2}×; {:.2}× the COPY in {lanes} \
+             connections)",
+            value / ceiling,
+            value / parallel_copy
         ));
         ceilings.push(ceiling);
         values.push(value);
@@ -108,11 +115,16 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
              rows checked after. Ceiling: the lower of a BaseConsumer subscribing with a fresh \
              group from offset 0 and reading every record (median {:.0} records/s) and one binary \
              COPY of the distinct events and their session rows, counted in records of the topic \
-             (median {:.0} records/s). Median of {rounds} rounds, each the ceilings then the \
-             projector (ratios {})",
+             (median {:.0} records/s). ipp-projector applies in {lanes} lanes (its default), \
+             each a transaction on its own connection: the same COPY split by session over \
+             {lanes} connections at once reached a median {:.0} records/s, and the projector \
+             {:.2}× that. Median of {rounds} rounds, each the ceilings then the projector \
+             (ratios {})",
             bench.config.partitions,
             median(&consumes),
             median(&copies),
+            median(&parallel_copies),
+            median(&values) / median(&parallel_copies),
             ratios.join(", ")
         ),
     ))
@@ -332,7 +344,7 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
         progress(&format!(
             "projector apply engine, round {round}/{rounds}: COPY of {rows} ipp_events rows (ceiling)"
         ));
-        let ceiling = copy_ceiling(bench, &events).await?;
+        let ceiling = copy_ceiling(bench, &events, 1).await?;
         progress(&format!(
             "projector apply engine: ceiling {ceiling:.0} rows/s; now store::store_batch in batches of {batch}"
         ));
@@ -362,7 +374,9 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
             "{rows} distinct decoded events applied in-process with ipp_projector::store::store_batch \
              (session locks, read of stored events, COPY of the new events and sessions, fold, \
              upsert of the changed sessions, commit; one transaction per {batch}-event batch, as \
-             the projector batches) into a fresh migrated database; median of {rounds} rounds \
+             the projector batches, one batch at a time: the cost per transaction of one of \
+             ipp-projector's lanes, which the catch-up figure runs side by side) into a fresh \
+             migrated database; median of {rounds} rounds \
              (ratios {}), the median round: {}. Ceiling: one binary COPY of the same {rows} rows \
              into ipp_events and one of their sessions' rows (folded in memory before the \
              clock) into ipp_sessions, the bytes the engine's COPY path sends, in one \
@@ -449,31 +463,58 @@ async fn apply_in_batches(
     Ok((value, breakdown))
 }
 
-/// Events per second of one binary `COPY` of `events` into `ipp_events` and one of their
-/// sessions' rows (folded in memory before the clock) into `ipp_sessions`, in one
-/// transaction, in a fresh migrated database (same indexes), dropped afterwards.
-async fn copy_ceiling(bench: &Bench, events: &[NewEvent]) -> anyhow::Result<f64> {
+/// Events per second of a binary `COPY` of `events` into `ipp_events` and of their
+/// sessions' rows (folded in memory before the clock) into `ipp_sessions`, in a fresh
+/// migrated database (same indexes), dropped afterwards. With one connection it is one
+/// transaction; with more, the rows are split by session among that many transactions
+/// on their own connections, run at once (as the projector's lanes split partitions,
+/// and a session's events share a partition).
+async fn copy_ceiling(
+    bench: &Bench,
+    events: &[NewEvent],
+    connections: usize,
+) -> anyhow::Result<f64> {
+    let connections = connections.max(1);
     let db = Database::create(&bench.config.database_url).await?;
     let pool: PgPool = PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(connections as u32)
         .connect(&db.url)
         .await?;
     store::migrate(&pool).await?;
     infra::checkpoint(&bench.config.database_url).await;
-    let mut by_session: BTreeMap<Uuid, Vec<&SessionEvent>> = BTreeMap::new();
+    let part_of = |session: &Uuid| (session.as_u128() % connections as u128) as usize;
+    let mut parts: Vec<(Vec<&NewEvent>, BTreeMap<Uuid, Vec<&SessionEvent>>)> =
+        (0..connections).map(|_| Default::default()).collect();
     for e in events {
+        let (part_events, by_session) = &mut parts[part_of(&e.session_id)];
+        part_events.push(e);
         by_session.entry(e.session_id).or_default().push(&e.event);
     }
-    let sessions: Vec<SessionRow> = by_session
+    let parts: Vec<(Vec<&NewEvent>, Vec<SessionRow>)> = parts
         .into_iter()
-        .filter_map(|(id, events)| session::fold(id, events))
+        .map(|(events, by_session)| {
+            let sessions = by_session
+                .into_iter()
+                .filter_map(|(id, events)| session::fold(id, events))
+                .collect();
+            (events, sessions)
+        })
         .collect();
-    let events: Vec<&NewEvent> = events.iter().collect();
-    let mut tx = pool.begin().await?;
+    // Connected before the clock, as the engine's connections are.
+    let mut transactions = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        transactions.push(pool.begin().await?);
+    }
     let started = Instant::now();
-    store::copy_events(&mut tx, &events).await?;
-    store::copy_sessions(&mut tx, &sessions).await?;
-    tx.commit().await?;
+    futures::future::try_join_all(transactions.into_iter().zip(&parts).map(
+        |(mut tx, (events, sessions))| async move {
+            store::copy_events(&mut tx, events).await?;
+            store::copy_sessions(&mut tx, sessions).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        },
+    ))
+    .await?;
     let ceiling = events.len() as f64 / started.elapsed().as_secs_f64();
     pool.close().await;
     db.drop_now(bench.config.keep_databases).await?;

@@ -19,6 +19,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,6 +32,12 @@ use crate::{
     store::{offsets, statistics::AutoAnalyze},
     Error,
 };
+
+/// The lane that applies the records of `partition`: the same one for as long as the
+/// process runs, so a partition's records are applied in order.
+fn lane_of(partition: i32, lanes: usize) -> usize {
+    usize::try_from(partition).unwrap_or(0) % lanes.max(1)
+}
 
 /// How long leaving the consumer group may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,10 +110,12 @@ impl Projector {
         result
     }
 
-    /// Applies batch after batch; the next batch is gathered (and topped up once the
-    /// previous one committed) while the previous one is in PostgreSQL, so the
-    /// database and the broker work at the same time. A record gathered early for a
-    /// partition that is revoked meanwhile is harmless: the stored offsets decide.
+    /// Hands each record to the lane of its partition and applies batch after batch in
+    /// every lane (see `PROJECTOR_APPLY_LANES`). A lane's next batch gathers in its queue
+    /// while its previous one is in PostgreSQL, and the lanes' transactions run side by
+    /// side, so the database, the broker and the decoding work at the same time. A
+    /// record gathered early for a partition that is revoked meanwhile is harmless: the
+    /// stored offsets decide.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), Error> {
         let engine = Engine::new(
             &self.pool,
@@ -118,62 +127,78 @@ impl Projector {
             self.config.max_payload_bytes,
             self.statistics.clone(),
         );
-        let mut batch = Vec::new();
-        while !shutdown.is_cancelled() {
-            if batch.is_empty() {
-                batch = self.next_batch(shutdown).await;
-                continue;
-            }
-            let (applied, mut next) = tokio::join!(
-                self.apply(&engine, &batch, shutdown),
-                self.next_batch(shutdown)
-            );
-            applied?;
-            if !next.is_empty() {
-                self.gather(&mut next, tokio::time::Instant::now()).await;
-            }
-            batch = next;
-        }
+        let (queues, lanes): (Vec<_>, Vec<_>) = (0..self.config.apply_lanes.max(1))
+            .map(|_| mpsc::channel(self.config.batch_size as usize))
+            .unzip();
+        let lanes = lanes
+            .into_iter()
+            .map(|records| self.lane(&engine, records, shutdown));
+        tokio::try_join!(
+            self.dispatch(queues, shutdown),
+            futures::future::try_join_all(lanes)
+        )?;
         Ok(())
     }
 
-    /// Waits for a first record, then gathers more until the batch is full or the
-    /// batch wait is over. Empty when shutting down or idle for a second.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
-        let mut batch = Vec::new();
-        let first = tokio::select! {
-            () = shutdown.cancelled() => return batch,
-            received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
-        };
-        match first {
-            Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(e)) => {
-                self.receive_error(&e).await;
-                return batch;
-            }
-            Err(_idle) => {
-                self.refresh_offsets().await;
-                return batch;
-            }
-        }
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.batch_wait_ms);
-        self.gather(&mut batch, deadline).await;
-        batch
-    }
-
-    /// Adds records to `batch` until it is full or `deadline` passes; records already
-    /// received are taken even when the deadline is over.
-    async fn gather(&self, batch: &mut Vec<OwnedMessage>, deadline: tokio::time::Instant) {
-        while batch.len() < self.config.batch_size as usize {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
+    /// Receives records and queues each in its partition's lane; refreshes the offsets
+    /// cache after a second without records.
+    async fn dispatch(
+        &self,
+        lanes: Vec<mpsc::Sender<OwnedMessage>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
+            };
+            let message = match received {
+                Ok(Ok(message)) => message.detach(),
                 Ok(Err(e)) => {
                     self.receive_error(&e).await;
-                    break;
+                    continue;
                 }
-                Err(_deadline) => break,
+                Err(_idle) => {
+                    self.refresh_offsets().await;
+                    continue;
+                }
+            };
+            let lane = &lanes[lane_of(message.partition(), lanes.len())];
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                // Closed only when its lane stopped, which ends the consumer anyway.
+                sent = lane.send(message) => if sent.is_err() { return Ok(()) },
             }
+        }
+    }
+
+    /// Applies the records of one lane: waits for a first record, then takes what is
+    /// queued up to a full batch (waiting up to `PROJECTOR_BATCH_WAIT_MS` for more).
+    async fn lane(
+        &self,
+        engine: &Engine<'_>,
+        mut records: mpsc::Receiver<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let batch_size = self.config.batch_size as usize;
+        let mut batch = Vec::with_capacity(batch_size);
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                first = records.recv() => first,
+            };
+            let Some(first) = first else { return Ok(()) };
+            batch.push(first);
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(self.config.batch_wait_ms);
+            while batch.len() < batch_size {
+                match tokio::time::timeout_at(deadline, records.recv()).await {
+                    Ok(Some(message)) => batch.push(message),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.apply(engine, &batch, shutdown).await?;
+            batch.clear();
         }
     }
 
@@ -286,5 +311,19 @@ impl Projector {
                 "informational kafka offset store failed"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_of;
+
+    #[test]
+    fn a_partition_always_goes_to_the_same_lane_and_the_lanes_share_the_partitions() {
+        let lanes: Vec<usize> = (0..8).map(|partition| lane_of(partition, 3)).collect();
+        assert_eq!(lanes, [0, 1, 2, 0, 1, 2, 0, 1]);
+        assert!((0..8).all(|partition| lane_of(partition, 1) == 0));
+        // librdkafka's "no partition" (-1) never indexes out of range.
+        assert_eq!(lane_of(-1, 2), 0);
     }
 }
