@@ -66,23 +66,58 @@ fn kb_field(text: &str, name: &str) -> Option<f64> {
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    ticks_of(&stat, &format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of a `/proc/…/stat` line.
+fn ticks_of(stat: &str, what: &str) -> anyhow::Result<Duration> {
     // The command name (field 2) may hold spaces: count fields after its closing paren,
     // where field 3 (state) is the first; utime and stime are fields 14 and 15.
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
-        .context("no command name in /proc/PID/stat")?;
+        .with_context(|| format!("no command name in {what}"))?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks = |field: usize| -> anyhow::Result<u64> {
         fields
             .get(field - 3)
             .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no field {field} in /proc/{pid}/stat"))
+            .with_context(|| format!("no field {field} in {what}"))
     };
     let total = ticks(14)? + ticks(15)?;
     Ok(Duration::from_secs_f64(
         total as f64 / clock_ticks_per_second() as f64,
     ))
+}
+
+/// CPU time of this process, to the nanosecond (`/proc`'s times count in clock ticks of
+/// 10 ms, too coarse for the few milliseconds a smoke run's producer uses).
+pub fn own_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// CPU time (utime + stime) of this process's threads named `name` (tokio names every
+/// thread of a runtime alike), summed over those alive now.
+pub fn threads_cpu_time(name: &str) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+        let path = task?.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(comm, _)| comm);
+        if comm == Some(name) {
+            total += ticks_of(&stat, "/proc/self/task/*/stat")?;
+        }
+    }
+    Ok(total)
 }
 
 /// `getconf CLK_TCK` (the unit of `/proc/PID/stat` times), once; 100 when it cannot say.
