@@ -56,9 +56,9 @@ pub struct Config {
     )]
     pub batch_wait_ms: u64,
 
-    /// Batches applied at once, each in its own transaction on its own connection: the
-    /// assigned partitions are split among the lanes (partition modulo lanes), so each
-    /// partition keeps its order. One PostgreSQL connection applies on one core; a
+    /// Batches the live projector applies at once, each in its own transaction on its own
+    /// connection (rebuild and replay apply one at a time): the assigned partitions are
+    /// split among the lanes (partition modulo lanes), so each partition keeps its order. One PostgreSQL connection applies on one core; a
     /// second lane lets the database work on one batch while the other is decoded and
     /// sent (1: one batch at a time). Keep it below DATABASE_MAX_CONNECTIONS.
     #[arg(long, env = "PROJECTOR_APPLY_LANES", default_value_t = DEFAULT_APPLY_LANES, global = true,
