@@ -145,7 +145,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
-struct Run {
+pub(crate) struct Run {
     throughput: f64,
     latency: Latency,
     failed: usize,
@@ -240,7 +240,7 @@ impl Drop for BareHttp {
     }
 }
 
-async fn producer_ceiling(
+pub(crate) async fn producer_ceiling(
     bench: &Bench,
     work: &[Delivery],
     concurrency: usize,

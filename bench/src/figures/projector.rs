@@ -263,7 +263,7 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
 
 /// Records per second a bare consumer reads `topic` from offset 0, group join included
 /// (the projector pays it too).
-async fn bare_consumer(bench: &Bench, topic: &str, n: usize) -> anyhow::Result<f64> {
+pub(crate) async fn bare_consumer(bench: &Bench, topic: &str, n: usize) -> anyhow::Result<f64> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bench.brokers())
