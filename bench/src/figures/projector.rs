@@ -483,15 +483,20 @@ async fn copy_ceiling(
     store::migrate(&pool).await?;
     infra::checkpoint(&bench.config.database_url).await;
     let part_of = |session: &Uuid| (session.as_u128() % connections as u128) as usize;
-    let mut parts: Vec<(Vec<&NewEvent>, BTreeMap<Uuid, Vec<&SessionEvent>>)> =
-        (0..connections).map(|_| Default::default()).collect();
+    let mut part_events: Vec<Vec<&NewEvent>> = vec![Vec::new(); connections];
+    let mut part_sessions: Vec<BTreeMap<Uuid, Vec<&SessionEvent>>> =
+        vec![BTreeMap::new(); connections];
     for e in events {
-        let (part_events, by_session) = &mut parts[part_of(&e.session_id)];
-        part_events.push(e);
-        by_session.entry(e.session_id).or_default().push(&e.event);
+        let part = part_of(&e.session_id);
+        part_events[part].push(e);
+        part_sessions[part]
+            .entry(e.session_id)
+            .or_default()
+            .push(&e.event);
     }
-    let parts: Vec<(Vec<&NewEvent>, Vec<SessionRow>)> = parts
+    let parts: Vec<(Vec<&NewEvent>, Vec<SessionRow>)> = part_events
         .into_iter()
+        .zip(part_sessions)
         .map(|(events, by_session)| {
             let sessions = by_session
                 .into_iter()
