@@ -129,7 +129,7 @@ pub const CLIENT_ID: &str = "ipp-projector";
 
 /// Lanes of the live projector unless PROJECTOR_APPLY_LANES says otherwise: two keep the
 /// database busy while the projector prepares the next batch (a catch-up of 100,000
-/// records on 2 cores went from about 47k to 55-64k records/s; BENCHMARKS.md).
+/// records on 2 cores went from about 47k to 52-64k records/s; BENCHMARKS.md).
 pub const DEFAULT_APPLY_LANES: u32 = 2;
 
 /// ipp-projector's address: the probes.

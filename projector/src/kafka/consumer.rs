@@ -3,7 +3,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -36,7 +39,30 @@ use crate::{
 /// The lane that applies the records of `partition`: the same one for as long as the
 /// process runs, so a partition's records are applied in order.
 fn lane_of(partition: i32, lanes: usize) -> usize {
-    usize::try_from(partition).unwrap_or(0) % lanes.max(1)
+    usize::try_from(partition).unwrap_or(0) % lanes
+}
+
+/// Lanes whose current batch failed and is being retried. The projector is ready only
+/// while there are none, so one lane's commits do not hide another lane's failures.
+#[derive(Debug, Default)]
+struct FailingLanes(AtomicUsize);
+
+impl FailingLanes {
+    /// Counts `lane` (its own flag) as failing, once however often its batch fails.
+    fn failed(&self, lane: &AtomicBool) {
+        if !lane.swap(true, Ordering::AcqRel) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `lane` committed a batch; whether no lane is failing now.
+    fn committed(&self, lane: &AtomicBool) -> bool {
+        if lane.swap(false, Ordering::AcqRel) {
+            self.0.fetch_sub(1, Ordering::AcqRel) == 1
+        } else {
+            self.0.load(Ordering::Acquire) == 0
+        }
+    }
 }
 
 /// How long leaving the consumer group may take at shutdown.
@@ -51,6 +77,7 @@ pub struct Projector {
     dead_letters: DeadLetters,
     offsets: OffsetCache,
     statistics: Arc<AutoAnalyze>,
+    failing_lanes: FailingLanes,
 }
 
 impl Projector {
@@ -84,6 +111,7 @@ impl Projector {
             dead_letters,
             offsets,
             statistics: Arc::new(AutoAnalyze::default()),
+            failing_lanes: FailingLanes::default(),
         })
     }
 
@@ -182,6 +210,7 @@ impl Projector {
     ) -> Result<(), Error> {
         let batch_size = self.config.batch_size as usize;
         let mut batch = Vec::with_capacity(batch_size);
+        let failing = AtomicBool::new(false);
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -197,7 +226,7 @@ impl Projector {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.apply(engine, &batch, shutdown).await?;
+            self.apply(engine, &batch, &failing, shutdown).await?;
             batch.clear();
         }
     }
@@ -235,10 +264,12 @@ impl Projector {
         &self,
         engine: &Engine<'_>,
         batch: &[OwnedMessage],
+        failing: &AtomicBool,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         let on_failure = |_: &Error, _attempt: u32| {
             self.metrics.batch_failures.inc();
+            self.failing_lanes.failed(failing);
             self.ready.set(false);
         };
         let retry = Retry::UntilShutdown {
@@ -256,12 +287,12 @@ impl Projector {
             span.attribute("messaging.batch.message_count", batch.len() as i64);
         }
         engine
-            .apply_isolating(batch, retry, |outcome| self.committed(outcome))
+            .apply_isolating(batch, retry, |outcome| self.committed(outcome, failing))
             .await
     }
 
     /// Reports a committed batch and remembers where it left the offsets.
-    fn committed(&self, outcome: BatchOutcome) {
+    fn committed(&self, outcome: BatchOutcome, failing: &AtomicBool) {
         let metrics = &self.metrics;
         metrics.batch_seconds.observe(outcome.elapsed.as_secs_f64());
         metrics.dead_letters.inc_by(outcome.poison as u64);
@@ -286,7 +317,9 @@ impl Projector {
             fold_ms = outcome.timings.fold.as_secs_f64() * 1e3,
             "batch committed"
         );
-        self.ready.set(true);
+        if self.failing_lanes.committed(failing) {
+            self.ready.set(true);
+        }
         self.remember_offsets(outcome.all_offsets.into_iter());
         self.commit_to_kafka(&outcome.next);
     }
@@ -316,7 +349,30 @@ impl Projector {
 
 #[cfg(test)]
 mod tests {
-    use super::lane_of;
+    use std::sync::atomic::AtomicBool;
+
+    use super::{lane_of, FailingLanes};
+
+    #[test]
+    fn ready_only_once_every_failing_lane_committed_again() {
+        let lanes = FailingLanes::default();
+        let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
+        assert!(lanes.committed(&first), "nothing failed yet");
+        lanes.failed(&first);
+        lanes.failed(&first); // retried: still one failing lane
+        lanes.failed(&second);
+        assert!(!lanes.committed(&second), "the first lane still retries");
+        assert!(!lanes.committed(&second));
+        assert!(
+            lanes.committed(&first),
+            "both committed since their failures"
+        );
+        lanes.failed(&second);
+        assert!(
+            !lanes.committed(&first),
+            "a healthy lane's commit hides nothing"
+        );
+    }
 
     #[test]
     fn a_partition_always_goes_to_the_same_lane_and_the_lanes_share_the_partitions() {
