@@ -10,12 +10,14 @@ pub mod figures;
 pub mod infra;
 pub mod load;
 pub mod report;
+pub mod system;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Mutex};
 
 pub use config::Config;
 use config::Sizes;
 use report::{Figure, Machine, Report};
+use system::CpuShare;
 
 /// Progress for the person watching (stderr; stdout carries the table).
 pub fn progress(message: &str) {
@@ -191,13 +193,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     ));
     let mut figures = Vec::new();
     let mut errors = Vec::new();
-    let mut record = |name: &str, result: anyhow::Result<Vec<Figure>>| match result {
-        Ok(mut measured) => figures.append(&mut measured),
-        Err(e) => {
-            progress(&format!("{name} FAILED: {e:#}"));
-            errors.push(format!("{name}: {e:#}"));
-        }
-    };
+    // Each group's figures carry what the machine's CPUs did meanwhile.
+    let mut record =
+        |name: &str, (result, cpu): (anyhow::Result<Vec<Figure>>, CpuShare)| match result {
+            Ok(measured) => figures.extend(measured.into_iter().map(|f| f.during(cpu))),
+            Err(e) => {
+                progress(&format!("{name} FAILED: {e:#}"));
+                errors.push(format!("{name}: {e:#}"));
+            }
+        };
     // Freshness, the figure most sensitive to the broker's state, runs first, on a
     // fresh broker; each group starts after a CHECKPOINT, so none pays for the previous
     // one's writes.
@@ -206,43 +210,54 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         .iter()
         .any(|group| bench.config.runs(group));
     if uses_broker {
-        let warmed = warm_up_broker(&bench).await;
-        record("broker warm-up", warmed.map(|()| Vec::new()));
+        let warmed = system::during(warm_up_broker(&bench)).await;
+        record("broker warm-up", (warmed.0.map(|()| Vec::new()), warmed.1));
     }
     if bench.config.runs("freshness") {
         infra::checkpoint(&server).await;
-        record("freshness", figures::freshness::run(&bench).await);
+        record(
+            "freshness",
+            system::during(figures::freshness::run(&bench)).await,
+        );
     }
     if bench.config.runs("ingest") {
         infra::checkpoint(&server).await;
-        record("ingest", figures::ingest::run(&bench).await);
+        record("ingest", system::during(figures::ingest::run(&bench)).await);
     }
     if bench.config.runs("catchup") {
         infra::checkpoint(&server).await;
         record(
             "catchup",
-            figures::projector::catch_up(&bench).await.map(|f| vec![f]),
+            system::during(async { figures::projector::catch_up(&bench).await.map(|f| vec![f]) })
+                .await,
         );
     }
     if bench.config.runs("apply") {
         infra::checkpoint(&server).await;
         record(
             "apply",
-            figures::projector::apply_engine(&bench)
-                .await
-                .map(|f| vec![f]),
+            system::during(async {
+                figures::projector::apply_engine(&bench)
+                    .await
+                    .map(|f| vec![f])
+            })
+            .await,
         );
     }
     if bench.config.runs("growth") {
         infra::checkpoint(&server).await;
         record(
             "growth",
-            figures::projector::growth(&bench).await.map(|f| vec![f]),
+            system::during(async { figures::projector::growth(&bench).await.map(|f| vec![f]) })
+                .await,
         );
     }
     if bench.config.runs("actions") {
         infra::checkpoint(&server).await;
-        record("actions", figures::actions::run(&bench).await);
+        record(
+            "actions",
+            system::during(figures::actions::run(&bench)).await,
+        );
     }
     // The table keeps the order.
     const ORDER: [&str; 6] = [

@@ -4,6 +4,8 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
+use crate::system::CpuShare;
+
 /// Which way a target points.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +35,10 @@ pub struct Figure {
     pub met: Option<bool>,
     /// How it was measured and what else was seen (counts, p50, ...).
     pub detail: String,
+    /// What the machine's CPUs did while the figure's group ran (the hypervisor's steal
+    /// included): a missed figure in a window of heavy steal says little about our code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_cpu: Option<CpuShare>,
 }
 
 impl Figure {
@@ -62,6 +68,7 @@ impl Figure {
             goal,
             met: Some(met),
             detail,
+            machine_cpu: None,
         }
     }
 
@@ -102,6 +109,15 @@ impl Figure {
             goal: Goal::ValueAtMost,
             met: target.map(|t| value <= t),
             detail,
+            machine_cpu: None,
+        }
+    }
+
+    /// The figure, with what the machine's CPUs did while its group ran.
+    pub fn during(self, cpu: CpuShare) -> Self {
+        Self {
+            machine_cpu: Some(cpu),
+            ..self
         }
     }
 
@@ -228,7 +244,13 @@ impl Report {
         out.push_str(&self.table());
         out.push_str("\n## How each figure was measured\n\n");
         for f in &self.figures {
-            let _ = writeln!(out, "- **{}**: {}", f.name, f.detail);
+            let _ = write!(out, "- **{}**: {}", f.name, f.detail);
+            match &f.machine_cpu {
+                Some(cpu) => {
+                    let _ = writeln!(out, ". The machine while its group ran: {cpu}.");
+                }
+                None => out.push('\n'),
+            }
         }
         if !self.errors.is_empty() {
             out.push_str("\n## Errors\n\n");

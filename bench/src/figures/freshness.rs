@@ -25,6 +25,7 @@ use crate::{
     infra::{self, Database, Latency},
     load, progress,
     report::Figure,
+    system::CpuTimeline,
     Bench,
 };
 
@@ -112,11 +113,14 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let stop_polling = Arc::new(tokio::sync::Notify::new());
     let poller = tokio::spawn(poll(pool.clone(), tracker.clone(), stop_polling.clone()));
+    let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
+    let cpu_sampler = tokio::spawn(sample_cpu(sampling_stopped));
 
     progress(&format!(
         "freshness: {n} webhooks at {rate}/s through ipp-ingest and ipp-projector"
     ));
     let started = tokio::time::Instant::now();
+    let started_wall = Utc::now();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let limit = Arc::new(tokio::sync::Semaphore::new(256));
     let mut sends = Vec::with_capacity(n);
@@ -159,6 +163,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     }
     stop_polling.notify_one();
     poller.await??;
+    let _ = stop_sampling.send(());
+    let timeline = cpu_sampler.await?;
     let metrics = |port: u16| format!("http://127.0.0.1:{port}/metrics");
     let (batch_sum, batches) = infra::histogram(
         &client,
@@ -181,14 +187,17 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
 
     let mut samples = std::mem::take(&mut tracker.lock().expect("tracker lock").samples);
     samples.sort_by_key(|s| s.answered);
-    // Every sample, to see whether slow ones cluster in time (a stall) or creep up.
+    // Every sample, to see whether slow ones cluster in time (a stall) or creep up; the
+    // wall clock lines them up with system samples (/proc/pressure, vmstat).
     let origin = started.into_std();
+    let origin_unix_ms = started_wall.timestamp_millis() as f64;
     let csv: String = samples
         .iter()
         .map(|s| {
+            let answered_ms = s.answered.saturating_duration_since(origin).as_secs_f64() * 1000.0;
             format!(
-                "{:.1},{:.2},{}\n",
-                s.answered.saturating_duration_since(origin).as_secs_f64() * 1000.0,
+                "{answered_ms:.1},{:.1},{:.2},{}\n",
+                origin_unix_ms + answered_ms,
                 s.latency.as_secs_f64() * 1000.0,
                 s.to_batch_start_ms
                     .map_or(String::new(), |v| format!("{v:.2}"))
@@ -197,7 +206,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         .collect();
     std::fs::write(
         bench.logs.join("freshness-samples.csv"),
-        format!("answered_ms,latency_ms,to_batch_start_ms\n{csv}"),
+        format!("answered_ms,answered_unix_ms,latency_ms,to_batch_start_ms\n{csv}"),
     )?;
     let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1000.0);
     let before_batch = Latency::of(
@@ -227,6 +236,15 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             .map(|s| s.latency)
             .collect(),
     );
+    // Samples answered in a window where the hypervisor took much of the machine, apart
+    // from the rest: whether the slow samples are ours or the machine's.
+    let (stolen, calm): (Vec<&Sample>, Vec<&Sample>) = samples.iter().partition(|s| {
+        timeline
+            .share_at(s.answered)
+            .is_some_and(|cpu| cpu.steal_pct >= STEAL_WINDOW_PCT)
+    });
+    let calm = Latency::of(calm.iter().map(|s| s.latency).collect());
+    let stolen = Latency::of(stolen.iter().map(|s| s.latency).collect());
     let latency = Latency::of(samples.into_iter().map(|s| s.latency).collect());
     progress(&format!(
         "freshness: 200 → batch start p50 {:.1} p99 {:.1} ms; batch start → seen p50 {:.1} \
@@ -238,6 +256,20 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         first_half.p99_ms,
         second_half.p99_ms
     ));
+    let by_steal = format!(
+        "in the {} samples answered in {} ms windows where the hypervisor stole under {} % of \
+         the CPUs p50 {:.1} / p99 {:.1} ms, in the {} of windows with more p50 {:.1} / p99 \
+         {:.1} ms",
+        calm.count,
+        CPU_WINDOW.as_millis(),
+        STEAL_WINDOW_PCT,
+        calm.p50_ms,
+        calm.p99_ms,
+        stolen.count,
+        stolen.p50_ms,
+        stolen.p99_ms
+    );
+    progress(&format!("freshness: {by_steal}"));
     progress(&format!(
         "freshness: p50 {:.1} ms, p99 {:.1} ms over {} events; ingest ack mean {:.1} ms; \
          {batches} projector batches, mean {:.1} ms",
@@ -272,7 +304,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              ms on average. Split at the start of the applying transaction: 200 → transaction \
              start (fetch, batch wait, earlier batch) p50 {:.1} / p99 {:.1} ms; transaction \
              start → seen (transaction and poll) p50 {:.1} / p99 {:.1} ms. p99 in the first \
-             half of the run {:.1} ms, in the second {:.1} ms",
+             half of the run {:.1} ms, in the second {:.1} ms. By the machine (/proc/stat): \
+             {by_steal}",
             sent_in.as_secs_f64(),
             POLL.as_millis(),
             latency.count,
@@ -291,6 +324,25 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             second_half.p99_ms,
         ),
     )])
+}
+
+/// Windows of the CPU timeline; a sample counts as "in a window of steal" when the
+/// hypervisor took at least `STEAL_WINDOW_PCT` of the CPUs' time in its window.
+const CPU_WINDOW: Duration = Duration::from_millis(500);
+const STEAL_WINDOW_PCT: f64 = 5.0;
+
+/// Reads /proc/stat every `CPU_WINDOW` until told to stop.
+async fn sample_cpu(mut stop: tokio::sync::oneshot::Receiver<()>) -> CpuTimeline {
+    let mut timeline = CpuTimeline::default();
+    loop {
+        timeline.sample();
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(CPU_WINDOW) => {}
+        }
+    }
+    timeline.sample();
+    timeline
 }
 
 /// Posts a few events of other sessions and waits until the projector shows them: the
