@@ -17,6 +17,7 @@ use crate::{
     infra::{self, Latency},
     load, progress,
     report::{Figure, Goal},
+    system::{CpuShare, CpuTicks},
     Bench,
 };
 
@@ -68,7 +69,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              with ipp-ingest's settings (acks=all, idempotent, linger.ms=2, compression {}) \
              sending the same records (key, headers) with {concurrency} awaiting their acks: \
              {:.0}/s, ack p50 {:.1} ms, p99 {:.1} ms, {:.0} µs of CPU per record (the benchmark \
-             process, which then runs only that producer)",
+             process, which then runs only that producer). The machine's CPUs during ingest's \
+             run: {}; during the raw producer's: {}",
             measured.latency.count,
             measured.failed,
             measured.latency.p50_ms,
@@ -79,6 +81,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             ceiling.latency.p50_ms,
             ceiling.latency.p99_ms,
             ceiling.cpu_us_per_request(),
+            measured.machine,
+            ceiling.machine,
         );
         figures.push(Figure::against_ceiling(
             &format!("ingest_c{concurrency}_throughput"),
@@ -151,6 +155,9 @@ pub(crate) struct Run {
     failed: usize,
     /// CPU time of the process doing the work (ingest, or the benchmark's producer).
     cpu: Duration,
+    /// What the whole machine's CPUs did meanwhile (a figure held by a full machine is
+    /// held by everything on it: the load generator and the broker too).
+    machine: CpuShare,
 }
 
 impl Run {
@@ -173,9 +180,12 @@ async fn bare_http(work: &[Delivery], concurrency: usize) -> anyhow::Result<Run>
     }
     let requests = Arc::new(load::presign(&signer, work, &format!("http{concurrency}")));
     let cpu_before = infra::threads_cpu_time(BareHttp::THREADS)?;
+    let machine_before = CpuTicks::read();
     let outcome = load::at_concurrency(&client, &server.url, requests, concurrency).await;
     let cpu = infra::threads_cpu_time(BareHttp::THREADS)? - cpu_before;
+    let machine = machine_before.until(CpuTicks::read());
     Ok(Run {
+        machine,
         throughput: outcome.ok.len() as f64 / outcome.elapsed.as_secs_f64(),
         latency: Latency::of(outcome.ok),
         failed: outcome.failed,
@@ -289,6 +299,7 @@ pub(crate) async fn producer_ceiling(
     );
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = infra::own_cpu_time();
+    let machine_before = CpuTicks::read();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -325,7 +336,9 @@ pub(crate) async fn producer_ceiling(
     }
     let elapsed = started.elapsed();
     let cpu = infra::own_cpu_time() - cpu_before;
+    let machine = machine_before.until(CpuTicks::read());
     Ok(Run {
+        machine,
         throughput: latencies.len() as f64 / elapsed.as_secs_f64(),
         latency: Latency::of(latencies),
         failed,
@@ -379,12 +392,15 @@ async fn through_ingest(
     }
     let requests = Arc::new(load::presign(&signer, work, &format!("c{concurrency}")));
     let cpu_before = infra::cpu_time(ingest.pid())?;
+    let machine_before = CpuTicks::read();
     let outcome = load::at_concurrency(&client, &url, requests, concurrency).await;
     let cpu = infra::cpu_time(ingest.pid())? - cpu_before;
+    let machine = machine_before.until(CpuTicks::read());
     ingest.check_running()?;
     bench.note_memory(&ingest);
     ingest.stop(Duration::from_secs(10));
     Ok(Run {
+        machine,
         throughput: outcome.ok.len() as f64 / outcome.elapsed.as_secs_f64(),
         latency: Latency::of(outcome.ok),
         failed: outcome.failed,
