@@ -258,8 +258,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     ));
     let by_steal = format!(
         "in the {} samples answered in {} ms windows where the hypervisor stole under {} % of \
-         the CPUs p50 {:.1} / p99 {:.1} ms, in the {} of windows with more p50 {:.1} / p99 \
-         {:.1} ms",
+         the CPUs p50 {:.1} / p99 {:.1} ms, in the {} samples of windows with more p50 {:.1} / \
+         p99 {:.1} ms",
         calm.count,
         CPU_WINDOW.as_millis(),
         STEAL_WINDOW_PCT,

@@ -141,8 +141,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
                  flight, to a bare axum handler that reads the body and answers 200 (a runtime \
                  of its own with as many workers as CPUs, like ingest's): {:.0} req/s, p50 \
                  {:.1} ms, p99 {:.1} ms. What the web layer and the load generator alone cost, \
-                 with no signature check and no Kafka",
-                http.throughput, http.latency.p50_ms, http.latency.p99_ms
+                 with no signature check and no Kafka. The machine's CPUs meanwhile: {}",
+                http.throughput, http.latency.p50_ms, http.latency.p99_ms, http.machine
             ),
         ));
     }
