@@ -196,7 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     // Each group's figures carry what the machine's CPUs did meanwhile.
     let mut record =
         |name: &str, (result, cpu): (anyhow::Result<Vec<Figure>>, CpuShare)| match result {
-            Ok(measured) => figures.extend(measured.into_iter().map(|f| f.during(cpu))),
+            Ok(measured) => figures.extend(measured.into_iter().map(|f| f.with_machine_cpu(cpu))),
             Err(e) => {
                 progress(&format!("{name} FAILED: {e:#}"));
                 errors.push(format!("{name}: {e:#}"));

@@ -114,7 +114,7 @@ impl Figure {
     }
 
     /// The figure, with what the machine's CPUs did while its group ran.
-    pub fn during(self, cpu: CpuShare) -> Self {
+    pub fn with_machine_cpu(self, cpu: CpuShare) -> Self {
         Self {
             machine_cpu: Some(cpu),
             ..self

@@ -58,9 +58,10 @@ pub struct Config {
 
     /// Batches the live projector applies at once, each in its own transaction on its own
     /// connection (rebuild and replay apply one at a time): the assigned partitions are
-    /// split among the lanes (partition modulo lanes), so each partition keeps its order. One PostgreSQL connection applies on one core; a
-    /// second lane lets the database work on one batch while the other is decoded and
-    /// sent (1: one batch at a time). Keep it below DATABASE_MAX_CONNECTIONS.
+    /// split among the lanes (partition modulo lanes), so each partition keeps its order.
+    /// One PostgreSQL connection applies on one core; a second lane lets the database work
+    /// on one batch while the other is decoded and sent (1: one batch at a time). Keep it
+    /// below DATABASE_MAX_CONNECTIONS.
     #[arg(long, env = "PROJECTOR_APPLY_LANES", default_value_t = DEFAULT_APPLY_LANES, global = true,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub apply_lanes: u32,

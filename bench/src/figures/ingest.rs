@@ -17,7 +17,7 @@ use crate::{
     infra::{self, Latency},
     load, progress,
     report::{Figure, Goal},
-    system::{CpuShare, CpuTicks},
+    system::{self, CpuShare, CpuTicks},
     Bench,
 };
 
@@ -161,6 +161,17 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// A run of the load generator, with the CPU time of whoever served it.
+    fn of_load(outcome: load::Outcome, cpu: Duration, machine: CpuShare) -> Self {
+        Self {
+            throughput: outcome.ok.len() as f64 / outcome.elapsed.as_secs_f64(),
+            latency: Latency::of(outcome.ok),
+            failed: outcome.failed,
+            cpu,
+            machine,
+        }
+    }
+
     fn cpu_us_per_request(&self) -> f64 {
         match self.latency.count {
             0 => 0.0,
@@ -180,17 +191,15 @@ async fn bare_http(work: &[Delivery], concurrency: usize) -> anyhow::Result<Run>
     }
     let requests = Arc::new(load::presign(&signer, work, &format!("http{concurrency}")));
     let cpu_before = infra::threads_cpu_time(BareHttp::THREADS)?;
-    let machine_before = CpuTicks::read();
-    let outcome = load::at_concurrency(&client, &server.url, requests, concurrency).await;
+    let (outcome, machine) = system::during(load::at_concurrency(
+        &client,
+        &server.url,
+        requests,
+        concurrency,
+    ))
+    .await;
     let cpu = infra::threads_cpu_time(BareHttp::THREADS)? - cpu_before;
-    let machine = machine_before.until(CpuTicks::read());
-    Ok(Run {
-        machine,
-        throughput: outcome.ok.len() as f64 / outcome.elapsed.as_secs_f64(),
-        latency: Latency::of(outcome.ok),
-        failed: outcome.failed,
-        cpu,
-    })
+    Ok(Run::of_load(outcome, cpu, machine))
 }
 
 /// A bare axum server on a runtime (and threads) of its own, stopped when dropped.
@@ -392,18 +401,11 @@ async fn through_ingest(
     }
     let requests = Arc::new(load::presign(&signer, work, &format!("c{concurrency}")));
     let cpu_before = infra::cpu_time(ingest.pid())?;
-    let machine_before = CpuTicks::read();
-    let outcome = load::at_concurrency(&client, &url, requests, concurrency).await;
+    let (outcome, machine) =
+        system::during(load::at_concurrency(&client, &url, requests, concurrency)).await;
     let cpu = infra::cpu_time(ingest.pid())? - cpu_before;
-    let machine = machine_before.until(CpuTicks::read());
     ingest.check_running()?;
     bench.note_memory(&ingest);
     ingest.stop(Duration::from_secs(10));
-    Ok(Run {
-        machine,
-        throughput: outcome.ok.len() as f64 / outcome.elapsed.as_secs_f64(),
-        latency: Latency::of(outcome.ok),
-        failed: outcome.failed,
-        cpu,
-    })
+    Ok(Run::of_load(outcome, cpu, machine))
 }
