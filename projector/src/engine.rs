@@ -20,7 +20,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::{dead_letters::DeadLetters, record, store::offsets, Error};
+use crate::{
+    dead_letters::DeadLetters,
+    record,
+    store::{self, GroupOffsets},
+    Error,
+};
 
 /// The write path beneath the engine, public on purpose: the benchmark measures it
 /// in-process and the crate's white-box tests check it, without a broker.
@@ -28,7 +33,7 @@ pub use crate::{
     record::{decode, NewEvent},
     store::{
         copy_events, copy_sessions, migrate, project, statistics::AutoAnalyze, store_batch,
-        StepTimings, Stored, WriteMode, EVENT_COLUMNS, SESSION_COLUMNS,
+        store_locked, StepTimings, Stored, WriteMode, EVENT_COLUMNS, SESSION_COLUMNS,
     },
 };
 
@@ -186,12 +191,20 @@ impl Engine<'_> {
         rejected: Option<&str>,
     ) -> Result<BatchOutcome, Error> {
         let started = Instant::now();
-        let outcome = match self.apply_with(batch, rejected, WriteMode::Copy).await {
+        // Decoded before the transaction starts, so its connection does not wait on it.
+        let decoded: Vec<Result<NewEvent, String>> = batch
+            .iter()
+            .map(|message| match rejected {
+                Some(reason) => Err(reason.to_owned()),
+                None => record::check(message, self.max_payload_bytes),
+            })
+            .collect();
+        let outcome = match self.apply_with(batch, &decoded, WriteMode::Copy).await {
             Err(e) if e.is_unique_violation() => {
                 debug!(
                     "a row of the batch was stored meanwhile, applying it again with ON CONFLICT"
                 );
-                self.apply_with(batch, rejected, WriteMode::OnConflict)
+                self.apply_with(batch, &decoded, WriteMode::OnConflict)
                     .await
             }
             outcome => outcome,
@@ -202,27 +215,35 @@ impl Engine<'_> {
         })
     }
 
+    /// One transaction: `decoded[i]` is `batch[i]` decoded (or why it is poison).
     async fn apply_with(
         &self,
         batch: &[OwnedMessage],
-        rejected: Option<&str>,
+        decoded: &[Result<NewEvent, String>],
         mode: WriteMode,
     ) -> Result<BatchOutcome, Error> {
         let started = Instant::now();
-        let group = self.mode.group();
+        let offsets = self.mode.group().map(|group| GroupOffsets {
+            group,
+            topic: self.topic,
+        });
         let dead_letters = self.mode.dead_letters();
         let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
+        // Every session of the batch, a record below the stored offsets included: it is
+        // only known to be stale once the offsets are locked, in the same statement.
+        let sessions = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|e| e.session_id)
+            .collect();
         let mut tx = self.pool.begin().await?;
-        let mut next: BTreeMap<i32, i64> = match group {
-            Some(group) => offsets::lock(&mut tx, group, self.topic, &partitions).await?,
-            None => BTreeMap::new(),
-        };
+        let mut next = store::lock(&mut tx, offsets.map(|o| (o, &partitions)), &sessions).await?;
 
         let mut events = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         let mut stale = 0u64;
-        for message in batch {
-            if group.is_some() {
+        for (message, decoded) in batch.iter().zip(decoded) {
+            if offsets.is_some() {
                 let next_offset = next.entry(message.partition()).or_insert(0);
                 if message.offset() < *next_offset {
                     stale += 1;
@@ -230,13 +251,9 @@ impl Engine<'_> {
                 }
                 *next_offset = message.offset() + 1;
             }
-            let decoded = match rejected {
-                Some(reason) => Err(reason.to_owned()),
-                None => record::check(message, self.max_payload_bytes),
-            };
             match decoded {
                 Ok(event) => events.push(event),
-                Err(reason) => poison.push((message, reason)),
+                Err(reason) => poison.push((message, reason.clone())),
             }
         }
         for (message, reason) in &poison {
@@ -258,13 +275,9 @@ impl Engine<'_> {
                 );
             }
         }
-        let stored = store_batch(&mut tx, &events, mode).await?;
-        let mut all_offsets = HashMap::new();
-        if let Some(group) = group {
-            // Includes what other replicas committed, so a later assignment of their
-            // partitions starts close to where they stopped.
-            all_offsets = offsets::save(&mut tx, group, self.topic, &next).await?;
-        }
+        // Includes what other replicas committed, so a later assignment of their
+        // partitions starts close to where they stopped.
+        let stored = store_locked(&mut tx, &events, mode, offsets.map(|o| (o, &next))).await?;
         // Last before the commit, so a batch the database rejects parks nothing.
         if let (Some(dead_letters), false) = (dead_letters, poison.is_empty()) {
             dead_letters.send_all(&poison).await?;
@@ -295,7 +308,7 @@ impl Engine<'_> {
             stale,
             duplicates: (events.len() - stored.inserted.len()) as u64,
             next,
-            all_offsets,
+            all_offsets: stored.all_offsets,
             timings: stored.timings,
             transaction: started.elapsed(),
             elapsed: Duration::ZERO,

@@ -2,6 +2,8 @@
 //! `INSERT … ON CONFLICT` (the fallback when a row was stored meanwhile). Both must
 //! store exactly the same rows, and a collision must cost a retry, never a stall.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, TimeZone, Utc};
 use ipp_projector::{
     engine::{self as store, Engine, EngineMode, NewEvent, WriteMode},
@@ -295,6 +297,46 @@ async fn a_copy_that_collides_is_retried_with_on_conflict() {
             "session {session} should count {events} events: {counts:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_small_batch_that_collides_is_retried_with_on_conflict() {
+    let (_database, pool) = migrated_database().await;
+    // Too few events for a COPY: they go in with the batch's last statement, which has
+    // no ON CONFLICT either.
+    let events = tricky_events()[..3].to_vec();
+    let mut reused = events[1].clone();
+    reused.session_id = Uuid::from_u128(99);
+    store::project(&pool, &[reused]).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let error = store::store_batch(&mut tx, &events, WriteMode::Copy)
+        .await
+        .unwrap_err();
+    assert!(error.is_unique_violation(), "{}", error.chain());
+    drop(tx);
+
+    let engine = Engine::new(
+        &pool,
+        "ipp.events",
+        EngineMode::Shadow {
+            group: "write-paths",
+        },
+        0,
+        Default::default(),
+    );
+    let records: Vec<OwnedMessage> = events.iter().map(record).collect();
+    let outcome = engine.apply(&records, None).await.unwrap();
+    assert_eq!(outcome.applied.len(), 2);
+    assert_eq!(outcome.duplicates, 1);
+    let next = 1 + events.iter().map(|e| e.kafka_offset).max().unwrap();
+    assert_eq!(outcome.next.get(&2), Some(&next));
+    assert_eq!(outcome.all_offsets, HashMap::from([(2, next)]));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ipp_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
 }
 
 /// The Kafka record ingest would have written for `event`.

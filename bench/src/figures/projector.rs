@@ -415,7 +415,8 @@ async fn apply_in_batches(
     store::migrate(&pool).await?;
     infra::checkpoint(&bench.config.database_url).await;
     let analyze = AutoAnalyze::default();
-    let (mut reading, mut inserting, mut folding, mut committing) = (
+    let (mut reading, mut inserting, mut folding, mut writing, mut committing) = (
+        Duration::ZERO,
         Duration::ZERO,
         Duration::ZERO,
         Duration::ZERO,
@@ -432,6 +433,7 @@ async fn apply_in_batches(
         reading += stored.timings.read;
         inserting += stored.timings.insert;
         folding += stored.timings.fold;
+        writing += stored.timings.write;
         let step = Instant::now();
         tx.commit().await?;
         committing += step.elapsed();
@@ -441,11 +443,14 @@ async fn apply_in_batches(
     let value = events.len() as f64 / elapsed.as_secs_f64();
     let share = |d: Duration| 100.0 * d.as_secs_f64() / elapsed.as_secs_f64();
     let breakdown = format!(
-        "time in session locks and read {:.0} %, insert {:.0} %, fold and session writes {:.0} %, \
-         commit {:.0} %; {sessions_written} session rows written, {sessions_created} of them new",
+        "time in session locks and read {:.0} %, sending the events' COPY {:.0} %, fold with \
+         the end of that COPY and the new sessions' COPY {:.0} %, the last write (changed \
+         sessions) {:.0} %, commit {:.0} %; {sessions_written} session rows written, \
+         {sessions_created} of them new",
         share(reading),
         share(inserting),
         share(folding),
+        share(writing),
         share(committing)
     );
     let sessions: BTreeSet<_> = events.iter().map(|e| e.session_id).collect();

@@ -315,6 +315,7 @@ impl Projector {
             read_ms = outcome.timings.read.as_secs_f64() * 1e3,
             insert_ms = outcome.timings.insert.as_secs_f64() * 1e3,
             fold_ms = outcome.timings.fold.as_secs_f64() * 1e3,
+            write_ms = outcome.timings.write.as_secs_f64() * 1e3,
             "batch committed"
         );
         if self.failing_lanes.committed(failing) {

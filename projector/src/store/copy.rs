@@ -8,7 +8,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use sqlx::PgConnection;
+use sqlx::{postgres::PgCopyIn, PgConnection};
 
 use crate::{record::NewEvent, session::SessionRow, Error};
 
@@ -96,13 +96,25 @@ pub(super) fn sessions(sessions: &[SessionRow]) -> Vec<u8> {
 }
 
 /// `COPY`s `rows` (made by [`events`] or [`sessions`]) into `table`, whose `columns`
-/// are one of the lists above: the only SQL here made at run time, from constants.
+/// are one of the lists above.
 pub(super) async fn copy_rows(
     conn: &mut PgConnection,
     table: &str,
     columns: &[&str],
     rows: &[u8],
 ) -> Result<(), Error> {
+    send_rows(conn, table, columns, rows).await?.finish().await
+}
+
+/// Starts a `COPY` of `rows` into `table` and sends them all, without waiting for
+/// PostgreSQL to store them: the caller may work on something else meanwhile, then
+/// calls [`Sent::finish`]. The only SQL here made at run time, from constants.
+pub(super) async fn send_rows<'c>(
+    conn: &'c mut PgConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &[u8],
+) -> Result<Sent<'c>, Error> {
     let columns = columns.join(", ");
     let mut copy = conn
         .copy_in_raw(&format!(
@@ -115,8 +127,27 @@ pub(super) async fn copy_rows(
             return Err(e.into());
         }
     }
-    copy.finish().await?;
-    Ok(())
+    Ok(Sent(copy))
+}
+
+/// A `COPY` whose rows are all sent.
+pub(super) struct Sent<'c>(PgCopyIn<&'c mut PgConnection>);
+
+impl Sent<'_> {
+    /// Ends the `COPY` and waits until PostgreSQL has stored its rows (or refused them).
+    async fn finish(self) -> Result<(), Error> {
+        self.0.finish().await?;
+        Ok(())
+    }
+}
+
+/// [`Sent::finish`], when a `COPY` was sent; taking the option whole ends the borrow
+/// of the connection here.
+pub(super) async fn finish(sent: Option<Sent<'_>>) -> Result<(), Error> {
+    match sent {
+        Some(sent) => sent.finish().await,
+        None => Ok(()),
+    }
 }
 
 /// A binary `COPY` stream being written.

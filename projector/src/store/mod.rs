@@ -5,7 +5,7 @@
 //! keeps Kustom's nanoseconds, and the fold orders events by those nanoseconds.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -18,12 +18,13 @@ use crate::{
     Error,
 };
 
+mod batch;
 mod copy;
 mod events;
 pub mod offsets;
-mod sessions;
 pub mod statistics;
 
+pub use batch::GroupOffsets;
 pub use copy::{EVENT_COLUMNS, SESSION_COLUMNS};
 
 /// One binary `COPY` of `events` into `ipp_events`, the bytes [`WriteMode::Copy`] sends:
@@ -76,65 +77,106 @@ pub struct Stored<'a> {
     pub sessions: Vec<SessionRow>,
     /// How many of those sessions are new (their rows inserted, not updated).
     pub sessions_created: usize,
+    /// With offsets: every stored next offset of the group on the topic after the write.
+    pub all_offsets: HashMap<i32, i64>,
     /// Where the time went, for the projector's debug log and the benchmark.
     pub timings: StepTimings,
 }
 
-/// Time spent in each step of [`store_batch`].
+/// Time spent in each step of [`store_locked`] (and of [`store_batch`], whose `read`
+/// includes its locks).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepTimings {
-    /// Session locks plus the read of the sessions' stored events.
+    /// The read of the sessions' stored events.
     pub read: Duration,
-    /// Writing the new events.
+    /// Sending the new events' `COPY`, or the `INSERT … ON CONFLICT` of
+    /// [`WriteMode::OnConflict`].
     pub insert: Duration,
-    /// Folding the touched sessions and upserting their rows.
+    /// Folding the touched sessions (while PostgreSQL stores the events' `COPY`), the
+    /// end of that `COPY` and the `COPY` of the new sessions.
     pub fold: Duration,
+    /// The last statement: the events not sent by `COPY`, the other session rows and
+    /// the offsets.
+    pub write: Duration,
 }
 
-/// How [`store_batch`] writes.
+/// How [`store_locked`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
-    /// `COPY` the events the session read showed to be new, and the rows of sessions
-    /// that had no stored event (fewer than `COPY_MIN_ROWS` go in with `INSERT … ON
-    /// CONFLICT`, which cannot fail on a duplicate). Fails with a unique violation
-    /// (SQLSTATE 23505, see [`Error::is_unique_violation`]) if one of them was stored
-    /// after all: an event id reused by another session, or written by a concurrent
-    /// writer. The transaction is then aborted and the caller runs it again with
-    /// [`WriteMode::OnConflict`].
+    /// Write the events the session read showed to be new, and the rows of sessions
+    /// that had no stored event, with plain `COPY` or `INSERT` (`COPY` from
+    /// `COPY_MIN_ROWS` rows on). Fails with a unique violation (SQLSTATE 23505, see
+    /// [`Error::is_unique_violation`]) if one of them was stored after all: an event id
+    /// reused by another session, or written by a concurrent writer. The transaction is
+    /// then aborted and the caller runs it again with [`WriteMode::OnConflict`].
     Copy,
-    /// `INSERT … ON CONFLICT`: slower, never fails on a duplicate.
+    /// `INSERT … ON CONFLICT` for the events: slower, never fails on a duplicate.
     OnConflict,
 }
 
-/// Stores the events whose id is new and refolds the sessions that gained one.
-///
-/// A transaction-scoped advisory lock per session (taken in a fixed order) serializes
-/// writers of one session, so a session whose events sit in several partitions still
-/// ends up folded over all of them: the read of the sessions' stored events starts
-/// after the locks are held and, under READ COMMITTED, sees every event committed
-/// before. That read also tells which events of the batch are already stored and which
-/// sessions have no row yet, which lets [`WriteMode::Copy`] write both with `COPY`
-/// (several times cheaper than `INSERT`). Sessions are folded in memory from their
-/// stored events plus the new ones.
+/// The sessions of `events`, which [`lock`] locks.
+pub fn sessions_of(events: &[NewEvent]) -> BTreeSet<Uuid> {
+    events.iter().map(|e| e.session_id).collect()
+}
+
+/// Takes every lock of a batch in one statement: with `offsets`, the stored offsets of
+/// the partitions (returned), then each session's advisory lock.
+pub async fn lock(
+    tx: &mut Transaction<'_, Postgres>,
+    offsets: Option<(GroupOffsets<'_>, &BTreeSet<i32>)>,
+    sessions: &BTreeSet<Uuid>,
+) -> Result<BTreeMap<i32, i64>, Error> {
+    batch::lock(tx, offsets, sessions).await
+}
+
+/// Locks the sessions of `events` and stores them ([`store_locked`] without offsets):
+/// the projection step on its own, for tools, tests and the benchmark.
 pub async fn store_batch<'a>(
     tx: &mut Transaction<'_, Postgres>,
     events: &'a [NewEvent],
     mode: WriteMode,
 ) -> Result<Stored<'a>, Error> {
+    let step = Instant::now();
+    lock(tx, None, &sessions_of(events)).await?;
+    let locking = step.elapsed();
+    let events: Vec<&NewEvent> = events.iter().collect();
+    let mut stored = store_locked(tx, &events, mode, None).await?;
+    stored.timings.read += locking;
+    Ok(stored)
+}
+
+/// Stores the events whose id is new, refolds the sessions that gained one and, with
+/// `offsets`, moves the stored offsets to the given next offsets. Every session of
+/// `events` must be locked ([`lock`]) in this transaction.
+///
+/// The session locks serialize writers of one session, so a session whose events sit in
+/// several partitions still ends up folded over all of them: the read of the sessions'
+/// stored events starts after the locks are held and, under READ COMMITTED, sees every
+/// event committed before. That read also tells which events of the batch are already
+/// stored and which sessions have no row yet, which lets [`WriteMode::Copy`] write both
+/// without `ON CONFLICT`, with `COPY` (several times cheaper than `INSERT`) for many
+/// rows. Sessions are folded in memory from their stored events plus the new ones.
+pub async fn store_locked<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&'a NewEvent],
+    mode: WriteMode,
+    offsets: Option<(GroupOffsets<'_>, &BTreeMap<i32, i64>)>,
+) -> Result<Stored<'a>, Error> {
     let mut timings = StepTimings::default();
     let mut seen = HashSet::new();
     let distinct: Vec<&NewEvent> = events
         .iter()
+        .copied()
         .filter(|e| seen.insert(e.event.event_id.as_str()))
         .collect();
-    if distinct.is_empty() {
-        return Ok(Stored::default());
-    }
 
     let step = Instant::now();
     let sessions: BTreeSet<Uuid> = distinct.iter().map(|e| e.session_id).collect();
-    sessions::lock(tx, &sessions).await?;
-    let stored = events::of_sessions(tx, &sessions).await?;
+    let stored = if sessions.is_empty() {
+        HashMap::new()
+    } else {
+        events::of_sessions(tx, &sessions).await?
+    };
     timings.read = step.elapsed();
 
     let step = Instant::now();
@@ -148,13 +190,15 @@ pub async fn store_batch<'a>(
         .filter(|e| !stored_ids.contains(e.event.event_id.as_str()))
         .collect();
     drop(stored_ids);
-    let inserted = match mode {
+    // With COPY, PostgreSQL stores the events while the sessions are folded here.
+    let (inserted, events_copy, events_left) = match mode {
         WriteMode::Copy if candidates.len() >= COPY_MIN_ROWS => {
             let rows = copy::events(&candidates);
-            copy::copy_rows(tx, "ipp_events", &EVENT_COLUMNS, &rows).await?;
-            candidates
+            let sent = copy::send_rows(tx, "ipp_events", &EVENT_COLUMNS, &rows).await?;
+            (candidates, Some(sent), Vec::new())
         }
-        WriteMode::Copy | WriteMode::OnConflict => events::insert(tx, candidates).await?,
+        WriteMode::Copy => (candidates.clone(), None, candidates),
+        WriteMode::OnConflict => (events::insert(tx, candidates).await?, None, Vec::new()),
     };
     timings.insert = step.elapsed();
 
@@ -178,26 +222,31 @@ pub async fn store_batch<'a>(
             }
         }
     }
+    let session_rows = (mode == WriteMode::Copy && created.len() >= COPY_MIN_ROWS)
+        .then(|| copy::sessions(&created));
+    copy::finish(events_copy).await?;
     let sessions_created = created.len();
-    if mode == WriteMode::Copy && created.len() >= COPY_MIN_ROWS {
-        let rows = copy::sessions(&created);
-        copy::copy_rows(tx, "ipp_sessions", &SESSION_COLUMNS, &rows).await?;
-    } else {
-        changed.append(&mut created);
+    match session_rows {
+        Some(rows) => copy::copy_rows(tx, "ipp_sessions", &SESSION_COLUMNS, &rows).await?,
+        None => changed.append(&mut created),
     }
-    sessions::upsert(tx, &changed).await?;
-    created.append(&mut changed);
     timings.fold = step.elapsed();
+
+    let step = Instant::now();
+    let all_offsets = batch::write(tx, &events_left, &changed, offsets).await?;
+    created.append(&mut changed);
+    timings.write = step.elapsed();
     Ok(Stored {
         inserted,
         sessions: created,
         sessions_created,
+        all_offsets,
         timings,
     })
 }
 
-/// Fewer rows than this go in with one `INSERT`: a `COPY` costs an extra round trip,
-/// which only pays off for more rows.
+/// Fewer rows than this go in with the batch's last statement: a `COPY` costs an extra
+/// round trip, which only pays off for more rows.
 const COPY_MIN_ROWS: usize = 32;
 
 /// Stores events and refolds their sessions in one transaction, without offsets: the
