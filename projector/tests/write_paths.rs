@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ipp_projector::{
-    engine::{self as store, Engine, EngineMode, NewEvent, WriteMode},
+    engine::{self as store, BatchOutcome, Engine, EngineMode, NewEvent, WriteMode},
     session::SessionEvent,
 };
 use ipp_schemas::RecordHeaders;
@@ -254,26 +254,7 @@ async fn a_copy_that_collides_is_retried_with_on_conflict() {
     // cannot see it, so the COPY hits the primary key.
     let mut reused = events[0].clone();
     reused.session_id = Uuid::from_u128(99);
-    store::project(&pool, &[reused]).await.unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    let error = store::store_batch(&mut tx, &events, WriteMode::Copy)
-        .await
-        .unwrap_err();
-    assert!(error.is_unique_violation(), "{}", error.chain());
-    drop(tx);
-
-    let engine = Engine::new(
-        &pool,
-        "ipp.events",
-        EngineMode::Shadow {
-            group: "write-paths",
-        },
-        0,
-        Default::default(),
-    );
-    let records: Vec<OwnedMessage> = events.iter().map(record).collect();
-    let outcome = engine.apply(&records, None).await.unwrap();
+    let outcome = collide_then_apply(&pool, &events, reused).await;
     assert_eq!(outcome.applied.len(), events.len() - 1);
     assert_eq!(outcome.duplicates, 1);
     assert_eq!(outcome.next.get(&2), Some(&(100 + events.len() as i64)));
@@ -307,26 +288,7 @@ async fn a_small_batch_that_collides_is_retried_with_on_conflict() {
     let events = tricky_events()[..3].to_vec();
     let mut reused = events[1].clone();
     reused.session_id = Uuid::from_u128(99);
-    store::project(&pool, &[reused]).await.unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    let error = store::store_batch(&mut tx, &events, WriteMode::Copy)
-        .await
-        .unwrap_err();
-    assert!(error.is_unique_violation(), "{}", error.chain());
-    drop(tx);
-
-    let engine = Engine::new(
-        &pool,
-        "ipp.events",
-        EngineMode::Shadow {
-            group: "write-paths",
-        },
-        0,
-        Default::default(),
-    );
-    let records: Vec<OwnedMessage> = events.iter().map(record).collect();
-    let outcome = engine.apply(&records, None).await.unwrap();
+    let outcome = collide_then_apply(&pool, &events, reused).await;
     assert_eq!(outcome.applied.len(), 2);
     assert_eq!(outcome.duplicates, 1);
     let next = 1 + events.iter().map(|e| e.kafka_offset).max().unwrap();
@@ -337,6 +299,32 @@ async fn a_small_batch_that_collides_is_retried_with_on_conflict() {
         .await
         .unwrap();
     assert_eq!(stored, 3);
+}
+
+/// Stores `reused` (an event of `events` under another session, which the batch's session
+/// read cannot see), checks that writing `events` without `ON CONFLICT` hits the primary
+/// key, then applies them through the engine, which must retry with `ON CONFLICT`.
+async fn collide_then_apply(pool: &PgPool, events: &[NewEvent], reused: NewEvent) -> BatchOutcome {
+    store::project(pool, &[reused]).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let error = store::store_batch(&mut tx, events, WriteMode::Copy)
+        .await
+        .unwrap_err();
+    assert!(error.is_unique_violation(), "{}", error.chain());
+    drop(tx);
+
+    let engine = Engine::new(
+        pool,
+        "ipp.events",
+        EngineMode::Shadow {
+            group: "write-paths",
+        },
+        0,
+        Default::default(),
+    );
+    let records: Vec<OwnedMessage> = events.iter().map(record).collect();
+    engine.apply(&records, None).await.unwrap()
 }
 
 /// The Kafka record ingest would have written for `event`.
