@@ -28,9 +28,12 @@ pub struct GroupOffsets<'a> {
 ///
 /// The offsets' row locks serialize two consumers holding the same partition during a
 /// rebalance; the later one sees what the earlier one applied. A transaction-scoped
-/// advisory lock per session, taken in a fixed order after the row locks (every writer
-/// takes them in that order: no deadlocks), serializes the writers of a session whose
-/// events sit in several partitions. Both are held until the transaction ends.
+/// advisory lock per session, taken in a fixed order after the row locks, serializes the
+/// writers of a session whose events sit in several partitions. Both are held until the
+/// transaction ends. Only a partition met for the first time gets its row, and so its
+/// lock, after the session locks: should two writers meet it at once with a session in
+/// common, PostgreSQL breaks the deadlock (SQLSTATE 40P01, retryable) and the aborted
+/// batch is applied again.
 pub(super) async fn lock(
     tx: &mut Transaction<'_, Postgres>,
     offsets: Option<(GroupOffsets<'_>, &BTreeSet<i32>)>,
