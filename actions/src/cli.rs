@@ -74,13 +74,14 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Run => {
             // Exports spans while it lives; dropped last, it sends what is buffered.
             let _spans = ipp_service::traces::TraceExport::from_env("ipp-actions")?;
-            let listener = config.listen.bind().await?;
+            let listeners =
+                ipp_service::Listeners::bind(&config.listen, &config.admin_listen).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(ipp_service::cancel_on_signal(
                 shutdown.clone(),
                 "finishing in-flight actions",
             ));
-            crate::run(config, listener, shutdown).await?;
+            crate::run(config, listeners, shutdown).await?;
         }
     }
     Ok(())

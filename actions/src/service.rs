@@ -2,9 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ipp_service::probe::Readiness;
+use ipp_service::{probe::Readiness, Listeners};
 
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -28,13 +28,17 @@ pub async fn migrate(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the service until `shutdown`: stop consuming and claiming, let in-flight actions
-/// finish (bounded), commit offsets, return.
+/// Runs the service on `listeners` until `shutdown`: stop consuming and claiming, let
+/// in-flight actions finish (bounded), commit offsets, return.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let Listeners {
+        public: listener,
+        admin,
+    } = listeners;
     config.check().map_err(Error::Config)?;
     if config.max_calls_per_sec.is_some() {
         warn!("ACTIONS_MAX_CALLS_PER_SEC is deprecated: set ACTIONS_OM_RATE_LIMIT instead (per account)");
@@ -123,11 +127,6 @@ pub async fn run(
     info!(listen = %listener.local_addr()?, "ipp-actions listening");
     // The operations server outlives the rest so that /metrics works during shutdown.
     let http_stop = CancellationToken::new();
-    let admin = config
-        .admin_listen
-        .bind()
-        .await
-        .map_err(|e| Error::Config(ipp_service::error_chain(&e)))?;
     if let Some(admin) = &admin {
         info!(admin_listen = %admin.local_addr()?, "serving /metrics on the admin address");
     }

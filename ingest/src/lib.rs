@@ -13,7 +13,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use ipp_service::Listeners;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::Clock;
@@ -33,8 +33,6 @@ pub enum StartError {
     Producer(#[from] kafka::ProducerConfigError),
     #[error("http server failed")]
     Serve(#[source] std::io::Error),
-    #[error("INGEST_ADMIN_LISTEN")]
-    AdminListen(#[source] ipp_service::args::BindError),
 }
 
 /// The default secrets and those of every account of the accounts file that has some.
@@ -69,20 +67,24 @@ fn verifier(
 /// and flushes the producer.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_with_clock(config, listener, shutdown, Clock::system()).await
+    run_with_clock(config, listeners, shutdown, Clock::system()).await
 }
 
 /// [`run`], comparing `webhook-timestamp` with `clock` (tests fix it to check the
 /// tolerance's edges).
 pub async fn run_with_clock(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
     clock: Clock,
 ) -> Result<(), StartError> {
+    let Listeners {
+        public: listener,
+        admin,
+    } = listeners;
     let verifier = if config.insecure_skip_verify {
         tracing::warn!(
             "signature verification is OFF (--insecure-skip-verify): anyone can post events"
@@ -125,12 +127,7 @@ pub async fn run_with_clock(
         header_read_timeout: config.header_read_timeout(),
         max_connections: config.max_connections,
     };
-    let admin = match config
-        .admin_listen
-        .bind()
-        .await
-        .map_err(StartError::AdminListen)?
-    {
+    let admin = match admin {
         Some(admin) => {
             tracing::info!(admin_listen = %admin.local_addr().map_err(StartError::Serve)?, "serving /metrics on the admin address");
             Some(tokio::spawn(ipp_service::probe::serve_admin(

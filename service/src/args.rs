@@ -149,21 +149,30 @@ impl<S> ListenArgs<S> {
         }
     }
 
+}
+
+impl<S: Listens> ListenArgs<S> {
     /// Binds the listener that the service's `run` serves on.
     pub async fn bind(&self) -> Result<TcpListener, BindError> {
-        TcpListener::bind(self.addr)
-            .await
-            .map_err(|source| BindError {
-                addr: self.addr,
-                source,
-            })
+        bind(self.addr, S::ENV).await
     }
 }
 
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError {
+            addr,
+            setting,
+            source,
+        })
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}")]
+#[error("cannot listen on {addr} ({setting})")]
 pub struct BindError {
     addr: SocketAddr,
+    setting: &'static str,
     #[source]
     source: std::io::Error,
 }
@@ -241,13 +250,38 @@ impl<S> AdminListenArgs<S> {
             service: PhantomData,
         }
     }
+}
 
+impl<S: AdminListens> AdminListenArgs<S> {
     /// Binds the admin listener, when one is set.
     pub async fn bind(&self) -> Result<Option<TcpListener>, BindError> {
         match self.addr {
-            Some(addr) => ListenArgs::<S>::new(addr).bind().await.map(Some),
+            Some(addr) => bind(addr, S::ENV).await.map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// The sockets a service serves on. `main` binds them before the service starts, so that
+/// an address in use fails at once, before any connection is made; a test binds port 0
+/// and learns the port without a race.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The webhook, API and probes.
+    pub public: TcpListener,
+    /// `/metrics` and the probes, when an admin address is set.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind<S: Listens + AdminListens>(
+        listen: &ListenArgs<S>,
+        admin: &AdminListenArgs<S>,
+    ) -> Result<Self, BindError> {
+        Ok(Self {
+            public: listen.bind().await?,
+            admin: admin.bind().await?,
+        })
     }
 }
 

@@ -17,7 +17,7 @@ pub mod traces;
 
 pub use accounts::{Account, Accounts, AccountsError, LimitedToken};
 pub use args::{
-    AdminListenArgs, AdminListens, DatabaseArgs, KafkaArgs, ListenArgs, Listens, LogArgs,
+    AdminListenArgs, AdminListens, DatabaseArgs, KafkaArgs, ListenArgs, Listeners, Listens, LogArgs,
 };
 pub use metrics::{Renamed, ServiceMetrics};
 pub use properties_file::KafkaPropertiesFile;

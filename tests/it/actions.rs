@@ -32,14 +32,17 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_to_the_admin_address_with_lag_per_partition() {
     let fx = Fixture::new(2, |_| {}).await;
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", ipp_tests::free_port())
-        .parse()
-        .unwrap();
     let finals = finalized(3);
     fx.produce(&finals).await;
+    // Port 0: the harness binds it before the service starts and says which it got.
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let actions = fx.start_actions(&unique_name("actions"), |config| {
-        config.admin_listen = ipp_service::AdminListenArgs::new(Some(admin));
+        config.admin_listen = ipp_service::AdminListenArgs::new(Some(any_port));
     });
+    let ipp_tests::actions::Actions::InProcess(service) = &actions else {
+        unreachable!("start_actions runs it in-process")
+    };
+    let admin = service.admin_addr.expect("an admin address was set");
     fx.wait_for_count("succeeded", 3, Duration::from_secs(60))
         .await;
     let get = |url: String| async move { reqwest::get(url).await.expect("GET") };

@@ -517,13 +517,13 @@ async fn refuses_to_start_without_secrets_unless_explicitly_insecure() {
 /// listener, which keeps the webhook and the probes.
 #[tokio::test]
 async fn metrics_move_to_the_admin_address() {
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", ipp_tests::free_port())
-        .parse()
-        .unwrap();
+    // Port 0: the harness binds it before the service starts and says which it got.
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let ingest = Ingest::start_with(Options::default(), |config| {
-        config.admin_listen = ipp_service::AdminListenArgs::new(Some(admin));
+        config.admin_listen = ipp_service::AdminListenArgs::new(Some(any_port));
     })
     .await;
+    let admin = ingest.service.admin_addr.expect("an admin address was set");
     assert_eq!(
         ingest
             .post_signed(&fixture("session-created.json"))

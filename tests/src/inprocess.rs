@@ -9,7 +9,7 @@
 use std::{future::Future, net::SocketAddr, sync::Once, time::Duration};
 
 use clap::Parser;
-use ipp_service::{DatabaseArgs, DatabaseUrl, KafkaArgs, KafkaProperty, Secret};
+use ipp_service::{DatabaseArgs, DatabaseUrl, KafkaArgs, KafkaProperty, Listeners, Secret};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,8 @@ pub struct TestService<E> {
     pub name: &'static str,
     /// Where the service listens (HTTP).
     pub addr: SocketAddr,
+    /// Its admin address, when the configuration set one.
+    pub admin_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub join: Option<JoinHandle<Result<(), E>>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -122,27 +124,41 @@ pub type TestActions = TestService<ipp_actions::Error>;
 pub type TestOmSim = TestService<std::io::Error>;
 
 impl<E: std::error::Error + Send + 'static> TestService<E> {
-    fn start<F, Fut>(name: &'static str, run: F) -> Self
+    /// On a port of its own, and on `admin` too when there is one (port 0: see
+    /// [`TestService::admin_addr`]).
+    fn start<F, Fut>(name: &'static str, admin: Option<SocketAddr>, run: F) -> Self
     where
-        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        F: FnOnce(Listeners, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
     {
-        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), run)
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), admin, run)
     }
 
     /// On `addr`: a port a client was already told about (see [`crate::free_port`]).
-    fn start_at<F, Fut>(name: &'static str, addr: SocketAddr, run: F) -> Self
+    /// The listeners are bound here, before the service starts, as `main` does.
+    fn start_at<F, Fut>(
+        name: &'static str,
+        addr: SocketAddr,
+        admin: Option<SocketAddr>,
+        run: F,
+    ) -> Self
     where
-        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        F: FnOnce(Listeners, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
     {
         init_logs();
-        let listener =
-            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let addr = listener.local_addr().expect("local addr");
+        let bind = |addr: SocketAddr| {
+            let listener =
+                std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            listener
+                .set_nonblocking(true)
+                .expect("non-blocking listener");
+            listener
+        };
+        let public = bind(addr);
+        let admin = admin.map(bind);
+        let addr = public.local_addr().expect("local addr");
+        let admin_addr = admin.as_ref().map(|l| l.local_addr().expect("local addr"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(name)
@@ -153,12 +169,25 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
         let token = shutdown.clone();
         let join = runtime.spawn(async move {
             // Registered with this runtime's reactor, which drives the service.
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            run(listener, token).await
+            let tokio_listener = |l: std::net::TcpListener| {
+                tokio::net::TcpListener::from_std(l).expect("tokio listener")
+            };
+            let listeners = Listeners {
+                public: tokio_listener(public),
+                admin: admin.map(tokio_listener),
+            };
+            let result = run(listeners, token).await;
+            // Said at once: a test waiting for the service's effects would otherwise
+            // only time out.
+            if let Err(error) = &result {
+                eprintln!("{name} ended with an error: {}", chain(error));
+            }
+            result
         });
         Self {
             name,
             addr,
+            admin_addr,
             shutdown,
             join: Some(join),
             runtime: Some(runtime),
@@ -222,39 +251,48 @@ impl TestIngest {
 
     /// On `addr`, for a client that posted there before ingest started.
     pub fn spawn_at(addr: SocketAddr, config: ipp_ingest::Config) -> Self {
-        Self::start_at("ipp-ingest", addr, move |listener, shutdown| {
-            ipp_ingest::run(config, listener, shutdown)
-        })
+        Self::start_at(
+            "ipp-ingest",
+            addr,
+            config.admin_listen.addr,
+            move |listeners, shutdown| ipp_ingest::run(config, listeners, shutdown),
+        )
     }
 
     /// With `clock` for the signature's timestamp tolerance (a fixed one checks its edges).
     pub fn spawn_with_clock(config: ipp_ingest::Config, clock: ipp_ingest::Clock) -> Self {
-        Self::start("ipp-ingest", move |listener, shutdown| {
-            ipp_ingest::run_with_clock(config, listener, shutdown, clock)
-        })
+        Self::start(
+            "ipp-ingest",
+            config.admin_listen.addr,
+            move |listeners, shutdown| {
+                ipp_ingest::run_with_clock(config, listeners, shutdown, clock)
+            },
+        )
     }
 }
 
 impl TestProjector {
     pub fn spawn(config: ipp_projector::Config) -> Self {
-        Self::start("ipp-projector", move |listener, shutdown| {
-            ipp_projector::run(config, listener, shutdown)
+        Self::start("ipp-projector", None, move |listeners, shutdown| {
+            ipp_projector::run(config, listeners.public, shutdown)
         })
     }
 }
 
 impl TestActions {
     pub fn spawn(config: ipp_actions::Config) -> Self {
-        Self::start("ipp-actions", move |listener, shutdown| {
-            ipp_actions::run(config, listener, shutdown)
-        })
+        Self::start(
+            "ipp-actions",
+            config.admin_listen.addr,
+            move |listeners, shutdown| ipp_actions::run(config, listeners, shutdown),
+        )
     }
 }
 
 impl TestOmSim {
     pub fn spawn(config: ipp_om_sim::Config) -> Self {
-        Self::start("ipp-om-sim", move |listener, shutdown| {
-            ipp_om_sim::run(config, listener, shutdown)
+        Self::start("ipp-om-sim", None, move |listeners, shutdown| {
+            ipp_om_sim::run(config, listeners.public, shutdown)
         })
     }
 }
