@@ -148,7 +148,6 @@ impl<S> ListenArgs<S> {
             service: PhantomData,
         }
     }
-
 }
 
 impl<S: Listens> ListenArgs<S> {
@@ -159,13 +158,11 @@ impl<S: Listens> ListenArgs<S> {
 }
 
 async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError {
-            addr,
-            setting,
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr,
+        setting,
+        source,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

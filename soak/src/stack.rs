@@ -1,7 +1,9 @@
 //! The whole pipeline as processes on 127.0.0.1: a broker of the soak's own (its data
 //! directory kept across restarts), the topics, a database of its own, ipp-om-sim,
-//! ipp-ingest, ipp-projector and ipp-actions. Every port is fixed for the whole run, so
-//! a restarted service comes back where its clients look for it.
+//! ipp-ingest, ipp-projector and ipp-actions. The ports others are told (the broker's,
+//! ingest's, the simulator's) are reserved for the whole run, so a restarted service
+//! comes back where its clients look for it; the projector and ipp-actions, which nobody
+//! calls, listen on port 0.
 
 use std::{
     net::SocketAddr,
@@ -14,11 +16,11 @@ use anyhow::{bail, Context};
 use ipp_schemas::topics;
 use ipp_service::ListenArgs;
 use ipp_tests::{
-    free_port,
     inprocess::{actions_config, ingest_config, om_sim_config, projector_config, OrderManagement},
     kafka,
     process::ChildConfig,
     signer::Signer,
+    ReservedPort,
 };
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Mutex;
@@ -74,6 +76,9 @@ pub struct Stack {
     pub database: Database,
     log_dir: PathBuf,
     bin_dir: PathBuf,
+    /// The broker's, ingest's and the simulator's ports, which the others are told and
+    /// which each keeps across its restarts: kept from every other socket meanwhile.
+    _reserved: [ReservedPort; 3],
 }
 
 impl Stack {
@@ -86,7 +91,8 @@ impl Stack {
     ) -> anyhow::Result<Self> {
         let log_dir = out.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let broker_port = free_port();
+        let broker_reserved = ReservedPort::new();
+        let broker_port = broker_reserved.port();
         let brokers = format!("127.0.0.1:{broker_port}");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka-broker");
         let broker = Process::new(
@@ -128,8 +134,8 @@ impl Stack {
 
         let database = Database::create(database_server).await?;
         let secret = Signer::random_secret();
-        let ingest_port = free_port();
-        let sim_port = free_port();
+        let (ingest_reserved, sim_reserved) = (ReservedPort::new(), ReservedPort::new());
+        let (ingest_port, sim_port) = (ingest_reserved.port(), sim_reserved.port());
         let sim_url = format!("http://127.0.0.1:{sim_port}");
 
         let mut sim = om_sim_config(API_KEY);
@@ -149,7 +155,7 @@ impl Stack {
             &database.url,
             PROJECTOR_GROUP,
         );
-        projector.listen = loopback(free_port());
+        projector.listen = loopback(0);
         projector.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
         projector.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
         let mut actions = actions_config(
@@ -163,7 +169,7 @@ impl Stack {
                 api_key: API_KEY,
             },
         );
-        actions.listen = loopback(free_port());
+        actions.listen = loopback(0);
         actions.commands_topic = topics::IPP_COMMANDS.to_owned();
         actions.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
         actions.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
@@ -225,6 +231,7 @@ impl Stack {
             database,
             log_dir,
             bin_dir: bin_dir.to_owned(),
+            _reserved: [broker_reserved, ingest_reserved, sim_reserved],
         };
         stack.om_sim.lock().await.start()?;
         if !wait_for_port(sim_port, Duration::from_secs(60)).await {
@@ -261,7 +268,7 @@ impl Stack {
             CLEAN_GROUP,
         );
         config.schema = CLEAN_SCHEMA.to_owned();
-        config.listen = loopback(free_port());
+        config.listen = loopback(0);
         config.kustom_topic = topics::KUSTOM_EVENTS.to_owned();
         config.observations_topic = topics::IPP_OBSERVATIONS.to_owned();
         Process::new(

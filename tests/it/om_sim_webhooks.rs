@@ -3,16 +3,16 @@
 //! ingest stores in the other-events topic; replays post nothing; an endpoint that is
 //! down gets the event later; injected duplicates keep their webhook-id.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use ipp_tests::{
     eventually::eventually,
-    free_port,
     ingest::{Ingest, Options},
     inprocess::{om_sim_config, om_sim_posting_to, TestIngest, TestOmSim},
     json_of,
     kafka::{self, Record},
     om_sim::{new_order, OmSim},
+    ReservedPort,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -178,7 +178,9 @@ async fn a_replayed_key_or_a_refused_capture_posts_nothing() {
 #[tokio::test]
 async fn an_endpoint_that_is_down_gets_the_event_later_and_once() {
     let (config, secrets) = Ingest::config(&Options::default()).await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Kept from other sockets until ingest listens there.
+    let reserved = ReservedPort::new();
+    let addr = reserved.addr();
     let url = format!("http://{addr}/webhooks/kustom");
     let mut sim_config = om_sim_posting_to(om_sim_config(KEY), &url, &secrets[0]);
     sim_config.merchant_id = MERCHANT.to_owned();

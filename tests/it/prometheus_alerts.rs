@@ -16,13 +16,13 @@ use chrono::Utc;
 use ipp_service::ListenArgs;
 use ipp_tests::{
     eventually::eventually,
-    free_port,
     ingest::post_webhook,
     process::{wait_for_tcp, Service},
     processes::Processes,
     produce::ipp_body,
     projector::CREATED,
     signer::Signer,
+    ReservedPort,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -51,6 +51,8 @@ struct Prometheus {
     url: String,
     client: reqwest::Client,
     dir: tempfile::TempDir,
+    /// Prometheus' port, kept from other sockets until it is dropped.
+    _port: ReservedPort,
 }
 
 impl Prometheus {
@@ -70,7 +72,8 @@ impl Prometheus {
         }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("config");
-        let port = free_port();
+        let reserved = ReservedPort::new();
+        let port = reserved.port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
@@ -88,6 +91,7 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             dir,
+            _port: reserved,
         };
         eventually(Duration::from_secs(30), "Prometheus is ready", || async {
             let ready = prometheus
@@ -225,9 +229,11 @@ fn projector(stack: &Processes, port: u16) -> Service {
 async fn a_real_prometheus_pages_for_a_projector_killed_under_load() {
     let stack = Processes::start().await;
     let _ingest = stack.ingest();
-    let projector_port = free_port();
+    let projector_reserved = ReservedPort::new();
+    let projector_port = projector_reserved.port();
     let mut projector_service = projector(&stack, projector_port);
-    let actions_port = free_port();
+    let actions_reserved = ReservedPort::new();
+    let actions_port = actions_reserved.port();
     let mut actions_config = stack.actions_config();
     actions_config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], actions_port)));
     let _actions = on_port(&actions_config);

@@ -134,7 +134,7 @@ impl<E: std::error::Error + Send + 'static> TestService<E> {
         Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), admin, run)
     }
 
-    /// On `addr`: a port a client was already told about (see [`crate::free_port`]).
+    /// On `addr`: a port a client was already told about (see [`crate::ReservedPort`]).
     /// The listeners are bound here, before the service starts, as `main` does.
     fn start_at<F, Fut>(
         name: &'static str,

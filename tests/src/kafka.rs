@@ -242,6 +242,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
 /// single broker, or one node of a [`KafkaCluster`].
 struct BrokerProcess {
     port: u16,
+    /// Every port it listens on that the harness chose, kept from other sockets across
+    /// its restarts.
+    _reserved: Vec<crate::ReservedPort>,
     data_dir: PathBuf,
     /// What comes before DATA_DIR (`--heap`, `--cluster` …) and after PORT (settings).
     options: Vec<String>,
@@ -398,17 +401,30 @@ impl OwnBroker {
     /// A broker with extra `KEY=VALUE` broker properties (over scripts/kafka-broker's).
     pub fn start_with(settings: &[&str]) -> Self {
         let settings = settings.iter().map(|s| (*s).to_owned()).collect();
-        Self::start_in(tempfile::tempdir().expect("tempdir"), Vec::new(), settings)
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            Vec::new(),
+            settings,
+            Vec::new(),
+        )
     }
 
     /// A broker whose data directory is `dir/kafka`, with scripts/kafka-broker's
     /// `options` and `settings`.
-    fn start_in(dir: tempfile::TempDir, options: Vec<String>, settings: Vec<String>) -> Self {
-        let port = crate::free_port();
+    fn start_in(
+        dir: tempfile::TempDir,
+        options: Vec<String>,
+        settings: Vec<String>,
+        mut reserved: Vec<crate::ReservedPort>,
+    ) -> Self {
+        let client_port = crate::ReservedPort::new();
+        let port = client_port.port();
+        reserved.push(client_port);
         let mut broker = Self {
             port,
             broker: BrokerProcess {
                 port,
+                _reserved: reserved,
                 data_dir: dir.path().join("kafka"),
                 options,
                 settings,
@@ -503,7 +519,8 @@ impl SaslSslBroker {
             "-file",
             &ca_pem.display().to_string(),
         ]);
-        let sasl_ssl_port = crate::free_port();
+        let sasl_ssl_reserved = crate::ReservedPort::new();
+        let sasl_ssl_port = sasl_ssl_reserved.port();
         let options = vec![
             "--listener".to_owned(),
             format!("SASL_SSL://127.0.0.1:{sasl_ssl_port}"),
@@ -521,7 +538,7 @@ impl SaslSslBroker {
             format!("{listener}.ssl.keystore.password={keystore_password}"),
             format!("{listener}.ssl.keystore.type=PKCS12"),
         ];
-        let broker = OwnBroker::start_in(dir, options, settings);
+        let broker = OwnBroker::start_in(dir, options, settings, vec![sasl_ssl_reserved]);
         // Every listener opens at the end of start-up: the PLAINTEXT one did already.
         crate::process::wait_for_tcp(sasl_ssl_port, Duration::from_secs(10));
         Self {
@@ -613,14 +630,22 @@ impl KafkaCluster {
             let bytes: [u8; 16] = rand::random();
             base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
         };
-        let voters: Vec<String> = (1..=nodes)
-            .map(|node| format!("{node}@127.0.0.1:{}", crate::free_port()))
+        // Each node's controller port (its voter's) and client port.
+        let mut ports: Vec<[crate::ReservedPort; 2]> = (1..=nodes)
+            .map(|_| [crate::ReservedPort::new(), crate::ReservedPort::new()])
+            .collect();
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, [controller, _])| format!("{}@127.0.0.1:{}", i + 1, controller.port()))
             .collect();
         let voters = voters.join(",");
         let mut cluster = Self {
             nodes: (1..=nodes)
-                .map(|node| BrokerProcess {
-                    port: crate::free_port(),
+                .zip(ports.drain(..))
+                .map(|(node, [controller, client])| BrokerProcess {
+                    port: client.port(),
+                    _reserved: vec![controller, client],
                     data_dir: dir.path().join(format!("node-{node}")),
                     options: [
                         "--heap",

@@ -20,6 +20,8 @@ const PG_CTL_WAIT_SECS: &str = "60";
 
 pub struct PrivatePostgres {
     pub port: u16,
+    /// Keeps `port` from every other socket, across the server's restarts.
+    _port_reserved: crate::ReservedPort,
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -74,8 +76,10 @@ impl PrivatePostgres {
                 chown(path, user);
             }
         }
+        let port_reserved = crate::ReservedPort::new();
         let mut server = Self {
-            port: crate::free_port(),
+            port: port_reserved.port(),
+            _port_reserved: port_reserved,
             bin,
             data,
             log,

@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::{
     db::{self, TestDatabase},
-    free_port,
     ingest::post_webhook,
     inprocess::{
         actions_config, commands_topic_of, ingest_config, observations_topic_of, om_sim_config,
@@ -26,7 +25,7 @@ use crate::{
     produce::ipp_body,
     projector::FINALIZED,
     signer::Signer,
-    unique_name,
+    unique_name, ReservedPort,
 };
 
 pub const API_KEY: &str = "kco_test_e2e";
@@ -48,9 +47,10 @@ pub struct Processes {
     pub ipp_topic: String,
     pub other_topic: String,
     pub secret: String,
-    /// Ingest's port, the same across its restart: the senders keep their URL. Free a
-    /// moment ago (the one port race left in this test).
+    /// Ingest's port, the same across its restart: the senders keep their URL.
     pub ingest_port: u16,
+    /// Keeps [`Processes::ingest_port`] from every other socket meanwhile.
+    _ingest_port_reserved: ReservedPort,
     pub sim_url: String,
     pub projector_group: String,
     pub actions_group: String,
@@ -82,7 +82,8 @@ impl Processes {
         adjust_sim: impl FnOnce(&mut ipp_om_sim::Config),
     ) -> Self {
         let secret = Signer::random_secret();
-        let ingest_port = free_port();
+        let ingest_port_reserved = ReservedPort::new();
+        let ingest_port = ingest_port_reserved.port();
         let webhook_url = format!("http://127.0.0.1:{ingest_port}/webhooks/kustom");
         let mut sim_config = om_sim_posting_to(om_sim_config(API_KEY), &webhook_url, &secret);
         adjust_sim(&mut sim_config);
@@ -98,6 +99,7 @@ impl Processes {
             database: db::fresh_database().await,
             secret,
             ingest_port,
+            _ingest_port_reserved: ingest_port_reserved,
             sim_url: sim.url.clone(),
             projector_group: unique_name("e2e_projector"),
             actions_group: unique_name("e2e_actions"),
