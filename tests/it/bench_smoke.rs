@@ -28,8 +28,10 @@ const WITH_CEILING: &[&str] = &[
 const BESIDE_CEILING: &[&str] = &[
     "ingest_c64_vs_http",
     "ingest_c64_cpu_parts",
+    "ingest_c64_cpu_parts_at_rate",
     "ingest_c256_vs_http",
     "ingest_c256_cpu_parts",
+    "ingest_c256_cpu_parts_at_rate",
 ];
 /// Figures the issue lists without a ceiling (PostgreSQL's memory: the test runs as
 /// root, as CI does, so every process's /proc entry is readable).

@@ -56,11 +56,20 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         ));
         let measured = through_ingest(bench, &work, concurrency).await?;
         progress(&format!(
-            "ingest: {:.0} requests/s, p99 {:.1} ms, {:.0} µs CPU per webhook ({} failed)",
+            "ingest: {:.0} requests/s, p99 {:.1} ms, {:.0} µs CPU per webhook ({} failed); \
+             now the raw producer at that rate",
             measured.throughput,
             measured.latency.p99_ms,
             measured.cpu_us_per_request(),
             measured.failed
+        ));
+        // A producer's CPU per record grows as its rate falls (smaller batches, a wake-up
+        // per few records): what it costs at the rate ingest reached.
+        let paced = raw_producer(bench, &work, concurrency, Some(measured.throughput)).await?;
+        progress(&format!(
+            "ingest: the raw producer at {:.0} records/s: {:.1} µs CPU per record",
+            paced.throughput,
+            paced.cpu_us_per_request()
         ));
         let detail = format!(
             "{n} signed webhooks (realistic mix, pre-signed), {concurrency} in flight over pooled \
@@ -128,6 +137,31 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
                 http.cpu_us_per_request(),
                 ceiling.cpu_us_per_request(),
                 measured.cpu_us_per_request() - parts
+            ),
+        ));
+        let parts_at_rate = http.cpu_us_per_request() + paced.cpu_us_per_request();
+        figures.push(Figure::beside_ceiling(
+            &format!("ingest_c{concurrency}_cpu_parts_at_rate"),
+            &format!(
+                "Ingest CPU per webhook beside HTTP alone plus the raw producer at ingest's rate, {concurrency} in flight"
+            ),
+            measured.cpu_us_per_request(),
+            parts_at_rate,
+            "µs",
+            format!(
+                "As the row above, with the raw producer paced to the rate ingest reached \
+                 ({:.0} records/s, at most {concurrency} in flight; it sent {:.0}/s, ack p99 \
+                 {:.1} ms): {:.1} µs of CPU per record there, against {:.1} µs at its own \
+                 full speed. HTTP alone ({:.1} µs) plus that: {:.1} µs; what ingest adds \
+                 beyond them: {:.1} µs",
+                measured.throughput,
+                paced.throughput,
+                paced.latency.p99_ms,
+                paced.cpu_us_per_request(),
+                ceiling.cpu_us_per_request(),
+                http.cpu_us_per_request(),
+                parts_at_rate,
+                measured.cpu_us_per_request() - parts_at_rate
             ),
         ));
         figures.push(Figure::beside_ceiling(
@@ -259,10 +293,22 @@ impl Drop for BareHttp {
     }
 }
 
+/// The raw producer with `concurrency` records awaiting their acks, as fast as they come.
 pub(crate) async fn producer_ceiling(
     bench: &Bench,
     work: &[Delivery],
     concurrency: usize,
+) -> anyhow::Result<Run> {
+    raw_producer(bench, work, concurrency, None).await
+}
+
+/// The raw producer, at most `concurrency` in flight, each record sent no earlier than
+/// its turn at `pace` records per second when there is one.
+async fn raw_producer(
+    bench: &Bench,
+    work: &[Delivery],
+    concurrency: usize,
+    pace: Option<f64>,
 ) -> anyhow::Result<Run> {
     let ipp = infra::create_topic(
         bench.brokers(),
@@ -321,6 +367,10 @@ pub(crate) async fn producer_ceiling(
                 let Some((topic, key, headers, body)) = records.get(i) else {
                     return (latencies, failed);
                 };
+                if let Some(rate) = pace {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let sent = Instant::now();
                 let record = FutureRecord::to(topic)
                     .key(key.as_str())
