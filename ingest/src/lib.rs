@@ -127,13 +127,15 @@ pub async fn run_with_clock(
         header_read_timeout: config.header_read_timeout(),
         max_connections: config.max_connections,
     };
+    // The admin server outlives the drain and the flush, so that /metrics shows them.
+    let admin_stop = CancellationToken::new();
     let admin = match admin {
         Some(admin) => {
             tracing::info!(admin_listen = %admin.local_addr().map_err(StartError::Serve)?, "serving /metrics on the admin address");
             Some(tokio::spawn(ipp_service::probe::serve_admin(
                 admin,
                 state.clone(),
-                shutdown.clone(),
+                admin_stop.clone(),
             )))
         }
         None => None,
@@ -156,15 +158,16 @@ pub async fn run_with_clock(
         () = server => {}
         () = drain_deadline => tracing::warn!("in-flight requests did not finish in time"),
     }
+    if let Err(error) = state.log.flush(config.shutdown_timeout()).await {
+        tracing::warn!(%error, "producer flush incomplete at shutdown");
+    }
+    admin_stop.cancel();
     if let Some(admin) = admin {
         match admin.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
             Err(error) => tracing::warn!(%error, "admin server task ended abnormally"),
         }
-    }
-    if let Err(error) = state.log.flush(config.shutdown_timeout()).await {
-        tracing::warn!(%error, "producer flush incomplete at shutdown");
     }
     tracing::info!("ipp-ingest stopped");
     Ok(())

@@ -427,10 +427,13 @@ async fn a_missing_topic_is_reported_and_never_created() {
     assert!(ingest.ipp_records().iter().any(|r| r.value == body));
 }
 
-/// A request whose body is still arriving when SIGTERM comes is completed and stored.
+/// A request whose body is still arriving when SIGTERM comes is completed and stored;
+/// the admin address serves `/metrics` until the drain is over.
 #[tokio::test]
 async fn in_flight_requests_complete_during_sigterm() {
-    let (config, secrets) = child_config(&Options::default()).await;
+    let (mut config, secrets) = child_config(&Options::default()).await;
+    let admin = ipp_tests::ReservedPort::new();
+    config.admin_listen = ipp_service::AdminListenArgs::new(Some(admin.addr()));
     let mut ingest = Service::start(&config, &[]);
     let address = ingest.listen_addr(Duration::from_secs(20)).to_string();
     let body = fixture("documented-session-finalized.json");
@@ -451,6 +454,16 @@ async fn in_flight_requests_complete_during_sigterm() {
     ingest.signal("TERM");
     std::thread::sleep(Duration::from_millis(500));
     assert!(ingest.is_running(), "exited with a request in flight");
+    let metrics = reqwest::get(format!("http://{}/metrics", admin.addr()))
+        .await
+        .expect("the admin address answers during the drain")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nipp_ingest_in_flight_requests 1\n"),
+        "the request in flight is shown: {metrics}"
+    );
 
     stream.write_all(&body[10..]).unwrap();
     let mut response = String::new();
@@ -462,10 +475,12 @@ async fn in_flight_requests_complete_during_sigterm() {
 
     let status = ingest.wait(Duration::from_secs(20));
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
-    assert!(
-        TcpStream::connect(&address).is_err(),
-        "still accepting after shutdown"
-    );
+    for address in [address, admin.addr().to_string()] {
+        assert!(
+            TcpStream::connect(&address).is_err(),
+            "{address} still accepts after shutdown"
+        );
+    }
     let records = kafka::read_topic(&kafka::brokers(), &config.ipp_topic);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, body);
