@@ -183,7 +183,7 @@ fn shortened_for(rules: &str) -> String {
 /// Posts `count` signed `ipp.session.created` webhooks, 16 at a time, each of a session
 /// of its own (spread over the topic's partitions); asserts every 200.
 async fn post_sessions(stack: &Processes, count: usize) {
-    let base = format!("http://127.0.0.1:{}", stack.ingest_port);
+    let base = format!("http://127.0.0.1:{}", stack.ingest_port());
     let signer = Signer::new(&stack.secret);
     let senders = 16;
     let mut tasks = Vec::new();
@@ -240,7 +240,7 @@ async fn a_real_prometheus_pages_for_a_projector_killed_under_load() {
     wait_for_tcp(actions_port, Duration::from_secs(30));
 
     let prometheus = Prometheus::start(&[
-        ("ipp-ingest", stack.ingest_port),
+        ("ipp-ingest", stack.ingest_port()),
         ("ipp-projector", projector_port),
         ("ipp-actions", actions_port),
     ])

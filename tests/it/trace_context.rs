@@ -47,7 +47,7 @@ async fn finalize(processes: &Processes, order: Uuid, traceparent: Option<&str>)
     let response = match traceparent {
         None => {
             post_webhook(
-                &format!("http://127.0.0.1:{}", processes.ingest_port),
+                &format!("http://127.0.0.1:{}", processes.ingest_port()),
                 &body,
                 Some(&signed),
             )

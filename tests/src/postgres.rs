@@ -19,9 +19,8 @@ const SERVER_USER: &str = "postgres";
 const PG_CTL_WAIT_SECS: &str = "60";
 
 pub struct PrivatePostgres {
-    pub port: u16,
-    /// Keeps `port` from every other socket, across the server's restarts.
-    _port_reserved: crate::ReservedPort,
+    /// Kept from every other socket, across the server's restarts.
+    port: crate::ReservedPort,
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -76,10 +75,8 @@ impl PrivatePostgres {
                 chown(path, user);
             }
         }
-        let port_reserved = crate::ReservedPort::new();
         let mut server = Self {
-            port: port_reserved.port(),
-            _port_reserved: port_reserved,
+            port: crate::ReservedPort::new(),
             bin,
             data,
             log,
@@ -116,7 +113,10 @@ impl PrivatePostgres {
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.port.port()
+        )
     }
 
     /// Stops the server (`pg_ctl stop -m fast`: open connections are closed, the data is
@@ -151,7 +151,7 @@ impl PrivatePostgres {
         // or another server's.
         let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {data} -c fsync=off",
-            self.port
+            self.port.port()
         );
         if self.tls {
             options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");

@@ -47,10 +47,9 @@ pub struct Processes {
     pub ipp_topic: String,
     pub other_topic: String,
     pub secret: String,
-    /// Ingest's port, the same across its restart: the senders keep their URL.
-    pub ingest_port: u16,
-    /// Keeps [`Processes::ingest_port`] from every other socket meanwhile.
-    _ingest_port_reserved: ReservedPort,
+    /// Ingest's port, the same across its restart (the senders keep their URL), kept
+    /// from every other socket meanwhile.
+    ingest_port: ReservedPort,
     pub sim_url: String,
     pub projector_group: String,
     pub actions_group: String,
@@ -64,6 +63,11 @@ pub struct Processes {
 }
 
 impl Processes {
+    /// Ingest's port, the same across its restart: the senders keep their URL.
+    pub fn ingest_port(&self) -> u16 {
+        self.ingest_port.port()
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -82,9 +86,8 @@ impl Processes {
         adjust_sim: impl FnOnce(&mut ipp_om_sim::Config),
     ) -> Self {
         let secret = Signer::random_secret();
-        let ingest_port_reserved = ReservedPort::new();
-        let ingest_port = ingest_port_reserved.port();
-        let webhook_url = format!("http://127.0.0.1:{ingest_port}/webhooks/kustom");
+        let ingest_port = ReservedPort::new();
+        let webhook_url = format!("http://{}/webhooks/kustom", ingest_port.addr());
         let mut sim_config = om_sim_posting_to(om_sim_config(API_KEY), &webhook_url, &secret);
         adjust_sim(&mut sim_config);
         let sim = OmSim::start_with(sim_config);
@@ -99,7 +102,6 @@ impl Processes {
             database: db::fresh_database().await,
             secret,
             ingest_port,
-            _ingest_port_reserved: ingest_port_reserved,
             sim_url: sim.url.clone(),
             projector_group: unique_name("e2e_projector"),
             actions_group: unique_name("e2e_actions"),
@@ -146,7 +148,7 @@ impl Processes {
     pub fn ingest(&self) -> Service {
         let env = self.env_of(&self.ingest_config());
         let service = Service::spawn_watched(ipp_ingest::Config::BINARY, &[], &env);
-        wait_for_tcp(self.ingest_port, Duration::from_secs(20));
+        wait_for_tcp(self.ingest_port(), Duration::from_secs(20));
         service
     }
 
@@ -158,7 +160,7 @@ impl Processes {
             &self.other_topic,
             std::slice::from_ref(&self.secret),
         );
-        config.listen = ListenArgs::new(SocketAddr::from(([127, 0, 0, 1], self.ingest_port)));
+        config.listen = ListenArgs::new(self.ingest_port.addr());
         config.max_body_bytes = 16384;
         self.connect(&mut config.kafka);
         config
@@ -224,7 +226,7 @@ impl Processes {
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port)
+        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port())
     }
 
     /// Posts a signed `ipp.session.finalized` of `merchant` for `order` to ingest (a
@@ -241,7 +243,7 @@ impl Processes {
             None,
         );
         let signed = Signer::new(&self.secret).sign(&body);
-        let base = format!("http://127.0.0.1:{}", self.ingest_port);
+        let base = format!("http://127.0.0.1:{}", self.ingest_port());
         let response = post_webhook(&base, &body, Some(&signed)).await;
         assert_eq!(response.status(), StatusCode::OK, "finalized {order}");
     }
