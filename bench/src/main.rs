@@ -5,9 +5,7 @@ use ipp_bench::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let out = config.out.clone();
-    // On a worker thread, where ipp-projector runs its batches too: the apply engine's
-    // figure runs the projector's code in this process.
-    let report = tokio::spawn(ipp_bench::run(config)).await??;
+    let report = ipp_bench::run(config).await?;
     #[allow(clippy::print_stdout, reason = "the table is this command's output")]
     {
         println!("{}", report.table());

@@ -89,16 +89,7 @@ pub async fn run(
         false => None,
     };
     let projector = Projector::new(config, pool.clone(), metrics, ready).await?;
-    // A task of its own runs on a worker thread, the one that also reads the sockets'
-    // readiness. Awaited here, it would run on the caller's thread, which under
-    // `#[tokio::main]` a worker must wake for every reply of PostgreSQL and Kafka.
-    let sessions = tokio::spawn({
-        let stop = stop.clone();
-        async move { projector.run(stop).await }
-    });
-    let result = sessions
-        .await
-        .unwrap_or_else(|e| Err(Error::Operation(format!("the sessions task failed: {e}"))));
+    let result = projector.run(stop.clone()).await;
     stop.cancel();
     let _ = dead_letter_size.await;
     let orders_result = match orders {
