@@ -115,9 +115,11 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Waits (bounded) for anything still in flight, at shutdown.
-    pub fn flush(&self) {
+    /// Waits (bounded) for anything still in flight, at shutdown. On a blocking thread:
+    /// ipp-projector's one thread also serves the probes and the orders model meanwhile.
+    pub async fn flush(&self) {
         use rdkafka::producer::Producer;
-        let _ = self.producer.flush(Duration::from_secs(10));
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     }
 }

@@ -129,7 +129,7 @@ impl Projector {
         self.ready.set(true);
         let result = self.consume(&shutdown).await;
         self.ready.set(false);
-        self.dead_letters.flush();
+        self.dead_letters.flush().await;
         // Leaves the group now rather than after the session timeout. The offsets that
         // count are in PostgreSQL, so an abandoned close loses nothing.
         let consumer = self.consumer;
