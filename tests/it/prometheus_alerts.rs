@@ -183,7 +183,7 @@ fn shortened_for(rules: &str) -> String {
 /// Posts `count` signed `ipp.session.created` webhooks, 16 at a time, each of a session
 /// of its own (spread over the topic's partitions); asserts every 200.
 async fn post_sessions(stack: &Processes, count: usize) {
-    let base = format!("http://127.0.0.1:{}", stack.ingest_port());
+    let base = stack.ingest_url();
     let signer = Signer::new(&stack.secret);
     let senders = 16;
     let mut tasks = Vec::new();

@@ -45,14 +45,7 @@ async fn finalize(processes: &Processes, order: Uuid, traceparent: Option<&str>)
     );
     let signed = Signer::new(&processes.secret).sign(&body);
     let response = match traceparent {
-        None => {
-            post_webhook(
-                &format!("http://127.0.0.1:{}", processes.ingest_port()),
-                &body,
-                Some(&signed),
-            )
-            .await
-        }
+        None => post_webhook(&processes.ingest_url(), &body, Some(&signed)).await,
         Some(traceparent) => {
             let mut request = reqwest::Client::new()
                 .post(processes.webhook_url())

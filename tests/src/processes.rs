@@ -68,6 +68,11 @@ impl Processes {
         self.ingest_port.port()
     }
 
+    /// `http://127.0.0.1:<ingest's port>`, without a trailing slash.
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}", self.ingest_port.addr())
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -226,7 +231,7 @@ impl Processes {
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/kustom", self.ingest_port())
+        format!("{}/webhooks/kustom", self.ingest_url())
     }
 
     /// Posts a signed `ipp.session.finalized` of `merchant` for `order` to ingest (a
@@ -243,8 +248,7 @@ impl Processes {
             None,
         );
         let signed = Signer::new(&self.secret).sign(&body);
-        let base = format!("http://127.0.0.1:{}", self.ingest_port());
-        let response = post_webhook(&base, &body, Some(&signed)).await;
+        let response = post_webhook(&self.ingest_url(), &body, Some(&signed)).await;
         assert_eq!(response.status(), StatusCode::OK, "finalized {order}");
     }
 }
