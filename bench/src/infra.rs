@@ -3,7 +3,6 @@
 
 use std::{
     fs::File,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -132,10 +131,6 @@ fn clock_ticks_per_second() -> u64 {
             .and_then(|out| out.trim().parse().ok())
             .unwrap_or(100)
     })
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A service binary running as a child process; killed when dropped.

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod postgres;
 pub mod probe;
 pub mod properties_file;
+pub mod reserved_port;
 pub mod secret;
 pub mod secret_files;
 pub mod telemetry;
@@ -21,6 +22,7 @@ pub use args::{
 };
 pub use metrics::{Renamed, ServiceMetrics};
 pub use properties_file::KafkaPropertiesFile;
+pub use reserved_port::ReservedPort;
 pub use secret::{DatabaseUrl, KafkaProperty, Secret};
 pub use telemetry::LogFormat;
 

@@ -3,6 +3,7 @@
 //! `ACTIONS_CONCURRENCY ÷ (calls per capture × latency)`; a capture is two calls
 //! (GET the order, POST the capture).
 
+use ipp_service::ReservedPort;
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -57,8 +58,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     .await?;
 
     let db = Database::create(&bench.config.database_url).await?;
-    let sim_port = infra::free_port()?;
-    let actions_port = infra::free_port()?;
+    // Held until the figure ends, so no other socket takes the ports first.
+    let (sim_reserved, actions_reserved) = (ReservedPort::new(), ReservedPort::new());
+    let (sim_port, actions_port) = (sim_reserved.port(), actions_reserved.port());
     let client = load::client(4);
     let mut sim = bench.spawn(
         "ipp-om-sim",

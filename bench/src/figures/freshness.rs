@@ -10,6 +10,7 @@
 //! so each sample is an upper bound, at most one poll period (plus a query) too high.
 //! An event committed before its 200 reached the client counts as 0.
 
+use ipp_service::ReservedPort;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -59,8 +60,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let other = infra::create_topic(bench.brokers(), "bench_fresh_other", 1).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_fresh_dlq", 1).await?;
     let db = Database::create(&bench.config.database_url).await?;
-    let ingest_port = infra::free_port()?;
-    let projector_port = infra::free_port()?;
+    // Held until the figure ends, so no other socket takes the ports first.
+    let (ingest_reserved, projector_reserved) = (ReservedPort::new(), ReservedPort::new());
+    let (ingest_port, projector_port) = (ingest_reserved.port(), projector_reserved.port());
     let client = load::client(256);
 
     let mut ingest = bench.spawn(

@@ -1,6 +1,7 @@
 //! Ingest: signed webhooks over HTTP at fixed concurrency through ipp-ingest, next to a
 //! raw rdkafka producer sending the same records with the same number in flight.
 
+use ipp_service::ReservedPort;
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -413,7 +414,8 @@ async fn through_ingest(
     let ipp =
         infra::create_topic(bench.brokers(), "bench_ingest_ipp", bench.config.partitions).await?;
     let other = infra::create_topic(bench.brokers(), "bench_ingest_other", 1).await?;
-    let port = infra::free_port()?;
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
     let mut ingest = bench.spawn(
         "ipp-ingest",
         &[],

@@ -2,6 +2,7 @@
 //! the same topic from offset 0) and the apply engine (the same events applied from
 //! memory, next to `COPY` of the same rows).
 
+use ipp_service::ReservedPort;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     time::{Duration, Instant},
@@ -173,7 +174,8 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
     let db = Database::create(&bench.config.database_url).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_catchup_dlq", 1).await?;
     let group = infra::unique("bench_projector");
-    let port = infra::free_port()?;
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
     let env = [
         ("KAFKA_BROKERS", bench.brokers().to_owned()),
         ("IPP_TOPIC", topic.to_owned()),
