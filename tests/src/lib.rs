@@ -24,7 +24,6 @@ pub mod projector;
 pub mod signer;
 pub mod wiring;
 
-
 /// A name no other test (or earlier run) uses: topics, groups, databases.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
