@@ -29,7 +29,7 @@ pub fn check(message: &OwnedMessage, max_payload_bytes: usize) -> Result<NewEven
         return Err(reason);
     }
     within_limit(message, max_payload_bytes)?;
-    decode(message)
+    decode_routed(message)
 }
 
 /// A value over `PROJECTOR_MAX_PAYLOAD_BYTES` (0: no limit) is parked: an operator
@@ -50,6 +50,11 @@ pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
     if let Some(reason) = route_error_reason(message.headers()) {
         return Err(reason);
     }
+    decode_routed(message)
+}
+
+/// [`decode`] of a record known not to carry ingest's route error.
+fn decode_routed(message: &OwnedMessage) -> Result<NewEvent, String> {
     let empty = OwnedHeaders::new();
     let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
         .map_err(|e| e.to_string())?;

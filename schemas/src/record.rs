@@ -73,11 +73,36 @@ impl RecordHeaders {
         headers
     }
 
+    /// Reads ingest's headers in one pass: a lookup by name would be a pass of its own,
+    /// and each header read is a call into librdkafka, for every record a consumer reads.
+    /// As with [`header_str`], the last header of a name counts.
     pub fn from_kafka(headers: &impl Headers) -> Result<Self, RecordHeadersError> {
-        let required = |name: &'static str| {
-            header_str(headers, name)?.ok_or(RecordHeadersError::Missing(name))
+        const NAMES: [&str; 6] = [
+            header::RECEIVED_AT,
+            header::EVENT_ID,
+            header::EVENT_TYPE,
+            header::MERCHANT_ID,
+            header::WEBHOOK_ID,
+            header::WEBHOOK_TIMESTAMP,
+        ];
+        let mut values: [Option<&[u8]>; 6] = [None; 6];
+        for h in headers.iter() {
+            if let Some(i) = NAMES.iter().position(|name| *name == h.key) {
+                values[i] = h.value;
+            }
+        }
+        let optional = |i: usize| -> Result<Option<String>, RecordHeadersError> {
+            values[i]
+                .map(|bytes| {
+                    std::str::from_utf8(bytes)
+                        .map(str::to_owned)
+                        .map_err(|_| RecordHeadersError::NotUtf8(NAMES[i]))
+                })
+                .transpose()
         };
-        let received_at = required(header::RECEIVED_AT)?;
+        let required = |i: usize| optional(i)?.ok_or(RecordHeadersError::Missing(NAMES[i]));
+        // Checked in this order, so a record missing several names the same one.
+        let received_at = required(0)?;
         let received_at = DateTime::parse_from_rfc3339(&received_at)
             .map_err(|_| RecordHeadersError::BadTimestamp {
                 name: header::RECEIVED_AT,
@@ -85,11 +110,11 @@ impl RecordHeaders {
             })?
             .with_timezone(&Utc);
         Ok(Self {
-            event_id: required(header::EVENT_ID)?,
-            event_type: required(header::EVENT_TYPE)?,
-            merchant_id: header_str(headers, header::MERCHANT_ID)?,
-            webhook_id: required(header::WEBHOOK_ID)?,
-            webhook_timestamp: required(header::WEBHOOK_TIMESTAMP)?,
+            event_id: required(1)?,
+            event_type: required(2)?,
+            merchant_id: optional(3)?,
+            webhook_id: required(4)?,
+            webhook_timestamp: required(5)?,
             received_at,
         })
     }
@@ -138,6 +163,45 @@ mod tests {
         };
         let parsed = RecordHeaders::from_kafka(&headers.to_kafka()).unwrap();
         assert_eq!(parsed, headers);
+    }
+
+    #[test]
+    fn the_last_header_of_a_name_counts() {
+        let headers = RecordHeaders {
+            event_id: "kevt_1".into(),
+            event_type: "ipp.session.created".into(),
+            merchant_id: None,
+            webhook_id: "msg_1".into(),
+            webhook_timestamp: "1780000000".into(),
+            received_at: DateTime::parse_from_rfc3339("2026-06-05T18:37:41Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let repeated = headers
+            .to_kafka()
+            .insert(kafka_header(header::EVENT_ID, "kevt_2"))
+            .insert(kafka_header(header::MERCHANT_ID, "M2"));
+        let parsed = RecordHeaders::from_kafka(&repeated).unwrap();
+        assert_eq!(parsed.event_id, "kevt_2");
+        assert_eq!(parsed.merchant_id.as_deref(), Some("M2"));
+        assert_eq!(parsed.event_type, "ipp.session.created");
+        assert_eq!(
+            header_str(&repeated, header::EVENT_ID).unwrap().as_deref(),
+            Some("kevt_2"),
+            "one pass and a lookup by name agree"
+        );
+    }
+
+    #[test]
+    fn a_header_that_is_not_utf8_is_named() {
+        let headers = OwnedHeaders::new()
+            .insert(kafka_header(header::RECEIVED_AT, "2026-06-05T18:37:41Z"))
+            .insert(Header {
+                key: header::EVENT_ID,
+                value: Some(&[0xff, 0xfe][..]),
+            });
+        let err = RecordHeaders::from_kafka(&headers).unwrap_err();
+        assert_eq!(err, RecordHeadersError::NotUtf8(header::EVENT_ID));
     }
 
     #[test]
