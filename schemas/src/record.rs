@@ -77,32 +77,31 @@ impl RecordHeaders {
     /// and each header read is a call into librdkafka, for every record a consumer reads.
     /// As with [`header_str`], the last header of a name counts.
     pub fn from_kafka(headers: &impl Headers) -> Result<Self, RecordHeadersError> {
-        const NAMES: [&str; 6] = [
-            header::RECEIVED_AT,
-            header::EVENT_ID,
-            header::EVENT_TYPE,
-            header::MERCHANT_ID,
-            header::WEBHOOK_ID,
-            header::WEBHOOK_TIMESTAMP,
+        let mut found: [(&'static str, Option<&[u8]>); 6] = [
+            (header::RECEIVED_AT, None),
+            (header::EVENT_ID, None),
+            (header::EVENT_TYPE, None),
+            (header::MERCHANT_ID, None),
+            (header::WEBHOOK_ID, None),
+            (header::WEBHOOK_TIMESTAMP, None),
         ];
-        let mut values: [Option<&[u8]>; 6] = [None; 6];
         for h in headers.iter() {
-            if let Some(i) = NAMES.iter().position(|name| *name == h.key) {
-                values[i] = h.value;
+            if let Some(slot) = found.iter_mut().find(|(name, _)| *name == h.key) {
+                slot.1 = h.value;
             }
         }
-        let optional = |i: usize| -> Result<Option<String>, RecordHeadersError> {
-            values[i]
+        let optional = |name: &'static str| {
+            let value = found.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v);
+            value
                 .map(|bytes| {
                     std::str::from_utf8(bytes)
                         .map(str::to_owned)
-                        .map_err(|_| RecordHeadersError::NotUtf8(NAMES[i]))
+                        .map_err(|_| RecordHeadersError::NotUtf8(name))
                 })
                 .transpose()
         };
-        let required = |i: usize| optional(i)?.ok_or(RecordHeadersError::Missing(NAMES[i]));
-        // Checked in this order, so a record missing several names the same one.
-        let received_at = required(0)?;
+        let required = |name| optional(name)?.ok_or(RecordHeadersError::Missing(name));
+        let received_at = required(header::RECEIVED_AT)?;
         let received_at = DateTime::parse_from_rfc3339(&received_at)
             .map_err(|_| RecordHeadersError::BadTimestamp {
                 name: header::RECEIVED_AT,
@@ -110,11 +109,11 @@ impl RecordHeaders {
             })?
             .with_timezone(&Utc);
         Ok(Self {
-            event_id: required(1)?,
-            event_type: required(2)?,
-            merchant_id: optional(3)?,
-            webhook_id: required(4)?,
-            webhook_timestamp: required(5)?,
+            event_id: required(header::EVENT_ID)?,
+            event_type: required(header::EVENT_TYPE)?,
+            merchant_id: optional(header::MERCHANT_ID)?,
+            webhook_id: required(header::WEBHOOK_ID)?,
+            webhook_timestamp: required(header::WEBHOOK_TIMESTAMP)?,
             received_at,
         })
     }
@@ -190,6 +189,14 @@ mod tests {
             Some("kevt_2"),
             "one pass and a lookup by name agree"
         );
+        // A last header without a value hides an earlier one, as with header_str.
+        let unset = repeated.insert(Header {
+            key: header::MERCHANT_ID,
+            value: None::<&[u8]>,
+        });
+        let parsed = RecordHeaders::from_kafka(&unset).unwrap();
+        assert_eq!(parsed.merchant_id, None);
+        assert_eq!(header_str(&unset, header::MERCHANT_ID).unwrap(), None);
     }
 
     #[test]
