@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use ipp_projector::record;
+use ipp_projector::{engine::ConsumedRecord, record};
 use ipp_schemas::record::header;
 use libfuzzer_sys::fuzz_target;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
@@ -73,7 +73,7 @@ fuzz_target!(|input: Input| {
             value: value.as_deref(),
         });
     }
-    let message = OwnedMessage::new(
+    let message = ConsumedRecord::copy_of(&OwnedMessage::new(
         input.value.clone(),
         input.key.clone(),
         "ipp.events".into(),
@@ -81,7 +81,7 @@ fuzz_target!(|input: Input| {
         input.partition,
         input.offset,
         Some(headers),
-    );
+    ));
     let limit = if input.small_limit { 256 } else { 0 };
     let flagged = input
         .headers

@@ -9,11 +9,11 @@ use ipp_schemas::{
     record::format_timestamp,
 };
 use rdkafka::{
-    message::{Header, Headers, Message, OwnedHeaders, OwnedMessage},
+    message::{Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::{config::Config, Error};
+use crate::{config::Config, kafka::consumed::ConsumedRecord, Error};
 
 const SERVICE: &str = DlqService::Projector.as_str();
 
@@ -46,7 +46,7 @@ impl DeadLetters {
 
     /// Produces every record and waits until the broker has acknowledged all of them.
     /// The caller advances its stored offset only after this returns `Ok`.
-    pub async fn send_all(&self, records: &[(&OwnedMessage, String)]) -> Result<(), Error> {
+    pub async fn send_all(&self, records: &[(&ConsumedRecord, String)]) -> Result<(), Error> {
         let failed_at = format_timestamp(Utc::now());
         let mut pending = Vec::with_capacity(records.len());
         for (message, error) in records {

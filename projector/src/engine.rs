@@ -15,7 +15,6 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -30,6 +29,7 @@ use crate::{
 /// The write path beneath the engine, public on purpose: the benchmark measures it
 /// in-process and the crate's white-box tests check it, without a broker.
 pub use crate::{
+    kafka::consumed::ConsumedRecord,
     record::{decode, NewEvent},
     store::{
         copy_events, copy_sessions, migrate, project, statistics::AutoAnalyze, store_batch,
@@ -86,7 +86,7 @@ pub struct Engine<'a> {
 /// A record that cannot be projected, and why.
 #[derive(Debug, Clone)]
 pub struct Poison {
-    pub message: OwnedMessage,
+    pub message: ConsumedRecord,
     pub reason: String,
 }
 
@@ -187,7 +187,7 @@ impl Engine<'_> {
     /// `INSERT … ON CONFLICT` (see [`WriteMode`]).
     pub async fn apply(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[ConsumedRecord],
         rejected: Option<&str>,
     ) -> Result<BatchOutcome, Error> {
         let started = Instant::now();
@@ -218,7 +218,7 @@ impl Engine<'_> {
     /// One transaction: `decoded[i]` is `batch[i]` decoded (or why it is poison).
     async fn apply_with(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[ConsumedRecord],
         decoded: &[Result<NewEvent, String>],
         mode: WriteMode,
     ) -> Result<BatchOutcome, Error> {
@@ -228,7 +228,7 @@ impl Engine<'_> {
             topic: self.topic,
         });
         let dead_letters = self.mode.dead_letters();
-        let partitions: BTreeSet<i32> = batch.iter().map(Message::partition).collect();
+        let partitions: BTreeSet<i32> = batch.iter().map(ConsumedRecord::partition).collect();
         // Every session of the batch, a record below the stored offsets included: it is
         // only known to be stale once the offsets are locked, in the same statement.
         let sessions = decoded
@@ -323,11 +323,11 @@ impl Engine<'_> {
     /// of its current part, so whoever owns the partitions next replays it.
     pub async fn apply_isolating(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[ConsumedRecord],
         retry: Retry<'_>,
         mut applied: impl FnMut(BatchOutcome),
     ) -> Result<(), Error> {
-        let mut work: Vec<(&[OwnedMessage], Option<String>)> = vec![(batch, None)];
+        let mut work: Vec<(&[ConsumedRecord], Option<String>)> = vec![(batch, None)];
         while let Some((part, rejected)) = work.pop() {
             let mut delay = Duration::from_millis(100);
             let mut attempt = 1u32;

@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use ipp_schemas::{dlq::route_error_reason, EventParseError, KustomEvent, RecordHeaders};
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use uuid::Uuid;
 
-use crate::session::SessionEvent;
+use crate::{
+    kafka::consumed::{ConsumedHeaders, ConsumedRecord},
+    session::SessionEvent,
+};
 
 /// A checked event, ready to store.
 #[derive(Debug, Clone)]
@@ -24,7 +26,7 @@ pub struct NewEvent {
 /// What the engine does with each record: a record ingest marked as unroutable is parked
 /// with ingest's reason; a value over `PROJECTOR_MAX_PAYLOAD_BYTES` is parked; the rest
 /// is [`decode`]d.
-pub fn check(message: &OwnedMessage, max_payload_bytes: usize) -> Result<NewEvent, String> {
+pub fn check(message: &ConsumedRecord, max_payload_bytes: usize) -> Result<NewEvent, String> {
     if let Some(reason) = route_error_reason(message.headers()) {
         return Err(reason);
     }
@@ -34,7 +36,7 @@ pub fn check(message: &OwnedMessage, max_payload_bytes: usize) -> Result<NewEven
 
 /// A value over `PROJECTOR_MAX_PAYLOAD_BYTES` (0: no limit) is parked: an operator
 /// raises the limit and redrives it (`ipp-projector dlq redrive`).
-fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), String> {
+fn within_limit(message: &ConsumedRecord, max_payload_bytes: usize) -> Result<(), String> {
     let size = message.payload().map_or(0, <[u8]>::len);
     if max_payload_bytes > 0 && size > max_payload_bytes {
         return Err(format!(
@@ -46,7 +48,7 @@ fn within_limit(message: &OwnedMessage, max_payload_bytes: usize) -> Result<(), 
 
 /// Why a record cannot be projected; it goes to the dead-letter topic. A record ingest
 /// marked as unroutable is parked with ingest's reason, before anything else is checked.
-pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
+pub fn decode(message: &ConsumedRecord) -> Result<NewEvent, String> {
     if let Some(reason) = route_error_reason(message.headers()) {
         return Err(reason);
     }
@@ -54,8 +56,8 @@ pub fn decode(message: &OwnedMessage) -> Result<NewEvent, String> {
 }
 
 /// [`decode`] of a record known not to carry ingest's route error.
-fn decode_routed(message: &OwnedMessage) -> Result<NewEvent, String> {
-    let empty = OwnedHeaders::new();
+fn decode_routed(message: &ConsumedRecord) -> Result<NewEvent, String> {
+    let empty = ConsumedHeaders::default();
     let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
         .map_err(|e| e.to_string())?;
     let body = message.payload().ok_or("record has no value")?;
@@ -111,7 +113,10 @@ fn has_nul_escape(json: &str) -> bool {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use rdkafka::Timestamp;
+    use rdkafka::{
+        message::{OwnedHeaders, OwnedMessage},
+        Timestamp,
+    };
 
     const ACTIVATED: &str = r#"{"id":"kevt_1","merchant_id":"M1","timestamp":"2026-06-05T18:37:41.232733416Z","type":"ipp.session.activated","data":{"session_id":"c749c48d-df11-4ae3-8e5f-2c8491b16214","order_id":null,"failure_reason":null}}"#;
 
@@ -127,8 +132,8 @@ mod tests {
         .to_kafka()
     }
 
-    fn message(value: &str, headers: Option<OwnedHeaders>) -> OwnedMessage {
-        OwnedMessage::new(
+    fn message(value: &str, headers: Option<OwnedHeaders>) -> ConsumedRecord {
+        ConsumedRecord::copy_of(&OwnedMessage::new(
             Some(value.as_bytes().to_vec()),
             Some(b"key".to_vec()),
             "ipp.events".into(),
@@ -136,7 +141,7 @@ mod tests {
             3,
             42,
             headers,
-        )
+        ))
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use ipp_projector::{
-    engine::{self as store, BatchOutcome, Engine, EngineMode, NewEvent, WriteMode},
+    engine::{
+        self as store, BatchOutcome, ConsumedRecord, Engine, EngineMode, NewEvent, WriteMode,
+    },
     session::SessionEvent,
 };
 use ipp_schemas::RecordHeaders;
@@ -323,12 +325,12 @@ async fn collide_then_apply(pool: &PgPool, events: &[NewEvent], reused: NewEvent
         0,
         Default::default(),
     );
-    let records: Vec<OwnedMessage> = events.iter().map(record).collect();
+    let records: Vec<ConsumedRecord> = events.iter().map(record).collect();
     engine.apply(&records, None).await.unwrap()
 }
 
 /// The Kafka record ingest would have written for `event`.
-fn record(event: &NewEvent) -> OwnedMessage {
+fn record(event: &NewEvent) -> ConsumedRecord {
     let headers = RecordHeaders {
         event_id: event.event.event_id.clone(),
         event_type: event.event.event_type.clone(),
@@ -337,7 +339,7 @@ fn record(event: &NewEvent) -> OwnedMessage {
         webhook_timestamp: "1780000000".into(),
         received_at: event.received_at,
     };
-    OwnedMessage::new(
+    ConsumedRecord::copy_of(&OwnedMessage::new(
         Some(event.payload.clone().into_bytes()),
         Some(event.session_id.to_string().into_bytes()),
         "ipp.events".into(),
@@ -345,5 +347,5 @@ fn record(event: &NewEvent) -> OwnedMessage {
         event.kafka_partition,
         event.kafka_offset,
         Some(headers.to_kafka()),
-    )
+    ))
 }

@@ -18,7 +18,6 @@ use ipp_service::{
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
-    message::{Message, OwnedMessage},
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
@@ -31,6 +30,7 @@ use crate::{
     config::{Config, CLIENT_ID},
     dead_letters::DeadLetters,
     engine::{BatchOutcome, Engine, EngineMode, Retry},
+    kafka::consumed::ConsumedRecord,
     metrics::Metrics,
     store::{offsets, statistics::AutoAnalyze},
     Error,
@@ -172,7 +172,7 @@ impl Projector {
     /// cache after a second without records.
     async fn dispatch(
         &self,
-        lanes: Vec<mpsc::Sender<OwnedMessage>>,
+        lanes: Vec<mpsc::Sender<ConsumedRecord>>,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         loop {
@@ -181,7 +181,7 @@ impl Projector {
                 received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
             };
             let message = match received {
-                Ok(Ok(message)) => message.detach(),
+                Ok(Ok(message)) => ConsumedRecord::copy_of(&message),
                 Ok(Err(e)) => {
                     self.receive_error(&e).await;
                     continue;
@@ -205,7 +205,7 @@ impl Projector {
     async fn lane(
         &self,
         engine: &Engine<'_>,
-        mut records: mpsc::Receiver<OwnedMessage>,
+        mut records: mpsc::Receiver<ConsumedRecord>,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         let batch_size = self.config.batch_size as usize;
@@ -263,7 +263,7 @@ impl Projector {
     async fn apply(
         &self,
         engine: &Engine<'_>,
-        batch: &[OwnedMessage],
+        batch: &[ConsumedRecord],
         failing: &AtomicBool,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {

@@ -1,5 +1,6 @@
 //! The projector's Kafka side: the group consumer that feeds the apply engine
-//! ([`consumer`]), its rebalance callback ([`rebalance`]), the assign-only reader of
+//! ([`consumer`]) with the records it copies out of librdkafka ([`consumed`]), its
+//! rebalance callback ([`rebalance`]), the assign-only reader of
 //! the one-shot commands ([`reader`]), and what the dead-letter topic holds
 //! ([`parked`], for `rebuild`).
 //!
@@ -22,6 +23,7 @@
 //! during a rebalance. The offsets are also given to Kafka, committed once a second,
 //! for monitoring tools (lag dashboards), but are never read.
 
+pub mod consumed;
 pub mod consumer;
 pub mod parked;
 pub mod reader;

@@ -13,13 +13,10 @@ use ipp_schemas::{
     dlq::{header as dlq, DlqService},
     record::header_str,
 };
-use rdkafka::{
-    consumer::StreamConsumer,
-    message::{Message, OwnedMessage},
-};
+use rdkafka::consumer::StreamConsumer;
 
 use super::reader;
-use crate::{config::Config, Error};
+use crate::{config::Config, kafka::consumed::ConsumedRecord, Error};
 
 /// Longest wait for the next record while the topic holds more.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,7 +72,8 @@ impl ParkedIndex {
                         ends.keys().collect::<Vec<_>>()
                     ))
                 })??
-                .detach();
+;
+            let message = ConsumedRecord::copy_of(&message);
             let partition = message.partition();
             let Some(&end) = ends.get(&partition) else {
                 continue;
@@ -92,7 +90,7 @@ impl ParkedIndex {
     }
 
     /// Whether the dead-letter topic holds `message` (as of the last refresh).
-    pub fn contains(&self, message: &OwnedMessage) -> bool {
+    pub fn contains(&self, message: &ConsumedRecord) -> bool {
         message.topic() == self.source_topic
             && self
                 .parked
@@ -100,13 +98,13 @@ impl ParkedIndex {
     }
 
     /// Records that `message` was parked just now.
-    pub fn insert(&mut self, message: &OwnedMessage) {
+    pub fn insert(&mut self, message: &ConsumedRecord) {
         if message.topic() == self.source_topic {
             self.parked.insert((message.partition(), message.offset()));
         }
     }
 
-    fn note(&mut self, dead_letter: &OwnedMessage) {
+    fn note(&mut self, dead_letter: &ConsumedRecord) {
         let Some(headers) = dead_letter.headers() else {
             return;
         };

@@ -7,7 +7,6 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    message::{Message, OwnedMessage},
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
@@ -18,7 +17,10 @@ use super::{
     facts::{self, Fact},
     report, store, OrdersConfig,
 };
-use crate::{config::CLIENT_ID, dead_letters::DeadLetters, metrics::Metrics, Error};
+use crate::{
+    config::CLIENT_ID, dead_letters::DeadLetters, kafka::consumed::ConsumedRecord,
+    metrics::Metrics, Error,
+};
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most records merged in one transaction.
@@ -94,14 +96,14 @@ impl OrdersProjector {
     }
 
     /// A first record (waiting at most a second), then whatever else has arrived.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
         let mut batch = Vec::new();
         let first = tokio::select! {
             () = shutdown.cancelled() => return batch,
             received = tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()) => received,
         };
         match first {
-            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Ok(message)) => batch.push(ConsumedRecord::copy_of(&message)),
             Ok(Err(e)) => {
                 warn!(
                     error = &e as &dyn std::error::Error,
@@ -116,7 +118,7 @@ impl OrdersProjector {
         }
         while batch.len() < BATCH_SIZE {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Ok(message)) => batch.push(ConsumedRecord::copy_of(&message)),
                 _ => break,
             }
         }
@@ -127,11 +129,11 @@ impl OrdersProjector {
     /// until it commits or the service stops), then stores the offsets.
     async fn apply(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[ConsumedRecord],
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         let mut facts: Vec<Fact> = Vec::new();
-        let mut poison: Vec<(&OwnedMessage, String)> = Vec::new();
+        let mut poison: Vec<(&ConsumedRecord, String)> = Vec::new();
         for message in batch {
             let source = self.topics.source(message.topic());
             match facts::decode(source, message.payload().unwrap_or_default()) {
@@ -180,7 +182,7 @@ impl OrdersProjector {
         Ok(())
     }
 
-    fn store_offsets(&self, batch: &[OwnedMessage]) {
+    fn store_offsets(&self, batch: &[ConsumedRecord]) {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for message in batch {
             let entry = next

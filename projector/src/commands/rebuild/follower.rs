@@ -10,10 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    consumer::StreamConsumer,
-    message::{Message, OwnedMessage},
-};
+use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use tracing::warn;
 
@@ -21,7 +18,7 @@ use crate::{
     config::Config,
     dead_letters::DeadLetters,
     engine::{Engine, EngineMode, Poison, Retry, Totals},
-    kafka::{parked::ParkedIndex, reader},
+    kafka::{consumed::ConsumedRecord, parked::ParkedIndex, reader},
     store::{offsets, statistics::AutoAnalyze},
     Error,
 };
@@ -40,7 +37,7 @@ pub(super) struct Follower<'a> {
     /// Next offset to apply per partition.
     positions: BTreeMap<i32, i64>,
     /// Records read but held back by a limit (dry run), in order.
-    pending: VecDeque<OwnedMessage>,
+    pending: VecDeque<ConsumedRecord>,
     batch_size: usize,
     /// Longest wait for the next record once a batch has its first one.
     batch_wait: Duration,
@@ -128,7 +125,7 @@ impl<'a> Follower<'a> {
         limit: Option<&BTreeMap<i32, i64>>,
         wait: Duration,
     ) -> Result<usize, Error> {
-        let allowed = |m: &OwnedMessage| {
+        let allowed = |m: &ConsumedRecord| {
             limit.is_none_or(|l| m.offset() < l.get(&m.partition()).copied().unwrap_or(0))
         };
         let mut batch = Vec::new();
@@ -153,7 +150,7 @@ impl<'a> Follower<'a> {
                 };
                 match tokio::time::timeout_at(until, self.consumer.recv()).await {
                     Ok(Ok(message)) => {
-                        let message = message.detach();
+                        let message = ConsumedRecord::copy_of(&message);
                         let blocked = self
                             .pending
                             .iter()
@@ -237,7 +234,7 @@ impl<'a> Follower<'a> {
         if self.skipped.is_empty() {
             return Ok(());
         }
-        let records: Vec<(&OwnedMessage, String)> = self
+        let records: Vec<(&ConsumedRecord, String)> = self
             .skipped
             .iter()
             .map(|poison| (&poison.message, poison.reason.clone()))

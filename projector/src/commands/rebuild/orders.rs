@@ -16,13 +16,13 @@ use std::{
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
-    message::{Message, OwnedMessage},
     Offset, TopicPartitionList,
 };
 use sqlx::PgPool;
 
 use crate::{
     config::Config,
+    kafka::consumed::ConsumedRecord,
     kafka::reader,
     orders::{facts, store, OrdersConfig},
     Error,
@@ -132,11 +132,11 @@ impl<'a> OrdersFollower<'a> {
     /// Reads one batch (waiting up to `wait` for its first record) and merges it into
     /// the follower's schema; returns how many records it read.
     pub(super) async fn step(&mut self, wait: Duration) -> Result<usize, Error> {
-        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let mut batch: Vec<ConsumedRecord> = Vec::new();
         let mut until = tokio::time::Instant::now() + wait;
         while batch.len() < BATCH_SIZE {
             match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Ok(message)) => batch.push(ConsumedRecord::copy_of(&message)),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => break,
             }

@@ -18,7 +18,6 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf, sync::Arc, time::Dura
 
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
-use rdkafka::message::{Message, OwnedMessage};
 use uuid::Uuid;
 
 use self::{
@@ -29,6 +28,7 @@ use crate::{
     commands::progress::Progress,
     config::Config,
     engine::{Engine, EngineMode, Poison, Retry, Totals},
+    kafka::consumed::ConsumedRecord,
     kafka::reader,
     schema,
     store::statistics::AutoAnalyze,
@@ -127,14 +127,14 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> Result<(), Error> {
     let mut selected = 0u64;
     let mut totals = Totals::default();
     let mut poison: Vec<Poison> = Vec::new();
-    let mut batch: Vec<OwnedMessage> = Vec::new();
+    let mut batch: Vec<ConsumedRecord> = Vec::new();
     if !starts.is_empty() {
         reader::assign(&consumer, topic, &starts)?;
     }
     let mut open = ends.clone();
     while !open.is_empty() {
         let message = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Ok(message)) => message.detach(),
+            Ok(Ok(message)) => ConsumedRecord::copy_of(&message),
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
                 return Err(Error::Operation(format!(
@@ -228,7 +228,7 @@ async fn project(
     config: &Config,
     pool: Option<&sqlx::PgPool>,
     statistics: &Arc<AutoAnalyze>,
-    batch: &[OwnedMessage],
+    batch: &[ConsumedRecord],
     poison: &mut Vec<Poison>,
 ) -> Result<Totals, Error> {
     let Some(pool) = pool else {

@@ -2,14 +2,12 @@
 //! read as plain JSON, not as `ipp_schemas::KustomEvent`, on purpose: a replay also
 //! exports records that the typed parser refuses (the projector's poison records).
 
-use rdkafka::{
-    message::{Message, OwnedMessage},
-    Timestamp,
-};
+use rdkafka::Timestamp;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::ReplayArgs;
+use crate::kafka::consumed::ConsumedRecord;
 
 /// What the body says, for filters and CSV columns.
 #[derive(Debug, Default)]
@@ -64,7 +62,7 @@ impl ReplayArgs {
     }
 }
 
-pub(super) fn record_time(message: &OwnedMessage) -> Option<i64> {
+pub(super) fn record_time(message: &ConsumedRecord) -> Option<i64> {
     match message.timestamp() {
         Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
         Timestamp::NotAvailable => None,

@@ -7,14 +7,14 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ipp_schemas::record::header;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::Headers;
 use serde_json::json;
 
 use super::{
     select::{record_time, Fields},
     Format, ReplayArgs,
 };
-use crate::Error;
+use crate::{kafka::consumed::ConsumedRecord, Error};
 
 fn rfc3339_ms(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
@@ -22,7 +22,7 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn header_value(message: &OwnedMessage, name: &str) -> Option<String> {
+fn header_value(message: &ConsumedRecord, name: &str) -> Option<String> {
     let headers = message.headers()?;
     headers
         .iter()
@@ -71,7 +71,7 @@ impl Sink {
         })
     }
 
-    pub(super) fn write(&mut self, message: &OwnedMessage, fields: &Fields) -> Result<(), Error> {
+    pub(super) fn write(&mut self, message: &ConsumedRecord, fields: &Fields) -> Result<(), Error> {
         let raw = String::from_utf8_lossy(message.payload().unwrap_or_default());
         let timestamp = record_time(message).map(rfc3339_ms);
         let received_at = header_value(message, header::RECEIVED_AT);
