@@ -101,6 +101,7 @@ impl RecordHeaders {
                 .transpose()
         };
         let required = |name| optional(name)?.ok_or(RecordHeadersError::Missing(name));
+        // Checked in this order, so a record missing several names the same one.
         let received_at = required(header::RECEIVED_AT)?;
         let received_at = DateTime::parse_from_rfc3339(&received_at)
             .map_err(|_| RecordHeadersError::BadTimestamp {

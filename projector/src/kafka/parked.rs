@@ -13,7 +13,7 @@ use ipp_schemas::{
     dlq::{header as dlq, DlqService},
     record::header_str,
 };
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::{consumer::StreamConsumer, message::Message};
 
 use super::reader;
 use crate::{config::Config, kafka::consumed::ConsumedRecord, Error};
@@ -71,15 +71,15 @@ impl ParkedIndex {
                         READ_TIMEOUT.as_secs(),
                         ends.keys().collect::<Vec<_>>()
                     ))
-                })??
-;
-            let message = ConsumedRecord::copy_of(&message);
+                })??;
             let partition = message.partition();
             let Some(&end) = ends.get(&partition) else {
                 continue;
             };
             // Records seen before (a fetch of an earlier call) are harmless: a set.
-            self.note(&message);
+            if let Some(source) = source_of(&message, &self.source_topic) {
+                self.parked.insert(source);
+            }
             let next = self.read_to.entry(partition).or_insert(0);
             *next = (*next).max(message.offset() + 1);
             if *next >= end {
@@ -103,21 +103,19 @@ impl ParkedIndex {
             self.parked.insert((message.partition(), message.offset()));
         }
     }
+}
 
-    fn note(&mut self, dead_letter: &ConsumedRecord) {
-        let Some(headers) = dead_letter.headers() else {
-            return;
-        };
-        let text = |name| header_str(headers, name).ok().flatten();
-        if text(dlq::SERVICE).as_deref() != Some(DlqService::Projector.as_str())
-            || text(dlq::SOURCE_TOPIC).as_deref() != Some(self.source_topic.as_str())
-        {
-            return;
-        }
-        let partition = text(dlq::SOURCE_PARTITION).and_then(|p| p.parse().ok());
-        let offset = text(dlq::SOURCE_OFFSET).and_then(|o| o.parse().ok());
-        if let (Some(partition), Some(offset)) = (partition, offset) {
-            self.parked.insert((partition, offset));
-        }
+/// Where in `source_topic` the projector's dead letter `dead_letter` came from. Read off
+/// the consumer's buffer: nothing of a dead letter is kept but where it came from.
+fn source_of(dead_letter: &impl Message, source_topic: &str) -> Option<(i32, i64)> {
+    let headers = dead_letter.headers()?;
+    let text = |name| header_str(headers, name).ok().flatten();
+    if text(dlq::SERVICE).as_deref() != Some(DlqService::Projector.as_str())
+        || text(dlq::SOURCE_TOPIC).as_deref() != Some(source_topic)
+    {
+        return None;
     }
+    let partition = text(dlq::SOURCE_PARTITION)?.parse().ok()?;
+    let offset = text(dlq::SOURCE_OFFSET)?.parse().ok()?;
+    Some((partition, offset))
 }

@@ -22,8 +22,7 @@ use sqlx::PgPool;
 
 use crate::{
     config::Config,
-    kafka::consumed::ConsumedRecord,
-    kafka::reader,
+    kafka::{consumed::ConsumedRecord, reader},
     orders::{facts, store, OrdersConfig},
     Error,
 };
