@@ -6,10 +6,7 @@ use chrono::{DateTime, Utc};
 use ipp_schemas::{dlq::route_error_reason, EventParseError, KustomEvent, RecordHeaders};
 use uuid::Uuid;
 
-use crate::{
-    kafka::consumed::{ConsumedHeaders, ConsumedRecord},
-    session::SessionEvent,
-};
+use crate::{kafka::consumed::ConsumedRecord, session::SessionEvent};
 
 /// A checked event, ready to store.
 #[derive(Debug, Clone)]
@@ -57,7 +54,7 @@ pub fn decode(message: &ConsumedRecord) -> Result<NewEvent, String> {
 
 /// [`decode`] of a record known not to carry ingest's route error.
 fn decode_routed(message: &ConsumedRecord) -> Result<NewEvent, String> {
-    let empty = ConsumedHeaders::default();
+    let empty = ipp_kafka_headers::HeadersCopy::default();
     let headers = RecordHeaders::from_kafka(message.headers().unwrap_or(&empty))
         .map_err(|e| e.to_string())?;
     let body = message.payload().ok_or("record has no value")?;

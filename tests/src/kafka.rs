@@ -217,8 +217,8 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
         if message.offset() >= ends[&message.partition()] {
             continue;
         }
-        let headers = message
-            .headers()
+        // rdkafka's own reads would panic on a name that is not UTF-8 (the poison cases).
+        let headers = ipp_kafka_headers::HeadersCopy::of_message(&message)
             .map(|hs| {
                 hs.iter()
                     .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 pub struct Producer {
     producer: FutureProducer,
+    config: ClientConfig,
     pub topic: String,
 }
 
@@ -30,17 +31,17 @@ impl Producer {
     /// A producer whose batches are compressed with `codec` (`none`, `gzip`, `snappy`,
     /// `lz4`, `zstd`), as another system writing to the log might.
     pub fn compressing(brokers: &str, topic: &str, codec: &str) -> Self {
-        let producer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", "ipp-tests")
             .set("allow.auto.create.topics", "false")
             .set("acks", "all")
             .set("compression.type", codec)
-            .set("message.timeout.ms", "30000")
-            .create()
-            .expect("producer");
+            .set("message.timeout.ms", "30000");
         Self {
-            producer,
+            producer: config.create().expect("producer"),
+            config,
             topic: topic.to_owned(),
         }
     }
@@ -94,6 +95,59 @@ impl Producer {
             .await
             .unwrap_or_else(|(e, _)| panic!("produce to {}: {e}", self.topic));
         (delivery.partition, delivery.offset)
+    }
+
+    /// Produces a record whose headers are `headers`, then one header named with raw
+    /// bytes that need not be UTF-8, as another producer may write one (rdkafka's own API
+    /// only takes `&str` names); returns `(partition, offset)`.
+    pub async fn send_with_raw_name(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        headers: &OwnedHeaders,
+        (raw_name, raw_value): (&[u8], &[u8]),
+    ) -> (i32, i64) {
+        use rdkafka::{
+            message::Headers,
+            producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext},
+            ClientContext, Message,
+        };
+        #[derive(Default)]
+        struct Delivered(std::sync::Mutex<Option<Result<(i32, i64), String>>>);
+        impl ClientContext for Delivered {}
+        impl ProducerContext for Delivered {
+            type DeliveryOpaque = ();
+            fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+                let outcome = match result {
+                    Ok(m) => Ok((m.partition(), m.offset())),
+                    Err((e, _)) => Err(e.to_string()),
+                };
+                *self.0.lock().unwrap() = Some(outcome);
+            }
+        }
+        let producer: BaseProducer<Delivered> = self
+            .config
+            .create_with_context(Delivered::default())
+            .expect("producer");
+        let mut all: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|h| (h.key.as_bytes(), h.value.unwrap_or_default()))
+            .collect();
+        all.push((raw_name, raw_value));
+        ipp_kafka_headers::produce_with_raw_names(&producer, &self.topic, key, value, &all)
+            .unwrap_or_else(|e| panic!("produce to {}: {e}", self.topic));
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .flush(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("flush to {topic}: {e}"));
+            let delivered = producer.context().0.lock().unwrap().take();
+            delivered
+                .expect("a delivery report after the flush")
+                .unwrap_or_else(|e| panic!("produce to {topic}: {e}"))
+        })
+        .await
+        .expect("the produce task")
     }
 
     /// Produces many bodies as ingest would: all enqueued at once, then every delivery

@@ -22,6 +22,7 @@
 use std::{sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
+use ipp_kafka_headers::HeadersCopy;
 use ipp_schemas::{
     dlq::route_error_reason,
     observation::OrderEvent,
@@ -168,7 +169,11 @@ impl ActionConsumer {
     async fn handle(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
         // This record's span, a child of the one that wrote it; the action's Order
         // Management calls are its children in turn (its context goes into the ledger).
-        let record_trace = TraceContext::of_record(message.headers());
+        // Copied once, through ipp-kafka-headers: rdkafka's own reads panic on a header
+        // name that is not UTF-8.
+        let headers = HeadersCopy::of_message(message);
+        let headers = headers.as_ref();
+        let record_trace = TraceContext::of_record(headers);
         let own_trace = record_trace.map(|parent| parent.child());
         let mut span = match (&own_trace, &record_trace) {
             (Some(own), Some(parent)) => {
@@ -185,9 +190,9 @@ impl ActionConsumer {
         let new = if message.topic() == self.commands_topic {
             self.command_action(message)
         } else if message.topic() == self.kustom_topic {
-            self.observe_action(message)
+            self.observe_action(message, headers)
         } else {
-            self.event_action(message)
+            self.event_action(message, headers)
         };
         let new = match new {
             Ok(Some(new)) => NewAction {
@@ -198,7 +203,7 @@ impl ActionConsumer {
                 self.metrics.records.with_label_values(&["ignored"]).inc();
                 return true;
             }
-            Err(reason) => return self.park(message, &reason, shutdown).await,
+            Err(reason) => return self.park(message, headers, &reason, shutdown).await,
         };
         let recorded = (|| ledger::record(&self.pool, &new))
             .retry(forever())
@@ -214,7 +219,7 @@ impl ActionConsumer {
             // the event id): the record is parked and the partition goes on.
             Err(e) => {
                 let reason = format!("rejected by PostgreSQL: {}", error_chain(&e));
-                return self.park(message, &reason, shutdown).await;
+                return self.park(message, headers, &reason, shutdown).await;
             }
         };
         if new.command.is_none() {
@@ -263,7 +268,7 @@ impl ActionConsumer {
                 conflict = self.command_conflict(&new, fields) => conflict,
             };
             if let Some(reason) = conflict {
-                return self.park(message, &reason, shutdown).await;
+                return self.park(message, headers, &reason, shutdown).await;
             }
         }
         debug!(order_id = %new.order_id, action = %new.action, "action already recorded");
@@ -272,9 +277,13 @@ impl ActionConsumer {
     }
 
     /// The row a finalized session makes; `None` for every other event.
-    fn event_action(&self, message: &BorrowedMessage<'_>) -> Result<Option<NewAction>, String> {
+    fn event_action(
+        &self,
+        message: &BorrowedMessage<'_>,
+        headers: Option<&HeadersCopy>,
+    ) -> Result<Option<NewAction>, String> {
         // A body ingest could not route is parked with ingest's reason, even if it parses.
-        if let Some(reason) = route_error_reason(message.headers()) {
+        if let Some(reason) = route_error_reason(headers) {
             return Err(reason);
         }
         let event =
@@ -285,11 +294,10 @@ impl ActionConsumer {
         let order_id = event
             .order_id()
             .expect("parse guarantees finalized events name their order");
-        let merchant_id = event.envelope.merchant_id.clone().or_else(|| {
-            message
-                .headers()
-                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
-        });
+        let merchant_id =
+            event.envelope.merchant_id.clone().or_else(|| {
+                headers.and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
+            });
         Ok(Some(NewAction {
             order_id,
             action: ledger::CAPTURE.to_owned(),
@@ -311,8 +319,12 @@ impl ActionConsumer {
     /// The `observe` row of a Kustom order event; `None` for every other type. Read
     /// leniently: only the envelope's `id`, `type` and `merchant_id` and the ids of
     /// `data` are looked at.
-    fn observe_action(&self, message: &BorrowedMessage<'_>) -> Result<Option<NewAction>, String> {
-        if let Some(reason) = route_error_reason(message.headers()) {
+    fn observe_action(
+        &self,
+        message: &BorrowedMessage<'_>,
+        headers: Option<&HeadersCopy>,
+    ) -> Result<Option<NewAction>, String> {
+        if let Some(reason) = route_error_reason(headers) {
             return Err(reason);
         }
         let event: Value = serde_json::from_slice(message.payload().unwrap_or_default())
@@ -330,11 +342,9 @@ impl ActionConsumer {
             return Ok(None);
         };
         let event_id = text("id").ok_or_else(|| format!("{event_type} without an event id"))?;
-        let merchant_id = text("merchant_id").map(str::to_owned).or_else(|| {
-            message
-                .headers()
-                .and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten())
-        });
+        let merchant_id = text("merchant_id")
+            .map(str::to_owned)
+            .or_else(|| headers.and_then(|h| header_str(h, header::MERCHANT_ID).ok().flatten()));
         Ok(Some(NewAction::observe(
             order_event.order_id(),
             event_id,
@@ -382,6 +392,7 @@ impl ActionConsumer {
     async fn park(
         &self,
         message: &BorrowedMessage<'_>,
+        headers: Option<&HeadersCopy>,
         reason: &str,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -391,7 +402,7 @@ impl ActionConsumer {
             error = %reason,
             "record cannot be used: to the dlq"
         );
-        let parked = (|| self.dlq.unusable(message, reason))
+        let parked = (|| self.dlq.unusable(message, headers, reason))
             .retry(forever())
             .notify(|e, _| error!(error = %e, "dlq write failed; retrying"));
         tokio::select! {

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
+use ipp_kafka_headers::HeadersCopy;
 use ipp_schemas::{
     dlq::{header as dlq, DlqService, FailedActionRecord, FailedStatus},
     record::{format_timestamp, kafka_header},
@@ -112,18 +113,20 @@ impl DeadLetters {
         .await
     }
 
-    /// Parks a consumed record this service cannot use: original key, value and headers,
-    /// plus where it came from and why.
+    /// Parks a consumed record this service cannot use: original key, value and headers
+    /// (`original`, copied from it; a name that was not UTF-8 holds U+FFFD), plus where it
+    /// came from and why.
     pub async fn unusable(
         &self,
         message: &BorrowedMessage<'_>,
+        original: Option<&HeadersCopy>,
         error: &str,
     ) -> Result<(), KafkaError> {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let failed_at = format_timestamp(Utc::now());
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
+        if let Some(original) = original {
             for header in original.iter() {
                 headers = headers.insert(rdkafka::message::Header {
                     key: header.key,
