@@ -70,32 +70,13 @@ mod tests {
 
     use super::*;
 
-    fn all(headers: &impl Headers) -> Vec<(String, Option<Vec<u8>>)> {
-        headers
-            .iter()
-            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-            .collect()
-    }
-
     #[test]
     fn a_copy_reads_like_the_original() {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "kustom-event-id",
-                value: Some("evt-1"),
-            })
-            .insert(Header {
-                key: "no-value",
-                value: None::<&[u8]>,
-            })
-            .insert(Header {
-                key: "empty",
-                value: Some(""),
-            })
-            .insert(Header {
-                key: "kustom-event-id",
-                value: Some("evt-2"),
-            });
+        // One header: how headers are copied is ipp-kafka-headers' test.
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "kustom-event-id",
+            value: Some("evt-1"),
+        });
         let original = OwnedMessage::new(
             Some(b"{}".to_vec()),
             Some(b"session".to_vec()),
@@ -115,7 +96,12 @@ mod tests {
         assert_eq!(copy.key(), Some(&b"session"[..]));
         assert_eq!(copy.payload(), Some(&b"{}"[..]));
         let copied = copy.headers().unwrap();
-        assert_eq!(all(copied), all(original.headers().unwrap()));
+        assert_eq!(copied.count(), 1);
+        let header = copied.get(0);
+        assert_eq!(
+            (header.key, header.value),
+            ("kustom-event-id", Some(&b"evt-1"[..]))
+        );
     }
 
     #[test]
