@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use ipp_kafka_headers::CopyHeaders;
 use ipp_schemas::{
     dlq::{header as dlq, DlqService},
     record::header_str,
@@ -107,9 +108,10 @@ impl ParkedIndex {
 
 /// Where in `source_topic` the projector's dead letter `dead_letter` came from. Read off
 /// the consumer's buffer: nothing of a dead letter is kept but where it came from.
-fn source_of(dead_letter: &impl Message, source_topic: &str) -> Option<(i32, i64)> {
-    let headers = dead_letter.headers()?;
-    let text = |name| header_str(headers, name).ok().flatten();
+fn source_of(dead_letter: &impl CopyHeaders, source_topic: &str) -> Option<(i32, i64)> {
+    // A copy, not rdkafka's reads: those panic on a header name that is not UTF-8.
+    let headers = dead_letter.copy_headers()?;
+    let text = |name| header_str(&headers, name).ok().flatten();
     if text(dlq::SERVICE).as_deref() != Some(DlqService::Projector.as_str())
         || text(dlq::SOURCE_TOPIC).as_deref() != Some(source_topic)
     {
