@@ -9,7 +9,7 @@ use std::{
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
-    message::{Message, OwnedMessage},
+    message::{BorrowedMessage, Message},
     ClientConfig, Offset, TopicPartitionList,
 };
 
@@ -90,23 +90,28 @@ pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Vec<Watermarks
 }
 
 /// Every record of `topic` between the watermarks read at the start of the call, in
-/// (partition, offset) order.
-pub fn read_all(consumer: &BaseConsumer, topic: &str) -> Result<Vec<OwnedMessage>, Error> {
+/// (partition, offset) order, each as `copy` makes it off the consumer's buffer.
+pub fn read_all<T>(
+    consumer: &BaseConsumer,
+    topic: &str,
+    copy: impl Fn(&BorrowedMessage<'_>) -> T,
+) -> Result<Vec<T>, Error> {
     let marks = watermarks(consumer, topic)?;
     let ranges: Vec<(i32, i64, i64)> = marks
         .iter()
         .filter(|m| m.high > m.low)
         .map(|m| (m.partition, m.low, m.high))
         .collect();
-    read_ranges(consumer, topic, &ranges)
+    read_ranges(consumer, topic, &ranges, copy)
 }
 
-/// The records `[from, to)` of each `(partition, from, to)`.
-pub fn read_ranges(
+/// The records `[from, to)` of each `(partition, from, to)`, each as `copy` makes it.
+pub fn read_ranges<T>(
     consumer: &BaseConsumer,
     topic: &str,
     ranges: &[(i32, i64, i64)],
-) -> Result<Vec<OwnedMessage>, Error> {
+    copy: impl Fn(&BorrowedMessage<'_>) -> T,
+) -> Result<Vec<T>, Error> {
     let mut assignment = TopicPartitionList::new();
     let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut expected = 0;
@@ -119,7 +124,7 @@ pub fn read_ranges(
     }
     let mut records = Vec::new();
     if ends.is_empty() {
-        return Ok(records);
+        return Ok(Vec::new());
     }
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -142,7 +147,7 @@ pub fn read_ranges(
                 let partition = message.partition();
                 let end = ends.get(&partition).copied().unwrap_or(0);
                 if message.offset() < end {
-                    records.push(message.detach());
+                    records.push(((partition, message.offset()), copy(&message)));
                 }
                 if message.offset() + 1 >= end {
                     open.remove(&partition);
@@ -151,23 +156,28 @@ pub fn read_ranges(
         }
     }
     consumer.unassign()?;
-    records.sort_by_key(|m| (m.partition(), m.offset()));
-    Ok(records)
+    records.sort_by_key(|(position, _)| *position);
+    Ok(records.into_iter().map(|(_, record)| record).collect())
 }
 
 /// The record at `partition:offset`, if the topic still holds it.
-pub fn read_one(
+pub fn read_one<T>(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     offset: i64,
-) -> Result<Option<OwnedMessage>, Error> {
+    copy: impl Fn(&BorrowedMessage<'_>) -> T,
+) -> Result<Option<T>, Error> {
     let (low, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
     if offset < low || offset >= high {
         return Ok(None);
     }
-    let records = read_ranges(consumer, topic, &[(partition, offset, offset + 1)])?;
-    Ok(records.into_iter().find(|m| m.offset() == offset))
+    let range = [(partition, offset, offset + 1)];
+    let records = read_ranges(consumer, topic, &range, |m| (m.offset(), copy(m)))?;
+    Ok(records
+        .into_iter()
+        .find(|(at, _)| *at == offset)
+        .map(|(_, record)| record))
 }
 
 /// The committed offset of `group` on each partition (`None`: nothing committed).

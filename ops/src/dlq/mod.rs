@@ -25,8 +25,7 @@ pub async fn read(source: &DlqSource) -> Result<Vec<DlqRecord>, Error> {
     let source = source.clone();
     tokio::task::spawn_blocking(move || {
         let consumer = source.kafka.reader()?;
-        let messages = kafka::read_all(&consumer, &source.topic)?;
-        Ok(messages.iter().map(DlqRecord::from_message).collect())
+        kafka::read_all(&consumer, &source.topic, DlqRecord::from_message)
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))?
@@ -38,13 +37,18 @@ pub async fn read_one(source: &DlqSource, at: RecordRef) -> Result<DlqRecord, Er
     tokio::task::spawn_blocking(move || {
         let consumer = source.kafka.reader()?;
         kafka::partitions(&consumer, &source.topic)?;
-        kafka::read_one(&consumer, &source.topic, at.partition, at.offset)?
-            .map(|m| DlqRecord::from_message(&m))
-            .ok_or(Error::NoSuchRecord {
-                topic: source.topic.clone(),
-                partition: at.partition,
-                offset: at.offset,
-            })
+        let found = kafka::read_one(
+            &consumer,
+            &source.topic,
+            at.partition,
+            at.offset,
+            DlqRecord::from_message,
+        )?;
+        found.ok_or(Error::NoSuchRecord {
+            topic: source.topic.clone(),
+            partition: at.partition,
+            offset: at.offset,
+        })
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))?

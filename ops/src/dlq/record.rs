@@ -2,11 +2,12 @@
 //! the event or failed action it holds, and the filters of `dlq list|redrive`.
 
 use chrono::{DateTime, Utc};
+use ipp_kafka_headers::HeadersCopy;
 use ipp_schemas::{
     dlq::{header as dlq, FailedActionRecord},
     record::header,
 };
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde_json::{json, Value};
 
 use crate::args::{Filters, RecordRef};
@@ -45,9 +46,9 @@ impl DlqRecord {
 }
 
 impl DlqRecord {
-    pub fn from_message(message: &OwnedMessage) -> Self {
-        let headers = message
-            .headers()
+    /// Copies a record off the consumer; a header name that is not UTF-8 holds U+FFFD.
+    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let headers = HeadersCopy::of_message(message)
             .map(|hs| {
                 hs.iter()
                     .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
