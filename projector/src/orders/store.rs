@@ -3,86 +3,262 @@
 //! was merged into it, so a fact merged twice, or facts merged in any order, leave the
 //! same row (see migrations/1002_orders.sql).
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
-use super::facts::{Fact, Listed};
+use super::facts::{Fact, Listed, OperationKind};
 use crate::Error;
 
-/// Merges `facts` in one transaction. Facts are applied in a fixed order (by order id)
-/// so that two consumers merging overlapping batches during a rebalance take their row
-/// locks in the same order. No facts, no transaction: most IPP events carry none, and
-/// an empty transaction would still cost two round trips.
+/// Merges `facts` in one transaction. No facts, no transaction: most IPP events carry
+/// none, and an empty transaction would still cost two round trips.
+///
+/// The kinds most records carry (finalizations, Kustom's reports, our outcomes) are
+/// reduced in memory to one fact per row, by the same rule the row keeps, and merged in
+/// one statement per kind: a statement per fact was a round trip each, and the orders
+/// model took twice as long as the sessions to catch up on a log. The rest (disputes,
+/// Order Management reads) are merged one by one, in order-id order.
+///
+/// Each statement takes its rows' locks in key order. Two consumers whose batches share
+/// an order (its facts come from three topics, so from any partition) can still meet in
+/// a cycle across statements, as they could across the one-by-one statements before:
+/// PostgreSQL aborts one (SQLSTATE 40P01) and the caller merges that batch again. (An
+/// advisory lock per order taken first would rule the cycle out, but it also made the
+/// rebuild's swap wait for the live consumer, which waits for the swap's table locks.)
 pub async fn merge(pool: &PgPool, facts: &mut [Fact]) -> Result<(), Error> {
     if facts.is_empty() {
         return Ok(());
     }
     facts.sort_by_key(Fact::order_id);
-    let mut tx = pool.begin().await?;
+    let mut reduced = Reduced::default();
+    let mut others = Vec::new();
     for fact in facts.iter() {
+        if !reduced.add(fact) {
+            others.push(fact);
+        }
+    }
+    let mut tx = pool.begin().await?;
+    merge_finalized(&mut tx, &reduced.finalized).await?;
+    merge_reported(&mut tx, &reduced.reported).await?;
+    merge_made(&mut tx, &reduced.made).await?;
+    for fact in others {
         merge_one(&mut tx, fact).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<(), Error> {
-    match fact {
-        Fact::Finalized {
-            order_id,
-            session_id,
-            merchant_id,
-            at,
-            event_id,
-        } => {
-            sqlx::query!(
-                "INSERT INTO ipp_order_facts AS f
-                     (order_id, session_id, merchant_id, finalized_at, finalized_event_id)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (order_id) DO UPDATE SET
-                     session_id = excluded.session_id,
-                     merchant_id = excluded.merchant_id,
-                     finalized_at = excluded.finalized_at,
-                     finalized_event_id = excluded.finalized_event_id,
-                     updated_at = now()
-                 WHERE f.finalized_at IS NULL
-                    OR (excluded.finalized_at, excluded.finalized_event_id)
-                       < (f.finalized_at, f.finalized_event_id)",
+/// One fact per row of the kinds merged in one statement: the one the row would keep
+/// had they been merged one by one in this order (a later fact replaces an earlier one
+/// only if the row's rule strictly prefers it, as the statements' `WHERE` does).
+#[derive(Default)]
+struct Reduced<'a> {
+    finalized: BTreeMap<Uuid, Finalized<'a>>,
+    reported: BTreeMap<(Uuid, OperationKind, &'a str), (DateTime<Utc>, &'a str)>,
+    made: BTreeMap<(Uuid, OperationKind, &'a str), Made<'a>>,
+}
+
+struct Finalized<'a> {
+    session_id: Uuid,
+    merchant_id: Option<&'a str>,
+    at: DateTime<Utc>,
+    event_id: &'a str,
+}
+
+struct Made<'a> {
+    action: &'a str,
+    command_id: Option<Uuid>,
+    amount: Option<i64>,
+    at: DateTime<Utc>,
+}
+
+impl<'a> Reduced<'a> {
+    /// Takes `fact` if it is of a kind merged in one statement.
+    fn add(&mut self, fact: &'a Fact) -> bool {
+        match fact {
+            Fact::Finalized {
                 order_id,
                 session_id,
-                merchant_id.as_deref(),
+                merchant_id,
                 at,
                 event_id,
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
-        Fact::Reported {
-            order_id,
-            kind,
-            operation_id,
-            at,
-            event_id,
-        } => {
-            sqlx::query!(
-                "INSERT INTO ipp_order_operations AS o
-                     (order_id, kind, operation_id, reported_at, reported_event_id)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
-                     reported_at = excluded.reported_at,
-                     reported_event_id = excluded.reported_event_id
-                 WHERE o.reported_at IS NULL
-                    OR (excluded.reported_at, excluded.reported_event_id)
-                       < (o.reported_at, o.reported_event_id)",
+            } => {
+                let new = Finalized {
+                    session_id: *session_id,
+                    merchant_id: merchant_id.as_deref(),
+                    at: *at,
+                    event_id,
+                };
+                // The earliest finalization: least (at, event id).
+                keep(&mut self.finalized, *order_id, new, |new, old| {
+                    (new.at, new.event_id) < (old.at, old.event_id)
+                });
+            }
+            Fact::Reported {
                 order_id,
-                kind.as_str(),
+                kind,
                 operation_id,
                 at,
                 event_id,
-            )
-            .execute(&mut **tx)
-            .await?;
+            } => {
+                let key = (*order_id, *kind, operation_id.as_str());
+                // The earliest report: least (at, event id).
+                keep(&mut self.reported, key, (*at, event_id), |new, old| {
+                    new < old
+                });
+            }
+            Fact::Made {
+                order_id,
+                kind,
+                operation_id,
+                action,
+                command_id,
+                amount,
+                at,
+            } => {
+                let key = (*order_id, *kind, operation_id.as_str());
+                let new = Made {
+                    action,
+                    command_id: *command_id,
+                    amount: *amount,
+                    at: *at,
+                };
+                // The least action key.
+                keep(&mut self.made, key, new, |new, old| new.action < old.action);
+            }
+            Fact::Dispute { .. } | Fact::Read { .. } => return false,
+        }
+        true
+    }
+}
+
+/// Inserts `new` under `key`, or replaces what is there if `prefers(new, old)`.
+fn keep<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, new: V, prefers: impl Fn(&V, &V) -> bool) {
+    match map.entry(key) {
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(new);
+        }
+        std::collections::btree_map::Entry::Occupied(mut slot) => {
+            if prefers(&new, slot.get()) {
+                slot.insert(new);
+            }
+        }
+    }
+}
+
+async fn merge_finalized(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<Uuid, Finalized<'_>>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.keys().copied().collect();
+    let sessions: Vec<Uuid> = rows.values().map(|r| r.session_id).collect();
+    let merchants: Vec<Option<&str>> = rows.values().map(|r| r.merchant_id).collect();
+    let at: Vec<DateTime<Utc>> = rows.values().map(|r| r.at).collect();
+    let events: Vec<&str> = rows.values().map(|r| r.event_id).collect();
+    sqlx::query!(
+        "INSERT INTO ipp_order_facts AS f
+             (order_id, session_id, merchant_id, finalized_at, finalized_event_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])
+         ON CONFLICT (order_id) DO UPDATE SET
+             session_id = excluded.session_id,
+             merchant_id = excluded.merchant_id,
+             finalized_at = excluded.finalized_at,
+             finalized_event_id = excluded.finalized_event_id,
+             updated_at = now()
+         WHERE f.finalized_at IS NULL
+            OR (excluded.finalized_at, excluded.finalized_event_id)
+               < (f.finalized_at, f.finalized_event_id)",
+        &orders[..],
+        &sessions[..],
+        &merchants[..] as &[Option<&str>],
+        &at[..],
+        &events[..] as &[&str],
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn merge_reported(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<(Uuid, OperationKind, &str), (DateTime<Utc>, &str)>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
+    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
+    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let at: Vec<DateTime<Utc>> = rows.values().map(|v| v.0).collect();
+    let events: Vec<&str> = rows.values().map(|v| v.1).collect();
+    sqlx::query!(
+        "INSERT INTO ipp_order_operations AS o
+             (order_id, kind, operation_id, reported_at, reported_event_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+         ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
+             reported_at = excluded.reported_at,
+             reported_event_id = excluded.reported_event_id
+         WHERE o.reported_at IS NULL
+            OR (excluded.reported_at, excluded.reported_event_id)
+               < (o.reported_at, o.reported_event_id)",
+        &orders[..],
+        &kinds[..] as &[&str],
+        &operations[..] as &[&str],
+        &at[..],
+        &events[..] as &[&str],
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn merge_made(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<(Uuid, OperationKind, &str), Made<'_>>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
+    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
+    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let actions: Vec<&str> = rows.values().map(|m| m.action).collect();
+    let commands: Vec<Option<Uuid>> = rows.values().map(|m| m.command_id).collect();
+    let amounts: Vec<Option<i64>> = rows.values().map(|m| m.amount).collect();
+    let at: Vec<DateTime<Utc>> = rows.values().map(|m| m.at).collect();
+    sqlx::query!(
+        "INSERT INTO ipp_order_operations AS o
+             (order_id, kind, operation_id, action, command_id, our_amount, made_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],
+                              $6::int8[], $7::timestamptz[])
+         ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
+             action = excluded.action,
+             command_id = excluded.command_id,
+             our_amount = excluded.our_amount,
+             made_at = excluded.made_at
+         WHERE o.action IS NULL OR excluded.action < o.action",
+        &orders[..],
+        &kinds[..] as &[&str],
+        &operations[..] as &[&str],
+        &actions[..] as &[&str],
+        &commands[..] as &[Option<Uuid>],
+        &amounts[..] as &[Option<i64>],
+        &at[..],
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<(), Error> {
+    match fact {
+        Fact::Finalized { .. } | Fact::Reported { .. } | Fact::Made { .. } => {
+            unreachable!("merged in one statement per kind by `merge`")
         }
         Fact::Dispute {
             order_id,
@@ -107,36 +283,6 @@ async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<()
                 status.as_deref(),
                 at,
                 event_id,
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
-        Fact::Made {
-            order_id,
-            kind,
-            operation_id,
-            action,
-            command_id,
-            amount,
-            at,
-        } => {
-            sqlx::query!(
-                "INSERT INTO ipp_order_operations AS o
-                     (order_id, kind, operation_id, action, command_id, our_amount, made_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
-                     action = excluded.action,
-                     command_id = excluded.command_id,
-                     our_amount = excluded.our_amount,
-                     made_at = excluded.made_at
-                 WHERE o.action IS NULL OR excluded.action < o.action",
-                order_id,
-                kind.as_str(),
-                operation_id,
-                action,
-                *command_id,
-                *amount,
-                at,
             )
             .execute(&mut **tx)
             .await?;
@@ -230,4 +376,78 @@ pub async fn set_confirmation_timeout(pool: &PgPool, timeout: Duration) -> Resul
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, second).unwrap()
+    }
+
+    fn finalized(order_id: Uuid, second: u32, event_id: &str) -> Fact {
+        Fact::Finalized {
+            order_id,
+            session_id: Uuid::new_v4(),
+            merchant_id: Some(event_id.to_owned()),
+            at: at(second),
+            event_id: event_id.to_owned(),
+        }
+    }
+
+    fn made(order_id: Uuid, action: &str, amount: i64) -> Fact {
+        Fact::Made {
+            order_id,
+            kind: OperationKind::Capture,
+            operation_id: "cap-1".into(),
+            action: action.into(),
+            command_id: None,
+            amount: Some(amount),
+            at: at(0),
+        }
+    }
+
+    #[test]
+    fn each_row_keeps_the_fact_its_rule_prefers_and_the_first_of_a_tie() {
+        let order = Uuid::new_v4();
+        let facts = [
+            finalized(order, 5, "evt-b"),
+            finalized(order, 3, "evt-z"), // earlier: replaces
+            finalized(order, 3, "evt-a"), // same time, lesser id: replaces
+            finalized(order, 3, "evt-a"), // a duplicate: the first stays
+            finalized(order, 9, "evt-0"),
+            made(order, "capture:2", 200),
+            made(order, "capture:1", 100), // the least action key
+            made(order, "capture:3", 300),
+            Fact::Dispute {
+                order_id: order,
+                dispute_id: "d-1".into(),
+                status: None,
+                at: at(1),
+                event_id: "evt-d".into(),
+            },
+        ];
+        let mut reduced = Reduced::default();
+        let taken: Vec<bool> = facts.iter().map(|f| reduced.add(f)).collect();
+
+        assert_eq!(
+            taken,
+            [true, true, true, true, true, true, true, true, false]
+        );
+        assert_eq!(reduced.finalized.len(), 1);
+        let kept = &reduced.finalized[&order];
+        assert_eq!((kept.at, kept.event_id), (at(3), "evt-a"));
+        let Fact::Finalized { session_id, .. } = &facts[2] else {
+            unreachable!()
+        };
+        assert_eq!(
+            kept.session_id, *session_id,
+            "the first of the tie, with its columns"
+        );
+        let (_, made) = reduced.made.iter().next().expect("one operation");
+        assert_eq!((made.action, made.amount), ("capture:1", Some(100)));
+    }
 }
