@@ -15,11 +15,12 @@ use crate::Error;
 /// Merges `facts` in one transaction. No facts, no transaction: most IPP events carry
 /// none, and an empty transaction would still cost two round trips.
 ///
-/// The kinds most records carry (finalizations, Kustom's reports, our outcomes) are
-/// reduced in memory to one fact per row, by the same rule the row keeps, and merged in
-/// one statement per kind: a statement per fact was a round trip each, and the orders
-/// model took twice as long as the sessions to catch up on a log. The rest (disputes,
-/// Order Management reads) are merged one by one, in order-id order.
+/// Every kind but disputes (finalizations, Kustom's reports, our outcomes, Order
+/// Management reads and the operations they list) is reduced in memory to one fact per
+/// row, by the same rule the row keeps, and merged in one statement per kind: a
+/// statement per fact was a round trip each, and the orders model took twice as long as
+/// the sessions to catch up on a log. Disputes, rare, are merged one by one, in order-id
+/// order.
 ///
 /// Each statement takes its rows' locks in key order. Two consumers whose batches share
 /// an order (its facts come from three topics, so from any partition) can still meet in
@@ -43,6 +44,8 @@ pub async fn merge(pool: &PgPool, facts: &mut [Fact]) -> Result<(), Error> {
     merge_finalized(&mut tx, &reduced.finalized).await?;
     merge_reported(&mut tx, &reduced.reported).await?;
     merge_made(&mut tx, &reduced.made).await?;
+    merge_read(&mut tx, &reduced.read).await?;
+    merge_listed(&mut tx, &reduced.listed).await?;
     for fact in others {
         merge_one(&mut tx, fact).await?;
     }
@@ -58,6 +61,17 @@ struct Reduced<'a> {
     finalized: BTreeMap<Uuid, Finalized<'a>>,
     reported: BTreeMap<(Uuid, OperationKind, &'a str), (DateTime<Utc>, &'a str)>,
     made: BTreeMap<(Uuid, OperationKind, &'a str), Made<'a>>,
+    /// Each order's latest read, by (time, read id).
+    read: BTreeMap<Uuid, ((DateTime<Utc>, Uuid), &'a Fact)>,
+    listed: BTreeMap<(Uuid, OperationKind, &'a str), ListedRow>,
+}
+
+/// What the reads listing one operation leave in its row: the earliest read's time,
+/// and the amount of the latest by (time, read id).
+struct ListedRow {
+    first_at: DateTime<Utc>,
+    latest: (DateTime<Utc>, Uuid),
+    amount: Option<i64>,
 }
 
 struct Finalized<'a> {
@@ -128,7 +142,45 @@ impl<'a> Reduced<'a> {
                 // The least action key.
                 keep(&mut self.made, key, new, |new, old| new.action < old.action);
             }
-            Fact::Dispute { .. } | Fact::Read { .. } => return false,
+            Fact::Read {
+                order_id,
+                read_id,
+                at,
+                listed,
+                ..
+            } => {
+                // The latest read: greatest (at, read id).
+                let read = (*at, *read_id);
+                keep(&mut self.read, *order_id, (read, fact), |new, old| {
+                    new.0 > old.0
+                });
+                for Listed {
+                    kind,
+                    operation_id,
+                    amount,
+                } in listed
+                {
+                    let key = (*order_id, *kind, operation_id.as_str());
+                    match self.listed.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(ListedRow {
+                                first_at: *at,
+                                latest: read,
+                                amount: *amount,
+                            });
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut slot) => {
+                            let row = slot.get_mut();
+                            row.first_at = row.first_at.min(*at);
+                            if read > row.latest {
+                                row.latest = read;
+                                row.amount = *amount;
+                            }
+                        }
+                    }
+                }
+            }
+            Fact::Dispute { .. } => return false,
         }
         true
     }
@@ -255,9 +307,136 @@ async fn merge_made(
     Ok(())
 }
 
+async fn merge_read(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<Uuid, ((DateTime<Utc>, Uuid), &Fact)>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut columns = ReadColumns::default();
+    for (_, fact) in rows.values() {
+        let Fact::Read {
+            order_id,
+            read_id,
+            at,
+            status,
+            currency,
+            authorized_amount,
+            captured_amount,
+            refunded_amount,
+            remaining_authorized_amount,
+            ..
+        } = fact
+        else {
+            unreachable!("only reads are kept here")
+        };
+        columns.orders.push(*order_id);
+        columns.at.push(*at);
+        columns.reads.push(*read_id);
+        columns.statuses.push(status.as_deref());
+        columns.currencies.push(currency.as_deref());
+        columns.authorized.push(*authorized_amount);
+        columns.captured.push(*captured_amount);
+        columns.refunded.push(*refunded_amount);
+        columns.remaining.push(*remaining_authorized_amount);
+    }
+    let c = &columns;
+    sqlx::query!(
+        "INSERT INTO ipp_order_facts AS f
+             (order_id, read_at, read_id, om_status, currency, authorized_amount,
+              captured_amount, refunded_amount, remaining_authorized_amount)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[],
+                              $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[])
+         ON CONFLICT (order_id) DO UPDATE SET
+             read_at = excluded.read_at,
+             read_id = excluded.read_id,
+             om_status = excluded.om_status,
+             currency = excluded.currency,
+             authorized_amount = excluded.authorized_amount,
+             captured_amount = excluded.captured_amount,
+             refunded_amount = excluded.refunded_amount,
+             remaining_authorized_amount = excluded.remaining_authorized_amount,
+             updated_at = now()
+         WHERE f.read_at IS NULL OR (excluded.read_at, excluded.read_id) > (f.read_at, f.read_id)",
+        &c.orders[..],
+        &c.at[..],
+        &c.reads[..],
+        &c.statuses[..] as &[Option<&str>],
+        &c.currencies[..] as &[Option<&str>],
+        &c.authorized[..] as &[Option<i64>],
+        &c.captured[..] as &[Option<i64>],
+        &c.refunded[..] as &[Option<i64>],
+        &c.remaining[..] as &[Option<i64>],
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The columns of [`merge_read`]'s rows, one vector each.
+#[derive(Default)]
+struct ReadColumns<'a> {
+    orders: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    reads: Vec<Uuid>,
+    statuses: Vec<Option<&'a str>>,
+    currencies: Vec<Option<&'a str>>,
+    authorized: Vec<Option<i64>>,
+    captured: Vec<Option<i64>>,
+    refunded: Vec<Option<i64>>,
+    remaining: Vec<Option<i64>>,
+}
+
+async fn merge_listed(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<(Uuid, OperationKind, &str), ListedRow>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
+    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
+    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let first_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.first_at).collect();
+    let amounts: Vec<Option<i64>> = rows.values().map(|r| r.amount).collect();
+    let read_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.latest.0).collect();
+    let reads: Vec<Uuid> = rows.values().map(|r| r.latest.1).collect();
+    sqlx::query!(
+        "INSERT INTO ipp_order_operations AS o
+             (order_id, kind, operation_id, listed_at, listed_amount,
+              listed_read_at, listed_read_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
+                              $5::int8[], $6::timestamptz[], $7::uuid[])
+         ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
+             listed_at = LEAST(o.listed_at, excluded.listed_at),
+             listed_amount = CASE
+                 WHEN o.listed_read_at IS NULL
+                   OR (excluded.listed_read_at, excluded.listed_read_id)
+                      > (o.listed_read_at, o.listed_read_id)
+                 THEN excluded.listed_amount ELSE o.listed_amount END,
+             listed_read_id = CASE
+                 WHEN o.listed_read_at IS NULL
+                   OR (excluded.listed_read_at, excluded.listed_read_id)
+                      > (o.listed_read_at, o.listed_read_id)
+                 THEN excluded.listed_read_id ELSE o.listed_read_id END,
+             listed_read_at = GREATEST(o.listed_read_at, excluded.listed_read_at)",
+        &orders[..],
+        &kinds[..] as &[&str],
+        &operations[..] as &[&str],
+        &first_at[..],
+        &amounts[..] as &[Option<i64>],
+        &read_at[..],
+        &reads[..],
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<(), Error> {
     match fact {
-        Fact::Finalized { .. } | Fact::Reported { .. } | Fact::Made { .. } => {
+        Fact::Finalized { .. } | Fact::Reported { .. } | Fact::Made { .. } | Fact::Read { .. } => {
             unreachable!("merged in one statement per kind by `merge`")
         }
         Fact::Dispute {
@@ -286,81 +465,6 @@ async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<()
             )
             .execute(&mut **tx)
             .await?;
-        }
-        Fact::Read {
-            order_id,
-            read_id,
-            at,
-            status,
-            currency,
-            authorized_amount,
-            captured_amount,
-            refunded_amount,
-            remaining_authorized_amount,
-            listed,
-        } => {
-            sqlx::query!(
-                "INSERT INTO ipp_order_facts AS f
-                     (order_id, read_at, read_id, om_status, currency, authorized_amount,
-                      captured_amount, refunded_amount, remaining_authorized_amount)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (order_id) DO UPDATE SET
-                     read_at = excluded.read_at,
-                     read_id = excluded.read_id,
-                     om_status = excluded.om_status,
-                     currency = excluded.currency,
-                     authorized_amount = excluded.authorized_amount,
-                     captured_amount = excluded.captured_amount,
-                     refunded_amount = excluded.refunded_amount,
-                     remaining_authorized_amount = excluded.remaining_authorized_amount,
-                     updated_at = now()
-                 WHERE f.read_at IS NULL OR (excluded.read_at, excluded.read_id) > (f.read_at, f.read_id)",
-                order_id,
-                at,
-                read_id,
-                status.as_deref(),
-                currency.as_deref(),
-                *authorized_amount,
-                *captured_amount,
-                *refunded_amount,
-                *remaining_authorized_amount,
-            )
-            .execute(&mut **tx)
-            .await?;
-            for Listed {
-                kind,
-                operation_id,
-                amount,
-            } in listed
-            {
-                sqlx::query!(
-                    "INSERT INTO ipp_order_operations AS o
-                         (order_id, kind, operation_id, listed_at, listed_amount,
-                          listed_read_at, listed_read_id)
-                     VALUES ($1, $2, $3, $4, $5, $4, $6)
-                     ON CONFLICT (order_id, kind, operation_id) DO UPDATE SET
-                         listed_at = LEAST(o.listed_at, excluded.listed_at),
-                         listed_amount = CASE
-                             WHEN o.listed_read_at IS NULL
-                               OR (excluded.listed_read_at, excluded.listed_read_id)
-                                  > (o.listed_read_at, o.listed_read_id)
-                             THEN excluded.listed_amount ELSE o.listed_amount END,
-                         listed_read_id = CASE
-                             WHEN o.listed_read_at IS NULL
-                               OR (excluded.listed_read_at, excluded.listed_read_id)
-                                  > (o.listed_read_at, o.listed_read_id)
-                             THEN excluded.listed_read_id ELSE o.listed_read_id END,
-                         listed_read_at = GREATEST(o.listed_read_at, excluded.listed_read_at)",
-                    order_id,
-                    kind.as_str(),
-                    operation_id,
-                    at,
-                    *amount,
-                    read_id,
-                )
-                .execute(&mut **tx)
-                .await?;
-            }
         }
     }
     Ok(())
@@ -449,5 +553,42 @@ mod tests {
         );
         let (_, made) = reduced.made.iter().next().expect("one operation");
         assert_eq!((made.action, made.amount), ("capture:1", Some(100)));
+    }
+
+    fn read(order_id: Uuid, second: u32, amount: i64) -> Fact {
+        Fact::Read {
+            order_id,
+            read_id: Uuid::new_v4(),
+            at: at(second),
+            status: Some(format!("read at {second}")),
+            currency: None,
+            authorized_amount: None,
+            captured_amount: Some(amount),
+            refunded_amount: None,
+            remaining_authorized_amount: None,
+            listed: vec![Listed {
+                kind: OperationKind::Capture,
+                operation_id: "cap-1".into(),
+                amount: Some(amount),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_listed_operation_keeps_the_earliest_read_time_and_the_latest_reads_amount() {
+        let order = Uuid::new_v4();
+        let facts = [read(order, 5, 100), read(order, 3, 50), read(order, 4, 70)];
+        let mut reduced = Reduced::default();
+        assert!(facts.iter().all(|f| reduced.add(f)));
+
+        let (latest, fact) = reduced.read[&order];
+        assert_eq!(latest.0, at(5));
+        assert!(
+            std::ptr::eq(fact, &facts[0]),
+            "the latest read is the order's"
+        );
+        let listed = reduced.listed.values().next().expect("one operation");
+        assert_eq!(listed.first_at, at(3));
+        assert_eq!((listed.latest.0, listed.amount), (at(5), Some(100)));
     }
 }
