@@ -236,6 +236,16 @@ async fn merge_finalized(
     Ok(())
 }
 
+/// The key columns of rows keyed by operation: order ids, kinds, operation ids.
+fn operation_keys<'a, V>(
+    rows: &BTreeMap<(Uuid, OperationKind, &'a str), V>,
+) -> (Vec<Uuid>, Vec<&'static str>, Vec<&'a str>) {
+    let orders = rows.keys().map(|k| k.0).collect();
+    let kinds = rows.keys().map(|k| k.1.as_str()).collect();
+    let operations = rows.keys().map(|k| k.2).collect();
+    (orders, kinds, operations)
+}
+
 async fn merge_reported(
     tx: &mut Transaction<'_, Postgres>,
     rows: &BTreeMap<(Uuid, OperationKind, &str), (DateTime<Utc>, &str)>,
@@ -243,9 +253,7 @@ async fn merge_reported(
     if rows.is_empty() {
         return Ok(());
     }
-    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
-    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
-    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let (orders, kinds, operations) = operation_keys(rows);
     let at: Vec<DateTime<Utc>> = rows.values().map(|v| v.0).collect();
     let events: Vec<&str> = rows.values().map(|v| v.1).collect();
     sqlx::query!(
@@ -276,9 +284,7 @@ async fn merge_made(
     if rows.is_empty() {
         return Ok(());
     }
-    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
-    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
-    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let (orders, kinds, operations) = operation_keys(rows);
     let actions: Vec<&str> = rows.values().map(|m| m.action).collect();
     let commands: Vec<Option<Uuid>> = rows.values().map(|m| m.command_id).collect();
     let amounts: Vec<Option<i64>> = rows.values().map(|m| m.amount).collect();
@@ -395,9 +401,7 @@ async fn merge_listed(
     if rows.is_empty() {
         return Ok(());
     }
-    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
-    let kinds: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
-    let operations: Vec<&str> = rows.keys().map(|k| k.2).collect();
+    let (orders, kinds, operations) = operation_keys(rows);
     let first_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.first_at).collect();
     let amounts: Vec<Option<i64>> = rows.values().map(|r| r.amount).collect();
     let read_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.latest.0).collect();
