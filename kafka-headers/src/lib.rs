@@ -49,7 +49,6 @@ pub struct HeadersCopy {
     names: String,
     values: Vec<u8>,
     spans: Vec<HeaderSpan>,
-    replaced_names: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -61,8 +60,7 @@ struct HeaderSpan {
 
 impl HeadersCopy {
     /// The headers of a consumed record, `None` if it has none. A name that is not
-    /// UTF-8 is kept with U+FFFD for each invalid sequence (see
-    /// [`HeadersCopy::replaced_names`]).
+    /// UTF-8 is kept with U+FFFD for each invalid sequence.
     #[allow(unsafe_code)]
     pub fn of_message(message: &BorrowedMessage<'_>) -> Option<Self> {
         let mut list: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
@@ -110,11 +108,6 @@ impl HeadersCopy {
         copy
     }
 
-    /// How many header names were not UTF-8 and hold U+FFFD in their place.
-    pub fn replaced_names(&self) -> usize {
-        self.replaced_names
-    }
-
     fn with_capacity(count: usize) -> Self {
         Self {
             spans: Vec::with_capacity(count),
@@ -124,13 +117,7 @@ impl HeadersCopy {
 
     fn push(&mut self, name: &[u8], value: Option<&[u8]>) {
         let name_start = self.names.len();
-        match std::str::from_utf8(name) {
-            Ok(name) => self.names.push_str(name),
-            Err(_) => {
-                self.names.push_str(&String::from_utf8_lossy(name));
-                self.replaced_names += 1;
-            }
-        }
+        self.names.push_str(&String::from_utf8_lossy(name));
         let value = value.map(|value| {
             let start = self.values.len();
             self.values.extend_from_slice(value);
@@ -262,7 +249,6 @@ mod tests {
         assert!(copy.try_get(4).is_none());
         assert_eq!(copy.get(1).value, None);
         assert_eq!(copy.get(2).value, Some(&b""[..]));
-        assert_eq!(copy.replaced_names(), 0);
     }
 
     #[test]
@@ -280,6 +266,5 @@ mod tests {
                 ("after".to_owned(), None),
             ]
         );
-        assert_eq!(copy.replaced_names(), 1);
     }
 }
