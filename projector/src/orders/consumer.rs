@@ -151,7 +151,7 @@ impl OrdersProjector {
                 parked = attempt.is_ok();
             }
             let merged = match attempt {
-                Ok(()) => store::merge(&self.pool, &mut facts).await,
+                Ok(()) => store::merge(&self.pool, &facts).await,
                 Err(e) => Err(e),
             };
             match merged {

@@ -92,18 +92,6 @@ pub enum Fact {
     },
 }
 
-impl Fact {
-    pub fn order_id(&self) -> Uuid {
-        match self {
-            Self::Finalized { order_id, .. }
-            | Self::Reported { order_id, .. }
-            | Self::Dispute { order_id, .. }
-            | Self::Made { order_id, .. }
-            | Self::Read { order_id, .. } => *order_id,
-        }
-    }
-}
-
 /// The facts of one record value. `Err` is a record that should hold facts and cannot
 /// be read: it is parked. Records of other kinds give no facts: an IPP event that is not a
 /// finalization, a Kustom event about something else, an outcome that moved no money.

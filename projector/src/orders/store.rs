@@ -3,7 +3,10 @@
 //! was merged into it, so a fact merged twice, or facts merged in any order, leave the
 //! same row (see migrations/1002_orders.sql).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -15,12 +18,9 @@ use crate::Error;
 /// Merges `facts` in one transaction. No facts, no transaction: most IPP events carry
 /// none, and an empty transaction would still cost two round trips.
 ///
-/// Every kind but disputes (finalizations, Kustom's reports, our outcomes, Order
-/// Management reads and the operations they list) is reduced in memory to one fact per
-/// row, by the same rule the row keeps, and merged in one statement per kind: a
-/// statement per fact was a round trip each, and the orders model took twice as long as
-/// the sessions to catch up on a log. Disputes, rare, are merged one by one, in order-id
-/// order.
+/// The facts are reduced in memory to one per row, the one the row's rule keeps, and
+/// each kind is merged in one statement: a statement per fact was a round trip each,
+/// and the orders model took twice as long as the sessions to catch up on a log.
 ///
 /// Each statement takes its rows' locks in key order. Two consumers whose batches share
 /// an order (its facts come from three topics, so from any partition) can still meet in
@@ -28,17 +28,13 @@ use crate::Error;
 /// PostgreSQL aborts one (SQLSTATE 40P01) and the caller merges that batch again. (An
 /// advisory lock per order taken first would rule the cycle out, but it also made the
 /// rebuild's swap wait for the live consumer, which waits for the swap's table locks.)
-pub async fn merge(pool: &PgPool, facts: &mut [Fact]) -> Result<(), Error> {
+pub async fn merge(pool: &PgPool, facts: &[Fact]) -> Result<(), Error> {
     if facts.is_empty() {
         return Ok(());
     }
-    facts.sort_by_key(Fact::order_id);
     let mut reduced = Reduced::default();
-    let mut others = Vec::new();
-    for fact in facts.iter() {
-        if !reduced.add(fact) {
-            others.push(fact);
-        }
+    for fact in facts {
+        reduced.add(fact);
     }
     let mut tx = pool.begin().await?;
     merge_finalized(&mut tx, &reduced.finalized).await?;
@@ -46,32 +42,26 @@ pub async fn merge(pool: &PgPool, facts: &mut [Fact]) -> Result<(), Error> {
     merge_made(&mut tx, &reduced.made).await?;
     merge_read(&mut tx, &reduced.read).await?;
     merge_listed(&mut tx, &reduced.listed).await?;
-    for fact in others {
-        merge_one(&mut tx, fact).await?;
-    }
+    merge_disputes(&mut tx, &reduced.disputes).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// One fact per row of the kinds merged in one statement: the one the row would keep
-/// had they been merged one by one in this order (a later fact replaces an earlier one
-/// only if the row's rule strictly prefers it, as the statements' `WHERE` does).
+/// Rows keyed by one operation of an order.
+type OperationKey<'a> = (Uuid, OperationKind, &'a str);
+
+/// One fact per row: the one the row would keep had the facts been merged one by one
+/// in this order (a later fact replaces an earlier one only if the row's rule strictly
+/// prefers it, as the statements' `WHERE` does).
 #[derive(Default)]
 struct Reduced<'a> {
     finalized: BTreeMap<Uuid, Finalized<'a>>,
-    reported: BTreeMap<(Uuid, OperationKind, &'a str), (DateTime<Utc>, &'a str)>,
-    made: BTreeMap<(Uuid, OperationKind, &'a str), Made<'a>>,
-    /// Each order's latest read, by (time, read id).
-    read: BTreeMap<Uuid, ((DateTime<Utc>, Uuid), &'a Fact)>,
-    listed: BTreeMap<(Uuid, OperationKind, &'a str), ListedRow>,
-}
-
-/// What the reads listing one operation leave in its row: the earliest read's time,
-/// and the amount of the latest by (time, read id).
-struct ListedRow {
-    first_at: DateTime<Utc>,
-    latest: (DateTime<Utc>, Uuid),
-    amount: Option<i64>,
+    /// The earliest report: least (at, event id).
+    reported: BTreeMap<OperationKey<'a>, (DateTime<Utc>, &'a str)>,
+    made: BTreeMap<OperationKey<'a>, Made<'a>>,
+    read: BTreeMap<Uuid, Read<'a>>,
+    listed: BTreeMap<OperationKey<'a>, ListedRow>,
+    disputes: BTreeMap<(Uuid, &'a str), DisputeRow<'a>>,
 }
 
 struct Finalized<'a> {
@@ -88,9 +78,35 @@ struct Made<'a> {
     at: DateTime<Utc>,
 }
 
+struct Read<'a> {
+    /// (at, read id): the order keeps the greatest.
+    latest: (DateTime<Utc>, Uuid),
+    status: Option<&'a str>,
+    currency: Option<&'a str>,
+    authorized_amount: Option<i64>,
+    captured_amount: Option<i64>,
+    refunded_amount: Option<i64>,
+    remaining_authorized_amount: Option<i64>,
+}
+
+/// What the reads listing one operation leave in its row: the earliest read's time,
+/// and the amount of the latest by (time, read id).
+struct ListedRow {
+    first_at: DateTime<Utc>,
+    latest: (DateTime<Utc>, Uuid),
+    amount: Option<i64>,
+}
+
+/// What a dispute's events leave in its row: the earliest event's time, and the status
+/// of the latest by (time, event id).
+struct DisputeRow<'a> {
+    opened_at: DateTime<Utc>,
+    latest: (DateTime<Utc>, &'a str),
+    status: Option<&'a str>,
+}
+
 impl<'a> Reduced<'a> {
-    /// Takes `fact` if it is of a kind merged in one statement.
-    fn add(&mut self, fact: &'a Fact) -> bool {
+    fn add(&mut self, fact: &'a Fact) {
         match fact {
             Fact::Finalized {
                 order_id,
@@ -118,7 +134,6 @@ impl<'a> Reduced<'a> {
                 event_id,
             } => {
                 let key = (*order_id, *kind, operation_id.as_str());
-                // The earliest report: least (at, event id).
                 keep(&mut self.reported, key, (*at, event_id), |new, old| {
                     new < old
                 });
@@ -146,13 +161,26 @@ impl<'a> Reduced<'a> {
                 order_id,
                 read_id,
                 at,
+                status,
+                currency,
+                authorized_amount,
+                captured_amount,
+                refunded_amount,
+                remaining_authorized_amount,
                 listed,
-                ..
             } => {
-                // The latest read: greatest (at, read id).
                 let read = (*at, *read_id);
-                keep(&mut self.read, *order_id, (read, fact), |new, old| {
-                    new.0 > old.0
+                let new = Read {
+                    latest: read,
+                    status: status.as_deref(),
+                    currency: currency.as_deref(),
+                    authorized_amount: *authorized_amount,
+                    captured_amount: *captured_amount,
+                    refunded_amount: *refunded_amount,
+                    remaining_authorized_amount: *remaining_authorized_amount,
+                };
+                keep(&mut self.read, *order_id, new, |new, old| {
+                    new.latest > old.latest
                 });
                 for Listed {
                     kind,
@@ -161,43 +189,81 @@ impl<'a> Reduced<'a> {
                 } in listed
                 {
                     let key = (*order_id, *kind, operation_id.as_str());
-                    match self.listed.entry(key) {
-                        std::collections::btree_map::Entry::Vacant(slot) => {
-                            slot.insert(ListedRow {
-                                first_at: *at,
-                                latest: read,
-                                amount: *amount,
-                            });
+                    let new = ListedRow {
+                        first_at: *at,
+                        latest: read,
+                        amount: *amount,
+                    };
+                    fold(&mut self.listed, key, new, |row, new| {
+                        row.first_at = row.first_at.min(new.first_at);
+                        if new.latest > row.latest {
+                            row.latest = new.latest;
+                            row.amount = new.amount;
                         }
-                        std::collections::btree_map::Entry::Occupied(mut slot) => {
-                            let row = slot.get_mut();
-                            row.first_at = row.first_at.min(*at);
-                            if read > row.latest {
-                                row.latest = read;
-                                row.amount = *amount;
-                            }
-                        }
-                    }
+                    });
                 }
             }
-            Fact::Dispute { .. } => return false,
+            Fact::Dispute {
+                order_id,
+                dispute_id,
+                status,
+                at,
+                event_id,
+            } => {
+                let new = DisputeRow {
+                    opened_at: *at,
+                    latest: (*at, event_id),
+                    status: status.as_deref(),
+                };
+                fold(
+                    &mut self.disputes,
+                    (*order_id, dispute_id),
+                    new,
+                    |row, new| {
+                        row.opened_at = row.opened_at.min(new.opened_at);
+                        if new.latest > row.latest {
+                            row.latest = new.latest;
+                            row.status = new.status;
+                        }
+                    },
+                );
+            }
         }
-        true
     }
 }
 
 /// Inserts `new` under `key`, or replaces what is there if `prefers(new, old)`.
 fn keep<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, new: V, prefers: impl Fn(&V, &V) -> bool) {
+    fold(map, key, new, |old, new| {
+        if prefers(&new, old) {
+            *old = new;
+        }
+    });
+}
+
+/// Inserts `new` under `key`, or folds it into what is there with `merge(old, new)`.
+fn fold<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, new: V, merge: impl FnOnce(&mut V, V)) {
     match map.entry(key) {
-        std::collections::btree_map::Entry::Vacant(slot) => {
+        Entry::Vacant(slot) => {
             slot.insert(new);
         }
-        std::collections::btree_map::Entry::Occupied(mut slot) => {
-            if prefers(&new, slot.get()) {
-                slot.insert(new);
-            }
-        }
+        Entry::Occupied(mut slot) => merge(slot.get_mut(), new),
     }
+}
+
+/// The key columns of rows keyed by operation: order ids, kinds, operation ids.
+fn operation_keys<'a, V>(
+    rows: &BTreeMap<OperationKey<'a>, V>,
+) -> (Vec<Uuid>, Vec<&'static str>, Vec<&'a str>) {
+    let orders = rows.keys().map(|k| k.0).collect();
+    let kinds = rows.keys().map(|k| k.1.as_str()).collect();
+    let operations = rows.keys().map(|k| k.2).collect();
+    (orders, kinds, operations)
+}
+
+/// One column of `rows`' values.
+fn column<V, T>(rows: &BTreeMap<impl Ord, V>, f: impl Fn(&V) -> T) -> Vec<T> {
+    rows.values().map(f).collect()
 }
 
 async fn merge_finalized(
@@ -208,10 +274,6 @@ async fn merge_finalized(
         return Ok(());
     }
     let orders: Vec<Uuid> = rows.keys().copied().collect();
-    let sessions: Vec<Uuid> = rows.values().map(|r| r.session_id).collect();
-    let merchants: Vec<Option<&str>> = rows.values().map(|r| r.merchant_id).collect();
-    let at: Vec<DateTime<Utc>> = rows.values().map(|r| r.at).collect();
-    let events: Vec<&str> = rows.values().map(|r| r.event_id).collect();
     sqlx::query!(
         "INSERT INTO ipp_order_facts AS f
              (order_id, session_id, merchant_id, finalized_at, finalized_event_id)
@@ -226,36 +288,24 @@ async fn merge_finalized(
             OR (excluded.finalized_at, excluded.finalized_event_id)
                < (f.finalized_at, f.finalized_event_id)",
         &orders[..],
-        &sessions[..],
-        &merchants[..] as &[Option<&str>],
-        &at[..],
-        &events[..] as &[&str],
+        &column(rows, |r| r.session_id)[..],
+        &column(rows, |r| r.merchant_id)[..] as &[Option<&str>],
+        &column(rows, |r| r.at)[..],
+        &column(rows, |r| r.event_id)[..] as &[&str],
     )
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// The key columns of rows keyed by operation: order ids, kinds, operation ids.
-fn operation_keys<'a, V>(
-    rows: &BTreeMap<(Uuid, OperationKind, &'a str), V>,
-) -> (Vec<Uuid>, Vec<&'static str>, Vec<&'a str>) {
-    let orders = rows.keys().map(|k| k.0).collect();
-    let kinds = rows.keys().map(|k| k.1.as_str()).collect();
-    let operations = rows.keys().map(|k| k.2).collect();
-    (orders, kinds, operations)
-}
-
 async fn merge_reported(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &BTreeMap<(Uuid, OperationKind, &str), (DateTime<Utc>, &str)>,
+    rows: &BTreeMap<OperationKey<'_>, (DateTime<Utc>, &str)>,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let (orders, kinds, operations) = operation_keys(rows);
-    let at: Vec<DateTime<Utc>> = rows.values().map(|v| v.0).collect();
-    let events: Vec<&str> = rows.values().map(|v| v.1).collect();
     sqlx::query!(
         "INSERT INTO ipp_order_operations AS o
              (order_id, kind, operation_id, reported_at, reported_event_id)
@@ -269,8 +319,8 @@ async fn merge_reported(
         &orders[..],
         &kinds[..] as &[&str],
         &operations[..] as &[&str],
-        &at[..],
-        &events[..] as &[&str],
+        &column(rows, |r| r.0)[..],
+        &column(rows, |r| r.1)[..] as &[&str],
     )
     .execute(&mut **tx)
     .await?;
@@ -279,16 +329,12 @@ async fn merge_reported(
 
 async fn merge_made(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &BTreeMap<(Uuid, OperationKind, &str), Made<'_>>,
+    rows: &BTreeMap<OperationKey<'_>, Made<'_>>,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let (orders, kinds, operations) = operation_keys(rows);
-    let actions: Vec<&str> = rows.values().map(|m| m.action).collect();
-    let commands: Vec<Option<Uuid>> = rows.values().map(|m| m.command_id).collect();
-    let amounts: Vec<Option<i64>> = rows.values().map(|m| m.amount).collect();
-    let at: Vec<DateTime<Utc>> = rows.values().map(|m| m.at).collect();
     sqlx::query!(
         "INSERT INTO ipp_order_operations AS o
              (order_id, kind, operation_id, action, command_id, our_amount, made_at)
@@ -303,10 +349,10 @@ async fn merge_made(
         &orders[..],
         &kinds[..] as &[&str],
         &operations[..] as &[&str],
-        &actions[..] as &[&str],
-        &commands[..] as &[Option<Uuid>],
-        &amounts[..] as &[Option<i64>],
-        &at[..],
+        &column(rows, |m| m.action)[..] as &[&str],
+        &column(rows, |m| m.command_id)[..] as &[Option<Uuid>],
+        &column(rows, |m| m.amount)[..] as &[Option<i64>],
+        &column(rows, |m| m.at)[..],
     )
     .execute(&mut **tx)
     .await?;
@@ -315,39 +361,12 @@ async fn merge_made(
 
 async fn merge_read(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &BTreeMap<Uuid, ((DateTime<Utc>, Uuid), &Fact)>,
+    rows: &BTreeMap<Uuid, Read<'_>>,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut columns = ReadColumns::default();
-    for (_, fact) in rows.values() {
-        let Fact::Read {
-            order_id,
-            read_id,
-            at,
-            status,
-            currency,
-            authorized_amount,
-            captured_amount,
-            refunded_amount,
-            remaining_authorized_amount,
-            ..
-        } = fact
-        else {
-            unreachable!("only reads are kept here")
-        };
-        columns.orders.push(*order_id);
-        columns.at.push(*at);
-        columns.reads.push(*read_id);
-        columns.statuses.push(status.as_deref());
-        columns.currencies.push(currency.as_deref());
-        columns.authorized.push(*authorized_amount);
-        columns.captured.push(*captured_amount);
-        columns.refunded.push(*refunded_amount);
-        columns.remaining.push(*remaining_authorized_amount);
-    }
-    let c = &columns;
+    let orders: Vec<Uuid> = rows.keys().copied().collect();
     sqlx::query!(
         "INSERT INTO ipp_order_facts AS f
              (order_id, read_at, read_id, om_status, currency, authorized_amount,
@@ -365,47 +384,29 @@ async fn merge_read(
              remaining_authorized_amount = excluded.remaining_authorized_amount,
              updated_at = now()
          WHERE f.read_at IS NULL OR (excluded.read_at, excluded.read_id) > (f.read_at, f.read_id)",
-        &c.orders[..],
-        &c.at[..],
-        &c.reads[..],
-        &c.statuses[..] as &[Option<&str>],
-        &c.currencies[..] as &[Option<&str>],
-        &c.authorized[..] as &[Option<i64>],
-        &c.captured[..] as &[Option<i64>],
-        &c.refunded[..] as &[Option<i64>],
-        &c.remaining[..] as &[Option<i64>],
+        &orders[..],
+        &column(rows, |r| r.latest.0)[..],
+        &column(rows, |r| r.latest.1)[..],
+        &column(rows, |r| r.status)[..] as &[Option<&str>],
+        &column(rows, |r| r.currency)[..] as &[Option<&str>],
+        &column(rows, |r| r.authorized_amount)[..] as &[Option<i64>],
+        &column(rows, |r| r.captured_amount)[..] as &[Option<i64>],
+        &column(rows, |r| r.refunded_amount)[..] as &[Option<i64>],
+        &column(rows, |r| r.remaining_authorized_amount)[..] as &[Option<i64>],
     )
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// The columns of [`merge_read`]'s rows, one vector each.
-#[derive(Default)]
-struct ReadColumns<'a> {
-    orders: Vec<Uuid>,
-    at: Vec<DateTime<Utc>>,
-    reads: Vec<Uuid>,
-    statuses: Vec<Option<&'a str>>,
-    currencies: Vec<Option<&'a str>>,
-    authorized: Vec<Option<i64>>,
-    captured: Vec<Option<i64>>,
-    refunded: Vec<Option<i64>>,
-    remaining: Vec<Option<i64>>,
-}
-
 async fn merge_listed(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &BTreeMap<(Uuid, OperationKind, &str), ListedRow>,
+    rows: &BTreeMap<OperationKey<'_>, ListedRow>,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let (orders, kinds, operations) = operation_keys(rows);
-    let first_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.first_at).collect();
-    let amounts: Vec<Option<i64>> = rows.values().map(|r| r.amount).collect();
-    let read_at: Vec<DateTime<Utc>> = rows.values().map(|r| r.latest.0).collect();
-    let reads: Vec<Uuid> = rows.values().map(|r| r.latest.1).collect();
     sqlx::query!(
         "INSERT INTO ipp_order_operations AS o
              (order_id, kind, operation_id, listed_at, listed_amount,
@@ -428,49 +429,46 @@ async fn merge_listed(
         &orders[..],
         &kinds[..] as &[&str],
         &operations[..] as &[&str],
-        &first_at[..],
-        &amounts[..] as &[Option<i64>],
-        &read_at[..],
-        &reads[..],
+        &column(rows, |r| r.first_at)[..],
+        &column(rows, |r| r.amount)[..] as &[Option<i64>],
+        &column(rows, |r| r.latest.0)[..],
+        &column(rows, |r| r.latest.1)[..],
     )
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-async fn merge_one(tx: &mut Transaction<'_, Postgres>, fact: &Fact) -> Result<(), Error> {
-    match fact {
-        Fact::Finalized { .. } | Fact::Reported { .. } | Fact::Made { .. } | Fact::Read { .. } => {
-            unreachable!("merged in one statement per kind by `merge`")
-        }
-        Fact::Dispute {
-            order_id,
-            dispute_id,
-            status,
-            at,
-            event_id,
-        } => {
-            sqlx::query!(
-                "INSERT INTO ipp_order_disputes AS d
-                     (order_id, dispute_id, status, opened_at, event_at, event_id)
-                 VALUES ($1, $2, $3, $4, $4, $5)
-                 ON CONFLICT (order_id, dispute_id) DO UPDATE SET
-                     opened_at = LEAST(d.opened_at, excluded.opened_at),
-                     status = CASE WHEN (excluded.event_at, excluded.event_id) > (d.event_at, d.event_id)
-                                   THEN excluded.status ELSE d.status END,
-                     event_id = CASE WHEN (excluded.event_at, excluded.event_id) > (d.event_at, d.event_id)
-                                     THEN excluded.event_id ELSE d.event_id END,
-                     event_at = GREATEST(d.event_at, excluded.event_at)",
-                order_id,
-                dispute_id,
-                status.as_deref(),
-                at,
-                event_id,
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
+async fn merge_disputes(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<(Uuid, &str), DisputeRow<'_>>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
     }
+    let orders: Vec<Uuid> = rows.keys().map(|k| k.0).collect();
+    let disputes: Vec<&str> = rows.keys().map(|k| k.1).collect();
+    sqlx::query!(
+        "INSERT INTO ipp_order_disputes AS d
+             (order_id, dispute_id, status, opened_at, event_at, event_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
+                              $5::timestamptz[], $6::text[])
+         ON CONFLICT (order_id, dispute_id) DO UPDATE SET
+             opened_at = LEAST(d.opened_at, excluded.opened_at),
+             status = CASE WHEN (excluded.event_at, excluded.event_id) > (d.event_at, d.event_id)
+                           THEN excluded.status ELSE d.status END,
+             event_id = CASE WHEN (excluded.event_at, excluded.event_id) > (d.event_at, d.event_id)
+                             THEN excluded.event_id ELSE d.event_id END,
+             event_at = GREATEST(d.event_at, excluded.event_at)",
+        &orders[..],
+        &disputes[..] as &[&str],
+        &column(rows, |r| r.status)[..] as &[Option<&str>],
+        &column(rows, |r| r.opened_at)[..],
+        &column(rows, |r| r.latest.0)[..],
+        &column(rows, |r| r.latest.1)[..] as &[&str],
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -530,21 +528,10 @@ mod tests {
             made(order, "capture:2", 200),
             made(order, "capture:1", 100), // the least action key
             made(order, "capture:3", 300),
-            Fact::Dispute {
-                order_id: order,
-                dispute_id: "d-1".into(),
-                status: None,
-                at: at(1),
-                event_id: "evt-d".into(),
-            },
         ];
         let mut reduced = Reduced::default();
-        let taken: Vec<bool> = facts.iter().map(|f| reduced.add(f)).collect();
+        facts.iter().for_each(|f| reduced.add(f));
 
-        assert_eq!(
-            taken,
-            [true, true, true, true, true, true, true, true, false]
-        );
         assert_eq!(reduced.finalized.len(), 1);
         let kept = &reduced.finalized[&order];
         assert_eq!((kept.at, kept.event_id), (at(3), "evt-a"));
@@ -583,16 +570,45 @@ mod tests {
         let order = Uuid::new_v4();
         let facts = [read(order, 5, 100), read(order, 3, 50), read(order, 4, 70)];
         let mut reduced = Reduced::default();
-        assert!(facts.iter().all(|f| reduced.add(f)));
+        facts.iter().for_each(|f| reduced.add(f));
 
-        let (latest, fact) = reduced.read[&order];
-        assert_eq!(latest.0, at(5));
-        assert!(
-            std::ptr::eq(fact, &facts[0]),
-            "the latest read is the order's"
+        let kept = &reduced.read[&order];
+        assert_eq!(kept.latest.0, at(5));
+        assert_eq!(
+            (kept.status, kept.captured_amount),
+            (Some("read at 5"), Some(100)),
+            "the latest read is the order's, with its columns"
         );
         let listed = reduced.listed.values().next().expect("one operation");
         assert_eq!(listed.first_at, at(3));
         assert_eq!((listed.latest.0, listed.amount), (at(5), Some(100)));
+    }
+
+    fn dispute(order_id: Uuid, second: u32, event_id: &str, status: &str) -> Fact {
+        Fact::Dispute {
+            order_id,
+            dispute_id: "d-1".into(),
+            status: Some(status.into()),
+            at: at(second),
+            event_id: event_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_dispute_keeps_its_earliest_time_and_the_latest_events_status() {
+        let order = Uuid::new_v4();
+        let facts = [
+            dispute(order, 4, "evt-b", "under_review"),
+            dispute(order, 2, "evt-a", "opened"),
+            dispute(order, 6, "evt-c", "won"),
+            dispute(order, 6, "evt-c", "lost"), // a tie: the first stays
+        ];
+        let mut reduced = Reduced::default();
+        facts.iter().for_each(|f| reduced.add(f));
+
+        assert_eq!(reduced.disputes.len(), 1);
+        let row = &reduced.disputes[&(order, "d-1")];
+        assert_eq!(row.opened_at, at(2));
+        assert_eq!((row.latest, row.status), ((at(6), "evt-c"), Some("won")));
     }
 }

@@ -153,7 +153,7 @@ impl<'a> OrdersFollower<'a> {
                 Err(_) => self.skipped += 1,
             }
         }
-        store::merge(self.pool, &mut merged).await?;
+        store::merge(self.pool, &merged).await?;
         for message in &batch {
             let position = self
                 .positions
