@@ -13,6 +13,7 @@ use ipp_schemas::{RecordHeaders, Route};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
     ClientConfig,
 };
@@ -358,16 +359,44 @@ pub fn record_for(body: &[u8], webhook_id: &str) -> anyhow::Result<(String, Reco
 /// Writes `bodies` to `topic` exactly as ipp-ingest would, as fast as the broker takes
 /// them, printing progress. Returns the number of records written.
 pub async fn prefill(brokers: &str, topic: &str, bodies: &[&[u8]]) -> anyhow::Result<usize> {
+    prefill_with(brokers, topic, bodies, |i, body| {
+        let (key, headers) = record_for(body, &format!("msg_prefill_{i}"))?;
+        Ok((key, Some(headers.to_kafka())))
+    })
+    .await
+}
+
+/// Writes `records` (key, value) to `topic` with no headers, as ipp-actions writes its
+/// observations.
+pub async fn prefill_keyed(
+    brokers: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> anyhow::Result<usize> {
+    let values: Vec<&[u8]> = records.iter().map(|(_, value)| value.as_slice()).collect();
+    prefill_with(brokers, topic, &values, |i, _| {
+        Ok((records[i].0.clone(), None))
+    })
+    .await
+}
+
+/// Writes `bodies` to `topic`, each with the key and headers `record` gives it.
+async fn prefill_with(
+    brokers: &str,
+    topic: &str,
+    bodies: &[&[u8]],
+    key_and_headers: impl Fn(usize, &[u8]) -> anyhow::Result<(String, Option<OwnedHeaders>)>,
+) -> anyhow::Result<usize> {
     let producer = ingest_like_producer(brokers, &[])?;
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
     let mut done = 0usize;
     for (i, body) in bodies.iter().enumerate() {
-        let (key, headers) = record_for(body, &format!("msg_prefill_{i}"))?;
-        let mut record = FutureRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(*body)
-            .headers(headers.to_kafka());
+        let (key, headers) = key_and_headers(i, body)?;
+        let mut record = FutureRecord::to(topic).key(key.as_bytes()).payload(*body);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

@@ -228,20 +228,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         infra::checkpoint(&server).await;
         record(
             "catchup",
-            system::during(async { figures::projector::catch_up(&bench).await.map(|f| vec![f]) })
-                .await,
+            system::during(figures::projector::catch_up(&bench)).await,
         );
     }
     if bench.config.runs("apply") {
         infra::checkpoint(&server).await;
         record(
             "apply",
-            system::during(async {
-                figures::projector::apply_engine(&bench)
-                    .await
-                    .map(|f| vec![f])
-            })
-            .await,
+            system::during(figures::projector::apply_engine(&bench)).await,
         );
     }
     if bench.config.runs("growth") {

@@ -32,6 +32,8 @@ const BESIDE_CEILING: &[&str] = &[
     "ingest_c256_vs_http",
     "ingest_c256_cpu_parts",
     "ingest_c256_cpu_parts_at_rate",
+    "projector_catchup_orders",
+    "projector_apply_vs_batched_copy",
 ];
 /// Figures the issue lists without a ceiling (PostgreSQL's memory: the test runs as
 /// root, as CI does, so every process's /proc entry is readable).

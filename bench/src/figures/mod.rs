@@ -3,4 +3,5 @@
 pub mod actions;
 pub mod freshness;
 pub mod ingest;
+pub mod orders;
 pub mod projector;

@@ -36,12 +36,24 @@ fn bodies(bench: &Bench) -> Vec<Vec<u8>> {
 
 /// `n` ipp.* bodies of the realistic mix.
 fn bodies_of(n: usize) -> Vec<Vec<u8>> {
-    super::ingest::deliveries(n * 11 / 10 + 16, 23)
-        .into_iter()
-        .filter(|d| d.is_ipp())
-        .take(n)
-        .map(|d| d.body)
-        .collect()
+    mix_of(n).0
+}
+
+/// `n` ipp.* bodies of the realistic mix, and the mix's other events delivered among
+/// them (what ipp-ingest writes to `kustom.events`).
+fn mix_of(n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut ipp, mut other) = (Vec::new(), Vec::new());
+    for delivery in super::ingest::deliveries(n * 11 / 10 + 16, 23) {
+        if ipp.len() == n {
+            break;
+        }
+        if delivery.is_ipp() {
+            ipp.push(delivery.body);
+        } else {
+            other.push(delivery.body);
+        }
+    }
+    (ipp, other)
 }
 
 /// Distinct events and sessions in `bodies`: what the read models must hold.
@@ -57,15 +69,21 @@ fn expected(bodies: &[Vec<u8>]) -> (usize, usize) {
     (events.len(), sessions.len())
 }
 
-pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
-    let bodies = &bodies(bench);
+/// The catch-up figure (the sessions model, against its ceilings) and, beside it, the
+/// catch-up with both read models, as ipp-projector runs by default.
+pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let (ipp_bodies, other_kustom) = mix_of(bench.sizes.catchup_events);
+    let bodies = &ipp_bodies;
     let n = bodies.len();
     let topic = bench.prefilled_topic("bench_catchup", bodies).await?;
+    let flow = super::orders::flow(bodies, other_kustom)?;
+    let orders = OrdersInput::prefill(bench, &flow).await?;
 
     let distinct = decoded(bodies)?;
     let rounds = if bench.config.smoke { 1 } else { 3 };
     let (mut ceilings, mut values) = (Vec::new(), Vec::new());
     let (mut consumes, mut copies, mut parallel_copies) = (Vec::new(), Vec::new(), Vec::new());
+    let mut both = Vec::new();
     let lanes = ipp_projector::config::DEFAULT_APPLY_LANES as usize;
     for round in 1..=rounds {
         progress(&format!(
@@ -85,15 +103,23 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
             "projector catch-up: ceilings {consume:.0} records/s (consume), {copy:.0} records/s \
              (COPY), {parallel_copy:.0} records/s (COPY in {lanes} connections); now ipp-projector"
         ));
-        let value = projector_catch_up(bench, &topic, bodies).await?;
+        let value = projector_catch_up(bench, &topic, bodies, None).await?;
         progress(&format!(
             "projector catch-up: {value:.0} records/s ({:.2}×; {:.2}× the COPY in {lanes} \
              connections)",
             value / ceiling,
             value / parallel_copy
         ));
+        progress("projector catch-up: now with the orders model too (its default)");
+        let with_orders = projector_catch_up(bench, &topic, bodies, Some(&orders)).await?;
+        progress(&format!(
+            "projector catch-up, both read models: {with_orders:.0} records/s ({:.2}× the \
+             sessions model alone)",
+            with_orders / value
+        ));
         ceilings.push(ceiling);
         values.push(value);
+        both.push(with_orders);
     }
     let ratios: Vec<String> = values
         .iter()
@@ -102,7 +128,7 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
         .collect();
     let (events, sessions) = expected(bodies);
     let middle = median_round(&values, &ceilings);
-    Ok(Figure::against_ceiling(
+    let sessions_figure = Figure::against_ceiling(
         "projector_catchup",
         "Projector catch-up",
         values[middle],
@@ -130,7 +156,78 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Figure> {
             values[middle] / parallel_copies[middle],
             ratios.join(", ")
         ),
-    ))
+    );
+    let both_ratios: Vec<String> = both
+        .iter()
+        .zip(&values)
+        .map(|(both, alone)| format!("{:.2}×", both / alone))
+        .collect();
+    let both_middle = median_round(&both, &values);
+    let orders_figure = Figure::beside_ceiling(
+        "projector_catchup_orders",
+        "Projector catch-up, both read models",
+        both[both_middle],
+        values[both_middle],
+        "events/s",
+        format!(
+            "ipp-projector as it runs by default (PROJECTOR_ORDERS=true), catching up on the \
+             same {n} ipp.* records, with {} records in kustom.events (the mix's {} other \
+             events and a capture.created per finalized order) and {} in ipp.observations \
+             (ipp-actions' capture outcome and its read of the order, for each of the {} \
+             orders), each topic {} partitions; clock from readiness until the sessions \
+             model's offsets cover every ipp.* record and the orders model has merged all {} \
+             facts (its ipp_projector_order_facts_total, polled every 50 ms); rows checked \
+             after: every order in ipp_orders, all in_sync. Beside it, the ceiling column: the \
+             catch-up figure's own run of the same round (the sessions model alone), so the \
+             ratio is what the orders model costs the catch-up. No target in the issue; the \
+             round with the median ratio of {rounds} (ratios {})",
+            orders.kustom_records,
+            orders.other_events,
+            orders.observation_records,
+            flow.orders,
+            bench.config.partitions,
+            flow.facts,
+            both_ratios.join(", ")
+        ),
+    );
+    Ok(vec![sessions_figure, orders_figure])
+}
+
+/// The orders model's other two topics, prefilled once for every round.
+struct OrdersInput {
+    kustom_topic: String,
+    observations_topic: String,
+    kustom_records: usize,
+    other_events: usize,
+    observation_records: usize,
+    facts: usize,
+    orders: usize,
+}
+
+impl OrdersInput {
+    async fn prefill(bench: &Bench, flow: &super::orders::OrderFlow) -> anyhow::Result<Self> {
+        let kustom_topic = bench.prefilled_topic("bench_kustom", &flow.kustom).await?;
+        let observations_topic = infra::create_topic(
+            bench.brokers(),
+            "bench_observations",
+            bench.config.partitions,
+        )
+        .await?;
+        progress(&format!(
+            "prefilling {observations_topic} with {} records",
+            flow.observations.len()
+        ));
+        infra::prefill_keyed(bench.brokers(), &observations_topic, &flow.observations).await?;
+        Ok(Self {
+            kustom_topic,
+            observations_topic,
+            kustom_records: flow.kustom.len(),
+            other_events: flow.kustom.len() - flow.orders,
+            observation_records: flow.observations.len(),
+            facts: flow.facts,
+            orders: flow.orders,
+        })
+    }
 }
 
 /// Catch-up of a large log beside a small one: cost that grows with the log (indexes,
@@ -144,7 +241,7 @@ pub async fn growth(bench: &Bench) -> anyhow::Result<Figure> {
         let n = bodies.len();
         let topic = bench.prefilled_topic("bench_growth", bodies).await?;
         infra::checkpoint(&bench.config.database_url).await;
-        let rate = projector_catch_up(bench, &topic, bodies).await?;
+        let rate = projector_catch_up(bench, &topic, bodies, None).await?;
         progress(&format!(
             "projector growth: {n} records at {rate:.0} records/s"
         ));
@@ -169,16 +266,22 @@ pub async fn growth(bench: &Bench) -> anyhow::Result<Figure> {
     ))
 }
 
-/// Records per second ipp-projector applies `topic` from offset 0 into a fresh
-/// database, rows checked after.
-async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> anyhow::Result<f64> {
+/// Records of `topic` per second ipp-projector applies from offset 0 into a fresh
+/// database, rows checked after: the sessions model only, or with `orders` both models,
+/// until the orders model has merged every fact of its three topics too.
+async fn projector_catch_up(
+    bench: &Bench,
+    topic: &str,
+    bodies: &[Vec<u8>],
+    orders: Option<&OrdersInput>,
+) -> anyhow::Result<f64> {
     let n = bodies.len();
     let db = Database::create(&bench.config.database_url).await?;
     let dlq = infra::create_topic(bench.brokers(), "bench_catchup_dlq", 1).await?;
     let group = infra::unique("bench_projector");
     let reserved = ReservedPort::new();
     let port = reserved.port();
-    let env = [
+    let mut env = vec![
         ("KAFKA_BROKERS", bench.brokers().to_owned()),
         ("IPP_TOPIC", topic.to_owned()),
         ("IPP_DLQ_TOPIC", dlq),
@@ -186,10 +289,17 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
         ("PROJECTOR_GROUP", group.clone()),
         ("PROJECTOR_HTTP", format!("127.0.0.1:{port}")),
         ("KAFKA_PROPERTIES", bench.config.kafka_properties()),
-        // The sessions model only, which the COPY ceiling writes. (The orders model,
-        // on by default, would wait for its other two topics here anyway.)
-        ("PROJECTOR_ORDERS", "false".to_owned()),
     ];
+    match orders {
+        Some(orders) => env.extend([
+            ("PROJECTOR_ORDERS", "true".to_owned()),
+            ("PROJECTOR_ORDERS_GROUP", infra::unique("bench_orders")),
+            ("KUSTOM_OTHER_TOPIC", orders.kustom_topic.clone()),
+            ("IPP_OBSERVATIONS_TOPIC", orders.observations_topic.clone()),
+        ]),
+        // The sessions model only, which the COPY ceiling writes.
+        None => env.push(("PROJECTOR_ORDERS", "false".to_owned())),
+    }
     // Migrations first, so the clock measures the rebuild only.
     let mut migrate = bench.spawn("ipp-projector", &["migrate"], &env)?;
     migrate.wait_exit(Duration::from_secs(60))?;
@@ -232,7 +342,12 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
         .bind(&group)
         .fetch_one(&pool)
         .await?;
-        if applied as usize >= n {
+        if applied as usize >= n
+            && match orders {
+                Some(orders) => merged_facts(&client, port).await? >= orders.facts,
+                None => true,
+            }
+        {
             break;
         }
         if last_report.elapsed() > Duration::from_secs(10) {
@@ -257,6 +372,17 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
     )
     .fetch_one(&pool)
     .await?;
+    let stored_orders = match orders {
+        Some(_) => Some(
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT count(*), count(*) FILTER (WHERE reconciliation_state = 'in_sync')
+                 FROM ipp_orders",
+            )
+            .fetch_one(&pool)
+            .await?,
+        ),
+        None => None,
+    };
     pool.close().await;
     db.drop_now(bench.config.keep_databases).await?;
     if stored_events as usize != events || stored_sessions as usize != sessions {
@@ -265,7 +391,34 @@ async fn projector_catch_up(bench: &Bench, topic: &str, bodies: &[Vec<u8>]) -> a
              sessions, expected {events} and {sessions}"
         );
     }
+    if let (Some(orders), Some((stored, in_sync))) = (orders, stored_orders) {
+        if stored as usize != orders.orders || in_sync != stored {
+            bail!(
+                "ipp_orders after catch-up holds {stored} orders, {in_sync} of them in_sync; \
+                 expected {} orders, all in_sync",
+                orders.orders
+            );
+        }
+    }
     Ok(value)
+}
+
+/// The facts ipp-projector's orders model has merged so far, from its `/metrics`.
+async fn merged_facts(client: &reqwest::Client, port: u16) -> anyhow::Result<usize> {
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ipp_projector_order_facts_total "))
+        .context("no ipp_projector_order_facts_total in ipp-projector's metrics")?
+        .trim()
+        .parse()
+        .context("ipp_projector_order_facts_total")
 }
 
 /// Records per second a bare consumer reads `topic` from offset 0, group join included
@@ -340,20 +493,30 @@ fn decoded(bodies: &[Vec<u8>]) -> anyhow::Result<Vec<NewEvent>> {
     Ok(events)
 }
 
-pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
+/// The apply engine against one `COPY` (the issue's figure) and, beside it, against the
+/// same `COPY` cut into its transactions.
+pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let events = decoded(&bodies(bench))?;
     let rows = events.len();
     let batch = bench.config.apply_batch.max(1);
     let rounds = if bench.config.smoke { 1 } else { 3 };
     let (mut ceilings, mut values) = (Vec::new(), Vec::new());
     let mut breakdowns = Vec::new();
+    let mut batched = Vec::new();
     for round in 1..=rounds {
         progress(&format!(
             "projector apply engine, round {round}/{rounds}: COPY of {rows} ipp_events rows (ceiling)"
         ));
         let ceiling = copy_ceiling(bench, &events, 1).await?;
         progress(&format!(
-            "projector apply engine: ceiling {ceiling:.0} rows/s; now store::store_batch in batches of {batch}"
+            "projector apply engine: ceiling {ceiling:.0} rows/s; now the same COPY in \
+             transactions of {batch}"
+        ));
+        let in_batches = copy_in_batches(bench, &events, batch).await?;
+        progress(&format!(
+            "projector apply engine: COPY in transactions of {batch} {in_batches:.0} rows/s \
+             ({:.2}× one COPY); now store::store_batch in batches of {batch}",
+            in_batches / ceiling
         ));
         let (value, breakdown) = apply_in_batches(bench, &events, batch).await?;
         progress(&format!(
@@ -363,6 +526,7 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
         ceilings.push(ceiling);
         values.push(value);
         breakdowns.push(breakdown);
+        batched.push(in_batches);
     }
     let ratios: Vec<String> = values
         .iter()
@@ -370,7 +534,7 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
         .map(|(value, ceiling)| format!("{:.2}×", value / ceiling))
         .collect();
     let middle = median_round(&values, &ceilings);
-    Ok(Figure::against_ceiling(
+    let engine = Figure::against_ceiling(
         "projector_apply",
         "Projector apply engine",
         values[middle],
@@ -392,7 +556,40 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Figure> {
             ratios.join(", "),
             breakdowns[middle]
         ),
-    ))
+    );
+    let batched_ratios: Vec<String> = values
+        .iter()
+        .zip(&batched)
+        .map(|(value, batched)| format!("{:.2}×", value / batched))
+        .collect();
+    let cut: Vec<String> = batched
+        .iter()
+        .zip(&ceilings)
+        .map(|(batched, ceiling)| format!("{:.2}×", batched / ceiling))
+        .collect();
+    let beside = median_round(&values, &batched);
+    let engine_beside_batches = Figure::beside_ceiling(
+        "projector_apply_vs_batched_copy",
+        "Projector apply engine beside COPY in its transactions",
+        values[beside],
+        batched[beside],
+        "events/s",
+        format!(
+            "The apply engine figure's runs beside the same binary COPY cut into its \
+             transactions: for each {batch} events in log order, one COPY of them into \
+             ipp_events, one of the sessions first seen in them (each session's final row, \
+             folded before the clock) into ipp_sessions, and a commit, on one connection in a \
+             fresh migrated database, measured in each round between the one-COPY ceiling and \
+             the engine. The ratio is what the engine's own steps cost (session locks, the read \
+             of stored events, the fold, the upsert of sessions seen in an earlier batch, its \
+             ANALYZE); the cut COPY over the one-COPY ceiling is what a transaction per batch \
+             costs PostgreSQL (ratios per round: the engine over the cut COPY {}, the cut COPY \
+             over one COPY {}); the round with the median ratio",
+            batched_ratios.join(", "),
+            cut.join(", ")
+        ),
+    );
+    Ok(vec![engine, engine_beside_batches])
 }
 
 /// The round whose value over its own ceiling is the median ratio. Each round measures
@@ -480,6 +677,54 @@ async fn apply_in_batches(
         );
     }
     Ok((value, breakdown))
+}
+
+/// Events per second of the `COPY` ceiling cut into the engine's transactions: for each
+/// `batch` events in log order, one `COPY` of them into `ipp_events`, one of the sessions
+/// first seen in them (each session's final row, folded in memory before the clock) into
+/// `ipp_sessions`, and a commit. What the engine does beyond this is its own: the session
+/// locks, the read of stored events, the fold and the upsert of sessions seen before.
+async fn copy_in_batches(bench: &Bench, events: &[NewEvent], batch: usize) -> anyhow::Result<f64> {
+    let db = Database::create(&bench.config.database_url).await?;
+    let pool: PgPool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await?;
+    store::migrate(&pool).await?;
+    infra::checkpoint(&bench.config.database_url).await;
+    let mut by_session: BTreeMap<Uuid, Vec<&SessionEvent>> = BTreeMap::new();
+    for e in events {
+        by_session.entry(e.session_id).or_default().push(&e.event);
+    }
+    let mut rows: BTreeMap<Uuid, SessionRow> = by_session
+        .into_iter()
+        .filter_map(|(id, events)| session::fold(id, events).map(|row| (id, row)))
+        .collect();
+    let batches: Vec<(Vec<&NewEvent>, Vec<SessionRow>)> = events
+        .chunks(batch)
+        .map(|chunk| {
+            let mut new: Vec<SessionRow> = chunk
+                .iter()
+                .filter_map(|e| rows.remove(&e.session_id))
+                .collect();
+            // Sorted by id, as the engine sorts a batch's sessions.
+            new.sort_by_key(|row| row.session_id);
+            (chunk.iter().collect(), new)
+        })
+        .collect();
+    let mut connection = pool.acquire().await?;
+    let started = Instant::now();
+    for (events, sessions) in &batches {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        store::copy_events(&mut tx, events).await?;
+        store::copy_sessions(&mut tx, sessions).await?;
+        tx.commit().await?;
+    }
+    let value = events.len() as f64 / started.elapsed().as_secs_f64();
+    drop(connection);
+    pool.close().await;
+    db.drop_now(bench.config.keep_databases).await?;
+    Ok(value)
 }
 
 /// Events per second of a binary `COPY` of `events` into `ipp_events` and of their
