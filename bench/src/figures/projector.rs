@@ -121,11 +121,7 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         values.push(value);
         both.push(with_orders);
     }
-    let ratios: Vec<String> = values
-        .iter()
-        .zip(&ceilings)
-        .map(|(value, ceiling)| format!("{:.2}×", value / ceiling))
-        .collect();
+    let ratios = ratios_of(&values, &ceilings);
     let (events, sessions) = expected(bodies);
     let middle = median_round(&values, &ceilings);
     let sessions_figure = Figure::against_ceiling(
@@ -154,14 +150,10 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             median(&copies),
             median(&parallel_copies),
             values[middle] / parallel_copies[middle],
-            ratios.join(", ")
+            ratios
         ),
     );
-    let both_ratios: Vec<String> = both
-        .iter()
-        .zip(&values)
-        .map(|(both, alone)| format!("{:.2}×", both / alone))
-        .collect();
+    let both_ratios = ratios_of(&both, &values);
     let both_middle = median_round(&both, &values);
     let orders_figure = Figure::beside_ceiling(
         "projector_catchup_orders",
@@ -187,7 +179,7 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
             flow.orders,
             bench.config.partitions,
             flow.facts,
-            both_ratios.join(", ")
+            both_ratios
         ),
     );
     Ok(vec![sessions_figure, orders_figure])
@@ -528,11 +520,7 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         breakdowns.push(breakdown);
         batched.push(in_batches);
     }
-    let ratios: Vec<String> = values
-        .iter()
-        .zip(&ceilings)
-        .map(|(value, ceiling)| format!("{:.2}×", value / ceiling))
-        .collect();
+    let ratios = ratios_of(&values, &ceilings);
     let middle = median_round(&values, &ceilings);
     let engine = Figure::against_ceiling(
         "projector_apply",
@@ -553,20 +541,12 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              clock) into ipp_sessions, the bytes the engine's COPY path sends, in one \
              transaction in another fresh migrated database, in the same round; each round \
              runs the ceiling, then the engine, each in a fresh database after a CHECKPOINT",
-            ratios.join(", "),
+            ratios,
             breakdowns[middle]
         ),
     );
-    let batched_ratios: Vec<String> = values
-        .iter()
-        .zip(&batched)
-        .map(|(value, batched)| format!("{:.2}×", value / batched))
-        .collect();
-    let cut: Vec<String> = batched
-        .iter()
-        .zip(&ceilings)
-        .map(|(batched, ceiling)| format!("{:.2}×", batched / ceiling))
-        .collect();
+    let batched_ratios = ratios_of(&values, &batched);
+    let cut = ratios_of(&batched, &ceilings);
     let beside = median_round(&values, &batched);
     let engine_beside_batches = Figure::beside_ceiling(
         "projector_apply_vs_batched_copy",
@@ -585,11 +565,20 @@ pub async fn apply_engine(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              ANALYZE); the cut COPY over the one-COPY ceiling is what a transaction per batch \
              costs PostgreSQL (ratios per round: the engine over the cut COPY {}, the cut COPY \
              over one COPY {}); the round with the median ratio",
-            batched_ratios.join(", "),
-            cut.join(", ")
+            batched_ratios, cut
         ),
     );
     Ok(vec![engine, engine_beside_batches])
+}
+
+/// Each round's value over its own ceiling, as `0.84×, 0.85×, …`.
+fn ratios_of(values: &[f64], ceilings: &[f64]) -> String {
+    let ratios: Vec<String> = values
+        .iter()
+        .zip(ceilings)
+        .map(|(value, ceiling)| format!("{:.2}×", value / ceiling))
+        .collect();
+    ratios.join(", ")
 }
 
 /// The round whose value over its own ceiling is the median ratio. Each round measures
