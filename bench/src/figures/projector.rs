@@ -77,7 +77,7 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let n = bodies.len();
     let topic = bench.prefilled_topic("bench_catchup", bodies).await?;
     let flow = super::orders::flow(bodies, other_kustom)?;
-    let orders = OrdersInput::prefill(bench, &flow).await?;
+    let orders = OrdersInput::prefill(bench, flow).await?;
 
     let distinct = decoded(bodies)?;
     let rounds = if bench.config.smoke { 1 } else { 3 };
@@ -173,31 +173,28 @@ pub async fn catch_up(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
              catch-up figure's own run of the same round (the sessions model alone), so the \
              ratio is what the orders model costs the catch-up. No target in the issue; the \
              round with the median ratio of {rounds} (ratios {})",
-            orders.kustom_records,
-            orders.other_events,
-            orders.observation_records,
-            flow.orders,
+            orders.flow.kustom.len(),
+            orders.flow.kustom.len() - orders.flow.orders,
+            orders.flow.observations.len(),
+            orders.flow.orders,
             bench.config.partitions,
-            flow.facts,
+            orders.flow.facts,
             both_ratios
         ),
     );
     Ok(vec![sessions_figure, orders_figure])
 }
 
-/// The orders model's other two topics, prefilled once for every round.
+/// The orders model's other two topics, prefilled once for every round, and what it
+/// must merge from all three.
 struct OrdersInput {
     kustom_topic: String,
     observations_topic: String,
-    kustom_records: usize,
-    other_events: usize,
-    observation_records: usize,
-    facts: usize,
-    orders: usize,
+    flow: super::orders::OrderFlow,
 }
 
 impl OrdersInput {
-    async fn prefill(bench: &Bench, flow: &super::orders::OrderFlow) -> anyhow::Result<Self> {
+    async fn prefill(bench: &Bench, flow: super::orders::OrderFlow) -> anyhow::Result<Self> {
         let kustom_topic = bench.prefilled_topic("bench_kustom", &flow.kustom).await?;
         let observations_topic = infra::create_topic(
             bench.brokers(),
@@ -213,11 +210,7 @@ impl OrdersInput {
         Ok(Self {
             kustom_topic,
             observations_topic,
-            kustom_records: flow.kustom.len(),
-            other_events: flow.kustom.len() - flow.orders,
-            observation_records: flow.observations.len(),
-            facts: flow.facts,
-            orders: flow.orders,
+            flow,
         })
     }
 }
@@ -336,7 +329,7 @@ async fn projector_catch_up(
         .await?;
         if applied as usize >= n
             && match orders {
-                Some(orders) => merged_facts(&client, port).await? >= orders.facts,
+                Some(orders) => merged_facts(&client, port).await? >= orders.flow.facts,
                 None => true,
             }
         {
@@ -384,11 +377,11 @@ async fn projector_catch_up(
         );
     }
     if let (Some(orders), Some((stored, in_sync))) = (orders, stored_orders) {
-        if stored as usize != orders.orders || in_sync != stored {
+        if stored as usize != orders.flow.orders || in_sync != stored {
             bail!(
                 "ipp_orders after catch-up holds {stored} orders, {in_sync} of them in_sync; \
                  expected {} orders, all in_sync",
-                orders.orders
+                orders.flow.orders
             );
         }
     }
